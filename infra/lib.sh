@@ -1,0 +1,140 @@
+# shellcheck shell=bash
+# Shared helpers for Berth's local-region scripts. Source it; do not run it.
+#
+# Layout (see docs/local-region.md):
+#   $BERTH_ROOT/.local/log/<name>.log    one log per process we start
+#   $BERTH_ROOT/.local/run/<name>.pid    one pid file per process we start
+#   $BERTH_ROOT/.local/data/<name>/      persistent data (kept by `make down`)
+#   $BERTH_ROOT/.local/bin/              CLIs (berth, cnictl, berth-ipam)
+#   $BERTH_ROOT/.local/env               sourceable shell env written by `make up`
+#   $BERTH_CACHE/                        build caches outside the repo (node, pnpm, k8s, kwok)
+
+set -euo pipefail
+
+BERTH_ROOT=${BERTH_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
+BERTH_LOCAL=${BERTH_LOCAL:-$BERTH_ROOT/.local}
+BERTH_CACHE=${BERTH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/berth}
+BERTH_LOG_DIR=$BERTH_LOCAL/log
+BERTH_RUN_DIR=$BERTH_LOCAL/run
+BERTH_DATA_DIR=$BERTH_LOCAL/data
+BERTH_BIN_DIR=$BERTH_LOCAL/bin
+export BERTH_ROOT BERTH_LOCAL BERTH_CACHE
+
+mkdir -p "$BERTH_LOG_DIR" "$BERTH_RUN_DIR" "$BERTH_DATA_DIR" "$BERTH_BIN_DIR"
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() {
+  printf 'error: %s\n' "$*" >&2
+  exit 1
+}
+
+# as_root CMD...: run as root (the region needs root for dockerd, netns, containerd, kubelet).
+as_root() {
+  if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo -n "$@"; fi
+}
+
+# ensure_packages PKG...: apt-get install the Debian packages that are not installed yet.
+ensure_packages() {
+  local missing=() p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  ((${#missing[@]})) || return 0
+  log "installing Debian packages: ${missing[*]}"
+  local lock=$BERTH_CACHE/apt.lock
+  mkdir -p "$BERTH_CACHE"
+  (
+    flock 9
+    if [[ ! -f /var/lib/apt/lists/lock ]] || ! compgen -G '/var/lib/apt/lists/*_Packages' >/dev/null ||
+      [[ -n $(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages' -mmin +1440 -print -quit) ]]; then
+      as_root apt-get update -qq >"$BERTH_LOG_DIR/apt.log" 2>&1 || die "apt-get update failed; see $BERTH_LOG_DIR/apt.log"
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
+      >>"$BERTH_LOG_DIR/apt.log" 2>&1 || die "apt-get install ${missing[*]} failed; see $BERTH_LOG_DIR/apt.log"
+  ) 9>"$lock"
+}
+
+pidfile() { echo "$BERTH_RUN_DIR/$1.pid"; }
+logfile() { echo "$BERTH_LOG_DIR/$1.log"; }
+
+# is_running NAME: true when NAME's pid file names a live process.
+is_running() {
+  local f pid
+  f=$(pidfile "$1")
+  [[ -f $f ]] || return 1
+  pid=$(<"$f")
+  [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null
+}
+
+pid_of() { [[ -f $(pidfile "$1") ]] && cat "$(pidfile "$1")" || true; }
+
+# start_daemon NAME CMD...: start CMD in its own session, output to NAME's log, pid to NAME's pid
+# file. Does nothing when NAME is already running (make up is idempotent).
+# Returns 0 when it started something and 1 when it was already running.
+start_daemon() {
+  local name=$1
+  shift
+  if is_running "$name"; then return 1; fi
+  local lf
+  lf=$(logfile "$name")
+  printf '\n=== %s start %s: %s\n' "$name" "$(date -Is)" "$*" >>"$lf"
+  setsid "$@" >>"$lf" 2>&1 </dev/null &
+  echo $! >"$(pidfile "$name")"
+  return 0
+}
+
+# stop_daemon NAME [TIMEOUT_S]: SIGTERM the process group, wait, then SIGKILL; remove the pid file.
+stop_daemon() {
+  local name=$1 timeout=${2:-20} pid i
+  pid=$(pid_of "$name")
+  if [[ -z $pid ]] || ! kill -0 "$pid" 2>/dev/null; then
+    rm -f "$(pidfile "$name")"
+    return 0
+  fi
+  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < timeout * 10; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    log "$name did not stop in ${timeout}s; killing it"
+    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$(pidfile "$name")"
+}
+
+# wait_until NAME TIMEOUT_S CMD...: poll CMD every 0.2s until it succeeds. On timeout, or when
+# NAME's process has died, fail with an error naming NAME and its log.
+wait_until() {
+  local name=$1 timeout=$2
+  shift 2
+  local deadline=$((SECONDS + timeout))
+  while ! "$@" >/dev/null 2>&1; do
+    if [[ -f $(pidfile "$name") ]] && ! is_running "$name"; then
+      tail -n 20 "$(logfile "$name")" >&2 || true
+      die "$name exited while starting; its log is $(logfile "$name")"
+    fi
+    if ((SECONDS >= deadline)); then
+      tail -n 20 "$(logfile "$name")" >&2 || true
+      die "$name was not healthy after ${timeout}s; its log is $(logfile "$name")"
+    fi
+    sleep 0.2
+  done
+}
+
+# http_ok URL: true when URL answers 2xx.
+http_ok() { curl -fsS -m 2 -o /dev/null "$1"; }
+
+# status_line NAME ADDRESS HEALTH_CMD...: one row of `make status`.
+status_line() {
+  local name=$1 addr=$2 pid health
+  shift 2
+  pid=$(pid_of "$name")
+  if is_running "$name"; then
+    if "$@" >/dev/null 2>&1; then health=healthy; else health=unhealthy; fi
+  else
+    pid=-
+    health=stopped
+  fi
+  printf '%-22s %-8s %-38s %s\n' "$name" "${pid:--}" "$addr" "$health"
+}
