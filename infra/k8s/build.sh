@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# Build Kubernetes (kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubectl) from
+# the Go module in infra/k8s, and KWOK from its own module, into the cache outside the repo:
+#   $BERTH_CACHE/k8s/<version>/bin/    $BERTH_CACHE/kwok/<version>/bin/
+# A stamp file per version means a second run does nothing; a lock means two runs at once build
+# once. Progress goes to .local/log/k8s-build.log.
+#
+#   infra/k8s/build.sh               build in the foreground (no-op when cached)
+#   infra/k8s/build.sh --background  start the build detached and return at once
+#   infra/k8s/build.sh --wait        wait for a build (started here or elsewhere) to finish
+#   infra/k8s/build.sh --status      print ready | building | missing; exit 0 only when ready
+#   infra/k8s/build.sh --print-env   print K8S_VERSION, K8S_BIN, KWOK_VERSION, KWOK_BIN
+# Env: KWOK_VERSION (default v0.8.0), BERTH_K8S_BUILD_P (go build -p, default 2).
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+
+K8S_MODULE_DIR=$BERTH_ROOT/infra/k8s
+K8S_VERSION=$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v1\./ { print $2; exit }' "$K8S_MODULE_DIR/go.mod")
+[[ -n $K8S_VERSION ]] || die "no k8s.io/kubernetes version in $K8S_MODULE_DIR/go.mod"
+KWOK_VERSION=${KWOK_VERSION:-v0.8.0}
+K8S_DIR=$BERTH_CACHE/k8s/$K8S_VERSION
+K8S_BIN=$K8S_DIR/bin
+KWOK_DIR=$BERTH_CACHE/kwok/$KWOK_VERSION
+KWOK_BIN=$KWOK_DIR/bin
+K8S_COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
+BUILD_LOG=$(logfile k8s-build)
+BUILD_LOCK=$BERTH_CACHE/k8s/build.lock
+
+# A stamp names exactly what was built; any difference rebuilds.
+k8s_stamp_want() { printf '%s %s\n' "$K8S_VERSION" "$(sha256sum "$K8S_MODULE_DIR/go.sum" | cut -c1-16)"; }
+k8s_ready() {
+  [[ -f $K8S_DIR/stamp && $(<"$K8S_DIR/stamp") == "$(k8s_stamp_want)" ]] || return 1
+  local c
+  for c in "${K8S_COMMANDS[@]}"; do [[ -x $K8S_BIN/$c ]] || return 1; done
+}
+kwok_ready() { [[ -f $KWOK_DIR/stamp && $(<"$KWOK_DIR/stamp") == "$KWOK_VERSION" && -x $KWOK_BIN/kwok ]]; }
+all_ready() { k8s_ready && kwok_ready; }
+# Running: the lock is held, or a background build was just started and has not taken it yet.
+build_running() {
+  mkdir -p "$(dirname "$BUILD_LOCK")"
+  ! flock -n "$BUILD_LOCK" true || is_running k8s-build
+}
+
+find_go() {
+  local go
+  for go in "${GO:-}" "$(command -v go || true)" /usr/local/go/bin/go; do
+    [[ -n $go && -x $go ]] && { echo "$go"; return 0; }
+  done
+  die "Go (>= 1.24) is needed to build Kubernetes; install it at /usr/local/go"
+}
+
+build_k8s() {
+  local go=$1 tmp c i=0 major minor ld
+  [[ $K8S_VERSION =~ ^v([0-9]+)\.([0-9]+)\. ]] && major=${BASH_REMATCH[1]} minor=${BASH_REMATCH[2]}
+  ld="-s -w"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+    ld+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  done
+  tmp=$K8S_DIR/bin.tmp
+  rm -rf "$tmp" && mkdir -p "$tmp"
+  for c in "${K8S_COMMANDS[@]}"; do
+    i=$((i + 1))
+    log "building $c $K8S_VERSION ($i/${#K8S_COMMANDS[@]})"
+    local t0=$SECONDS
+    (cd "$K8S_MODULE_DIR" && CGO_ENABLED=0 "$go" build -v -p "${BERTH_K8S_BUILD_P:-2}" -trimpath \
+      -ldflags "$ld" -o "$tmp/$c" "k8s.io/kubernetes/cmd/$c")
+    log "built $c in $((SECONDS - t0))s"
+  done
+  rm -rf "$K8S_BIN" && mv "$tmp" "$K8S_BIN"
+  k8s_stamp_want >"$K8S_DIR/stamp"
+}
+
+build_kwok() {
+  local go=$1 tmp t0=$SECONDS
+  log "building kwok $KWOK_VERSION"
+  tmp=$KWOK_DIR/bin.tmp
+  rm -rf "$tmp" && mkdir -p "$tmp"
+  # Outside any module, so that KWOK builds with its own go.mod, not infra/k8s's.
+  (cd "$tmp" && GOBIN=$tmp CGO_ENABLED=0 GOFLAGS=-buildvcs=false "$go" install -v -trimpath \
+    -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" \
+    "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION")
+  rm -rf "$KWOK_BIN" && mv "$tmp" "$KWOK_BIN"
+  echo "$KWOK_VERSION" >"$KWOK_DIR/stamp"
+  log "built kwok in $((SECONDS - t0))s"
+}
+
+# build: the locked part. Two concurrent runs serialise here; the second finds the stamp.
+build() {
+  mkdir -p "$K8S_DIR" "$KWOK_DIR"
+  exec 9>"$BUILD_LOCK"
+  if ! flock -n 9; then
+    log "another Kubernetes build is running; waiting for it (log: $BUILD_LOG)"
+    flock 9
+  fi
+  if all_ready; then return 0; fi
+  local go t0=$SECONDS
+  go=$(find_go)
+  {
+    printf '\n=== k8s-build start %s: kubernetes %s, kwok %s, %s\n' "$(date -Is)" "$K8S_VERSION" "$KWOK_VERSION" "$("$go" version)"
+    k8s_ready || build_k8s "$go"
+    kwok_ready || build_kwok "$go"
+    log "build done in $((SECONDS - t0))s"
+  } >>"$BUILD_LOG" 2>&1 || {
+    tail -n 30 "$BUILD_LOG" >&2
+    die "Kubernetes build failed; its log is $BUILD_LOG"
+  }
+  # Everything else in Berth finds kubectl on PATH through .local/bin.
+  ln -sfn "$K8S_BIN/kubectl" "$BERTH_BIN_DIR/kubectl"
+}
+
+wait_for_build() {
+  local last=0 line
+  while ! all_ready; do
+    if ! build_running; then
+      all_ready && break
+      tail -n 20 "$BUILD_LOG" >&2 2>/dev/null || true
+      die "Kubernetes $K8S_VERSION is not built and no build is running; run infra/k8s/build.sh (log: $BUILD_LOG)"
+    fi
+    if ((SECONDS - last >= 30)); then
+      line=$(grep -E '^\[[0-9:]+\] ' "$BUILD_LOG" 2>/dev/null | tail -n 1 || true)
+      log "waiting for the Kubernetes $K8S_VERSION build (${line:-starting}); log: $BUILD_LOG"
+      last=$SECONDS
+    fi
+    sleep 2
+  done
+  ln -sfn "$K8S_BIN/kubectl" "$BERTH_BIN_DIR/kubectl"
+}
+
+case ${1:-} in
+  "") build ;;
+  --background)
+    if all_ready; then
+      ln -sfn "$K8S_BIN/kubectl" "$BERTH_BIN_DIR/kubectl"
+      exit 0
+    fi
+    if build_running; then
+      log "Kubernetes $K8S_VERSION build already running; log: $BUILD_LOG"
+      exit 0
+    fi
+    # The build's own lock (not a pid file) says whether it runs, so a crashed build never blocks.
+    setsid "$0" >>"$BUILD_LOG" 2>&1 </dev/null &
+    echo $! >"$(pidfile k8s-build)"
+    log "Kubernetes $K8S_VERSION build started in the background (pid $!); log: $BUILD_LOG"
+    ;;
+  --wait) wait_for_build ;;
+  --status)
+    if all_ready; then echo ready; elif build_running; then echo building; exit 1; else echo missing; exit 1; fi
+    ;;
+  --print-env)
+    printf 'K8S_VERSION=%s\nK8S_BIN=%s\nKWOK_VERSION=%s\nKWOK_BIN=%s\n' "$K8S_VERSION" "$K8S_BIN" "$KWOK_VERSION" "$KWOK_BIN"
+    ;;
+  *) die "usage: $0 [--background|--wait|--status|--print-env]" ;;
+esac
