@@ -1,0 +1,16 @@
+export {
+  notFoundHandler,
+  PROBLEM_CONTENT_TYPE,
+  PROBLEM_TYPE_BASE,
+  type Problem,
+  problemFromError,
+  problemMiddleware,
+  sendProblem,
+} from './problem.ts';
+export {
+  createMetricsRegistry,
+  HealthRegistry,
+  HttpServer,
+  type HttpServerOptions,
+  type ReadinessCheck,
+} from './server.ts';
