@@ -21,18 +21,21 @@ K8S_DIR=$BERTH_CACHE/k8s/$K8S_VERSION
 K8S_BIN=$K8S_DIR/bin
 KWOK_DIR=$BERTH_CACHE/kwok/$KWOK_VERSION
 KWOK_BIN=$KWOK_DIR/bin
-K8S_COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
+# Upstream commands, plus berth-cri (./cmd/berth-cri: lists and removes pod sandboxes through CRI,
+# used by `cells.sh down`; cri-tools' crictl is not on the module proxy).
+K8S_COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl berth-cri)
 BUILD_LOG=$(logfile k8s-build)
 BUILD_LOCK=$BERTH_CACHE/k8s/build.lock
 
-# A stamp names exactly what was built; any difference rebuilds.
-k8s_stamp_want() { printf '%s %s\n' "$K8S_VERSION" "$(sha256sum "$K8S_MODULE_DIR/go.sum" | cut -c1-16)"; }
+# The stamp names the version built; another version builds into its own directory. A missing
+# binary is built on its own (the Go build cache makes that quick).
+k8s_stamp_want() { echo "$K8S_VERSION"; }
 k8s_ready() {
   [[ -f $K8S_DIR/stamp && $(<"$K8S_DIR/stamp") == "$(k8s_stamp_want)" ]] || return 1
   local c
   for c in "${K8S_COMMANDS[@]}"; do [[ -x $K8S_BIN/$c ]] || return 1; done
 }
-kwok_ready() { [[ -f $KWOK_DIR/stamp && $(<"$KWOK_DIR/stamp") == "$KWOK_VERSION" && -x $KWOK_BIN/kwok ]]; }
+kwok_ready() { [[ -f $KWOK_DIR/stamp && $(<"$KWOK_DIR/stamp") == "$KWOK_VERSION" && -x $KWOK_BIN/kwok && -f $KWOK_BIN/stages.yaml ]]; }
 all_ready() { k8s_ready && kwok_ready; }
 # Running: the lock is held, or a background build was just started and has not taken it yet.
 build_running() {
@@ -49,24 +52,27 @@ find_go() {
 }
 
 build_k8s() {
-  local go=$1 tmp c i=0 major minor ld
+  local go=$1 c i=0 major minor ld pkg t0
   [[ $K8S_VERSION =~ ^v([0-9]+)\.([0-9]+)\. ]] && major=${BASH_REMATCH[1]} minor=${BASH_REMATCH[2]}
   ld="-s -w"
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ld+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
     ld+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
   done
-  tmp=$K8S_DIR/bin.tmp
-  rm -rf "$tmp" && mkdir -p "$tmp"
+  rm -f "$K8S_DIR/stamp"
+  mkdir -p "$K8S_BIN"
   for c in "${K8S_COMMANDS[@]}"; do
     i=$((i + 1))
+    [[ -x $K8S_BIN/$c ]] && continue
+    pkg=k8s.io/kubernetes/cmd/$c
+    [[ -d $K8S_MODULE_DIR/cmd/$c ]] && pkg=./cmd/$c
     log "building $c $K8S_VERSION ($i/${#K8S_COMMANDS[@]})"
-    local t0=$SECONDS
+    t0=$SECONDS
     (cd "$K8S_MODULE_DIR" && CGO_ENABLED=0 "$go" build -v -p "${BERTH_K8S_BUILD_P:-2}" -trimpath \
-      -ldflags "$ld" -o "$tmp/$c" "k8s.io/kubernetes/cmd/$c")
+      -ldflags "$ld" -o "$K8S_BIN/$c.tmp" "$pkg")
+    mv "$K8S_BIN/$c.tmp" "$K8S_BIN/$c"
     log "built $c in $((SECONDS - t0))s"
   done
-  rm -rf "$K8S_BIN" && mv "$tmp" "$K8S_BIN"
   k8s_stamp_want >"$K8S_DIR/stamp"
 }
 
@@ -79,6 +85,18 @@ build_kwok() {
   (cd "$tmp" && GOBIN=$tmp CGO_ENABLED=0 GOFLAGS=-buildvcs=false "$go" install -v -trimpath \
     -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" \
     "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION")
+  # KWOK does nothing without stages; take the ones kwokctl uses (fast node start, node leases,
+  # the general pod lifecycle) from the same module, so they always match the binary.
+  local stages
+  stages=$("$go" env GOMODCACHE)/sigs.k8s.io/kwok@$KWOK_VERSION/kustomize/stage
+  local f
+  for f in node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+    pod/general/pod-create.yaml pod/general/pod-init-container-running.yaml \
+    pod/general/pod-init-container-completed.yaml pod/general/pod-ready.yaml \
+    pod/general/pod-complete.yaml pod/general/pod-delete.yaml; do
+    [[ -f $stages/$f ]] || die "KWOK stage $f is not in $stages"
+    printf -- '---\n' && cat "$stages/$f"
+  done >"$tmp/stages.yaml"
   rm -rf "$KWOK_BIN" && mv "$tmp" "$KWOK_BIN"
   echo "$KWOK_VERSION" >"$KWOK_DIR/stamp"
   log "built kwok in $((SECONDS - t0))s"
