@@ -4,9 +4,9 @@ import {
   casUpdate,
   createEtcdClient,
   type Etcd3,
+  EtcdLease,
   getVersioned,
   LeaderElection,
-  EtcdLease,
   PrefixWatcher,
   type WatchChange,
 } from '../src/etcd/index.ts';
@@ -143,7 +143,11 @@ describe('list-then-watch', () => {
     const view = Object.fromEntries([...watcher.view].map(([k, v]) => [k, JSON.stringify(v.value)]));
     expect(view).toEqual(await freshList(prefix));
     // The consumer is told what it missed, as ordinary changes.
-    expect(changes.map((c) => `${c.type} ${c.key.slice(prefix.length)}`).sort()).toEqual(['delete a', 'put b', 'put d']);
+    expect(changes.map((c) => `${c.type} ${c.key.slice(prefix.length)}`).sort()).toEqual([
+      'delete a',
+      'put b',
+      'put d',
+    ]);
 
     // And it keeps watching.
     await client.put(`${prefix}e`).value('"5"');

@@ -7,6 +7,7 @@
  *   parsed, and `effectiveConfig()` replaces them, so the effective config can be logged.
  * - Passwords inside URLs (`redis://:pw@host`) are treated as secrets too.
  */
+import { hostname } from 'node:os';
 import { z } from 'zod';
 import { ConfigError, type FieldIssue } from '../errors/index.ts';
 import { LOG_LEVELS, REDACTED, redactUrl, registerSecret } from '../logging/index.ts';
@@ -249,4 +250,9 @@ export function effectiveConfig<S extends z.ZodObject>(schema: S, config: z.outp
     }
   }
   return out;
+}
+
+/** This instance's id (leader election candidate, build agent id): host name and pid by default. */
+export function defaultInstanceId(): string {
+  return `${hostname()}-${process.pid}`;
 }

@@ -31,6 +31,7 @@ type Leadership = { value: string; createRevision: number };
 const rawCodec: Codec<string> = { encode: (v) => v, decode: (raw) => raw };
 
 export class LeaderElection {
+  readonly name = 'leader-election';
   readonly key: string;
   readonly candidateId: string;
   readonly #options: LeaderElectionOptions;

@@ -57,7 +57,8 @@ export function scrubSecrets(text: string): string {
 export function redactUrl(url: string): string {
   try {
     const parsed = new URL(url);
-    if (parsed.password) parsed.password = REDACTED;
+    if (!parsed.password) return url;
+    parsed.password = REDACTED;
     return parsed.toString();
   } catch {
     return scrubSecrets(url);

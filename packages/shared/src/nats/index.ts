@@ -39,6 +39,8 @@ export type NatsConfig = {
   /** Connection name, shown in the server's monitoring. */
   name: string;
   logger?: Logger;
+  /** Keep trying when no server answers at first, instead of failing. Default false. */
+  waitOnFirstConnect?: boolean;
 };
 
 /** A connection that reconnects forever and tracks whether it is connected right now. */
@@ -67,6 +69,7 @@ export class NatsClient {
         reconnectJitter: 250,
         pingInterval: 10_000,
         timeout: 5000,
+        waitOnFirstConnect: config.waitOnFirstConnect ?? false,
       });
       return new NatsClient(connection, logger);
     } catch (err) {
@@ -286,9 +289,33 @@ export function parseStoredEvent(data: Uint8Array): { ok: true; event: BerthEven
 
 export { EventSubjects } from '../events/index.ts';
 
-/** Readiness: connected right now. */
-export function natsReadiness(client: NatsClient): () => void {
-  return () => {
-    if (!client.connected) throw new Error('not connected to NATS');
+/**
+ * NATS as a lifecycle component: start() connects (waiting for a server that is not up yet),
+ * stop() drains. `client` is available once started; `ready` is the readiness check.
+ */
+export class NatsComponent {
+  readonly name = 'nats';
+  readonly #config: NatsConfig;
+  #client: NatsClient | undefined;
+
+  constructor(config: NatsConfig) {
+    this.#config = config;
+  }
+
+  get client(): NatsClient {
+    if (!this.#client) throw new UnavailableError('not connected to NATS yet');
+    return this.#client;
+  }
+
+  async start(): Promise<void> {
+    this.#client ??= await NatsClient.connect({ ...this.#config, waitOnFirstConnect: true });
+  }
+
+  async stop(): Promise<void> {
+    await this.#client?.drain();
+  }
+
+  readonly ready = (): void => {
+    if (!this.#client?.connected) throw new Error('not connected to NATS');
   };
 }

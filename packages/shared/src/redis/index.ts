@@ -65,3 +65,20 @@ export async function closeRedis(redis: Redis): Promise<void> {
     redis.disconnect();
   }
 }
+
+/** Redis as a lifecycle component: the client connects (and reconnects) by itself; stop() quits. */
+export class RedisComponent {
+  readonly name: string;
+  readonly client: Redis;
+
+  constructor(config: RedisClientConfig) {
+    this.name = `redis${config.role === 'worker' ? '-worker' : ''}`;
+    this.client = createRedis(config);
+  }
+
+  stop(): Promise<void> {
+    return closeRedis(this.client);
+  }
+
+  readonly ready = (): Promise<void> => redisReadiness(this.client)();
+}
