@@ -1,0 +1,3 @@
+module berth.local/infra/sample-app
+
+go 1.24.0

@@ -1,0 +1,84 @@
+// Command sample-app is the HTTP server Berth deploys in its own tests and demos: `/` answers with
+// the app's version and the pod's hostname, `/healthz` with "ok". It is a static binary that runs
+// in an image built FROM scratch (infra/images.sh), so `sample-app version` is what `kubectl exec`
+// can run inside it.
+//
+// Env: APP_VERSION (default: the version baked in at build time), PORT (default 8080).
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+)
+
+// version is set at build time with -ldflags "-X main.version=v1"; APP_VERSION overrides it.
+var version = "dev"
+
+func appVersion() string {
+	if v := os.Getenv("APP_VERSION"); v != "" {
+		return v
+	}
+	return version
+}
+
+type hello struct {
+	App      string `json:"app"`
+	Version  string `json:"version"`
+	Hostname string `json:"hostname"`
+}
+
+func main() {
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "version":
+			fmt.Println(appVersion())
+			return
+		case "hostname":
+			h, _ := os.Hostname()
+			fmt.Println(h)
+			return
+		default:
+			fmt.Fprintf(os.Stderr, "usage: sample-app [version|hostname]\n")
+			os.Exit(2)
+		}
+	}
+
+	hostname, _ := os.Hostname()
+	port := os.Getenv("PORT")
+	if port == "" {
+		port = "8080"
+	}
+	body := hello{App: "sample-app", Version: appVersion(), Hostname: hostname}
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		log.Printf("%s %s from %s", r.Method, r.URL.Path, r.RemoteAddr)
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(body)
+	})
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte("ok\n"))
+	})
+
+	srv := &http.Server{Addr: ":" + port, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	go func() {
+		<-ctx.Done()
+		shutdown, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(shutdown)
+	}()
+	log.Printf("sample-app %s listening on :%s (hostname %s)", body.Version, port, hostname)
+	if err := srv.ListenAndServe(); err != nil && err != http.ErrServerClosed {
+		log.Fatal(err)
+	}
+	log.Printf("sample-app stopped")
+}
