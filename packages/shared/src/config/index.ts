@@ -192,6 +192,11 @@ export const redisEnv = {
   REDIS_URL: envUrl(['redis', 'rediss']),
 };
 
+/** Where each cell's kubeconfig is: `<KUBECONFIG_DIR>/<cell>.kubeconfig` (never in etcd). */
+export const cellsEnv = {
+  KUBECONFIG_DIR: z.string().min(1).default('.local/cells'),
+};
+
 // ---- Parsing ---------------------------------------------------------------------------------
 
 type Env = Record<string, string | undefined>;

@@ -38,6 +38,26 @@ export class BerthKeys {
     this.prefix = prefix;
   }
 
+  // Users, access tokens, quotas (API-owned; here so the whole layout is in one place)
+  users(): string {
+    return `${this.prefix}/users/`;
+  }
+  user(user: string): string {
+    return `${this.prefix}/users/${user}`;
+  }
+  tokens(): string {
+    return `${this.prefix}/tokens/`;
+  }
+  token(tokenId: string): string {
+    return `${this.prefix}/tokens/${tokenId}`;
+  }
+  quotas(): string {
+    return `${this.prefix}/quotas/`;
+  }
+  quota(user: string): string {
+    return `${this.prefix}/quotas/${user}`;
+  }
+
   // Regions and cells
   regions(): string {
     return `${this.prefix}/regions/`;

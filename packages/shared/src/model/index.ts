@@ -1,0 +1,255 @@
+/**
+ * The desired and observed state that crosses service boundaries, as stored in etcd: what the API
+ * writes and the scheduler, discovery and lb-agent read, and what the scheduler writes back.
+ * One zod schema per stored value; a reader validates what it reads (and skips a value that does
+ * not parse, with a warning) instead of trusting it.
+ *
+ * Request bodies of the public API are the API's own (services/api); they map onto these.
+ */
+import { z } from 'zod';
+
+// ---- Names and quantities ---------------------------------------------------------------------
+
+/** A DNS-1123 label: region, cell, app, node and LB group names. */
+export const dnsLabelSchema = z
+  .string()
+  .min(1)
+  .max(63)
+  .regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, 'expected a DNS-1123 label: lowercase letters, digits and "-"');
+
+/** A user name: what members, owners and actors are called. */
+export const userNameSchema = z
+  .string()
+  .min(1)
+  .max(64)
+  .regex(/^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$/, 'expected lowercase letters, digits, ".", "_" and "-"');
+
+/** `v1`, `v2`, … in order of creation. */
+export const versionNameSchema = z.string().regex(/^v[1-9][0-9]*$/, 'expected v1, v2, …');
+
+/** A CPU quantity in Kubernetes form: `500m`, `1`, `1.5`. */
+export const cpuQuantitySchema = z
+  .string()
+  .regex(/^([0-9]+m|[0-9]+(\.[0-9]{1,3})?)$/, 'expected a CPU quantity like 250m, 1 or 1.5')
+  .refine((q) => parseCpuMillis(q) > 0, 'must be more than 0');
+
+/** A memory quantity in Kubernetes form: `512Mi`, `1Gi`, `1000000`. */
+export const memoryQuantitySchema = z
+  .string()
+  .regex(/^[0-9]+(Ki|Mi|Gi|Ti|k|M|G|T)?$/, 'expected a memory quantity like 512Mi or 1Gi')
+  .refine((q) => parseMemoryBytes(q) > 0, 'must be more than 0');
+
+/** CPU quantity → millicores. */
+export function parseCpuMillis(quantity: string): number {
+  if (quantity.endsWith('m')) return Number(quantity.slice(0, -1));
+  return Math.round(Number(quantity) * 1000);
+}
+
+const MEMORY_UNITS: Record<string, number> = {
+  '': 1,
+  k: 1e3,
+  M: 1e6,
+  G: 1e9,
+  T: 1e12,
+  Ki: 2 ** 10,
+  Mi: 2 ** 20,
+  Gi: 2 ** 30,
+  Ti: 2 ** 40,
+};
+
+/** Memory quantity → bytes. */
+export function parseMemoryBytes(quantity: string): number {
+  const m = /^([0-9]+)(Ki|Mi|Gi|Ti|k|M|G|T)?$/.exec(quantity);
+  if (!m?.[1]) return Number.NaN;
+  return Number(m[1]) * (MEMORY_UNITS[m[2] ?? ''] ?? Number.NaN);
+}
+
+/**
+ * Parses any Kubernetes quantity as Nodes report them (`3800m`, `8`, `16302488Ki`, `1e3`), into
+ * millicores for CPU or bytes for memory. Returns NaN when it does not parse.
+ */
+export function parseKubeQuantity(quantity: string, as: 'cpu' | 'memory'): number {
+  const m = /^([0-9.]+(?:e[0-9]+)?)(m|Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$/.exec(quantity.trim());
+  if (!m?.[1]) return Number.NaN;
+  const n = Number(m[1]);
+  const unit = m[2] ?? '';
+  if (unit === 'm') return as === 'cpu' ? n : n / 1000;
+  const factor = unit === 'Pi' ? 2 ** 50 : unit === 'P' ? 1e15 : (MEMORY_UNITS[unit] ?? Number.NaN);
+  return as === 'cpu' ? n * factor * 1000 : n * factor;
+}
+
+// ---- Regions and cells ------------------------------------------------------------------------
+
+export const regionSchema = z.object({
+  name: dnsLabelSchema,
+  description: z.string().max(500).default(''),
+  createdAt: z.iso.datetime(),
+});
+export type Region = z.infer<typeof regionSchema>;
+
+export const CELL_STATES = ['active', 'cordoned'] as const;
+export type CellState = (typeof CELL_STATES)[number];
+
+/**
+ * A cell: one Kubernetes cluster of a region. Its credentials are never here: each service that
+ * talks to cells reads a kubeconfig file per cell from its own config.
+ */
+export const cellSchema = z.object({
+  name: dnsLabelSchema,
+  region: dnsLabelSchema,
+  /** The cell's API server URL (informational; the kubeconfig is what services connect with). */
+  apiServer: z.url(),
+  state: z.enum(CELL_STATES).default('active'),
+  labels: z.record(z.string(), z.string()).default({}),
+  createdAt: z.iso.datetime(),
+  updatedAt: z.iso.datetime(),
+});
+export type Cell = z.infer<typeof cellSchema>;
+
+// ---- Apps, versions, members ------------------------------------------------------------------
+
+export const healthCheckSchema = z.object({
+  /** HTTP path probed for readiness and liveness. */
+  path: z.string().startsWith('/').max(1024),
+  port: z.number().int().min(1).max(65535),
+  initialDelaySeconds: z.number().int().min(0).max(3600).default(5),
+  periodSeconds: z.number().int().min(1).max(3600).default(10),
+  timeoutSeconds: z.number().int().min(1).max(600).default(2),
+  failureThreshold: z.number().int().min(1).max(100).default(3),
+});
+export type HealthCheck = z.infer<typeof healthCheckSchema>;
+
+export const portSchema = z.object({
+  name: dnsLabelSchema.max(15),
+  port: z.number().int().min(1).max(65535),
+  protocol: z.enum(['TCP', 'UDP']).default('TCP'),
+});
+export type Port = z.infer<typeof portSchema>;
+
+/** `team/shop`: an image repository in the region's registry. */
+export const imageRepositorySchema = z
+  .string()
+  .max(255)
+  .regex(/^[a-z0-9]+([._-][a-z0-9]+)*(\/[a-z0-9]+([._-][a-z0-9]+)*)+$/, 'expected an image repository like team/shop');
+
+/** An image tag: `main-1a2b3c4`. */
+export const imageTagSchema = z.string().regex(/^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$/, 'expected an image tag');
+
+export const envVarsSchema = z.record(
+  z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'expected an environment variable name'),
+  z.string().max(32_768),
+);
+
+export const appSchema = z.object({
+  name: dnsLabelSchema,
+  region: dnsLabelSchema,
+  image: imageRepositorySchema,
+  description: z.string().max(1000).default(''),
+  healthCheck: healthCheckSchema,
+  ports: z.array(portSchema).min(1).max(16),
+  minCells: z.number().int().min(1).max(16).default(2),
+  owner: userNameSchema,
+  createdAt: z.iso.datetime(),
+  updatedAt: z.iso.datetime(),
+});
+export type App = z.infer<typeof appSchema>;
+
+export const versionSchema = z.object({
+  app: dnsLabelSchema,
+  name: versionNameSchema,
+  /** The number in the name: v3 → 3. */
+  number: z.number().int().min(1),
+  imageTag: imageTagSchema,
+  /** Desired replicas: the only field of a version that changes after creation. */
+  replicas: z.number().int().min(0).max(1000),
+  cpu: cpuQuantitySchema,
+  memory: memoryQuantitySchema,
+  env: envVarsSchema.default({}),
+  ports: z.array(portSchema).min(1).max(16),
+  healthCheck: healthCheckSchema,
+  command: z.array(z.string()).max(64).default([]),
+  createdAt: z.iso.datetime(),
+  createdBy: userNameSchema,
+  updatedAt: z.iso.datetime(),
+});
+export type Version = z.infer<typeof versionSchema>;
+
+/** Member roles, strongest first (GitLab's). */
+export const ROLES = ['Owner', 'Master', 'Developer', 'Reporter', 'Guest'] as const;
+export type Role = (typeof ROLES)[number];
+
+/** True when `role` is at least as strong as `required`. */
+export function roleAtLeast(role: Role, required: Role): boolean {
+  return ROLES.indexOf(role) <= ROLES.indexOf(required);
+}
+
+export const memberSchema = z.object({
+  user: userNameSchema,
+  role: z.enum(ROLES),
+  addedAt: z.iso.datetime(),
+  addedBy: userNameSchema,
+});
+export type Member = z.infer<typeof memberSchema>;
+
+// ---- Scheduler output -------------------------------------------------------------------------
+
+export const conditionSchema = z.object({
+  /** e.g. Available, Progressing, Unschedulable, MinCellsShortfall. */
+  type: z.string().min(1),
+  status: z.enum(['True', 'False', 'Unknown']),
+  reason: z.string().default(''),
+  message: z.string().default(''),
+  lastTransitionTime: z.iso.datetime(),
+});
+export type Condition = z.infer<typeof conditionSchema>;
+
+/** Where a version's replicas go: written by the scheduler at `/berth/placements/{app}/{version}`. */
+export const placementSchema = z.object({
+  app: dnsLabelSchema,
+  version: versionNameSchema,
+  /** Replicas per cell. A cell missing here runs none of this version. */
+  cells: z.record(dnsLabelSchema, z.number().int().min(0)),
+  /** Bumped on every change of `cells`. */
+  generation: z.number().int().min(1),
+  /** Replicas asked for; `sum(cells)` is less when capacity is short. */
+  desired: z.number().int().min(0),
+  conditions: z.array(conditionSchema).default([]),
+  updatedAt: z.iso.datetime(),
+});
+export type Placement = z.infer<typeof placementSchema>;
+
+/** A version's state in one cell: written by the scheduler at `/berth/status/{app}/{version}/{cell}`. */
+export const versionCellStatusSchema = z.object({
+  app: dnsLabelSchema,
+  version: versionNameSchema,
+  cell: dnsLabelSchema,
+  desired: z.number().int().min(0),
+  ready: z.number().int().min(0),
+  available: z.number().int().min(0),
+  updated: z.number().int().min(0),
+  restarts: z.number().int().min(0),
+  conditions: z.array(conditionSchema).default([]),
+  observedAt: z.iso.datetime(),
+});
+export type VersionCellStatus = z.infer<typeof versionCellStatusSchema>;
+
+// ---- Kubernetes naming ------------------------------------------------------------------------
+
+/** Labels Berth puts on every object it creates in a cell, and selects by. */
+export const LABELS = {
+  managedBy: 'app.kubernetes.io/managed-by',
+  app: 'berth.dev/app',
+  version: 'berth.dev/version',
+  owner: 'berth.dev/owner',
+} as const;
+
+/** The value of `app.kubernetes.io/managed-by` on Berth's objects. */
+export const MANAGED_BY = 'berth';
+
+/** The server-side apply field manager Berth uses. */
+export const FIELD_MANAGER = 'berth-scheduler';
+
+/** The Deployment of one version in a cell: `{app}-{version}`. */
+export function deploymentName(app: string, version: string): string {
+  return `${app}-${version}`;
+}
