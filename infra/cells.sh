@@ -1,0 +1,546 @@
+#!/usr/bin/env bash
+# The region's Kubernetes cells (docs/cells.md):
+#   cell-a          a real cell: API server, controller manager, scheduler, its own containerd and
+#                   a kubelet node running real containers on the bridge berth-cell-a0 (198.18.0.0/16)
+#   cell-b, cell-c… KWOK cells: API server, controller manager, scheduler and kwok simulating nodes
+# All API servers keep their state in one etcd (127.0.0.1:2381), each under its own prefix.
+#
+#   infra/cells.sh up       start what is not running, wait until every cell is ready
+#   infra/cells.sh down     stop every process of every cell, the kubelet's containers too, and free
+#                           the network devices; data (etcd, images, certificates) stays
+#   infra/cells.sh status   one row per component
+# Env: BERTH_KWOK_CELLS (default 1), BERTH_KWOK_NODES (default 3), BERTH_KWOK_NODE_CPU (32),
+#      BERTH_KWOK_NODE_MEMORY (128Gi), BERTH_KWOK_NODE_PODS (110).
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$BERTH_ROOT/infra/k8s/pki.sh"
+
+KWOK_CELLS=${BERTH_KWOK_CELLS:-1}
+KWOK_NODES=${BERTH_KWOK_NODES:-3}
+KWOK_NODE_CPU=${BERTH_KWOK_NODE_CPU:-32}
+KWOK_NODE_MEMORY=${BERTH_KWOK_NODE_MEMORY:-128Gi}
+KWOK_NODE_PODS=${BERTH_KWOK_NODE_PODS:-110}
+[[ $KWOK_CELLS =~ ^[0-9]+$ && $KWOK_CELLS -le 16 ]] || die "BERTH_KWOK_CELLS must be 0..16 (one /21 of 198.19.128.0/17 each)"
+[[ $KWOK_NODES =~ ^[0-9]+$ && $KWOK_NODES -ge 1 ]] || die "BERTH_KWOK_NODES must be a number >= 1"
+
+CELLS_DIR=$BERTH_LOCAL/cells
+ETCD_URL=http://127.0.0.1:2381
+SERVICE_CIDR=198.19.64.0/18
+POD_CIDR_A=198.18.0.0/16
+BRIDGE_A=berth-cell-a0
+NODE_IP_A=198.18.0.1 # the host's address on cell-a's bridge: the kubelet's node IP
+NODE_A=cell-a-node0
+REGISTRY=${BERTH_REGISTRY:-127.0.0.1:5000}
+PAUSE_IMAGE=$REGISTRY/berth/pause:3.10.1
+CONTAINERD_SOCK_A=$BERTH_RUN_DIR/cell-a-containerd.sock
+CNI_BIN_DIR=/usr/lib/cni
+IPT_CHAIN=BERTH-CELLS
+# Ranges nothing on this machine answers: make traffic to them fail here instead of leaving by
+# the default route (the network rule: 198.18.0.0/15 only, and only what we created).
+UNREACHABLE_ROUTES=(198.19.64.0/18 198.19.128.0/17 198.19.48.0/24)
+
+eval "$("$BERTH_ROOT/infra/k8s/build.sh" --print-env)"
+
+cell_name() { printf 'cell-%b' "\\x$(printf %x $((97 + $1)))"; }
+cell_index() { local c=${1#cell-}; echo $(($(printf %d "'$c") - 97)); }
+apiserver_port() { echo $((6443 + $1)); }
+controller_manager_port() { echo $((10257 + 100 * $1)); }
+scheduler_port() { echo $((10259 + 100 * $1)); }
+kwok_port() { echo $((10247 + 100 * $1)); }
+# KWOK cell i (i >= 1) owns the /21 number i-1 of 198.19.128.0/17 for its pods.
+kwok_pod_cidr() { echo "198.19.$((128 + 8 * ($1 - 1))).0/21"; }
+# The address an API server writes into its `kubernetes` Service; never bound except for cell-a.
+advertise_address() { if (($1 == 0)); then echo "$NODE_IP_A"; else echo "198.19.48.$1"; fi; }
+
+configured_cells() {
+  local i
+  for ((i = 0; i <= KWOK_CELLS; i++)); do cell_name "$i"; done
+}
+# Cells with any state here, configured or not (down and status must see cells a benchmark made).
+known_cells() {
+  {
+    configured_cells
+    find "$CELLS_DIR" -mindepth 1 -maxdepth 1 -type d -name 'cell-?' -printf '%f\n' 2>/dev/null
+    find "$BERTH_RUN_DIR" -maxdepth 1 -name 'cell-?-*.pid' -printf '%f\n' 2>/dev/null | cut -c1-6
+  } | sort -u
+}
+
+kubectl_cell() { "$K8S_BIN/kubectl" --kubeconfig "$CELLS_DIR/$1.kubeconfig" "${@:2}"; }
+
+# ---------------------------------------------------------------- certificates and configs
+
+make_cell_pki() {
+  local cell=$1 i=$2 pki=$CELLS_DIR/$1/pki adv port
+  adv=$(advertise_address "$i")
+  port=$(apiserver_port "$i")
+  mkdir -p "$pki"
+  pki_ca "$pki" "berth-$cell-ca"
+  pki_sa_key "$pki"
+  pki_cert "$pki" apiserver kube-apiserver "" server \
+    "IP:127.0.0.1,IP:$adv,IP:198.19.64.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+  pki_cert "$pki" apiserver-kubelet-client kube-apiserver-kubelet-client system:masters client
+  pki_cert "$pki" admin berth-admin system:masters client
+  pki_cert "$pki" controller-manager system:kube-controller-manager "" client
+  pki_cert "$pki" scheduler system:kube-scheduler "" client
+  local server=https://127.0.0.1:$port
+  write_kubeconfig "$CELLS_DIR/$cell.kubeconfig" "$cell" "$server" "$pki/ca.crt" "$pki/admin.crt" "$pki/admin.key"
+  write_kubeconfig "$CELLS_DIR/$cell/controller-manager.kubeconfig" "$cell" "$server" "$pki/ca.crt" "$pki/controller-manager.crt" "$pki/controller-manager.key"
+  write_kubeconfig "$CELLS_DIR/$cell/scheduler.kubeconfig" "$cell" "$server" "$pki/ca.crt" "$pki/scheduler.crt" "$pki/scheduler.key"
+  if ((i == 0)); then
+    pki_cert "$pki" kubelet "system:node:$NODE_A" system:nodes client
+    pki_cert "$pki" kubelet-serving "$NODE_A" "" server "IP:$NODE_IP_A,IP:127.0.0.1,DNS:$NODE_A"
+    write_kubeconfig "$CELLS_DIR/$cell/kubelet.kubeconfig" "$cell" "$server" "$pki/ca.crt" "$pki/kubelet.crt" "$pki/kubelet.key"
+  else
+    # kwok writes the status and leases of many nodes; it is not one node, so NodeRestriction's
+    # per-node identity does not fit it.
+    pki_cert "$pki" kwok kwok system:masters client
+    write_kubeconfig "$CELLS_DIR/$cell/kwok.kubeconfig" "$cell" "$server" "$pki/ca.crt" "$pki/kwok.crt" "$pki/kwok.key"
+  fi
+  cat >"$CELLS_DIR/$cell/scheduler.yaml" <<EOF
+apiVersion: kubescheduler.config.k8s.io/v1
+kind: KubeSchedulerConfiguration
+clientConnection:
+  kubeconfig: $CELLS_DIR/$cell/scheduler.kubeconfig
+  qps: 100
+  burst: 200
+leaderElection:
+  leaderElect: false
+EOF
+}
+
+# The one file that says how cell-a's pods get their network. The IPAM section is host-local for
+# now; Berth's berth-ipam plugin replaces it (services/cni-ipam).
+write_cni_config_a() {
+  local dir=$CELLS_DIR/cell-a/cni/net.d
+  mkdir -p "$dir"
+  cat >"$dir/10-berth-cell-a.conflist" <<EOF
+{
+  "cniVersion": "1.0.0",
+  "name": "berth-cell-a",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "$BRIDGE_A",
+      "isGateway": true,
+      "ipMasq": false,
+      "hairpinMode": true,
+      "ipam": {
+        "type": "host-local",
+        "dataDir": "$BERTH_DATA_DIR/cell-a/cni-host-local",
+        "ranges": [[{ "subnet": "$POD_CIDR_A", "rangeStart": "198.18.1.0", "gateway": "$NODE_IP_A" }]],
+        "routes": [{ "dst": "0.0.0.0/0" }]
+      }
+    }
+  ]
+}
+EOF
+}
+
+write_containerd_config_a() {
+  local dir=$CELLS_DIR/cell-a data=$BERTH_DATA_DIR/cell-a/containerd
+  mkdir -p "$dir/certs.d/$REGISTRY" "$data"
+  cat >"$dir/certs.d/$REGISTRY/hosts.toml" <<EOF
+# The region's registry speaks plain http on loopback.
+server = "http://$REGISTRY"
+
+[host."http://$REGISTRY"]
+  capabilities = ["pull", "resolve", "push"]
+EOF
+  cat >"$dir/containerd.toml" <<EOF
+# cell-a's own containerd (Debian's 1.6): its own root, state and socket; CRI for the kubelet.
+version = 2
+root = "$data"
+state = "$BERTH_RUN_DIR/cell-a-containerd"
+disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs", "io.containerd.tracing.processor.v1.otlp"]
+
+[grpc]
+  address = "$CONTAINERD_SOCK_A"
+
+[ttrpc]
+  address = "$CONTAINERD_SOCK_A.ttrpc"
+
+[debug]
+  address = ""
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "$PAUSE_IMAGE"
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  enable_selinux = false
+  disable_apparmor = true
+  restrict_oom_score_adj = false
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        BinaryName = "/usr/sbin/runc"
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "$CNI_BIN_DIR"
+    conf_dir = "$dir/cni/net.d"
+    max_conf_num = 1
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "$dir/certs.d"
+EOF
+}
+
+write_kubelet_config_a() {
+  local dir=$CELLS_DIR/cell-a data=$BERTH_DATA_DIR/cell-a
+  mkdir -p "$data/kubelet" "$data/pod-logs"
+  cat >"$dir/kubelet.yaml" <<EOF
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: $NODE_IP_A
+port: 10250
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: 10248
+tlsCertFile: $dir/pki/kubelet-serving.crt
+tlsPrivateKeyFile: $dir/pki/kubelet-serving.key
+authentication:
+  anonymous: { enabled: false }
+  webhook: { enabled: true }
+  x509: { clientCAFile: $dir/pki/ca.crt }
+authorization:
+  mode: Webhook
+containerRuntimeEndpoint: unix://$CONTAINERD_SOCK_A
+# This machine: cgroup v1, no systemd, no swap accounting.
+cgroupDriver: cgroupfs
+failCgroupV1: false
+failSwapOn: false
+memorySwap: {}
+# No cluster DNS and no host resolv.conf: pods resolve nothing outside (network rule).
+resolvConf: ""
+clusterDomain: cluster.local
+podLogsDir: $data/pod-logs
+volumePluginDir: $data/kubelet/volume-plugins
+serializeImagePulls: false
+maxPods: 110
+podPidsLimit: -1
+rotateCertificates: false
+serverTLSBootstrap: false
+evictionHard:
+  memory.available: 100Mi
+  nodefs.available: 1%
+  nodefs.inodesFree: 1%
+  imagefs.available: 1%
+imageGCHighThresholdPercent: 95
+imageGCLowThresholdPercent: 90
+EOF
+}
+
+# ---------------------------------------------------------------- host network and mounts
+
+prepare_host_a() {
+  # The kubelet and containerd need mount propagation from the host into pods (kind does the same).
+  if [[ $(findmnt -no PROPAGATION /) != shared ]]; then as_root mount --make-rshared /; fi
+  [[ -e /dev/kmsg ]] || as_root mknod /dev/kmsg c 1 11
+  # The bridge exists before the kubelet so that its node IP is on a host interface; the CNI
+  # bridge plugin finds it and adds pods' veths to it.
+  if ! ip link show "$BRIDGE_A" >/dev/null 2>&1; then
+    as_root ip link add "$BRIDGE_A" type bridge
+  fi
+  ip -4 addr show dev "$BRIDGE_A" | grep -q "inet $NODE_IP_A/16" || as_root ip addr add "$NODE_IP_A/16" dev "$BRIDGE_A"
+  as_root ip link set "$BRIDGE_A" up
+  local r
+  for r in "${UNREACHABLE_ROUTES[@]}"; do as_root ip route replace unreachable "$r"; done
+  # dockerd sets FORWARD's policy to DROP; pod-to-pod traffic crosses FORWARD when br_netfilter
+  # is loaded. Accept the bridge's own traffic and the benchmark range; refuse the rest.
+  as_root iptables -w -N "$IPT_CHAIN" 2>/dev/null || true
+  as_root iptables -w -F "$IPT_CHAIN"
+  as_root iptables -w -A "$IPT_CHAIN" -i "$BRIDGE_A" -o "$BRIDGE_A" -j ACCEPT
+  as_root iptables -w -A "$IPT_CHAIN" -i "$BRIDGE_A" -d 198.18.0.0/15 -j ACCEPT
+  as_root iptables -w -A "$IPT_CHAIN" -o "$BRIDGE_A" -s 198.18.0.0/15 -j ACCEPT
+  as_root iptables -w -A "$IPT_CHAIN" -i "$BRIDGE_A" -j REJECT --reject-with icmp-net-prohibited
+  as_root iptables -w -C FORWARD -j "$IPT_CHAIN" 2>/dev/null || as_root iptables -w -I FORWARD 1 -j "$IPT_CHAIN"
+}
+
+release_host_a() {
+  local r
+  if as_root iptables -w -C FORWARD -j "$IPT_CHAIN" 2>/dev/null; then as_root iptables -w -D FORWARD -j "$IPT_CHAIN"; fi
+  as_root iptables -w -F "$IPT_CHAIN" 2>/dev/null || true
+  as_root iptables -w -X "$IPT_CHAIN" 2>/dev/null || true
+  for r in "${UNREACHABLE_ROUTES[@]}"; do as_root ip route del unreachable "$r" 2>/dev/null || true; done
+  # Pods' veths went with their network namespaces; any left over are the bridge's ports.
+  local port
+  for port in $(ip -o link show master "$BRIDGE_A" 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do
+    as_root ip link del "$port" 2>/dev/null || true
+  done
+  as_root ip link del "$BRIDGE_A" 2>/dev/null || true
+}
+
+# unmount_under DIR...: unmount everything mounted below DIR, deepest first.
+unmount_under() {
+  local d m
+  for d in "$@"; do
+    [[ -d $d ]] || continue
+    d=$(realpath "$d")
+    awk -v d="$d/" 'index($2 "/", d) == 1 { print $2 }' /proc/self/mounts | sort -r | while read -r m; do
+      as_root umount "$m" 2>/dev/null || as_root umount -l "$m" 2>/dev/null || true
+    done
+  done
+}
+
+# ---------------------------------------------------------------- components
+
+start_etcd() {
+  if curl -fsS -m 2 "$ETCD_URL/health" 2>/dev/null | grep -q '"health":"true"'; then return 0; fi
+  mkdir -p "$BERTH_DATA_DIR/etcd-cells"
+  start_daemon etcd-cells etcd --name berth-cells --data-dir "$BERTH_DATA_DIR/etcd-cells" \
+    --listen-client-urls "$ETCD_URL" --advertise-client-urls "$ETCD_URL" \
+    --listen-peer-urls http://127.0.0.1:2382 --initial-advertise-peer-urls http://127.0.0.1:2382 \
+    --initial-cluster berth-cells=http://127.0.0.1:2382 --initial-cluster-state new \
+    --quota-backend-bytes 8589934592 --max-request-bytes 10485760 \
+    --experimental-watch-progress-notify-interval 5s || true
+  wait_until etcd-cells 60 etcd_healthy
+}
+etcd_healthy() { curl -fsS -m 2 "$ETCD_URL/health" | grep -q '"health":"true"'; }
+
+start_apiserver() {
+  local cell=$1 i=$2 pki=$CELLS_DIR/$1/pki
+  start_daemon "$cell-apiserver" "$K8S_BIN/kube-apiserver" \
+    --etcd-servers="$ETCD_URL" --etcd-prefix="/cells/$cell" \
+    --bind-address=127.0.0.1 --secure-port="$(apiserver_port "$i")" --advertise-address="$(advertise_address "$i")" \
+    --service-cluster-ip-range="$SERVICE_CIDR" \
+    --client-ca-file="$pki/ca.crt" --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
+    --kubelet-client-certificate="$pki/apiserver-kubelet-client.crt" --kubelet-client-key="$pki/apiserver-kubelet-client.key" \
+    --kubelet-preferred-address-types=InternalIP,Hostname \
+    --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
+    --service-account-issuer=https://kubernetes.default.svc --api-audiences=https://kubernetes.default.svc \
+    --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction --allow-privileged=true \
+    --max-requests-inflight=800 --max-mutating-requests-inflight=400 \
+    --profiling=false --event-ttl=1h || true
+}
+apiserver_ready() { curl -fsSk -m 3 "https://127.0.0.1:$(apiserver_port "$1")/readyz" >/dev/null; }
+
+start_controller_manager() {
+  local cell=$1 i=$2 dir=$CELLS_DIR/$1
+  start_daemon "$cell-controller-manager" "$K8S_BIN/kube-controller-manager" \
+    --kubeconfig="$dir/controller-manager.kubeconfig" \
+    --authentication-kubeconfig="$dir/controller-manager.kubeconfig" \
+    --authorization-kubeconfig="$dir/controller-manager.kubeconfig" \
+    --bind-address=127.0.0.1 --secure-port="$(controller_manager_port "$i")" \
+    --leader-elect=false --cluster-name="$cell" \
+    --service-account-private-key-file="$dir/pki/sa.key" --root-ca-file="$dir/pki/ca.crt" \
+    --use-service-account-credentials=true \
+    --cluster-signing-cert-file="$dir/pki/ca.crt" --cluster-signing-key-file="$dir/pki/ca.key" \
+    --kube-api-qps=100 --kube-api-burst=200 --profiling=false || true
+}
+controller_manager_healthy() { curl -fsSk -m 3 "https://127.0.0.1:$(controller_manager_port "$1")/healthz" >/dev/null; }
+
+start_scheduler() {
+  local cell=$1 i=$2 dir=$CELLS_DIR/$1
+  start_daemon "$cell-scheduler" "$K8S_BIN/kube-scheduler" --config="$dir/scheduler.yaml" \
+    --authentication-kubeconfig="$dir/scheduler.kubeconfig" --authorization-kubeconfig="$dir/scheduler.kubeconfig" \
+    --bind-address=127.0.0.1 --secure-port="$(scheduler_port "$i")" --profiling=false || true
+}
+scheduler_healthy() { curl -fsSk -m 3 "https://127.0.0.1:$(scheduler_port "$1")/healthz" >/dev/null; }
+
+start_kwok() {
+  local cell=$1 i=$2
+  start_daemon "$cell-kwok" "$KWOK_BIN/kwok" --kubeconfig="$CELLS_DIR/$cell/kwok.kubeconfig" \
+    --config="$KWOK_BIN/stages.yaml" \
+    --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
+    --cidr="$(kwok_pod_cidr "$i")" --node-ip=127.0.0.1 --node-lease-duration-seconds=40 \
+    --server-address="127.0.0.1:$(kwok_port "$i")" || true
+}
+kwok_healthy() { curl -fsS -m 3 "http://127.0.0.1:$(kwok_port "$1")/healthz" >/dev/null; }
+
+# kwok_nodes_yaml CELL: the simulated nodes. kwok manages only nodes with its annotation.
+kwok_nodes_yaml() {
+  local cell=$1 n name
+  echo "apiVersion: v1"
+  echo "kind: List"
+  echo "items:"
+  for ((n = 0; n < KWOK_NODES; n++)); do
+    name=$cell-node$n
+    cat <<EOF
+- apiVersion: v1
+  kind: Node
+  metadata:
+    name: $name
+    annotations:
+      kwok.x-k8s.io/node: fake
+      node.alpha.kubernetes.io/ttl: "0"
+    labels:
+      type: kwok
+      berth.dev/cell: $cell
+      kubernetes.io/arch: amd64
+      kubernetes.io/hostname: $name
+      kubernetes.io/os: linux
+      node-role.kubernetes.io/agent: ""
+  status:
+    allocatable: { cpu: "$KWOK_NODE_CPU", memory: "$KWOK_NODE_MEMORY", pods: "$KWOK_NODE_PODS" }
+    capacity: { cpu: "$KWOK_NODE_CPU", memory: "$KWOK_NODE_MEMORY", pods: "$KWOK_NODE_PODS" }
+EOF
+  done
+}
+
+apply_kwok_nodes() {
+  local cell=$1 extra
+  kwok_nodes_yaml "$cell" | kubectl_cell "$cell" apply --server-side --field-manager=berth-cells -f - >/dev/null
+  # Sizes changed through env reach existing nodes through their status.
+  kwok_nodes_yaml "$cell" | kubectl_cell "$cell" apply --server-side --field-manager=berth-cells \
+    --subresource=status --force-conflicts -f - >/dev/null
+  # Fewer nodes than last time: remove the rest.
+  extra=$(kubectl_cell "$cell" get nodes -l type=kwok -o name | sed 's|node/||' |
+    awk -v c="$cell-node" -v n="$KWOK_NODES" 'index($0, c) == 1 && substr($0, length(c) + 1) + 0 >= n')
+  [[ -z $extra ]] || kubectl_cell "$cell" delete node $extra >/dev/null
+}
+
+ready_nodes() { # ready_nodes CELL SELECTOR: how many nodes are Ready
+  kubectl_cell "$1" get nodes -l "$2" \
+    -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' 2>/dev/null | grep -c '^True$'
+}
+kwok_nodes_ready() { [[ $(ready_nodes "$1" type=kwok) -ge $KWOK_NODES ]]; }
+kubelet_node_ready() { [[ $(ready_nodes cell-a "kubernetes.io/hostname=$NODE_A") -ge 1 ]]; }
+kubelet_healthy() { curl -fsS -m 3 http://127.0.0.1:10248/healthz >/dev/null; }
+containerd_healthy() { ctr --address "$CONTAINERD_SOCK_A" version >/dev/null 2>&1; }
+
+start_containerd_a() {
+  start_daemon cell-a-containerd containerd --config "$CELLS_DIR/cell-a/containerd.toml" || true
+  wait_until cell-a-containerd 60 containerd_healthy
+  # The sandbox image comes from this machine, not from a pull: import it once.
+  if [[ -z $(ctr --address "$CONTAINERD_SOCK_A" -n k8s.io images ls -q "name==$PAUSE_IMAGE") ]]; then
+    local tar
+    tar=$("$BERTH_ROOT/infra/images.sh" pause-tar)
+    ctr --address "$CONTAINERD_SOCK_A" -n k8s.io images import --no-unpack "$tar" >/dev/null
+    log "imported $PAUSE_IMAGE into cell-a's containerd"
+  fi
+}
+
+start_kubelet_a() {
+  local data=$BERTH_DATA_DIR/cell-a
+  start_daemon cell-a-kubelet "$K8S_BIN/kubelet" --config="$CELLS_DIR/cell-a/kubelet.yaml" \
+    --kubeconfig="$CELLS_DIR/cell-a/kubelet.kubeconfig" --root-dir="$data/kubelet" \
+    --cert-dir="$data/kubelet/pki" --hostname-override="$NODE_A" --node-ip="$NODE_IP_A" \
+    --node-labels="berth.dev/cell=cell-a,node-role.kubernetes.io/agent=" || true
+}
+
+write_env() {
+  local cells i kubeconfigs="" cell var
+  cells=$(configured_cells | paste -sd, -)
+  mkdir -p "$BERTH_LOCAL/env.d"
+  {
+    echo "# Written by infra/cells.sh up."
+    echo "export BERTH_CELLS=$cells"
+    echo "export BERTH_CELLS_DIR=$CELLS_DIR"
+    echo "export BERTH_K8S_VERSION=$K8S_VERSION"
+    echo "export BERTH_SAMPLE_IMAGE=$REGISTRY/berth/sample-app:v1"
+    for cell in $(configured_cells); do
+      var=BERTH_KUBECONFIG_$(echo "${cell//-/_}" | tr a-z A-Z)
+      echo "export $var=$CELLS_DIR/$cell.kubeconfig"
+      kubeconfigs+="${kubeconfigs:+:}$CELLS_DIR/$cell.kubeconfig"
+    done
+    echo "# kubectl sees every cell; pick one with --context cell-b. The first is the default."
+    echo "export KUBECONFIG=$kubeconfigs"
+  } >"$BERTH_LOCAL/env.d/20-cells.sh.tmp"
+  mv "$BERTH_LOCAL/env.d/20-cells.sh.tmp" "$BERTH_LOCAL/env.d/20-cells.sh"
+  ln -sfn "$K8S_BIN/kubectl" "$BERTH_BIN_DIR/kubectl"
+}
+
+# ---------------------------------------------------------------- up / down / status
+
+stop_cell() {
+  local cell=$1
+  if [[ $cell == cell-a ]]; then
+    stop_daemon cell-a-kubelet 30
+    if containerd_healthy && [[ -x $K8S_BIN/berth-cri ]]; then
+      "$K8S_BIN/berth-cri" -endpoint "unix://$CONTAINERD_SOCK_A" remove-pods >>"$(logfile cell-a-containerd)" 2>&1 ||
+        log "some of cell-a's pods were not removed through CRI; see $(logfile cell-a-containerd)"
+    fi
+    stop_daemon cell-a-containerd 30
+    # Shims outlive containerd; any left belong to this containerd (its socket is in their args).
+    local pid
+    for pid in $(pgrep -f "containerd-shim-runc-v2 .*-address $CONTAINERD_SOCK_A" || true); do
+      as_root kill -KILL "$pid" 2>/dev/null || true
+    done
+    unmount_under "$BERTH_DATA_DIR/cell-a/kubelet" "$BERTH_RUN_DIR/cell-a-containerd" "$BERTH_DATA_DIR/cell-a/containerd"
+    release_host_a
+  fi
+  stop_daemon "$cell-kwok"
+  stop_daemon "$cell-scheduler"
+  stop_daemon "$cell-controller-manager"
+  stop_daemon "$cell-apiserver"
+}
+
+cmd_up() {
+  local t0=$SECONDS cell i
+  ensure_packages containerd runc containernetworking-plugins iptables iproute2 openssl etcd-server curl gcc libc6-dev
+  if ! "$BERTH_ROOT/infra/k8s/build.sh" --status >/dev/null; then
+    "$BERTH_ROOT/infra/k8s/build.sh" --background
+    "$BERTH_ROOT/infra/k8s/build.sh" --wait
+  fi
+  # Cells beyond BERTH_KWOK_CELLS (left by a benchmark) stop.
+  for cell in $(known_cells); do
+    (($(cell_index "$cell") > KWOK_CELLS)) && { log "stopping $cell (BERTH_KWOK_CELLS=$KWOK_CELLS)"; stop_cell "$cell"; }
+  done
+
+  mkdir -p "$CELLS_DIR"
+  for cell in $(configured_cells); do make_cell_pki "$cell" "$(cell_index "$cell")"; done
+  write_cni_config_a
+  write_containerd_config_a
+  write_kubelet_config_a
+  prepare_host_a
+
+  start_etcd
+  for cell in $(configured_cells); do start_apiserver "$cell" "$(cell_index "$cell")"; done
+  start_containerd_a
+  for cell in $(configured_cells); do
+    i=$(cell_index "$cell")
+    wait_until "$cell-apiserver" 120 apiserver_ready "$i"
+    start_controller_manager "$cell" "$i"
+    start_scheduler "$cell" "$i"
+    if ((i == 0)); then start_kubelet_a; else start_kwok "$cell" "$i"; fi
+  done
+  for cell in $(configured_cells); do
+    i=$(cell_index "$cell")
+    wait_until "$cell-controller-manager" 60 controller_manager_healthy "$i"
+    wait_until "$cell-scheduler" 60 scheduler_healthy "$i"
+    if ((i > 0)); then
+      wait_until "$cell-kwok" 60 kwok_healthy "$i"
+      apply_kwok_nodes "$cell"
+    fi
+  done
+  wait_until cell-a-kubelet 120 kubelet_healthy
+  wait_until cell-a-kubelet 120 kubelet_node_ready
+  for cell in $(configured_cells); do
+    [[ $cell == cell-a ]] || wait_until "$cell-kwok" 120 kwok_nodes_ready "$cell"
+  done
+  write_env
+  log "cells ready in $((SECONDS - t0))s: $(configured_cells | paste -sd' ' -) (kubeconfigs in $CELLS_DIR)"
+}
+
+cmd_down() {
+  local cell
+  for cell in $(known_cells | sort -r); do stop_cell "$cell"; done
+  stop_daemon etcd-cells
+}
+
+cmd_status() {
+  local cell i
+  status_line etcd-cells 127.0.0.1:2381 etcd_healthy
+  for cell in $(known_cells); do
+    i=$(cell_index "$cell")
+    status_line "$cell-apiserver" "https://127.0.0.1:$(apiserver_port "$i")" apiserver_ready "$i"
+    status_line "$cell-controller-manager" "https://127.0.0.1:$(controller_manager_port "$i")" controller_manager_healthy "$i"
+    status_line "$cell-scheduler" "https://127.0.0.1:$(scheduler_port "$i")" scheduler_healthy "$i"
+    if ((i == 0)); then
+      status_line cell-a-containerd "unix://.local/run/cell-a-containerd.sock" containerd_healthy
+      status_line cell-a-kubelet "https://$NODE_IP_A:10250 ($NODE_A)" kubelet_node_ready
+    else
+      status_line "$cell-kwok" "$KWOK_NODES nodes, pods $(kwok_pod_cidr "$i")" kwok_nodes_ready "$cell"
+    fi
+  done
+}
+
+case ${1:-} in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  status) cmd_status ;;
+  *) die "usage: $0 up|down|status" ;;
+esac
