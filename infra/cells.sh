@@ -40,7 +40,7 @@ UNREACHABLE_ROUTES=(198.19.64.0/18 198.19.128.0/17 198.19.48.0/24)
 
 eval "$("$BERTH_ROOT/infra/k8s/build.sh" --print-env)"
 
-cell_name() { printf 'cell-%b' "\\x$(printf %x $((97 + $1)))"; }
+cell_name() { printf 'cell-%b\n' "\\x$(printf %x $((97 + $1)))"; }
 cell_index() { local c=${1#cell-}; echo $(($(printf %d "'$c") - 97)); }
 apiserver_port() { echo $((6443 + $1)); }
 controller_manager_port() { echo $((10257 + 100 * $1)); }
@@ -62,6 +62,15 @@ known_cells() {
     find "$CELLS_DIR" -mindepth 1 -maxdepth 1 -type d -name 'cell-?' -printf '%f\n' 2>/dev/null
     find "$BERTH_RUN_DIR" -maxdepth 1 -name 'cell-?-*.pid' -printf '%f\n' 2>/dev/null | cut -c1-6
   } | sort -u
+}
+
+# write_file FILE: stdin into FILE, atomically and only when it differs (containerd watches the CNI
+# directory and would read a half-written file; unchanged files keep their mtime).
+write_file() {
+  local tmp
+  tmp=$(mktemp "$1.XXXXXX")
+  cat >"$tmp"
+  if cmp -s "$tmp" "$1"; then rm -f "$tmp"; else chmod 644 "$tmp" && mv "$tmp" "$1"; fi
 }
 
 kubectl_cell() { "$K8S_BIN/kubectl" --kubeconfig "$CELLS_DIR/$1.kubeconfig" "${@:2}"; }
@@ -95,7 +104,7 @@ make_cell_pki() {
     pki_cert "$pki" kwok kwok system:masters client
     write_kubeconfig "$CELLS_DIR/$cell/kwok.kubeconfig" "$cell" "$server" "$pki/ca.crt" "$pki/kwok.crt" "$pki/kwok.key"
   fi
-  cat >"$CELLS_DIR/$cell/scheduler.yaml" <<EOF
+  write_file "$CELLS_DIR/$cell/scheduler.yaml" <<EOF
 apiVersion: kubescheduler.config.k8s.io/v1
 kind: KubeSchedulerConfiguration
 clientConnection:
@@ -112,7 +121,7 @@ EOF
 write_cni_config_a() {
   local dir=$CELLS_DIR/cell-a/cni/net.d
   mkdir -p "$dir"
-  cat >"$dir/10-berth-cell-a.conflist" <<EOF
+  write_file "$dir/10-berth-cell-a.conflist" <<EOF
 {
   "cniVersion": "1.0.0",
   "name": "berth-cell-a",
@@ -138,14 +147,14 @@ EOF
 write_containerd_config_a() {
   local dir=$CELLS_DIR/cell-a data=$BERTH_DATA_DIR/cell-a/containerd
   mkdir -p "$dir/certs.d/$REGISTRY" "$data"
-  cat >"$dir/certs.d/$REGISTRY/hosts.toml" <<EOF
+  write_file "$dir/certs.d/$REGISTRY/hosts.toml" <<EOF
 # The region's registry speaks plain http on loopback.
 server = "http://$REGISTRY"
 
 [host."http://$REGISTRY"]
   capabilities = ["pull", "resolve", "push"]
 EOF
-  cat >"$dir/containerd.toml" <<EOF
+  write_file "$dir/containerd.toml" <<EOF
 # cell-a's own containerd (Debian's 1.6): its own root, state and socket; CRI for the kubelet.
 version = 2
 root = "$data"
@@ -170,7 +179,9 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
   stream_server_port = "0"
   enable_selinux = false
   disable_apparmor = true
-  restrict_oom_score_adj = false
+  # This machine's root lacks CAP_SYS_RESOURCE: nothing may lower its oom_score_adj, so the
+  # kubelet's values (-998 for sandboxes) are clamped to containerd's own instead of failing runc.
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -191,7 +202,7 @@ EOF
 write_kubelet_config_a() {
   local dir=$CELLS_DIR/cell-a data=$BERTH_DATA_DIR/cell-a
   mkdir -p "$data/kubelet" "$data/pod-logs"
-  cat >"$dir/kubelet.yaml" <<EOF
+  write_file "$dir/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 address: $NODE_IP_A
@@ -319,7 +330,7 @@ apiserver_ready() { curl -fsSk -m 3 "https://127.0.0.1:$(apiserver_port "$1")/re
 
 start_controller_manager() {
   local cell=$1 i=$2 dir=$CELLS_DIR/$1
-  start_daemon "$cell-controller-manager" "$K8S_BIN/kube-controller-manager" \
+  start_daemon "$cell-controller-mgr" "$K8S_BIN/kube-controller-manager" \
     --kubeconfig="$dir/controller-manager.kubeconfig" \
     --authentication-kubeconfig="$dir/controller-manager.kubeconfig" \
     --authorization-kubeconfig="$dir/controller-manager.kubeconfig" \
@@ -372,7 +383,6 @@ kwok_nodes_yaml() {
       kubernetes.io/arch: amd64
       kubernetes.io/hostname: $name
       kubernetes.io/os: linux
-      node-role.kubernetes.io/agent: ""
   status:
     allocatable: { cpu: "$KWOK_NODE_CPU", memory: "$KWOK_NODE_MEMORY", pods: "$KWOK_NODE_PODS" }
     capacity: { cpu: "$KWOK_NODE_CPU", memory: "$KWOK_NODE_MEMORY", pods: "$KWOK_NODE_PODS" }
@@ -418,7 +428,7 @@ start_kubelet_a() {
   start_daemon cell-a-kubelet "$K8S_BIN/kubelet" --config="$CELLS_DIR/cell-a/kubelet.yaml" \
     --kubeconfig="$CELLS_DIR/cell-a/kubelet.kubeconfig" --root-dir="$data/kubelet" \
     --cert-dir="$data/kubelet/pki" --hostname-override="$NODE_A" --node-ip="$NODE_IP_A" \
-    --node-labels="berth.dev/cell=cell-a,node-role.kubernetes.io/agent=" || true
+    --node-labels="berth.dev/cell=cell-a" || true
 }
 
 write_env() {
@@ -464,7 +474,7 @@ stop_cell() {
   fi
   stop_daemon "$cell-kwok"
   stop_daemon "$cell-scheduler"
-  stop_daemon "$cell-controller-manager"
+  stop_daemon "$cell-controller-mgr"
   stop_daemon "$cell-apiserver"
 }
 
@@ -499,7 +509,7 @@ cmd_up() {
   done
   for cell in $(configured_cells); do
     i=$(cell_index "$cell")
-    wait_until "$cell-controller-manager" 60 controller_manager_healthy "$i"
+    wait_until "$cell-controller-mgr" 60 controller_manager_healthy "$i"
     wait_until "$cell-scheduler" 60 scheduler_healthy "$i"
     if ((i > 0)); then
       wait_until "$cell-kwok" 60 kwok_healthy "$i"
@@ -527,10 +537,10 @@ cmd_status() {
   for cell in $(known_cells); do
     i=$(cell_index "$cell")
     status_line "$cell-apiserver" "https://127.0.0.1:$(apiserver_port "$i")" apiserver_ready "$i"
-    status_line "$cell-controller-manager" "https://127.0.0.1:$(controller_manager_port "$i")" controller_manager_healthy "$i"
+    status_line "$cell-controller-mgr" "https://127.0.0.1:$(controller_manager_port "$i")" controller_manager_healthy "$i"
     status_line "$cell-scheduler" "https://127.0.0.1:$(scheduler_port "$i")" scheduler_healthy "$i"
     if ((i == 0)); then
-      status_line cell-a-containerd "unix://.local/run/cell-a-containerd.sock" containerd_healthy
+      status_line cell-a-containerd ".local/run/cell-a-containerd.sock" containerd_healthy
       status_line cell-a-kubelet "https://$NODE_IP_A:10250 ($NODE_A)" kubelet_node_ready
     else
       status_line "$cell-kwok" "$KWOK_NODES nodes, pods $(kwok_pod_cidr "$i")" kwok_nodes_ready "$cell"

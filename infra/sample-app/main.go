@@ -10,6 +10,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log"
 	"net/http"
 	"os"
@@ -34,6 +35,21 @@ type hello struct {
 	Hostname string `json:"hostname"`
 }
 
+func get(url string) int {
+	client := http.Client{Timeout: 5 * time.Second}
+	resp, err := client.Get(url)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(os.Stdout, resp.Body)
+	if resp.StatusCode >= 400 {
+		return 1
+	}
+	return 0
+}
+
 func main() {
 	if len(os.Args) > 1 {
 		switch os.Args[1] {
@@ -44,8 +60,15 @@ func main() {
 			h, _ := os.Hostname()
 			fmt.Println(h)
 			return
+		case "get":
+			// `sample-app get URL`: the image has no shell or curl, so tests reach other pods with this.
+			if len(os.Args) != 3 {
+				fmt.Fprintf(os.Stderr, "usage: sample-app get URL\n")
+				os.Exit(2)
+			}
+			os.Exit(get(os.Args[2]))
 		default:
-			fmt.Fprintf(os.Stderr, "usage: sample-app [version|hostname]\n")
+			fmt.Fprintf(os.Stderr, "usage: sample-app [version|hostname|get URL]\n")
 			os.Exit(2)
 		}
 	}
