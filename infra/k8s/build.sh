@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build Kubernetes (kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubectl) from
-# the Go module in infra/k8s, and KWOK from its own module, into the cache outside the repo:
-#   $BERTH_CACHE/k8s/<version>/bin/    $BERTH_CACHE/kwok/<version>/bin/
+# the Go module in infra/k8s, and KWOK and etcd 3.5 from their own modules, into the cache outside
+# the repo:  $BERTH_CACHE/k8s/<version>/bin/  $BERTH_CACHE/kwok/<version>/bin/  $BERTH_CACHE/etcd/<version>/bin/
 # A stamp file per version means a second run does nothing; a lock means two runs at once build
 # once. Progress goes to .local/log/k8s-build.log.
 #
@@ -9,14 +9,21 @@
 #   infra/k8s/build.sh --background  start the build detached and return at once
 #   infra/k8s/build.sh --wait        wait for a build (started here or elsewhere) to finish
 #   infra/k8s/build.sh --status      print ready | building | missing; exit 0 only when ready
-#   infra/k8s/build.sh --print-env   print K8S_VERSION, K8S_BIN, KWOK_VERSION, KWOK_BIN
-# Env: KWOK_VERSION (default v0.8.0), BERTH_K8S_BUILD_P (go build -p, default 2).
+#   infra/k8s/build.sh --print-env   print K8S_VERSION, K8S_BIN, KWOK_VERSION, KWOK_BIN, ETCD_VERSION, ETCD_BIN
+# Env: KWOK_VERSION (default v0.8.0), BERTH_K8S_BUILD_P (go build -p,
+# default 2).
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 K8S_MODULE_DIR=$BERTH_ROOT/infra/k8s
 K8S_VERSION=$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v1\./ { print $2; exit }' "$K8S_MODULE_DIR/go.mod")
 [[ -n $K8S_VERSION ]] || die "no k8s.io/kubernetes version in $K8S_MODULE_DIR/go.mod"
 KWOK_VERSION=${KWOK_VERSION:-v0.8.0}
+# etcd for the cells' API servers: 3.5, not Debian's 3.4.23, which lacks the watch progress
+# requests (3.4.31+/3.5.13+) that streaming lists need; see docs/cells.md.
+ETCD_VERSION=$(awk '{ for (i = 1; i < NF; i++) if ($i == "go.etcd.io/etcd/server/v3") { print $(i + 1); exit } }' "$K8S_MODULE_DIR/etcd/go.mod")
+[[ -n $ETCD_VERSION ]] || die "no go.etcd.io/etcd/server/v3 version in $K8S_MODULE_DIR/etcd/go.mod"
+ETCD_DIR=$BERTH_CACHE/etcd/$ETCD_VERSION
+ETCD_BIN=$ETCD_DIR/bin
 K8S_DIR=$BERTH_CACHE/k8s/$K8S_VERSION
 K8S_BIN=$K8S_DIR/bin
 KWOK_DIR=$BERTH_CACHE/kwok/$KWOK_VERSION
@@ -35,8 +42,10 @@ k8s_ready() {
   local c
   for c in "${K8S_COMMANDS[@]}"; do [[ -x $K8S_BIN/$c ]] || return 1; done
 }
-kwok_ready() { [[ -f $KWOK_DIR/stamp && $(<"$KWOK_DIR/stamp") == "$KWOK_VERSION" && -x $KWOK_BIN/kwok && -f $KWOK_BIN/stages.yaml ]]; }
-all_ready() { k8s_ready && kwok_ready; }
+KWOK_STAMP="$KWOK_VERSION stages=fast,ready-again"
+kwok_ready() { [[ -f $KWOK_DIR/stamp && $(<"$KWOK_DIR/stamp") == "$KWOK_STAMP" && -x $KWOK_BIN/kwok && -f $KWOK_BIN/stages.yaml ]]; }
+etcd_ready() { [[ -f $ETCD_DIR/stamp && $(<"$ETCD_DIR/stamp") == "$ETCD_VERSION" && -x $ETCD_BIN/etcd ]]; }
+all_ready() { k8s_ready && kwok_ready && etcd_ready; }
 # Running: the lock is held, or a background build was just started and has not taken it yet.
 build_running() {
   mkdir -p "$(dirname "$BUILD_LOCK")"
@@ -85,26 +94,48 @@ build_kwok() {
   (cd "$tmp" && GOBIN=$tmp CGO_ENABLED=0 GOFLAGS=-buildvcs=false "$go" install -v -trimpath \
     -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" \
     "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION")
-  # KWOK does nothing without stages; take the ones kwokctl uses (fast node start, node leases,
-  # the general pod lifecycle) from the same module, so they always match the binary.
+  # KWOK does nothing without stages; take them from the same module, so they always match the
+  # binary: nodes become Ready at once and heartbeat through leases; pods become Ready at once
+  # (the "fast" set: no simulated start-up delay, which would only blur benchmark figures).
   local stages
   stages=$("$go" env GOMODCACHE)/sigs.k8s.io/kwok@$KWOK_VERSION/kustomize/stage
   local f
   for f in node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
-    pod/general/pod-create.yaml pod/general/pod-init-container-running.yaml \
-    pod/general/pod-init-container-completed.yaml pod/general/pod-ready.yaml \
-    pod/general/pod-complete.yaml pod/general/pod-delete.yaml; do
+    pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
     [[ -f $stages/$f ]] || die "KWOK stage $f is not in $stages"
-    printf -- '---\n' && cat "$stages/$f"
+    printf -- '---\n'
+    if [[ $f == pod/fast/pod-ready.yaml ]]; then
+      # Also Running pods that are not Ready: the node controller marks every pod of a node that
+      # was NotReady (its kwok stopped by `cells.sh down`) not ready, and a kubelet would mark
+      # them ready again when it comes back; upstream's stage only handles Pending pods.
+      awk '{ print } /^      - .Pending.$/ { sub(/Pending/, "Running"); print }' "$stages/$f"
+    else
+      cat "$stages/$f"
+    fi
   done >"$tmp/stages.yaml"
+  grep -q "^      - 'Running'$" "$tmp/stages.yaml" || die "could not extend KWOK's pod-ready stage"
   rm -rf "$KWOK_BIN" && mv "$tmp" "$KWOK_BIN"
-  echo "$KWOK_VERSION" >"$KWOK_DIR/stamp"
+  echo "$KWOK_STAMP" >"$KWOK_DIR/stamp"
   log "built kwok in $((SECONDS - t0))s"
+}
+
+build_etcd() {
+  local go=$1 t0=$SECONDS
+  log "building etcd $ETCD_VERSION"
+  mkdir -p "$ETCD_BIN"
+  # From infra/k8s/etcd, a module requiring etcd's server (its own go.mod has replace directives,
+  # which `go install …@version` refuses). Its go.mod names a newer patch toolchain as well; any
+  # Go 1.26 builds it, so never fetch a toolchain.
+  (cd "$K8S_MODULE_DIR/etcd" && GOTOOLCHAIN=local CGO_ENABLED=0 "$go" build -v -trimpath \
+    -ldflags "-s -w" -o "$ETCD_BIN/etcd.tmp" go.etcd.io/etcd/server/v3)
+  mv "$ETCD_BIN/etcd.tmp" "$ETCD_BIN/etcd"
+  echo "$ETCD_VERSION" >"$ETCD_DIR/stamp"
+  log "built etcd in $((SECONDS - t0))s"
 }
 
 # build: the locked part. Two concurrent runs serialise here; the second finds the stamp.
 build() {
-  mkdir -p "$K8S_DIR" "$KWOK_DIR"
+  mkdir -p "$K8S_DIR" "$KWOK_DIR" "$ETCD_DIR"
   exec 9>"$BUILD_LOCK"
   if ! flock -n 9; then
     log "another Kubernetes build is running; waiting for it (log: $BUILD_LOG)"
@@ -113,15 +144,19 @@ build() {
   if all_ready; then return 0; fi
   local go t0=$SECONDS
   go=$(find_go)
-  {
-    printf '\n=== k8s-build start %s: kubernetes %s, kwok %s, %s\n' "$(date -Is)" "$K8S_VERSION" "$KWOK_VERSION" "$("$go" version)"
+  # In a subshell of its own (not under `||`), so that `set -e` stops the build at the first error.
+  (
+    set -e
+    printf '\n=== k8s-build start %s: kubernetes %s, kwok %s, etcd %s, %s\n' "$(date -Is)" "$K8S_VERSION" "$KWOK_VERSION" "$ETCD_VERSION" "$("$go" version)"
     k8s_ready || build_k8s "$go"
     kwok_ready || build_kwok "$go"
+    etcd_ready || build_etcd "$go"
     log "build done in $((SECONDS - t0))s"
-  } >>"$BUILD_LOG" 2>&1 || {
+  ) >>"$BUILD_LOG" 2>&1 &
+  if ! wait $!; then
     tail -n 30 "$BUILD_LOG" >&2
     die "Kubernetes build failed; its log is $BUILD_LOG"
-  }
+  fi
   # Everything else in Berth finds kubectl on PATH through .local/bin.
   ln -sfn "$K8S_BIN/kubectl" "$BERTH_BIN_DIR/kubectl"
 }
@@ -165,7 +200,8 @@ case ${1:-} in
     if all_ready; then echo ready; elif build_running; then echo building; exit 1; else echo missing; exit 1; fi
     ;;
   --print-env)
-    printf 'K8S_VERSION=%s\nK8S_BIN=%s\nKWOK_VERSION=%s\nKWOK_BIN=%s\n' "$K8S_VERSION" "$K8S_BIN" "$KWOK_VERSION" "$KWOK_BIN"
+    printf 'K8S_VERSION=%s\nK8S_BIN=%s\nKWOK_VERSION=%s\nKWOK_BIN=%s\nETCD_VERSION=%s\nETCD_BIN=%s\n' \
+      "$K8S_VERSION" "$K8S_BIN" "$KWOK_VERSION" "$KWOK_BIN" "$ETCD_VERSION" "$ETCD_BIN"
     ;;
   *) die "usage: $0 [--background|--wait|--status|--print-env]" ;;
 esac
