@@ -352,8 +352,13 @@ start_scheduler() {
 scheduler_healthy() { curl -fsSk -m 3 "https://127.0.0.1:$(scheduler_port "$1")/healthz" >/dev/null; }
 
 start_kwok() {
-  local cell=$1 i=$2
-
+  local cell=$1 i=$2 leases
+  if ! is_running "$cell-kwok"; then
+    # A new kwok process has a new holder identity and would wait for the old one's node leases
+    # to expire (40 s) before it manages those nodes and their pods again.
+    leases=$(kubectl_cell "$cell" get lease -n kube-node-lease -o name | grep "/$cell-node" || true)
+    [[ -z $leases ]] || kubectl_cell "$cell" delete -n kube-node-lease $leases >/dev/null
+  fi
   start_daemon "$cell-kwok" "$KWOK_BIN/kwok" --kubeconfig="$CELLS_DIR/$cell/kwok.kubeconfig" \
     --config="$KWOK_BIN/stages.yaml" \
     --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \

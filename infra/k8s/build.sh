@@ -42,7 +42,8 @@ k8s_ready() {
   local c
   for c in "${K8S_COMMANDS[@]}"; do [[ -x $K8S_BIN/$c ]] || return 1; done
 }
-KWOK_STAMP="$KWOK_VERSION stages=fast,ready-again"
+# The stamp also names Berth's own stages, so editing one rebuilds (seconds, from the Go cache).
+KWOK_STAMP="$KWOK_VERSION stages=fast+$(cat "$K8S_MODULE_DIR"/kwok-stages/*.yaml | sha256sum | cut -c1-12)"
 kwok_ready() { [[ -f $KWOK_DIR/stamp && $(<"$KWOK_DIR/stamp") == "$KWOK_STAMP" && -x $KWOK_BIN/kwok && -f $KWOK_BIN/stages.yaml ]]; }
 etcd_ready() { [[ -f $ETCD_DIR/stamp && $(<"$ETCD_DIR/stamp") == "$ETCD_VERSION" && -x $ETCD_BIN/etcd ]]; }
 all_ready() { k8s_ready && kwok_ready && etcd_ready; }
@@ -96,24 +97,18 @@ build_kwok() {
     "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION")
   # KWOK does nothing without stages; take them from the same module, so they always match the
   # binary: nodes become Ready at once and heartbeat through leases; pods become Ready at once
-  # (the "fast" set: no simulated start-up delay, which would only blur benchmark figures).
-  local stages
+  # (the "fast" set: no simulated start-up delay, which would only blur benchmark figures). Then
+  # Berth's own (infra/k8s/kwok-stages/).
+  local stages f
   stages=$("$go" env GOMODCACHE)/sigs.k8s.io/kwok@$KWOK_VERSION/kustomize/stage
-  local f
   for f in node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
     pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
     [[ -f $stages/$f ]] || die "KWOK stage $f is not in $stages"
-    printf -- '---\n'
-    if [[ $f == pod/fast/pod-ready.yaml ]]; then
-      # Also Running pods that are not Ready: the node controller marks every pod of a node that
-      # was NotReady (its kwok stopped by `cells.sh down`) not ready, and a kubelet would mark
-      # them ready again when it comes back; upstream's stage only handles Pending pods.
-      awk '{ print } /^      - .Pending.$/ { sub(/Pending/, "Running"); print }' "$stages/$f"
-    else
-      cat "$stages/$f"
-    fi
+    printf -- '---\n' && cat "$stages/$f"
   done >"$tmp/stages.yaml"
-  grep -q "^      - 'Running'$" "$tmp/stages.yaml" || die "could not extend KWOK's pod-ready stage"
+  for f in "$K8S_MODULE_DIR"/kwok-stages/*.yaml; do
+    printf -- '---\n' && cat "$f"
+  done >>"$tmp/stages.yaml"
   rm -rf "$KWOK_BIN" && mv "$tmp" "$KWOK_BIN"
   echo "$KWOK_STAMP" >"$KWOK_DIR/stamp"
   log "built kwok in $((SECONDS - t0))s"
