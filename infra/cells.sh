@@ -461,28 +461,31 @@ write_env() {
 
 # ---------------------------------------------------------------- up / down / status
 
-stop_cell() {
-  local cell=$1
-  if [[ $cell == cell-a ]]; then
-    stop_daemon cell-a-kubelet 30
-    if containerd_healthy && [[ -x $K8S_BIN/berth-cri ]]; then
-      "$K8S_BIN/berth-cri" -endpoint "unix://$CONTAINERD_SOCK_A" remove-pods >>"$(logfile cell-a-containerd)" 2>&1 ||
-        log "some of cell-a's pods were not removed through CRI; see $(logfile cell-a-containerd)"
-    fi
-    stop_daemon cell-a-containerd 30
-    # Shims outlive containerd; any left belong to this containerd (its socket is in their args).
-    local pid
-    for pid in $(pgrep -f "containerd-shim-runc-v2 .*-address $CONTAINERD_SOCK_A" || true); do
-      as_root kill -KILL "$pid" 2>/dev/null || true
-    done
-    unmount_under "$BERTH_DATA_DIR/cell-a/kubelet" "$BERTH_RUN_DIR/cell-a-containerd" "$BERTH_DATA_DIR/cell-a/containerd"
-    release_host_a
+# stop_node_a: cell-a's kubelet, its pods (through CRI, so CNI frees their addresses and veths),
+# containerd, the shims it leaves behind, the mounts under its directories, its bridge and rules.
+stop_node_a() {
+  stop_daemon cell-a-kubelet 30
+  if containerd_healthy && [[ -x $K8S_BIN/berth-cri ]]; then
+    "$K8S_BIN/berth-cri" -endpoint "unix://$CONTAINERD_SOCK_A" remove-pods >>"$(logfile cell-a-containerd)" 2>&1 ||
+      log "some of cell-a's pods were not removed through CRI; see $(logfile cell-a-containerd)"
   fi
-  # Each takes a second or two to shut down gracefully: stop them side by side.
-  local name
-  for name in kwok scheduler controller-mgr; do stop_daemon "$cell-$name" & done
+  stop_daemon cell-a-containerd 30
+  # Shims outlive containerd; any left belong to this containerd (its socket is in their args).
+  local pid
+  for pid in $(pgrep -f "containerd-shim-runc-v2 .*-address $CONTAINERD_SOCK_A" || true); do
+    as_root kill -KILL "$pid" 2>/dev/null || true
+  done
+  unmount_under "$BERTH_DATA_DIR/cell-a/kubelet" "$BERTH_RUN_DIR/cell-a-containerd" "$BERTH_DATA_DIR/cell-a/containerd"
+  release_host_a
+}
+
+# stop_cell CELL: every process of CELL. Each takes a second or two to shut down gracefully, and
+# none needs another to stop, so they stop side by side.
+stop_cell() {
+  local cell=$1 name
+  [[ $cell == cell-a ]] && stop_node_a &
+  for name in kwok scheduler controller-mgr apiserver; do stop_daemon "$cell-$name" & done
   wait
-  stop_daemon "$cell-apiserver"
 }
 
 cmd_up() {

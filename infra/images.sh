@@ -65,7 +65,7 @@ pause_tar() {
   local src out work version
   src=$(k8s_source_dir)
   version=${src##*@}
-  out=$IMAGES_DIR/pause-$PAUSE_TAG-k8s-$version.tar
+  out=$IMAGES_DIR/pause-$PAUSE_TAG-k8s-$version-${REGISTRY//[:/]/_}.tar # the name inside names the registry
   if [[ -f $out ]]; then
     echo "$out"
     return 0
@@ -86,7 +86,7 @@ pause_tar() {
 }
 
 registry_has() { # registry_has REPO TAG
-  curl -fsS -m 5 -o /dev/null \
+  curl -fs -m 5 -o /dev/null \
     -H 'Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.index.v1+json' \
     "http://$REGISTRY/v2/$1/manifests/$2"
 }
