@@ -55,11 +55,11 @@ configured_cells() {
   local i
   for ((i = 0; i <= KWOK_CELLS; i++)); do cell_name "$i"; done
 }
-# Cells with any state here, configured or not (down and status must see cells a benchmark made).
+# The configured cells and any other cell with a process (down and status must see the cells a
+# benchmark started with a larger BERTH_KWOK_CELLS).
 known_cells() {
   {
     configured_cells
-    find "$CELLS_DIR" -mindepth 1 -maxdepth 1 -type d -name 'cell-?' -printf '%f\n' 2>/dev/null
     find "$BERTH_RUN_DIR" -maxdepth 1 -name 'cell-?-*.pid' -printf '%f\n' 2>/dev/null | cut -c1-6
   } | sort -u
 }
@@ -352,12 +352,12 @@ start_scheduler() {
 scheduler_healthy() { curl -fsSk -m 3 "https://127.0.0.1:$(scheduler_port "$1")/healthz" >/dev/null; }
 
 start_kwok() {
-  local cell=$1 i=$2 leases
+  local cell=$1 i=$2
   if ! is_running "$cell-kwok"; then
     # A new kwok process has a new holder identity and would wait for the old one's node leases
     # to expire (40 s) before it manages those nodes and their pods again.
-    leases=$(kubectl_cell "$cell" get lease -n kube-node-lease -o name | grep "/$cell-node" || true)
-    [[ -z $leases ]] || kubectl_cell "$cell" delete -n kube-node-lease $leases >/dev/null
+    # Every node lease of a KWOK cell is kwok's: delete them in one request.
+    kubectl_cell "$cell" delete --raw /apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases >/dev/null
   fi
   start_daemon "$cell-kwok" "$KWOK_BIN/kwok" --kubeconfig="$CELLS_DIR/$cell/kwok.kubeconfig" \
     --config="$KWOK_BIN/stages.yaml" \
@@ -405,7 +405,7 @@ apply_kwok_nodes() {
   # Fewer nodes than last time: remove the rest.
   extra=$(kubectl_cell "$cell" get nodes -l type=kwok -o name | sed 's|node/||' |
     awk -v c="$cell-node" -v n="$KWOK_NODES" 'index($0, c) == 1 && substr($0, length(c) + 1) + 0 >= n')
-  [[ -z $extra ]] || kubectl_cell "$cell" delete node $extra >/dev/null
+  [[ -z $extra ]] || kubectl_cell "$cell" delete node --wait=false $extra >/dev/null
 }
 
 ready_nodes() { # ready_nodes CELL SELECTOR: how many nodes are Ready
@@ -488,6 +488,21 @@ stop_cell() {
   wait
 }
 
+# finish_cell CELL I: wait for CELL's controller manager and scheduler, then its nodes.
+finish_cell() {
+  local cell=$1 i=$2
+  wait_until "$cell-controller-mgr" 60 controller_manager_healthy "$i"
+  wait_until "$cell-scheduler" 60 scheduler_healthy "$i"
+  if ((i == 0)); then
+    wait_until cell-a-kubelet 120 kubelet_healthy
+    wait_until cell-a-kubelet 120 kubelet_node_ready
+  else
+    wait_until "$cell-kwok" 60 kwok_healthy "$i"
+    apply_kwok_nodes "$cell"
+    wait_until "$cell-kwok" 120 kwok_nodes_ready "$cell"
+  fi
+}
+
 cmd_up() {
   local t0=$SECONDS cell i
   ensure_packages containerd runc containernetworking-plugins iptables iproute2 openssl curl gcc libc6-dev
@@ -497,8 +512,12 @@ cmd_up() {
   fi
   # Cells beyond BERTH_KWOK_CELLS (left by a benchmark) stop.
   for cell in $(known_cells); do
-    (($(cell_index "$cell") > KWOK_CELLS)) && { log "stopping $cell (BERTH_KWOK_CELLS=$KWOK_CELLS)"; stop_cell "$cell"; }
+    if (($(cell_index "$cell") > KWOK_CELLS)); then
+      log "stopping $cell (BERTH_KWOK_CELLS=$KWOK_CELLS)"
+      stop_cell "$cell" &
+    fi
   done
+  wait
 
   mkdir -p "$CELLS_DIR"
   for cell in $(configured_cells); do make_cell_pki "$cell" "$(cell_index "$cell")"; done
@@ -507,9 +526,11 @@ cmd_up() {
   write_kubelet_config_a
   prepare_host_a
 
+  log "starting etcd-cells, then the API servers of $(configured_cells | paste -sd' ' -) and cell-a's containerd"
   start_etcd
   for cell in $(configured_cells); do start_apiserver "$cell" "$(cell_index "$cell")"; done
   start_containerd_a
+  log "waiting for the API servers; then controller managers, schedulers, kubelet and kwok"
   for cell in $(configured_cells); do
     i=$(cell_index "$cell")
     wait_until "$cell-apiserver" 120 apiserver_ready "$i"
@@ -517,20 +538,14 @@ cmd_up() {
     start_scheduler "$cell" "$i"
     if ((i == 0)); then start_kubelet_a; else start_kwok "$cell" "$i"; fi
   done
+  # Each cell's remaining waits (and its KWOK nodes) side by side.
+  local pids=() failed=0 pid
   for cell in $(configured_cells); do
-    i=$(cell_index "$cell")
-    wait_until "$cell-controller-mgr" 60 controller_manager_healthy "$i"
-    wait_until "$cell-scheduler" 60 scheduler_healthy "$i"
-    if ((i > 0)); then
-      wait_until "$cell-kwok" 60 kwok_healthy "$i"
-      apply_kwok_nodes "$cell"
-    fi
+    finish_cell "$cell" "$(cell_index "$cell")" &
+    pids+=($!)
   done
-  wait_until cell-a-kubelet 120 kubelet_healthy
-  wait_until cell-a-kubelet 120 kubelet_node_ready
-  for cell in $(configured_cells); do
-    [[ $cell == cell-a ]] || wait_until "$cell-kwok" 120 kwok_nodes_ready "$cell"
-  done
+  for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+  ((failed == 0)) || die "some cells did not come up; see the errors above"
   write_env
   log "cells ready in $((SECONDS - t0))s: $(configured_cells | paste -sd' ' -) (kubeconfigs in $CELLS_DIR)"
 }
@@ -556,7 +571,7 @@ cmd_status() {
       status_line cell-a-containerd ".local/run/cell-a-containerd.sock" containerd_healthy
       status_line cell-a-kubelet "https://$NODE_IP_A:10250 ($NODE_A)" kubelet_node_ready
     else
-      status_line "$cell-kwok" "$KWOK_NODES nodes, pods $(kwok_pod_cidr "$i")" kwok_nodes_ready "$cell"
+      status_line "$cell-kwok" "127.0.0.1:$(kwok_port "$i"), pods $(kwok_pod_cidr "$i")" kwok_healthy "$i"
     fi
   done
 }
