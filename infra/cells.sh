@@ -32,6 +32,7 @@ NODE_A=cell-a-node0
 REGISTRY=${BERTH_REGISTRY:-127.0.0.1:5000}
 PAUSE_IMAGE=$REGISTRY/berth/pause:3.10.1
 CONTAINERD_SOCK_A=$BERTH_RUN_DIR/cell-a-containerd.sock
+DOCKER_HOST=${DOCKER_HOST:-unix://$BERTH_RUN_DIR/docker.sock}
 CNI_BIN_DIR=/usr/lib/cni
 IPT_CHAIN=BERTH-CELLS
 # Ranges nothing on this machine answers: make traffic to them fail here instead of leaving by
@@ -445,6 +446,7 @@ write_env() {
     echo "# Written by infra/cells.sh up."
     echo "export BERTH_CELLS=$cells"
     echo "export BERTH_CELLS_DIR=$CELLS_DIR"
+    echo "export KUBECONFIG_DIR=$CELLS_DIR # <dir>/<cell>.kubeconfig, read by Berth's services"
     echo "export BERTH_K8S_VERSION=$K8S_VERSION"
     echo "export BERTH_SAMPLE_IMAGE=$REGISTRY/berth/sample-app:v1"
     for cell in $(configured_cells); do
@@ -546,6 +548,12 @@ cmd_up() {
   done
   for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
   ((failed == 0)) || die "some cells did not come up; see the errors above"
+  # The sample app's images (and the pause image) in the region's registry, when it is up.
+  if http_ok "http://$REGISTRY/v2/" && [[ -S ${DOCKER_HOST#unix://} ]]; then
+    "$BERTH_ROOT/infra/images.sh" || log "infra/images.sh failed; the cells run, the sample image may be missing"
+  else
+    log "the region's registry or Docker is not up: sample images not pushed (run infra/images.sh later)"
+  fi
   write_env
   log "cells ready in $((SECONDS - t0))s: $(configured_cells | paste -sd' ' -) (kubeconfigs in $CELLS_DIR)"
 }
