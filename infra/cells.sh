@@ -6,6 +6,7 @@
 # All API servers keep their state in one etcd (127.0.0.1:2381), each under its own prefix.
 #
 #   infra/cells.sh up       start what is not running, wait until every cell is ready
+#   infra/cells.sh up cell-a   the same for the named cells only (a test restarting cell-a's kubelet)
 #   infra/cells.sh down     stop every process of every cell, the kubelet's containers too, and free
 #                           the network devices; data (etcd, images, certificates) stays
 #   infra/cells.sh status   one row per component
@@ -74,6 +75,15 @@ write_file() {
   if cmp -s "$tmp" "$1"; then rm -f "$tmp"; else chmod 644 "$tmp" && mv "$tmp" "$1"; fi
 }
 
+# start_component NAME CMD...: start_daemon, except that a pid file naming a process that has
+# exited but is not reaped yet (a zombie, e.g. a killed kubelet) counts as stopped, as it is.
+start_component() {
+  local pid
+  pid=$(pid_of "$1")
+  if [[ -n $pid && $(awk '{ print $3 }' "/proc/$pid/stat" 2>/dev/null) == Z ]]; then rm -f "$(pidfile "$1")"; fi
+  start_daemon "$@" || true
+}
+
 kubectl_cell() { "$K8S_BIN/kubectl" --kubeconfig "$CELLS_DIR/$1.kubeconfig" "${@:2}"; }
 
 # ---------------------------------------------------------------- certificates and configs
@@ -120,8 +130,15 @@ EOF
 # The one file that says how cell-a's pods get their network. The IPAM section is host-local for
 # now; Berth's berth-ipam plugin replaces it (services/cni-ipam).
 write_cni_config_a() {
-  local dir=$CELLS_DIR/cell-a/cni/net.d
+  local dir=$CELLS_DIR/cell-a/cni/net.d ipam
   mkdir -p "$dir"
+  # BERTH_CELL_A_IPAM (a JSON object) replaces the IPAM section, e.g. with Berth's berth-ipam.
+  ipam=${BERTH_CELL_A_IPAM:-'{
+        "type": "host-local",
+        "dataDir": "'"$BERTH_DATA_DIR/cell-a/cni-host-local"'",
+        "ranges": [[{ "subnet": "'"$POD_CIDR_A"'", "rangeStart": "198.18.1.0", "gateway": "'"$NODE_IP_A"'" }]],
+        "routes": [{ "dst": "0.0.0.0/0" }]
+      }'}
   write_file "$dir/10-berth-cell-a.conflist" <<EOF
 {
   "cniVersion": "1.0.0",
@@ -133,12 +150,7 @@ write_cni_config_a() {
       "isGateway": true,
       "ipMasq": false,
       "hairpinMode": true,
-      "ipam": {
-        "type": "host-local",
-        "dataDir": "$BERTH_DATA_DIR/cell-a/cni-host-local",
-        "ranges": [[{ "subnet": "$POD_CIDR_A", "rangeStart": "198.18.1.0", "gateway": "$NODE_IP_A" }]],
-        "routes": [{ "dst": "0.0.0.0/0" }]
-      }
+      "ipam": $ipam
     }
   ]
 }
@@ -302,19 +314,19 @@ unmount_under() {
 start_etcd() {
   if curl -fsS -m 2 "$ETCD_URL/health" 2>/dev/null | grep -q '"health":"true"'; then return 0; fi
   mkdir -p "$BERTH_DATA_DIR/etcd-cells"
-  start_daemon etcd-cells "$ETCD_BIN/etcd" --name berth-cells --data-dir "$BERTH_DATA_DIR/etcd-cells" \
+  start_component etcd-cells "$ETCD_BIN/etcd" --name berth-cells --data-dir "$BERTH_DATA_DIR/etcd-cells" \
     --listen-client-urls "$ETCD_URL" --advertise-client-urls "$ETCD_URL" \
     --listen-peer-urls http://127.0.0.1:2382 --initial-advertise-peer-urls http://127.0.0.1:2382 \
     --initial-cluster berth-cells=http://127.0.0.1:2382 --initial-cluster-state new \
     --quota-backend-bytes 8589934592 --max-request-bytes 10485760 \
-    --experimental-watch-progress-notify-interval 5s || true
+    --experimental-watch-progress-notify-interval 5s
   wait_until etcd-cells 60 etcd_healthy
 }
 etcd_healthy() { curl -fsS -m 2 "$ETCD_URL/health" | grep -q '"health":"true"'; }
 
 start_apiserver() {
   local cell=$1 i=$2 pki=$CELLS_DIR/$1/pki
-  start_daemon "$cell-apiserver" "$K8S_BIN/kube-apiserver" \
+  start_component "$cell-apiserver" "$K8S_BIN/kube-apiserver" \
     --etcd-servers="$ETCD_URL" --etcd-prefix="/cells/$cell" \
     --bind-address=127.0.0.1 --secure-port="$(apiserver_port "$i")" --advertise-address="$(advertise_address "$i")" \
     --service-cluster-ip-range="$SERVICE_CIDR" \
@@ -325,13 +337,13 @@ start_apiserver() {
     --service-account-issuer=https://kubernetes.default.svc --api-audiences=https://kubernetes.default.svc \
     --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction --allow-privileged=true \
     --max-requests-inflight=800 --max-mutating-requests-inflight=400 \
-    --profiling=false --event-ttl=1h || true
+    --profiling=false --event-ttl=1h
 }
 apiserver_ready() { curl -fsSk -m 3 "https://127.0.0.1:$(apiserver_port "$1")/readyz" >/dev/null; }
 
 start_controller_manager() {
   local cell=$1 i=$2 dir=$CELLS_DIR/$1
-  start_daemon "$cell-controller-mgr" "$K8S_BIN/kube-controller-manager" \
+  start_component "$cell-controller-mgr" "$K8S_BIN/kube-controller-manager" \
     --kubeconfig="$dir/controller-manager.kubeconfig" \
     --authentication-kubeconfig="$dir/controller-manager.kubeconfig" \
     --authorization-kubeconfig="$dir/controller-manager.kubeconfig" \
@@ -340,15 +352,15 @@ start_controller_manager() {
     --service-account-private-key-file="$dir/pki/sa.key" --root-ca-file="$dir/pki/ca.crt" \
     --use-service-account-credentials=true \
     --cluster-signing-cert-file="$dir/pki/ca.crt" --cluster-signing-key-file="$dir/pki/ca.key" \
-    --kube-api-qps=100 --kube-api-burst=200 --profiling=false || true
+    --kube-api-qps=100 --kube-api-burst=200 --profiling=false
 }
 controller_manager_healthy() { curl -fsSk -m 3 "https://127.0.0.1:$(controller_manager_port "$1")/healthz" >/dev/null; }
 
 start_scheduler() {
   local cell=$1 i=$2 dir=$CELLS_DIR/$1
-  start_daemon "$cell-scheduler" "$K8S_BIN/kube-scheduler" --config="$dir/scheduler.yaml" \
+  start_component "$cell-scheduler" "$K8S_BIN/kube-scheduler" --config="$dir/scheduler.yaml" \
     --authentication-kubeconfig="$dir/scheduler.kubeconfig" --authorization-kubeconfig="$dir/scheduler.kubeconfig" \
-    --bind-address=127.0.0.1 --secure-port="$(scheduler_port "$i")" --profiling=false || true
+    --bind-address=127.0.0.1 --secure-port="$(scheduler_port "$i")" --profiling=false
 }
 scheduler_healthy() { curl -fsSk -m 3 "https://127.0.0.1:$(scheduler_port "$1")/healthz" >/dev/null; }
 
@@ -360,11 +372,11 @@ start_kwok() {
     # Every node lease of a KWOK cell is kwok's: delete them in one request.
     kubectl_cell "$cell" delete --raw /apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases >/dev/null
   fi
-  start_daemon "$cell-kwok" "$KWOK_BIN/kwok" --kubeconfig="$CELLS_DIR/$cell/kwok.kubeconfig" \
+  start_component "$cell-kwok" "$KWOK_BIN/kwok" --kubeconfig="$CELLS_DIR/$cell/kwok.kubeconfig" \
     --config="$KWOK_BIN/stages.yaml" \
     --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
     --cidr="$(kwok_pod_cidr "$i")" --node-ip=127.0.0.1 --node-lease-duration-seconds=40 \
-    --server-address="127.0.0.1:$(kwok_port "$i")" || true
+    --server-address="127.0.0.1:$(kwok_port "$i")"
 }
 kwok_healthy() { curl -fsS -m 3 "http://127.0.0.1:$(kwok_port "$1")/healthz" >/dev/null; }
 
@@ -419,7 +431,7 @@ kubelet_healthy() { curl -fsS -m 3 http://127.0.0.1:10248/healthz >/dev/null; }
 containerd_healthy() { [[ -S $CONTAINERD_SOCK_A ]] && ctr --connect-timeout 2s --address "$CONTAINERD_SOCK_A" version >/dev/null 2>&1; }
 
 start_containerd_a() {
-  start_daemon cell-a-containerd containerd --config "$CELLS_DIR/cell-a/containerd.toml" || true
+  start_component cell-a-containerd containerd --config "$CELLS_DIR/cell-a/containerd.toml"
   wait_until cell-a-containerd 60 containerd_healthy
   # The sandbox image comes from this machine, not from a pull: import it once.
   if [[ -z $(ctr --address "$CONTAINERD_SOCK_A" -n k8s.io images ls -q "name==$PAUSE_IMAGE") ]]; then
@@ -432,10 +444,10 @@ start_containerd_a() {
 
 start_kubelet_a() {
   local data=$BERTH_DATA_DIR/cell-a
-  start_daemon cell-a-kubelet "$K8S_BIN/kubelet" --config="$CELLS_DIR/cell-a/kubelet.yaml" \
+  start_component cell-a-kubelet "$K8S_BIN/kubelet" --config="$CELLS_DIR/cell-a/kubelet.yaml" \
     --kubeconfig="$CELLS_DIR/cell-a/kubelet.kubeconfig" --root-dir="$data/kubelet" \
     --cert-dir="$data/kubelet/pki" --hostname-override="$NODE_A" --node-ip="$NODE_IP_A" \
-    --node-labels="berth.dev/cell=cell-a" || true
+    --node-labels="berth.dev/cell=cell-a"
 }
 
 write_env() {
@@ -505,15 +517,21 @@ finish_cell() {
   fi
 }
 
+# cmd_up [CELL...]: bring up every configured cell, or only the named ones (then cells beyond
+# BERTH_KWOK_CELLS are left alone and the env file is not rewritten).
 cmd_up() {
-  local t0=$SECONDS cell i
+  local t0=$SECONDS cell i cells
+  cells=$(if (($#)); then printf '%s\n' "$@"; else configured_cells; fi)
+  for cell in $cells; do
+    [[ $cell =~ ^cell-[a-q]$ ]] || die "unknown cell $cell (cell-a … cell-q)"
+  done
   ensure_packages containerd runc containernetworking-plugins iptables iproute2 openssl curl gcc libc6-dev
   if ! "$BERTH_ROOT/infra/k8s/build.sh" --status >/dev/null; then
     "$BERTH_ROOT/infra/k8s/build.sh" --background
     "$BERTH_ROOT/infra/k8s/build.sh" --wait
   fi
   # Cells beyond BERTH_KWOK_CELLS (left by a benchmark) stop.
-  for cell in $(known_cells); do
+  (($#)) || for cell in $(known_cells); do
     if (($(cell_index "$cell") > KWOK_CELLS)); then
       log "stopping $cell (BERTH_KWOK_CELLS=$KWOK_CELLS)"
       stop_cell "$cell" &
@@ -522,18 +540,22 @@ cmd_up() {
   wait
 
   mkdir -p "$CELLS_DIR"
-  for cell in $(configured_cells); do make_cell_pki "$cell" "$(cell_index "$cell")"; done
-  write_cni_config_a
-  write_containerd_config_a
-  write_kubelet_config_a
-  prepare_host_a
+  for cell in $cells; do make_cell_pki "$cell" "$(cell_index "$cell")"; done
+  local with_a=0
+  grep -qx cell-a <<<"$cells" && with_a=1
+  if ((with_a)); then
+    write_cni_config_a
+    write_containerd_config_a
+    write_kubelet_config_a
+    prepare_host_a
+  fi
 
-  log "starting etcd-cells, then the API servers of $(configured_cells | paste -sd' ' -) and cell-a's containerd"
+  log "starting etcd-cells, then the API servers of $(echo $cells)"
   start_etcd
-  for cell in $(configured_cells); do start_apiserver "$cell" "$(cell_index "$cell")"; done
-  start_containerd_a
+  for cell in $cells; do start_apiserver "$cell" "$(cell_index "$cell")"; done
+  ((with_a == 0)) || start_containerd_a
   log "waiting for the API servers; then controller managers, schedulers, kubelet and kwok"
-  for cell in $(configured_cells); do
+  for cell in $cells; do
     i=$(cell_index "$cell")
     wait_until "$cell-apiserver" 120 apiserver_ready "$i"
     start_controller_manager "$cell" "$i"
@@ -542,20 +564,20 @@ cmd_up() {
   done
   # Each cell's remaining waits (and its KWOK nodes) side by side.
   local pids=() failed=0 pid
-  for cell in $(configured_cells); do
+  for cell in $cells; do
     finish_cell "$cell" "$(cell_index "$cell")" &
     pids+=($!)
   done
   for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
   ((failed == 0)) || die "some cells did not come up; see the errors above"
   # The sample app's images (and the pause image) in the region's registry, when it is up.
-  if http_ok "http://$REGISTRY/v2/" && [[ -S ${DOCKER_HOST#unix://} ]]; then
+  if http_ok "http://$REGISTRY/v2/" 2>/dev/null && [[ -S ${DOCKER_HOST#unix://} ]]; then
     "$BERTH_ROOT/infra/images.sh" || log "infra/images.sh failed; the cells run, the sample image may be missing"
   else
     log "the region's registry or Docker is not up: sample images not pushed (run infra/images.sh later)"
   fi
-  write_env
-  log "cells ready in $((SECONDS - t0))s: $(configured_cells | paste -sd' ' -) (kubeconfigs in $CELLS_DIR)"
+  (($#)) || write_env
+  log "cells ready in $((SECONDS - t0))s: $(echo $cells) (kubeconfigs in $CELLS_DIR)"
 }
 
 cmd_down() {
@@ -585,7 +607,7 @@ cmd_status() {
 }
 
 case ${1:-} in
-  up) cmd_up ;;
+  up) shift && cmd_up "$@" ;;
   down) cmd_down ;;
   status) cmd_status ;;
   *) die "usage: $0 up|down|status" ;;
