@@ -458,7 +458,8 @@ write_env() {
     echo "# Written by infra/cells.sh up."
     echo "export BERTH_CELLS=$cells"
     echo "export BERTH_CELLS_DIR=$CELLS_DIR"
-    echo "export KUBECONFIG_DIR=$CELLS_DIR # <dir>/<cell>.kubeconfig, read by Berth's services"
+    echo "# <dir>/<cell>.kubeconfig for Berth's services (packages/shared cellsEnv)"
+    echo "export KUBECONFIG_DIR=$CELLS_DIR"
     echo "export BERTH_K8S_VERSION=$K8S_VERSION"
     echo "export BERTH_SAMPLE_IMAGE=$REGISTRY/berth/sample-app:v1"
     for cell in $(configured_cells); do
