@@ -10,8 +10,8 @@
 #   infra/k8s/build.sh --wait        wait for a build (started here or elsewhere) to finish
 #   infra/k8s/build.sh --status      print ready | building | missing; exit 0 only when ready
 #   infra/k8s/build.sh --print-env   print K8S_VERSION, K8S_BIN, KWOK_VERSION, KWOK_BIN, ETCD_VERSION, ETCD_BIN
-# Env: KWOK_VERSION (default v0.8.0), BERTH_K8S_BUILD_P (go build -p,
-# default 2).
+# Versions: k8s.io/kubernetes in infra/k8s/go.mod, etcd in infra/k8s/etcd/go.mod, KWOK_VERSION
+# (default v0.8.0). BERTH_K8S_BUILD_P sets `go build -p` (default 2; 1 if a link runs out of memory).
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 K8S_MODULE_DIR=$BERTH_ROOT/infra/k8s
