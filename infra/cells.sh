@@ -607,9 +607,14 @@ cmd_status() {
   done
 }
 
-case ${1:-} in
-  up) shift && cmd_up "$@" ;;
-  down) cmd_down ;;
-  status) cmd_status ;;
-  *) die "usage: $0 up|down|status" ;;
-esac
+# main, then exit on the same line: bash reads a script as it runs it, and this one may be
+# edited (a git pull) while it runs; nothing after this line is read late.
+main() {
+  case ${1:-} in
+    up) shift && cmd_up "$@" ;;
+    down) cmd_down ;;
+    status) cmd_status ;;
+    *) die "usage: $0 up|down|status" ;;
+  esac
+}
+main "$@"; exit

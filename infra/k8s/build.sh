@@ -174,29 +174,34 @@ wait_for_build() {
   ln -sfn "$K8S_BIN/kubectl" "$BERTH_BIN_DIR/kubectl"
 }
 
-case ${1:-} in
-  "") build ;;
-  --background)
-    if all_ready; then
-      ln -sfn "$K8S_BIN/kubectl" "$BERTH_BIN_DIR/kubectl"
-      exit 0
-    fi
-    if build_running; then
-      log "Kubernetes $K8S_VERSION build already running; log: $BUILD_LOG"
-      exit 0
-    fi
-    # The build's own lock (not a pid file) says whether it runs, so a crashed build never blocks.
-    setsid "$0" >>"$BUILD_LOG" 2>&1 </dev/null &
-    echo $! >"$(pidfile k8s-build)"
-    log "Kubernetes $K8S_VERSION build started in the background (pid $!); log: $BUILD_LOG"
-    ;;
-  --wait) wait_for_build ;;
-  --status)
-    if all_ready; then echo ready; elif build_running; then echo building; exit 1; else echo missing; exit 1; fi
-    ;;
-  --print-env)
-    printf 'K8S_VERSION=%s\nK8S_BIN=%s\nKWOK_VERSION=%s\nKWOK_BIN=%s\nETCD_VERSION=%s\nETCD_BIN=%s\n' \
-      "$K8S_VERSION" "$K8S_BIN" "$KWOK_VERSION" "$KWOK_BIN" "$ETCD_VERSION" "$ETCD_BIN"
-    ;;
-  *) die "usage: $0 [--background|--wait|--status|--print-env]" ;;
-esac
+# main, then exit on the same line: bash reads a script as it runs it, and this one may be
+# edited (a git pull) while it runs; nothing after this line is read late.
+main() {
+  case ${1:-} in
+    "") build ;;
+    --background)
+      if all_ready; then
+        ln -sfn "$K8S_BIN/kubectl" "$BERTH_BIN_DIR/kubectl"
+        exit 0
+      fi
+      if build_running; then
+        log "Kubernetes $K8S_VERSION build already running; log: $BUILD_LOG"
+        exit 0
+      fi
+      # The build's own lock (not a pid file) says whether it runs, so a crashed build never blocks.
+      setsid "$0" >>"$BUILD_LOG" 2>&1 </dev/null &
+      echo $! >"$(pidfile k8s-build)"
+      log "Kubernetes $K8S_VERSION build started in the background (pid $!); log: $BUILD_LOG"
+      ;;
+    --wait) wait_for_build ;;
+    --status)
+      if all_ready; then echo ready; elif build_running; then echo building; exit 1; else echo missing; exit 1; fi
+      ;;
+    --print-env)
+      printf 'K8S_VERSION=%s\nK8S_BIN=%s\nKWOK_VERSION=%s\nKWOK_BIN=%s\nETCD_VERSION=%s\nETCD_BIN=%s\n' \
+        "$K8S_VERSION" "$K8S_BIN" "$KWOK_VERSION" "$KWOK_BIN" "$ETCD_VERSION" "$ETCD_BIN"
+      ;;
+    *) die "usage: $0 [--background|--wait|--status|--print-env]" ;;
+  esac
+}
+main "$@"; exit
