@@ -8,6 +8,11 @@ go 1.24.0
 godebug default=go1.24
 
 require (
+	google.golang.org/grpc v1.72.1
+	k8s.io/cri-api v0.34.10
+)
+
+require (
 	cel.dev/expr v0.24.0 // indirect
 	github.com/Azure/go-ansiterm v0.0.0-20230124172434-306776ec8161 // indirect
 	github.com/JeffAshton/win_pdh v0.0.0-20161109143554-76bb4ee9f0ab // indirect
@@ -136,7 +141,6 @@ require (
 	golang.org/x/tools v0.26.0 // indirect
 	google.golang.org/genproto/googleapis/api v0.0.0-20250303144028-a0af3efb3deb // indirect
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20250303144028-a0af3efb3deb // indirect
-	google.golang.org/grpc v1.72.1 // indirect
 	google.golang.org/protobuf v1.36.12-0.20260120151049-f2248ac996af // indirect
 	gopkg.in/evanphx/json-patch.v4 v4.12.0 // indirect
 	gopkg.in/go-jose/go-jose.v2 v2.6.3 // indirect
@@ -154,7 +158,6 @@ require (
 	k8s.io/component-base v0.34.10 // indirect
 	k8s.io/component-helpers v0.34.10 // indirect
 	k8s.io/controller-manager v0.34.10 // indirect
-	k8s.io/cri-api v0.34.10 // indirect
 	k8s.io/cri-client v0.0.0 // indirect
 	k8s.io/csi-translation-lib v0.0.0 // indirect
 	k8s.io/dynamic-resource-allocation v0.0.0 // indirect
@@ -220,7 +223,7 @@ replace (
 	k8s.io/metrics => k8s.io/metrics v0.34.10
 	k8s.io/mount-utils => k8s.io/mount-utils v0.34.10
 	k8s.io/pod-security-admission => k8s.io/pod-security-admission v0.34.10
-	// k8s.io/sample-apiserver: not published at v0.34.10
-	// k8s.io/sample-cli-plugin: not published at v0.34.10
-	// k8s.io/sample-controller: not published at v0.34.10
+// k8s.io/sample-apiserver: not published at v0.34.10
+// k8s.io/sample-cli-plugin: not published at v0.34.10
+// k8s.io/sample-controller: not published at v0.34.10
 )
