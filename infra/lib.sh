@@ -57,13 +57,16 @@ ensure_packages() {
 pidfile() { echo "$BERTH_RUN_DIR/$1.pid"; }
 logfile() { echo "$BERTH_LOG_DIR/$1.log"; }
 
-# is_running NAME: true when NAME's pid file names a live process.
+# is_running NAME: true when NAME's pid file names a live process (a zombie, exited but not yet
+# reaped, counts as stopped).
 is_running() {
-  local f pid
+  local f pid state
   f=$(pidfile "$1")
   [[ -f $f ]] || return 1
   pid=$(<"$f")
-  [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null
+  [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 1
+  state=$(sed -n 's/^[0-9]* (.*) \([A-Z]\) .*/\1/p' "/proc/$pid/stat" 2>/dev/null)
+  [[ $state != Z ]]
 }
 
 pid_of() { [[ -f $(pidfile "$1") ]] && cat "$(pidfile "$1")" || true; }

@@ -1,0 +1,40 @@
+# Berth. Two set-up commands: `make up` and `make test` (see README.md).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+.PHONY: help up down status clean test bench check lint fmt typecheck stop-service start-service
+
+help:
+	@echo "make up | down | status | clean | test | bench | check | fmt"
+
+up:        ## the whole local region, idempotent
+	@bash infra/up.sh
+
+down:      ## stop everything make up started; data stays
+	@bash infra/down.sh
+
+status:    ## every component: pid, address, health
+	@bash infra/status.sh
+
+clean: down ## stop everything and delete .local/
+	@rm -rf .local
+
+test:      ## set up what tests need, then every check and test
+	@bash infra/test.sh
+
+bench:     ## every benchmark in test/bench
+	@bash infra/bench.sh
+
+check:     ## lint, format check, type check
+	@bash -c 'source infra/lib.sh && source infra/node.sh && bash infra/bootstrap.sh && $$PNPM run check'
+
+lint: check
+typecheck: check
+
+fmt:       ## format everything
+	@bash -c 'source infra/lib.sh && source infra/node.sh && $$PNPM run format'
+
+stop-service:  ## stop one Berth service: make stop-service NAME=scheduler
+	@bash infra/services.sh down $(NAME)
+
+start-service: ## start one Berth service: make start-service NAME=scheduler
+	@bash infra/services.sh up $(NAME)

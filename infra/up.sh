@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# `make up`: the whole local region, idempotently. Installs what is missing, builds Kubernetes in
+# the background while the region starts, brings up the cells and Berth's services, registers
+# the region and deploys the sample app, and writes .local/env. A second run starts nothing.
+#   infra/up.sh            everything
+#   infra/up.sh --no-services   region and cells only (what tests need; they start services themselves)
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+WITH_SERVICES=1
+[[ ${1:-} == --no-services ]] && WITH_SERVICES=0
+started=$SECONDS
+step() { log "$*"; }
+run_if_present() {
+  local script=$BERTH_ROOT/$1
+  shift
+  if [[ -f $script ]]; then bash "$script" "$@"; fi
+}
+
+step "bootstrap: Debian packages, Node.js 24, pnpm, npm dependencies"
+bash "$BERTH_ROOT/infra/bootstrap.sh"
+
+if [[ -f $BERTH_ROOT/infra/k8s/build.sh ]] && ! bash "$BERTH_ROOT/infra/k8s/build.sh" --status >/dev/null 2>&1; then
+  step "building Kubernetes and KWOK from Go modules in the background (log: $(logfile k8s-build))"
+  bash "$BERTH_ROOT/infra/k8s/build.sh" --background
+fi
+
+step "region: etcd, NATS, Redis, dockerd, registry, nginx"
+bash "$BERTH_ROOT/infra/region.sh" up
+
+if [[ -f $BERTH_ROOT/infra/k8s/build.sh ]]; then
+  bash "$BERTH_ROOT/infra/k8s/build.sh" --status >/dev/null 2>&1 || step "waiting for the Kubernetes build"
+  bash "$BERTH_ROOT/infra/k8s/build.sh" --wait
+fi
+step "images: pause and sample-app into the registry"
+run_if_present infra/images.sh
+step "cells"
+run_if_present infra/cells.sh up
+run_if_present infra/ipam.sh install
+
+if ((WITH_SERVICES)); then
+  step "Berth services"
+  bash "$BERTH_ROOT/infra/services.sh" up
+  run_if_present infra/api-bootstrap.sh
+  run_if_present infra/deploy-sample.sh
+fi
+
+# .local/env: every part's variables, then PATH.
+{
+  echo "# Written by make up. source .local/env"
+  echo "export BERTH_ROOT=$BERTH_ROOT"
+  for f in "$BERTH_LOCAL"/env.d/*.sh; do
+    [[ -f $f ]] && cat "$f"
+  done
+  source "$BERTH_ROOT/infra/node.sh"
+  echo "export PATH=$BERTH_BIN_DIR:$NODE_BIN_DIR:\$PATH"
+} >"$BERTH_LOCAL/env.tmp"
+chmod 600 "$BERTH_LOCAL/env.tmp"
+mv "$BERTH_LOCAL/env.tmp" "$BERTH_LOCAL/env"
+
+step "up in $((SECONDS - started))s; source .local/env to use it; make status shows every component"
