@@ -185,7 +185,7 @@ cmd_down() {
   if ip link show "$DOCKER_BRIDGE" >/dev/null 2>&1; then as_root ip link del "$DOCKER_BRIDGE" || true; fi
   # dockerd leaves its exec root's mounts (netns files) behind when killed.
   if [[ -d $DOCKER_EXEC_ROOT ]]; then
-    grep -o " $DOCKER_EXEC_ROOT[^ ]*" /proc/mounts | sort -r | while read -r m; do as_root umount -l "$m" || true; done
+    { grep -o " $DOCKER_EXEC_ROOT[^ ]*" /proc/mounts || true; } | sort -r | while read -r m; do as_root umount -l "$m" || true; done
     as_root rm -rf "$DOCKER_EXEC_ROOT" || true
   fi
 }
