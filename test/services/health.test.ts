@@ -113,7 +113,11 @@ describe('every service', () => {
 
 describe('bad configuration', () => {
   it('a service refuses to start, naming each bad variable on its own line, exit code 78', async () => {
-    const r = await startService('scheduler', { HTTP_ADDR: 'not-an-address', LEADER_TTL_SECONDS: '1', ETCD_ENDPOINTS: 'x' });
+    const r = await startService('scheduler', {
+      HTTP_ADDR: 'not-an-address',
+      LEADER_TTL_SECONDS: '1',
+      ETCD_ENDPOINTS: 'x',
+    });
     expect(await exited(r.child)).toBe(78);
     const out = r.output();
     expect(out).toContain('HTTP_ADDR: expected host:port (got "not-an-address")');
