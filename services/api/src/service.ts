@@ -1,34 +1,129 @@
+import { hostname } from 'node:os';
 import type { Logger } from '@berth/shared/logging';
-import { EventSubjects, ensureStreams, NatsComponent } from '@berth/shared/nats';
+import { EventPublisher, EventSubjects, ensureStreams, NatsComponent } from '@berth/shared/nats';
 import { RedisComponent } from '@berth/shared/redis';
 import { ServiceRuntime } from '@berth/shared/service';
+import express from 'express';
+import { Counter } from 'prom-client';
+import { LdapDirectory } from './auth/ldap.ts';
+import { LoginRateLimiter } from './auth/rate-limit.ts';
+import { AuthService } from './auth/service.ts';
 import type { ApiConfig } from './env.ts';
+import { buildOpenApi } from './http/openapi.ts';
+import { type AnyRoute, mountRoutes } from './http/routes.ts';
+import { adminRoutes } from './resources/admin.ts';
+import { appRoutes } from './resources/apps.ts';
+import { authRoutes } from './resources/auth.ts';
+import type { ApiContext } from './resources/context.ts';
+import { eventRoutes } from './resources/events.ts';
+import { memberRoutes } from './resources/members.ts';
+import { versionRoutes } from './resources/versions.ts';
+import { EtcdStore } from './store/etcd-store.ts';
+
+export const API_BASE = '/api/v1';
+export const API_VERSION = '1.0.0';
 
 /**
- * The API: stateless; validates requests, writes desired state to etcd, publishes every change as
- * an event. Resources arrive with the API issue; today it makes sure the JetStream streams exist
- * and serves health, readiness (etcd, NATS, Redis) and metrics.
+ * The API: stateless. Validates requests, checks roles, writes desired state to etcd (multi-key
+ * changes in one transaction) and publishes every change as an event.
  */
 export class ApiService {
   readonly runtime: ServiceRuntime;
+  readonly routes: AnyRoute[];
 
-  private constructor(runtime: ServiceRuntime) {
+  private constructor(runtime: ServiceRuntime, routes: AnyRoute[]) {
     this.runtime = runtime;
+    this.routes = routes;
   }
 
   static create(config: ApiConfig, logger: Logger): ApiService {
-    const runtime = new ServiceRuntime({ name: 'api', config, logger });
-    const nats = new NatsComponent({ servers: config.NATS_URL, token: config.NATS_TOKEN, name: 'api', logger });
+    const subjects = new EventSubjects(config.EVENT_SUBJECT_ROOT);
+    const nats = new NatsComponent({
+      servers: config.NATS_URL,
+      token: config.NATS_TOKEN,
+      name: `api-${hostname()}`,
+      logger,
+    });
     const redis = new RedisComponent({ url: config.REDIS_URL, name: 'api' });
+    let routes: AnyRoute[] = [];
+    // Routes are mounted on a router the HTTP server takes now and the routes fill below.
+    const router = express.Router();
+    let publisher: EventPublisher | undefined;
+
+    const runtime = new ServiceRuntime({
+      name: 'api',
+      config,
+      logger,
+      routes: (app) => {
+        app.use(
+          API_BASE,
+          express.json({ limit: config.BODY_LIMIT, type: ['application/json', 'application/*+json'], strict: true }),
+        );
+        app.get(`${API_BASE}/openapi.json`, (_req, res) => {
+          res.json(buildOpenApi(routes, API_BASE, API_VERSION));
+        });
+        app.use(router);
+      },
+    });
+    const store = new EtcdStore(runtime.etcd, logger);
+    const auth = new AuthService({
+      store,
+      keys: runtime.keys,
+      logger,
+      rateLimiter: new LoginRateLimiter(redis.client, {
+        perUserPerMinute: config.LOGIN_RATE_LIMIT,
+        perAddressPerMinute: config.LOGIN_RATE_LIMIT_PER_ADDRESS,
+        prefix: `berth${config.ETCD_PREFIX.replace(/\//g, ':')}`,
+      }),
+      ldap:
+        config.LDAP_URL && config.LDAP_BIND_DN && config.LDAP_BIND_PASSWORD && config.LDAP_USER_BASE_DN
+          ? new LdapDirectory({
+              url: config.LDAP_URL,
+              bindDn: config.LDAP_BIND_DN,
+              bindPassword: config.LDAP_BIND_PASSWORD,
+              userBaseDn: config.LDAP_USER_BASE_DN,
+              userFilter: config.LDAP_USER_FILTER,
+              emailAttribute: config.LDAP_EMAIL_ATTRIBUTE,
+            })
+          : undefined,
+      sessionTtlMs: config.SESSION_TTL,
+    });
+    const ctx: ApiContext = {
+      store,
+      keys: runtime.keys,
+      auth,
+      logger,
+      region: config.BERTH_REGION,
+      events: () => {
+        if (!publisher) publisher = new EventPublisher(nats.client.js, subjects);
+        return { publisher, js: nats.client.js, subjects };
+      },
+      eventsFailed: new Counter({
+        name: 'berth_api_events_failed_total',
+        help: 'Events that could not be published after a committed change',
+        registers: [runtime.metrics],
+      }),
+    };
+    routes = [
+      ...authRoutes(ctx),
+      ...adminRoutes(ctx),
+      ...appRoutes(ctx),
+      ...versionRoutes(ctx),
+      ...memberRoutes(ctx),
+      ...eventRoutes(ctx),
+    ];
+    mountRoutes(router, API_BASE, routes, (req, access) => auth.authenticate(req, access));
+
     runtime.health.add('nats', nats.ready);
     runtime.health.add('redis', redis.ready);
     runtime.add(nats);
-    runtime.add({
-      name: 'streams',
-      start: async () => ensureStreams(await nats.client.jsm(), new EventSubjects()),
-    });
+    runtime.add({ name: 'streams', start: async () => ensureStreams(await nats.client.jsm(), subjects) });
     runtime.add(redis);
-    return new ApiService(runtime);
+    if (config.BERTH_ADMIN_PASSWORD) {
+      const password = config.BERTH_ADMIN_PASSWORD;
+      runtime.add({ name: 'admin-bootstrap', start: () => auth.bootstrapAdmin(config.BERTH_ADMIN_USER, password) });
+    }
+    return new ApiService(runtime, routes);
   }
 
   start(): Promise<void> {

@@ -139,6 +139,8 @@ export class HttpServer {
 function buildApp(options: HttpServerOptions): Express {
   const app = express();
   app.disable('x-powered-by');
+  // ETags are the API's own (etcd mod revisions); express's body hashes would be mistaken for them.
+  app.set('etag', false);
   app.set('trust proxy', 'loopback');
   const duration = new Histogram({
     name: 'berth_http_request_duration_seconds',

@@ -57,6 +57,13 @@ export class BerthKeys {
   quota(user: string): string {
     return `${this.prefix}/quotas/${user}`;
   }
+  /**
+   * Bumped in the same transaction as every write that changes a user's quota usage (apps,
+   * replicas): a quota check compares its revision, so two racing writes cannot both pass.
+   */
+  quotaGuard(user: string): string {
+    return `${this.prefix}/quota-guards/${user}`;
+  }
 
   // Regions and cells
   regions(): string {

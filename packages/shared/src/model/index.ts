@@ -149,6 +149,8 @@ export const appSchema = z.object({
   ports: z.array(portSchema).min(1).max(16),
   minCells: z.number().int().min(1).max(16).default(2),
   owner: userNameSchema,
+  /** The number of the newest version ever created: the next one is `v{lastVersion + 1}`. */
+  lastVersion: z.number().int().min(0).default(0),
   createdAt: z.iso.datetime(),
   updatedAt: z.iso.datetime(),
 });

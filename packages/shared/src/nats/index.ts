@@ -5,7 +5,6 @@
  */
 import { randomUUID } from 'node:crypto';
 import {
-  DeliverPolicy,
   DiscardPolicy,
   JetStreamApiError,
   type JetStreamClient,
@@ -225,10 +224,12 @@ export type ReadEventsOptions = {
   filter: string;
   /** First stream sequence to read (inclusive). Default: the start of the stream. */
   fromSeq?: number;
+  /** Read events stored at or after this time instead (ignored when fromSeq is set). */
+  fromTime?: Date;
+  /** Stop before this stream sequence (exclusive). Default: read to the end. */
+  toSeq?: number;
   /** Stop after this many valid events. Default 1000. */
   max?: number;
-  /** Give up waiting for more after this long. Default 2000 ms. */
-  idleMs?: number;
   /** Keep only events of app-scoped kinds (for an app's activity feed). */
   appScopedOnly?: boolean;
   /** Called for each stored message that fails the schema (it is skipped). */
@@ -236,8 +237,10 @@ export type ReadEventsOptions = {
 };
 
 /**
- * Reads stored events oldest first by subject filter with an ordered (ephemeral) consumer,
- * validating each one. Reading needs no publisher alive: the stream is the source of truth.
+ * Reads stored events oldest first by subject filter, validating each one. Uses JetStream's direct
+ * get with `next_by_subj` (the server finds the next matching message after a sequence), so a read
+ * costs one round trip per event returned, never waits for an idle timeout, and needs no consumer.
+ * Reading needs no publisher alive: the stream is the source of truth.
  */
 export async function readEvents(
   js: JetStreamClient,
@@ -247,29 +250,32 @@ export async function readEvents(
   const max = options.max ?? 1000;
   const jsm = await js.jetstreamManager();
   const info = await jsm.streams.info(subjects.eventsStream);
-  const lastSeq = info.state.last_seq;
-  if (info.state.messages === 0 || (options.fromSeq ?? 1) > lastSeq) return [];
-  const consumer = await js.consumers.get(subjects.eventsStream, {
-    filter_subjects: options.filter,
-    ...(options.fromSeq
-      ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: options.fromSeq }
-      : { deliver_policy: DeliverPolicy.All }),
-  });
-  const out: StoredEvent[] = [];
-  try {
-    while (out.length < max) {
-      const msg = await consumer.next({ expires: options.idleMs ?? 2000 });
-      if (!msg) break;
-      const parsed = parseStoredEvent(msg.data);
-      if (!parsed.ok) {
-        options.onInvalid?.(msg.seq, msg.subject, parsed.error);
-      } else if (!options.appScopedOnly || APP_SCOPED_KINDS.includes(parsed.event.kind)) {
-        out.push({ seq: msg.seq, subject: msg.subject, event: parsed.event });
-      }
-      if (msg.seq >= lastSeq || msg.info.pending === 0) break;
+  const lastSeq = Math.min(info.state.last_seq, (options.toSeq ?? Number.POSITIVE_INFINITY) - 1);
+  let seq = Math.max(options.fromSeq ?? 1, info.state.first_seq);
+  if (!options.fromSeq && options.fromTime) {
+    // Binary search for the first message stored at or after fromTime (nats-server 2.9 has no
+    // direct get by time): times grow with sequence numbers.
+    let lo = seq;
+    let hi = lastSeq + 1;
+    while (lo < hi) {
+      const mid = Math.floor((lo + hi) / 2);
+      const msg = await jsm.direct.getMessage(subjects.eventsStream, { seq: mid, next_by_subj: subjects.allEvents() });
+      if (!msg || msg.seq > lastSeq || new Date(msg.time) >= options.fromTime) hi = mid;
+      else lo = msg.seq + 1;
     }
-  } finally {
-    await consumer.delete().catch(() => undefined);
+    seq = lo;
+  }
+  const out: StoredEvent[] = [];
+  while (out.length < max && seq <= lastSeq) {
+    const msg = await jsm.direct.getMessage(subjects.eventsStream, { seq, next_by_subj: options.filter });
+    if (!msg || msg.seq > lastSeq) break;
+    const parsed = parseStoredEvent(msg.data);
+    if (!parsed.ok) {
+      options.onInvalid?.(msg.seq, msg.subject, parsed.error);
+    } else if (!options.appScopedOnly || APP_SCOPED_KINDS.includes(parsed.event.kind)) {
+      out.push({ seq: msg.seq, subject: msg.subject, event: parsed.event });
+    }
+    seq = msg.seq + 1;
   }
   return out;
 }

@@ -1,0 +1,117 @@
+/**
+ * One declaration per route: method, path, who may call it, the zod schemas of its parameters,
+ * query, body and responses, and the handler. The same declaration mounts the express route,
+ * validates the request (unknown fields refused, each bad field named by its JSON path) and
+ * becomes the route's entry in the OpenAPI document, so the document cannot drift from the code.
+ */
+import { InputError, inputErrorFromZod, UnsupportedMediaTypeError } from '@berth/shared/errors';
+import type { NextFunction, Request, Response, Router } from 'express';
+import type { z } from 'zod';
+import type { Principal, Scope } from '../auth/principal.ts';
+
+export type HttpMethod = 'get' | 'post' | 'put' | 'patch' | 'delete';
+
+/** Who may call a route: anyone, any signed-in caller (with a scope), or an admin. */
+export type Access = { kind: 'public' } | { kind: 'user'; scope: Scope } | { kind: 'admin' };
+
+export type RouteContext<P, Q, B> = {
+  req: Request;
+  res: Response;
+  params: P;
+  query: Q;
+  body: B;
+  /** The signed-in caller; undefined only on public routes. */
+  principal: Principal | undefined;
+};
+
+/** What a handler returns: a status, a body, optional headers (ETag, Location). */
+export type RouteResult = {
+  status: number;
+  body?: unknown;
+  headers?: Record<string, string>;
+};
+
+export type RouteDef<
+  P extends z.ZodObject = z.ZodObject,
+  Q extends z.ZodObject = z.ZodObject,
+  B extends z.ZodType = z.ZodType,
+> = {
+  method: HttpMethod;
+  /** Express-style path under /api/v1, e.g. `/apps/:app/versions`. */
+  path: string;
+  operationId: string;
+  summary: string;
+  tags: string[];
+  access: Access;
+  params?: P;
+  query?: Q;
+  body?: B;
+  /** Success responses: status → schema (undefined for no body). */
+  responses: Record<number, z.ZodType | undefined>;
+  /** Error statuses this route can answer besides the common ones (401, 403 for admin, 404 …). */
+  errors?: number[];
+  /** Responses carry an ETag; PATCH/PUT/DELETE honour If-Match. */
+  etag?: boolean;
+  handler: (ctx: RouteContext<z.output<P>, z.output<Q>, z.output<B>>) => Promise<RouteResult>;
+};
+
+// biome-ignore lint/suspicious/noExplicitAny: a list of routes of any parameter types
+export type AnyRoute = RouteDef<any, any, any>;
+
+export function defineRoute<P extends z.ZodObject, Q extends z.ZodObject, B extends z.ZodType>(
+  route: RouteDef<P, Q, B>,
+): RouteDef<P, Q, B> {
+  return route;
+}
+
+export type Authenticator = (req: Request, access: Access) => Promise<Principal | undefined>;
+
+const BODY_METHODS = new Set<HttpMethod>(['post', 'put', 'patch']);
+
+/** Mounts routes on an express app under `base`. */
+export function mountRoutes(app: Router, base: string, routes: AnyRoute[], authenticate: Authenticator): void {
+  for (const route of routes) {
+    app[route.method](`${base}${route.path}`, async (req: Request, res: Response, next: NextFunction) => {
+      try {
+        const principal = await authenticate(req, route.access);
+        const params = parseWith(route.params, req.params, 'path parameters');
+        const query = parseWith(route.query, req.query, 'query');
+        let body: unknown;
+        if (route.body) {
+          if (BODY_METHODS.has(route.method) && !req.is(['application/json', 'application/*+json'])) {
+            throw new UnsupportedMediaTypeError('send the request body as application/json');
+          }
+          body = parseWith(route.body, req.body ?? {}, 'request body');
+        }
+        const result = await route.handler({ req, res, params, query, body, principal });
+        if (res.headersSent) return;
+        for (const [k, v] of Object.entries(result.headers ?? {})) res.setHeader(k, v);
+        if (result.body === undefined) res.status(result.status).end();
+        else res.status(result.status).json(result.body);
+      } catch (err) {
+        next(err);
+      }
+    });
+  }
+}
+
+function parseWith(schema: z.ZodType | undefined, value: unknown, what: string): unknown {
+  if (!schema) return {};
+  const parsed = schema.safeParse(value);
+  if (!parsed.success) {
+    const err = inputErrorFromZod(parsed.error, what);
+    // Path and query errors are named by parameter, not by JSON path of a body.
+    if (what !== 'request body') {
+      return throwParamError(err, what);
+    }
+    throw err;
+  }
+  return parsed.data;
+}
+
+function throwParamError(err: InputError, what: string): never {
+  throw new InputError(
+    err.message,
+    err.issues.map((i) => ({ ...i, path: i.path.replace(/^\$\.?/, `${what === 'query' ? 'query' : 'path'}:`) })),
+  );
+}

@@ -1,0 +1,369 @@
+/** Platform administration: regions and their cells, users, quotas. */
+import { ConflictError, NotFoundError, PreconditionFailedError } from '@berth/shared/errors';
+import { type Cell, cellSchema, type Region, regionSchema } from '@berth/shared/model';
+import { publicUser } from '../auth/records.ts';
+import { defineRoute } from '../http/routes.ts';
+import { type ApiContext, checkIfMatch, etag, ifMatchRevision, now, page, recordEvent } from './context.ts';
+import { formatCpu, formatMemory, Quotas } from './quotas.ts';
+import {
+  cellParams,
+  cellResponse,
+  createCellBody,
+  createRegionBody,
+  createUserBody,
+  listOf,
+  listQuery,
+  patchCellBody,
+  quotaBody,
+  quotaRecordSchema,
+  quotaResponse,
+  regionParams,
+  regionResponse,
+  userParams,
+  userResponse,
+} from './schemas.ts';
+
+export function adminRoutes(ctx: ApiContext) {
+  const { store, keys, auth } = ctx;
+  const quotas = new Quotas(ctx);
+
+  async function requireRegion(name: string) {
+    const region = await store.get(keys.region(name), regionSchema);
+    if (!region) throw new NotFoundError(`no region "${name}"`);
+    return region;
+  }
+
+  async function requireCell(region: string, cell: string) {
+    const stored = await store.get(keys.cell(region, cell), cellSchema);
+    if (!stored) throw new NotFoundError(`region "${region}" has no cell "${cell}"`);
+    return stored;
+  }
+
+  return [
+    // ---- Users ----
+    defineRoute({
+      method: 'post',
+      path: '/users',
+      operationId: 'createUser',
+      summary: 'Create a local user (admin)',
+      tags: ['users'],
+      access: { kind: 'admin' },
+      body: createUserBody,
+      responses: { 201: userResponse },
+      errors: [409],
+      etag: true,
+      handler: async ({ body, principal }) => {
+        const created = await auth.createUser(body);
+        if (!created) throw new ConflictError(`user "${body.username}" already exists`);
+        await recordEvent(ctx, principal!, {
+          kind: 'user',
+          resourceId: body.username,
+          action: 'created',
+          after: publicUser(created.user),
+        });
+        return { status: 201, body: publicUser(created.user), headers: { ETag: etag(created.modRevision) } };
+      },
+    }),
+
+    // ---- Regions ----
+    defineRoute({
+      method: 'get',
+      path: '/regions',
+      operationId: 'listRegions',
+      summary: 'Regions (admin)',
+      tags: ['regions'],
+      access: { kind: 'admin' },
+      query: listQuery,
+      responses: { 200: listOf(regionResponse) },
+      handler: async ({ query }) => {
+        const all = (await store.list(keys.regions(), regionSchema, { directChildrenOnly: true })).map((r) => r.value);
+        return { status: 200, body: page(all, (r) => r.name, query.limit, query.cursor) };
+      },
+    }),
+    defineRoute({
+      method: 'post',
+      path: '/regions',
+      operationId: 'createRegion',
+      summary: 'Add a region (admin)',
+      tags: ['regions'],
+      access: { kind: 'admin' },
+      body: createRegionBody,
+      responses: { 201: regionResponse },
+      errors: [409],
+      etag: true,
+      handler: async ({ body, principal }) => {
+        const region: Region = { name: body.name, description: body.description ?? '', createdAt: now() };
+        const res = await store.commit([{ op: 'create', key: keys.region(region.name), value: region }]);
+        if (!res.ok) throw new ConflictError(`region "${region.name}" already exists`);
+        await recordEvent(ctx, principal!, {
+          kind: 'region',
+          resourceId: region.name,
+          action: 'created',
+          after: region,
+        });
+        return {
+          status: 201,
+          body: region,
+          headers: { ETag: etag(res.revision), Location: `/api/v1/regions/${region.name}` },
+        };
+      },
+    }),
+    defineRoute({
+      method: 'get',
+      path: '/regions/:region',
+      operationId: 'getRegion',
+      summary: 'One region (admin)',
+      tags: ['regions'],
+      access: { kind: 'admin' },
+      params: regionParams,
+      responses: { 200: regionResponse },
+      etag: true,
+      handler: async ({ params }) => {
+        const region = await requireRegion(params.region);
+        return { status: 200, body: region.value, headers: { ETag: etag(region.modRevision) } };
+      },
+    }),
+    defineRoute({
+      method: 'delete',
+      path: '/regions/:region',
+      operationId: 'deleteRegion',
+      summary: 'Remove a region that has no cells (admin)',
+      tags: ['regions'],
+      access: { kind: 'admin' },
+      params: regionParams,
+      responses: { 204: undefined },
+      errors: [409, 412],
+      etag: true,
+      handler: async ({ req, params, principal }) => {
+        const region = await requireRegion(params.region);
+        checkIfMatch(req, region.modRevision);
+        const cells = await store.childNames(keys.cells(params.region));
+        if (cells.length > 0) throw new ConflictError(`region "${params.region}" still has cells: ${cells.join(', ')}`);
+        const res = await store.commit([{ op: 'delete', key: region.key, modRevision: region.modRevision }]);
+        if (!res.ok) throw new PreconditionFailedError(`region "${params.region}" changed; read it again`);
+        await recordEvent(ctx, principal!, {
+          kind: 'region',
+          resourceId: params.region,
+          action: 'deleted',
+          before: region.value,
+        });
+        return { status: 204 };
+      },
+    }),
+
+    // ---- Cells ----
+    defineRoute({
+      method: 'get',
+      path: '/regions/:region/cells',
+      operationId: 'listCells',
+      summary: "A region's cells (admin)",
+      tags: ['regions'],
+      access: { kind: 'admin' },
+      params: regionParams,
+      query: listQuery,
+      responses: { 200: listOf(cellResponse) },
+      handler: async ({ params, query }) => {
+        await requireRegion(params.region);
+        const all = (await store.list(keys.cells(params.region), cellSchema)).map((c) => c.value);
+        return { status: 200, body: page(all, (c) => c.name, query.limit, query.cursor) };
+      },
+    }),
+    defineRoute({
+      method: 'post',
+      path: '/regions/:region/cells',
+      operationId: 'createCell',
+      summary:
+        'Add a cell (a Kubernetes cluster) to a region (admin). Its kubeconfig goes to the services that talk to cells, never here.',
+      tags: ['regions'],
+      access: { kind: 'admin' },
+      params: regionParams,
+      body: createCellBody,
+      responses: { 201: cellResponse },
+      errors: [409],
+      etag: true,
+      handler: async ({ params, body, principal }) => {
+        const region = await requireRegion(params.region);
+        const at = now();
+        const cell: Cell = {
+          name: body.name,
+          region: params.region,
+          apiServer: body.apiServer,
+          state: body.state ?? 'active',
+          labels: body.labels ?? {},
+          createdAt: at,
+          updatedAt: at,
+        };
+        const res = await store.commit([
+          { op: 'expect', key: region.key, modRevision: region.modRevision },
+          { op: 'create', key: keys.cell(params.region, cell.name), value: cell },
+        ]);
+        if (!res.ok) {
+          if (res.failedKeys.includes(region.key)) throw new NotFoundError(`no region "${params.region}"`);
+          throw new ConflictError(`region "${params.region}" already has a cell "${cell.name}"`);
+        }
+        await recordEvent(ctx, principal!, { kind: 'cell', resourceId: cell.name, action: 'created', after: cell });
+        return {
+          status: 201,
+          body: cell,
+          headers: { ETag: etag(res.revision), Location: `/api/v1/regions/${params.region}/cells/${cell.name}` },
+        };
+      },
+    }),
+    defineRoute({
+      method: 'get',
+      path: '/regions/:region/cells/:cell',
+      operationId: 'getCell',
+      summary: 'One cell (admin)',
+      tags: ['regions'],
+      access: { kind: 'admin' },
+      params: cellParams,
+      responses: { 200: cellResponse },
+      etag: true,
+      handler: async ({ params }) => {
+        const cell = await requireCell(params.region, params.cell);
+        return { status: 200, body: cell.value, headers: { ETag: etag(cell.modRevision) } };
+      },
+    }),
+    defineRoute({
+      method: 'patch',
+      path: '/regions/:region/cells/:cell',
+      operationId: 'updateCell',
+      summary: 'Cordon or uncordon a cell (state), change its labels or API server URL (admin)',
+      tags: ['regions'],
+      access: { kind: 'admin' },
+      params: cellParams,
+      body: patchCellBody,
+      responses: { 200: cellResponse },
+      errors: [412],
+      etag: true,
+      handler: async ({ req, params, body, principal }) => {
+        const wanted = ifMatchRevision(req);
+        for (let attempt = 0; ; attempt++) {
+          const cell = await requireCell(params.region, params.cell);
+          checkIfMatch(req, cell.modRevision);
+          const next: Cell = {
+            ...cell.value,
+            ...(body.apiServer ? { apiServer: body.apiServer } : {}),
+            ...(body.state ? { state: body.state } : {}),
+            ...(body.labels ? { labels: body.labels } : {}),
+            updatedAt: now(),
+          };
+          const res = await store.commit([{ op: 'update', key: cell.key, value: next, modRevision: cell.modRevision }]);
+          if (res.ok) {
+            const action =
+              body.state && body.state !== cell.value.state
+                ? body.state === 'cordoned'
+                  ? 'cordoned'
+                  : 'uncordoned'
+                : 'updated';
+            await recordEvent(ctx, principal!, {
+              kind: 'cell',
+              resourceId: params.cell,
+              action,
+              before: cell.value,
+              after: next,
+            });
+            return { status: 200, body: next, headers: { ETag: etag(res.revision) } };
+          }
+          if (wanted !== undefined || attempt >= 5)
+            throw new PreconditionFailedError(`cell "${params.cell}" changed; read it again`);
+        }
+      },
+    }),
+    defineRoute({
+      method: 'delete',
+      path: '/regions/:region/cells/:cell',
+      operationId: 'deleteCell',
+      summary: 'Remove a cell from a region (admin); the scheduler moves its replicas to the other cells',
+      tags: ['regions'],
+      access: { kind: 'admin' },
+      params: cellParams,
+      responses: { 204: undefined },
+      errors: [412],
+      etag: true,
+      handler: async ({ req, params, principal }) => {
+        const cell = await requireCell(params.region, params.cell);
+        checkIfMatch(req, cell.modRevision);
+        const res = await store.commit([{ op: 'delete', key: cell.key, modRevision: cell.modRevision }]);
+        if (!res.ok) throw new PreconditionFailedError(`cell "${params.cell}" changed; read it again`);
+        await recordEvent(ctx, principal!, {
+          kind: 'cell',
+          resourceId: params.cell,
+          action: 'deleted',
+          before: cell.value,
+        });
+        return { status: 204 };
+      },
+    }),
+
+    // ---- Quotas ----
+    defineRoute({
+      method: 'put',
+      path: '/admin/quotas/:user',
+      operationId: 'putQuota',
+      summary: "Set a user's quota: apps owned, and total cpu and memory of all replicas of their apps (admin)",
+      tags: ['admin'],
+      access: { kind: 'admin' },
+      params: userParams,
+      body: quotaBody,
+      responses: { 200: quotaResponse },
+      errors: [412],
+      etag: true,
+      handler: async ({ req, params, body, principal }) => {
+        if (!(await auth.getUser(params.user))) throw new NotFoundError(`no user "${params.user}"`);
+        const current = await store.get(keys.quota(params.user), quotaRecordSchema);
+        if (current) checkIfMatch(req, current.modRevision);
+        else if (ifMatchRevision(req) !== undefined)
+          throw new PreconditionFailedError(`"${params.user}" has no quota yet`);
+        const record = { user: params.user, ...body, updatedAt: now() };
+        const res = await store.commit([
+          current
+            ? { op: 'update', key: current.key, value: record, modRevision: current.modRevision }
+            : { op: 'create', key: keys.quota(params.user), value: record },
+        ]);
+        if (!res.ok) throw new PreconditionFailedError(`the quota of "${params.user}" changed; read it again`);
+        await recordEvent(ctx, principal!, {
+          kind: 'quota',
+          resourceId: params.user,
+          action: 'updated',
+          ...(current ? { before: current.value } : {}),
+          after: record,
+        });
+        const usage = await quotas.usage(params.user);
+        return {
+          status: 200,
+          body: {
+            ...record,
+            usage: { apps: usage.apps, cpu: formatCpu(usage.cpuMillis), memory: formatMemory(usage.memoryBytes) },
+          },
+          headers: { ETag: etag(res.revision) },
+        };
+      },
+    }),
+    defineRoute({
+      method: 'get',
+      path: '/admin/quotas/:user',
+      operationId: 'getQuota',
+      summary: "A user's quota and what they use now (admin)",
+      tags: ['admin'],
+      access: { kind: 'admin' },
+      params: userParams,
+      responses: { 200: quotaResponse },
+      etag: true,
+      handler: async ({ params }) => {
+        if (!(await auth.getUser(params.user))) throw new NotFoundError(`no user "${params.user}"`);
+        const current = await store.get(keys.quota(params.user), quotaRecordSchema);
+        const usage = await quotas.usage(params.user);
+        const record = current?.value ?? { user: params.user, updatedAt: new Date(0).toISOString() };
+        return {
+          status: 200,
+          body: {
+            ...record,
+            usage: { apps: usage.apps, cpu: formatCpu(usage.cpuMillis), memory: formatMemory(usage.memoryBytes) },
+          },
+          headers: { ETag: etag(current?.modRevision ?? 0) },
+        };
+      },
+    }),
+  ];
+}

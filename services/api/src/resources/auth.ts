@@ -1,0 +1,133 @@
+/** Sign-in, the caller's own user, and personal access tokens. */
+
+import { InputError, NotFoundError } from '@berth/shared/errors';
+import { publicUser } from '../auth/records.ts';
+import { defineRoute } from '../http/routes.ts';
+import { type ApiContext, recordEvent } from './context.ts';
+import {
+  createTokenBody,
+  listOf,
+  loginBody,
+  loginResponse,
+  tokenCreatedResponse,
+  tokenParams,
+  tokenResponse,
+  userResponse,
+} from './schemas.ts';
+
+const DEFAULT_TOKEN_DAYS = 90;
+const MAX_TOKEN_DAYS = 366;
+
+export function authRoutes(ctx: ApiContext) {
+  const { auth } = ctx;
+  return [
+    defineRoute({
+      method: 'post',
+      path: '/auth/login',
+      operationId: 'login',
+      summary: 'Sign in with a user name and password (local or LDAP); returns a session token',
+      tags: ['auth'],
+      access: { kind: 'public' },
+      body: loginBody,
+      responses: { 200: loginResponse },
+      errors: [429],
+      handler: async ({ req, body }) => {
+        const session = await auth.login(body.username, body.password, req.ip ?? 'unknown');
+        await recordEvent(ctx, session.user.name, { kind: 'user', resourceId: session.user.name, action: 'logged-in' });
+        return { status: 200, body: { token: session.token, expiresAt: session.expiresAt } };
+      },
+    }),
+
+    defineRoute({
+      method: 'get',
+      path: '/users/me',
+      operationId: 'getMe',
+      summary: 'The signed-in user',
+      tags: ['users'],
+      access: { kind: 'user', scope: 'read' },
+      responses: { 200: userResponse },
+      handler: async ({ principal }) => {
+        const found = await auth.getUser(principal!.user);
+        if (!found) throw new NotFoundError('your user no longer exists');
+        return { status: 200, body: publicUser(found.user) };
+      },
+    }),
+
+    defineRoute({
+      method: 'get',
+      path: '/tokens',
+      operationId: 'listTokens',
+      summary: "The caller's personal access tokens (never their secrets)",
+      tags: ['tokens'],
+      access: { kind: 'user', scope: 'read' },
+      responses: { 200: listOf(tokenResponse) },
+      handler: async ({ principal }) => {
+        const tokens = await auth.listPersonalTokens(principal!.user);
+        const items = tokens.map(({ id, name, scopes, createdAt, expiresAt }) => ({
+          id,
+          name,
+          scopes,
+          createdAt,
+          expiresAt,
+        }));
+        return { status: 200, body: { items, next: null } };
+      },
+    }),
+
+    defineRoute({
+      method: 'post',
+      path: '/tokens',
+      operationId: 'createToken',
+      summary: 'Create a personal access token; the token is in this response only',
+      tags: ['tokens'],
+      access: { kind: 'user', scope: 'read' },
+      body: createTokenBody,
+      responses: { 201: tokenCreatedResponse },
+      errors: [403],
+      handler: async ({ body, principal }) => {
+        const dayMs = 86_400_000;
+        const expiresAt = body.expiresAt ?? new Date(Date.now() + DEFAULT_TOKEN_DAYS * dayMs).toISOString();
+        if (Date.parse(expiresAt) > Date.now() + MAX_TOKEN_DAYS * dayMs) {
+          throw new InputError('a token lives at most one year', [
+            { path: '$.expiresAt', message: 'at most one year from now' },
+          ]);
+        }
+        const { token, record } = await auth.createPersonalToken(principal!, {
+          name: body.name,
+          scopes: body.scopes,
+          expiresAt,
+        });
+        await recordEvent(ctx, principal!, {
+          kind: 'token',
+          resourceId: principal!.user,
+          resourceName: record.id,
+          action: 'created',
+          data: { name: record.name, scopes: record.scopes, expiresAt: record.expiresAt },
+        });
+        const { id, name, scopes, createdAt } = record;
+        return { status: 201, body: { id, name, scopes, createdAt, expiresAt: record.expiresAt, token } };
+      },
+    }),
+
+    defineRoute({
+      method: 'delete',
+      path: '/tokens/:id',
+      operationId: 'deleteToken',
+      summary: 'Revoke one of your tokens',
+      tags: ['tokens'],
+      access: { kind: 'user', scope: 'read' },
+      params: tokenParams,
+      responses: { 204: undefined },
+      handler: async ({ params, principal }) => {
+        const removed = await auth.deleteToken(principal!, params.id);
+        await recordEvent(ctx, principal!, {
+          kind: 'token',
+          resourceId: removed.user,
+          resourceName: removed.id,
+          action: 'revoked',
+        });
+        return { status: 204 };
+      },
+    }),
+  ];
+}

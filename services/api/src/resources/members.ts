@@ -1,0 +1,191 @@
+/** An app's members and roles, and transferring the app to a new owner. */
+import { InputError, NotFoundError } from '@berth/shared/errors';
+import { type App, type Member, memberSchema } from '@berth/shared/model';
+import { userRecordSchema } from '../auth/records.ts';
+import { defineRoute } from '../http/routes.ts';
+import { checkMemberChange } from '../rbac/index.ts';
+import type { WriteOp } from '../store/etcd-store.ts';
+import { commitWithRetry, loadApp } from './access.ts';
+import { type ApiContext, etag, now, page, recordEvent } from './context.ts';
+import { Quotas } from './quotas.ts';
+import { appParams, listOf, listQuery, memberParams, memberResponse, putMemberBody, transferBody } from './schemas.ts';
+
+export function memberRoutes(ctx: ApiContext) {
+  const { store, keys } = ctx;
+  const quotas = new Quotas(ctx);
+
+  async function members(app: string) {
+    return store.list(keys.members(app), memberSchema);
+  }
+
+  async function requireUser(name: string, path: string): Promise<void> {
+    if (!(await store.get(keys.user(name), userRecordSchema))) {
+      throw new InputError(`no user "${name}"`, [{ path, message: 'no such user' }]);
+    }
+  }
+
+  return [
+    defineRoute({
+      method: 'get',
+      path: '/apps/:app/members',
+      operationId: 'listMembers',
+      summary: "An app's members and their roles",
+      tags: ['members'],
+      access: { kind: 'user', scope: 'read' },
+      params: appParams,
+      query: listQuery,
+      responses: { 200: listOf(memberResponse) },
+      handler: async ({ params, query, principal }) => {
+        await loadApp(ctx, principal!, params.app, 'read');
+        const all = (await members(params.app)).map((m) => m.value);
+        return { status: 200, body: page(all, (m) => m.user, query.limit, query.cursor) };
+      },
+    }),
+
+    defineRoute({
+      method: 'put',
+      path: '/apps/:app/members/:user',
+      operationId: 'putMember',
+      summary: 'Add a member or change their role (Owner, Master; only an Owner grants Owner)',
+      tags: ['members'],
+      access: { kind: 'user', scope: 'write' },
+      params: memberParams,
+      body: putMemberBody,
+      responses: { 200: memberResponse },
+      errors: [403, 409],
+      etag: true,
+      handler: async ({ params, body, principal }) => {
+        const p = principal!;
+        const done = await commitWithRetry(ctx, async () => {
+          const { role } = await loadApp(ctx, p, params.app, 'manageMembers');
+          await requireUser(params.user, '$ (path: user)');
+          const all = await members(params.app);
+          const current = all.find((m) => m.value.user === params.user);
+          const owners = all.filter((m) => m.value.role === 'Owner').length;
+          checkMemberChange(role, current?.value.role, body.role, owners);
+          const member: Member = {
+            user: params.user,
+            role: body.role,
+            addedAt: current?.value.addedAt ?? now(),
+            addedBy: current?.value.addedBy ?? p.user,
+          };
+          const ops: WriteOp[] = [
+            current
+              ? { op: 'update', key: current.key, value: member, modRevision: current.modRevision }
+              : { op: 'create', key: keys.member(params.app, params.user), value: member },
+          ];
+          // The owner count must not change under us when an Owner is demoted.
+          for (const o of all.filter((m) => m.value.role === 'Owner' && m.key !== current?.key)) {
+            ops.push({ op: 'expect', key: o.key, modRevision: o.modRevision });
+          }
+          return { ops, result: (revision) => ({ before: current?.value, member, revision }) };
+        });
+        await recordEvent(ctx, p, {
+          kind: 'member',
+          resourceId: params.app,
+          resourceName: params.user,
+          action: done.before ? 'updated' : 'added',
+          ...(done.before ? { before: done.before } : {}),
+          after: done.member,
+        });
+        return { status: 200, body: done.member, headers: { ETag: etag(done.revision) } };
+      },
+    }),
+
+    defineRoute({
+      method: 'delete',
+      path: '/apps/:app/members/:user',
+      operationId: 'deleteMember',
+      summary: 'Remove a member (Owner, Master; the last Owner cannot be removed)',
+      tags: ['members'],
+      access: { kind: 'user', scope: 'write' },
+      params: memberParams,
+      responses: { 204: undefined },
+      errors: [403, 409],
+      handler: async ({ params, principal }) => {
+        const p = principal!;
+        const removed = await commitWithRetry(ctx, async () => {
+          const { role } = await loadApp(ctx, p, params.app, 'manageMembers');
+          const all = await members(params.app);
+          const current = all.find((m) => m.value.user === params.user);
+          if (!current) throw new NotFoundError(`"${params.user}" is not a member of "${params.app}"`);
+          checkMemberChange(role, current.value.role, undefined, all.filter((m) => m.value.role === 'Owner').length);
+          const ops: WriteOp[] = [{ op: 'delete', key: current.key, modRevision: current.modRevision }];
+          for (const o of all.filter((m) => m.value.role === 'Owner' && m.key !== current.key)) {
+            ops.push({ op: 'expect', key: o.key, modRevision: o.modRevision });
+          }
+          return { ops, result: () => current.value };
+        });
+        await recordEvent(ctx, p, {
+          kind: 'member',
+          resourceId: params.app,
+          resourceName: params.user,
+          action: 'removed',
+          before: removed,
+        });
+        return { status: 204 };
+      },
+    }),
+
+    defineRoute({
+      method: 'post',
+      path: '/apps/:app/transfer',
+      operationId: 'transferApp',
+      summary: 'Make another user the owner of the app (Owner); the previous owner stays as Master',
+      tags: ['members'],
+      access: { kind: 'user', scope: 'write' },
+      params: appParams,
+      body: transferBody,
+      responses: { 200: memberResponse },
+      errors: [403, 409],
+      handler: async ({ params, body, principal }) => {
+        const p = principal!;
+        const done = await commitWithRetry(ctx, async () => {
+          const { app } = await loadApp(ctx, p, params.app, 'transfer');
+          await requireUser(body.owner, '$.owner');
+          if (app.value.owner === body.owner) {
+            throw new InputError(`"${body.owner}" already owns "${params.app}"`, [
+              { path: '$.owner', message: 'already the owner' },
+            ]);
+          }
+          // The app's whole share of usage moves to the new owner.
+          const usage = await quotas.appUsage(params.app);
+          const newOwnerGuard = await quotas.check(body.owner, { ...usage, apps: 1 });
+          const oldOwnerGuard = await quotas.check(app.value.owner, { apps: -1 });
+          const at = now();
+          const nextApp: App = { ...app.value, owner: body.owner, updatedAt: at };
+          const all = await members(params.app);
+          const newOwner: Member = {
+            user: body.owner,
+            role: 'Owner',
+            addedAt: all.find((m) => m.value.user === body.owner)?.value.addedAt ?? at,
+            addedBy: p.user,
+          };
+          const previous = all.find((m) => m.value.user === app.value.owner);
+          const ops: WriteOp[] = [
+            { op: 'update', key: app.key, value: nextApp, modRevision: app.modRevision },
+            { op: 'put', key: keys.member(params.app, body.owner), value: newOwner },
+            newOwnerGuard,
+            oldOwnerGuard,
+          ];
+          if (previous) {
+            ops.push({
+              op: 'update',
+              key: previous.key,
+              value: { ...previous.value, role: 'Master' },
+              modRevision: previous.modRevision,
+            });
+          }
+          return { ops, result: () => ({ from: app.value.owner, member: newOwner }) };
+        });
+        await recordEvent(ctx, p, {
+          kind: 'app',
+          resourceId: params.app,
+          action: 'transferred',
+          data: { from: done.from, to: body.owner },
+        });
+        return { status: 200, body: done.member };
+      },
+    }),
+  ];
+}

@@ -1,0 +1,283 @@
+/**
+ * Request and response bodies of the public API (the contract clients build on). Requests are
+ * strict: an unknown field is an error at its JSON path. Stored shapes come from
+ * @berth/shared/model; these map onto them.
+ */
+import {
+  appSchema,
+  CELL_STATES,
+  cellSchema,
+  conditionSchema,
+  cpuQuantitySchema,
+  dnsLabelSchema,
+  envVarsSchema,
+  healthCheckSchema,
+  imageRepositorySchema,
+  imageTagSchema,
+  memberSchema,
+  memoryQuantitySchema,
+  portSchema,
+  ROLES,
+  regionSchema,
+  userNameSchema,
+  versionNameSchema,
+  versionSchema,
+} from '@berth/shared/model';
+import { z } from 'zod';
+import { SCOPES } from '../auth/principal.ts';
+
+// ---- Common -----------------------------------------------------------------------------------
+
+export const listQuery = z
+  .object({
+    limit: z.coerce.number().int().min(1).max(500).default(50),
+    cursor: z.string().max(512).optional(),
+  })
+  .strict();
+
+export function listOf<T extends z.ZodType>(item: T) {
+  return z.object({ items: z.array(item), next: z.string().nullable() });
+}
+
+export const problemSchema = z
+  .object({
+    type: z.string(),
+    title: z.string(),
+    status: z.number().int(),
+    detail: z.string().optional(),
+    instance: z.string().optional(),
+    errors: z.array(z.object({ path: z.string(), message: z.string() })).optional(),
+  })
+  .catchall(z.unknown());
+
+export const appParams = z.object({ app: dnsLabelSchema }).strict();
+export const versionParams = z.object({ app: dnsLabelSchema, version: versionNameSchema }).strict();
+export const memberParams = z.object({ app: dnsLabelSchema, user: userNameSchema }).strict();
+export const regionParams = z.object({ region: dnsLabelSchema }).strict();
+export const cellParams = z.object({ region: dnsLabelSchema, cell: dnsLabelSchema }).strict();
+export const userParams = z.object({ user: userNameSchema }).strict();
+export const tokenParams = z.object({ id: z.string().regex(/^[0-9a-f]{16}$/, 'expected a token id') }).strict();
+
+// ---- Auth, users, tokens ----------------------------------------------------------------------
+
+export const loginBody = z
+  .object({ username: z.string().min(1).max(64), password: z.string().min(1).max(1024) })
+  .strict();
+export const loginResponse = z.object({ token: z.string(), expiresAt: z.iso.datetime() });
+
+export const createUserBody = z
+  .object({
+    username: userNameSchema,
+    password: z.string().min(8, 'at least 8 characters').max(1024),
+    email: z.email().optional(),
+    admin: z.boolean().optional(),
+  })
+  .strict();
+
+export const userResponse = z.object({
+  name: userNameSchema,
+  email: z.string().optional(),
+  admin: z.boolean(),
+  source: z.enum(['local', 'ldap']),
+  createdAt: z.iso.datetime(),
+  updatedAt: z.iso.datetime(),
+});
+
+export const createTokenBody = z
+  .object({
+    name: z.string().min(1).max(100),
+    scopes: z.array(z.enum(SCOPES)).min(1).max(3),
+    /** Default: 90 days from now. At most one year. */
+    expiresAt: z.iso.datetime({ offset: true }).optional(),
+  })
+  .strict();
+
+export const tokenResponse = z.object({
+  id: z.string(),
+  name: z.string(),
+  scopes: z.array(z.enum(SCOPES)),
+  createdAt: z.iso.datetime(),
+  expiresAt: z.iso.datetime(),
+});
+export const tokenCreatedResponse = tokenResponse.extend({
+  /** Shown once: Berth keeps only a hash. */
+  token: z.string(),
+});
+
+// ---- Regions and cells ------------------------------------------------------------------------
+
+export const createRegionBody = z
+  .object({ name: dnsLabelSchema, description: z.string().max(500).optional() })
+  .strict();
+export const regionResponse = regionSchema;
+
+export const createCellBody = z
+  .object({
+    name: dnsLabelSchema,
+    apiServer: z.url(),
+    state: z.enum(CELL_STATES).optional(),
+    labels: z.record(z.string().max(63), z.string().max(63)).optional(),
+  })
+  .strict();
+export const patchCellBody = z
+  .object({
+    apiServer: z.url().optional(),
+    state: z.enum(CELL_STATES).optional(),
+    labels: z.record(z.string().max(63), z.string().max(63)).optional(),
+  })
+  .strict();
+export const cellResponse = cellSchema;
+
+// ---- Apps -------------------------------------------------------------------------------------
+
+const healthCheckInput = healthCheckSchema.strict();
+const portInput = portSchema.strict();
+
+export const createAppBody = z
+  .object({
+    name: dnsLabelSchema,
+    region: dnsLabelSchema,
+    image: imageRepositorySchema,
+    description: z.string().max(1000).optional(),
+    healthCheck: healthCheckInput,
+    ports: z.array(portInput).min(1).max(16),
+    minCells: z.number().int().min(1).max(16).optional(),
+  })
+  .strict();
+
+export const patchAppBody = z
+  .object({
+    image: imageRepositorySchema.optional(),
+    description: z.string().max(1000).optional(),
+    healthCheck: healthCheckInput.optional(),
+    ports: z.array(portInput).min(1).max(16).optional(),
+    minCells: z.number().int().min(1).max(16).optional(),
+  })
+  .strict();
+
+export const appResponse = appSchema.extend({
+  /** The caller's role on the app (admins see Owner). */
+  role: z.enum(ROLES).optional(),
+});
+
+// ---- Versions ---------------------------------------------------------------------------------
+
+/** Every field optional: what is left out is copied from the newest version. */
+export const createVersionBody = z
+  .object({
+    imageTag: imageTagSchema.optional(),
+    replicas: z.number().int().min(0).max(1000).optional(),
+    cpu: cpuQuantitySchema.optional(),
+    memory: memoryQuantitySchema.optional(),
+    env: envVarsSchema.optional(),
+    ports: z.array(portInput).min(1).max(16).optional(),
+    healthCheck: healthCheckInput.optional(),
+    command: z.array(z.string().max(4096)).max(64).optional(),
+  })
+  .strict();
+
+export const versionResponse = versionSchema;
+
+export const scaleBody = z.object({ replicas: z.number().int().min(0).max(1000) }).strict();
+export const rollbackBody = z.object({ version: versionNameSchema }).strict();
+export const rollbackResponse = z.object({ target: versionSchema, previous: versionSchema });
+
+// ---- Status -----------------------------------------------------------------------------------
+
+export const cellStatusResponse = z.object({
+  cell: z.string(),
+  desired: z.number().int(),
+  ready: z.number().int(),
+  available: z.number().int(),
+  updated: z.number().int(),
+  restarts: z.number().int(),
+  conditions: z.array(conditionSchema),
+  observedAt: z.iso.datetime(),
+});
+
+export const appStatusResponse = z.object({
+  app: z.string(),
+  versions: z.array(
+    z.object({
+      name: z.string(),
+      replicas: z.number().int(),
+      placement: z
+        .object({
+          cells: z.record(z.string(), z.number().int()),
+          generation: z.number().int(),
+          conditions: z.array(conditionSchema),
+        })
+        .nullable(),
+      cells: z.array(cellStatusResponse),
+      ready: z.number().int(),
+      available: z.number().int(),
+    }),
+  ),
+});
+
+// ---- Members ----------------------------------------------------------------------------------
+
+export const putMemberBody = z.object({ role: z.enum(ROLES) }).strict();
+export const memberResponse = memberSchema;
+export const transferBody = z.object({ owner: userNameSchema }).strict();
+
+// ---- Quotas -----------------------------------------------------------------------------------
+
+export const quotaBody = z
+  .object({
+    maxApps: z.number().int().min(0).max(100_000).optional(),
+    cpu: cpuQuantitySchema.optional(),
+    memory: memoryQuantitySchema.optional(),
+  })
+  .strict();
+
+export const quotaRecordSchema = z.object({
+  user: userNameSchema,
+  maxApps: z.number().int().min(0).optional(),
+  cpu: z.string().optional(),
+  memory: z.string().optional(),
+  updatedAt: z.iso.datetime(),
+});
+export type QuotaRecord = z.infer<typeof quotaRecordSchema>;
+
+export const usageSchema = z.object({ apps: z.number().int(), cpu: z.string(), memory: z.string() });
+export const quotaResponse = quotaRecordSchema.extend({ usage: usageSchema });
+
+// ---- Events and stats -------------------------------------------------------------------------
+
+export const eventsQuery = z
+  .object({
+    limit: z.coerce.number().int().min(1).max(200).default(50),
+    cursor: z
+      .string()
+      .regex(/^[1-9][0-9]*$/, 'expected a cursor from a previous page')
+      .optional(),
+  })
+  .strict();
+
+export const eventResponse = z.object({
+  seq: z.number().int(),
+  id: z.string(),
+  time: z.string(),
+  actor: z.object({ type: z.string(), name: z.string() }),
+  kind: z.string(),
+  resourceId: z.string(),
+  resourceName: z.string().optional(),
+  action: z.string(),
+  before: z.unknown().optional(),
+  after: z.unknown().optional(),
+  data: z.record(z.string(), z.unknown()).optional(),
+});
+
+export const statsQuery = z.object({ days: z.coerce.number().int().min(1).max(90).default(7) }).strict();
+export const statsResponse = z.object({
+  days: z.array(
+    z.object({
+      date: z.string(),
+      deploys: z.number().int(),
+      scales: z.number().int(),
+      rollbacks: z.number().int(),
+      logins: z.number().int(),
+    }),
+  ),
+});

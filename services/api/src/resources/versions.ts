@@ -1,0 +1,297 @@
+/**
+ * Versions: immutable deploy specs named v1, v2, … A new version copies every field the request
+ * leaves out from the newest version, so an upgrade can be just a new image tag. Only replicas
+ * change afterwards (scale, rollback).
+ */
+import { ConflictError, InputError, NotFoundError, PreconditionFailedError } from '@berth/shared/errors';
+import { type Version, versionSchema } from '@berth/shared/model';
+import { defineRoute } from '../http/routes.ts';
+import { commitWithRetry, loadApp } from './access.ts';
+import { type ApiContext, checkIfMatch, etag, ifMatchRevision, now, recordEvent } from './context.ts';
+import { Quotas, versionUsage } from './quotas.ts';
+import {
+  appParams,
+  createVersionBody,
+  listOf,
+  listQuery,
+  rollbackBody,
+  rollbackResponse,
+  scaleBody,
+  versionParams,
+  versionResponse,
+} from './schemas.ts';
+
+/** Defaults of an app's first version for what the request leaves out (besides the image tag). */
+const FIRST_VERSION_DEFAULTS = { replicas: 2, cpu: '500m', memory: '512Mi' } as const;
+
+function byNumberDesc(a: Version, b: Version): number {
+  return b.number - a.number;
+}
+
+export function versionRoutes(ctx: ApiContext) {
+  const { store, keys } = ctx;
+  const quotas = new Quotas(ctx);
+
+  async function listVersions(app: string): Promise<Version[]> {
+    return (await store.list(keys.versions(app), versionSchema)).map((v) => v.value).sort(byNumberDesc);
+  }
+
+  return [
+    defineRoute({
+      method: 'get',
+      path: '/apps/:app/versions',
+      operationId: 'listVersions',
+      summary: "An app's versions, newest first",
+      tags: ['versions'],
+      access: { kind: 'user', scope: 'read' },
+      params: appParams,
+      query: listQuery,
+      responses: { 200: listOf(versionResponse) },
+      handler: async ({ params, query, principal }) => {
+        await loadApp(ctx, principal!, params.app, 'read');
+        const versions = await listVersions(params.app);
+        const after = query.cursor ? Number(query.cursor.replace(/^v/, '')) : Number.POSITIVE_INFINITY;
+        const rest = versions.filter((v) => v.number < after);
+        const items = rest.slice(0, query.limit);
+        const last = items[items.length - 1];
+        return { status: 200, body: { items, next: rest.length > query.limit && last ? last.name : null } };
+      },
+    }),
+
+    defineRoute({
+      method: 'post',
+      path: '/apps/:app/versions',
+      operationId: 'createVersion',
+      summary: 'Create the next version; fields left out are copied from the newest version (Owner, Master)',
+      tags: ['versions'],
+      access: { kind: 'user', scope: 'write' },
+      params: appParams,
+      body: createVersionBody,
+      responses: { 201: versionResponse },
+      errors: [403, 409],
+      etag: true,
+      handler: async ({ params, body, principal }) => {
+        const p = principal!;
+        const created = await commitWithRetry(ctx, async () => {
+          const { app } = await loadApp(ctx, p, params.app, 'deploy');
+          const newest = (await listVersions(params.app))[0];
+          const imageTag = body.imageTag ?? newest?.imageTag;
+          if (!imageTag) {
+            throw new InputError('the first version of an app needs an image tag', [
+              { path: '$.imageTag', message: 'required: there is no earlier version to copy it from' },
+            ]);
+          }
+          const number = Math.max(app.value.lastVersion, newest?.number ?? 0) + 1;
+          const at = now();
+          const version: Version = {
+            app: params.app,
+            name: `v${number}`,
+            number,
+            imageTag,
+            replicas: body.replicas ?? newest?.replicas ?? FIRST_VERSION_DEFAULTS.replicas,
+            cpu: body.cpu ?? newest?.cpu ?? FIRST_VERSION_DEFAULTS.cpu,
+            memory: body.memory ?? newest?.memory ?? FIRST_VERSION_DEFAULTS.memory,
+            env: body.env ?? newest?.env ?? {},
+            ports: body.ports ?? newest?.ports ?? app.value.ports,
+            healthCheck: body.healthCheck ?? newest?.healthCheck ?? app.value.healthCheck,
+            command: body.command ?? newest?.command ?? [],
+            createdAt: at,
+            createdBy: p.user,
+            updatedAt: at,
+          };
+          const guard = await quotas.check(app.value.owner, versionUsage(version));
+          return {
+            ops: [
+              {
+                op: 'update',
+                key: app.key,
+                value: { ...app.value, lastVersion: number },
+                modRevision: app.modRevision,
+              },
+              { op: 'create', key: keys.version(params.app, version.name), value: version },
+              guard,
+            ],
+            result: (revision) => ({ version, revision }),
+          };
+        });
+        await recordEvent(ctx, p, {
+          kind: 'version',
+          resourceId: params.app,
+          resourceName: created.version.name,
+          action: 'created',
+          after: created.version,
+        });
+        return {
+          status: 201,
+          body: created.version,
+          headers: {
+            ETag: etag(created.revision),
+            Location: `/api/v1/apps/${params.app}/versions/${created.version.name}`,
+          },
+        };
+      },
+    }),
+
+    defineRoute({
+      method: 'get',
+      path: '/apps/:app/versions/:version',
+      operationId: 'getVersion',
+      summary: 'One version',
+      tags: ['versions'],
+      access: { kind: 'user', scope: 'read' },
+      params: versionParams,
+      responses: { 200: versionResponse },
+      etag: true,
+      handler: async ({ params, principal }) => {
+        await loadApp(ctx, principal!, params.app, 'read');
+        const v = await store.get(keys.version(params.app, params.version), versionSchema);
+        if (!v) throw new NotFoundError(`app "${params.app}" has no version ${params.version}`);
+        return { status: 200, body: v.value, headers: { ETag: etag(v.modRevision) } };
+      },
+    }),
+
+    defineRoute({
+      method: 'delete',
+      path: '/apps/:app/versions/:version',
+      operationId: 'deleteVersion',
+      summary: 'Delete a version that runs no replicas (Owner, Master)',
+      tags: ['versions'],
+      access: { kind: 'user', scope: 'write' },
+      params: versionParams,
+      responses: { 204: undefined },
+      errors: [403, 409, 412],
+      etag: true,
+      handler: async ({ req, params, principal }) => {
+        const p = principal!;
+        await loadApp(ctx, p, params.app, 'deploy');
+        const v = await store.get(keys.version(params.app, params.version), versionSchema);
+        if (!v) throw new NotFoundError(`app "${params.app}" has no version ${params.version}`);
+        checkIfMatch(req, v.modRevision);
+        if (v.value.replicas > 0) {
+          throw new ConflictError(`${params.version} runs ${v.value.replicas} replicas: scale it to 0 first`);
+        }
+        const res = await store.commit([{ op: 'delete', key: v.key, modRevision: v.modRevision }]);
+        if (!res.ok) throw new PreconditionFailedError(`${params.version} changed; read it again`);
+        await recordEvent(ctx, p, {
+          kind: 'version',
+          resourceId: params.app,
+          resourceName: params.version,
+          action: 'deleted',
+          before: v.value,
+        });
+        return { status: 204 };
+      },
+    }),
+
+    defineRoute({
+      method: 'post',
+      path: '/apps/:app/versions/:version/scale',
+      operationId: 'scaleVersion',
+      summary: "Set a version's replicas (Owner, Master)",
+      tags: ['versions'],
+      access: { kind: 'user', scope: 'write' },
+      params: versionParams,
+      body: scaleBody,
+      responses: { 200: versionResponse },
+      errors: [403, 409, 412],
+      etag: true,
+      handler: async ({ req, params, body, principal }) => {
+        const p = principal!;
+        const wanted = ifMatchRevision(req);
+        const done = await commitWithRetry(ctx, async () => {
+          const { app } = await loadApp(ctx, p, params.app, 'deploy');
+          const v = await store.get(keys.version(params.app, params.version), versionSchema);
+          if (!v) throw new NotFoundError(`app "${params.app}" has no version ${params.version}`);
+          checkIfMatch(req, v.modRevision);
+          const next: Version = { ...v.value, replicas: body.replicas, updatedAt: now() };
+          const before = versionUsage(v.value);
+          const after = versionUsage(next);
+          const guard = await quotas.check(app.value.owner, {
+            cpuMillis: after.cpuMillis - before.cpuMillis,
+            memoryBytes: after.memoryBytes - before.memoryBytes,
+          });
+          return {
+            ops: [{ op: 'update', key: v.key, value: next, modRevision: v.modRevision }, guard],
+            onFailed: (failed) =>
+              wanted !== undefined && failed.includes(v.key)
+                ? new PreconditionFailedError(`${params.version} changed; read it again`)
+                : undefined,
+            result: (revision) => ({ before: v.value, after: next, revision }),
+          };
+        });
+        await recordEvent(ctx, p, {
+          kind: 'version',
+          resourceId: params.app,
+          resourceName: params.version,
+          action: 'scaled',
+          before: { replicas: done.before.replicas },
+          after: { replicas: done.after.replicas },
+        });
+        return { status: 200, body: done.after, headers: { ETag: etag(done.revision) } };
+      },
+    }),
+
+    defineRoute({
+      method: 'post',
+      path: '/apps/:app/rollback',
+      operationId: 'rollbackApp',
+      summary:
+        'Bring an older version back with the replicas the current one has, and the current one to 0 (Owner, Master). The scheduler keeps the current version running until the target is available.',
+      tags: ['versions'],
+      access: { kind: 'user', scope: 'write' },
+      params: appParams,
+      body: rollbackBody,
+      responses: { 200: rollbackResponse },
+      errors: [403, 409],
+      handler: async ({ params, body, principal }) => {
+        const p = principal!;
+        const done = await commitWithRetry(ctx, async () => {
+          const { app } = await loadApp(ctx, p, params.app, 'deploy');
+          const stored = await store.list(keys.versions(params.app), versionSchema);
+          const target = stored.find((s) => s.value.name === body.version);
+          if (!target) {
+            throw new InputError(`app "${params.app}" has no version ${body.version}`, [
+              { path: '$.version', message: 'no such version' },
+            ]);
+          }
+          // The current version: the newest one running replicas, other than the target.
+          const current = stored
+            .filter((s) => s.value.replicas > 0 && s.value.name !== body.version)
+            .sort((a, b) => b.value.number - a.value.number)[0];
+          if (!current)
+            throw new ConflictError(`no other version of "${params.app}" runs replicas: nothing to roll back from`);
+          const at = now();
+          const nextTarget: Version = { ...target.value, replicas: current.value.replicas, updatedAt: at };
+          const nextCurrent: Version = { ...current.value, replicas: 0, updatedAt: at };
+          const delta = {
+            cpuMillis:
+              versionUsage(nextTarget).cpuMillis -
+              versionUsage(target.value).cpuMillis -
+              versionUsage(current.value).cpuMillis,
+            memoryBytes:
+              versionUsage(nextTarget).memoryBytes -
+              versionUsage(target.value).memoryBytes -
+              versionUsage(current.value).memoryBytes,
+          };
+          const guard = await quotas.check(app.value.owner, delta);
+          return {
+            ops: [
+              { op: 'update', key: target.key, value: nextTarget, modRevision: target.modRevision },
+              { op: 'update', key: current.key, value: nextCurrent, modRevision: current.modRevision },
+              guard,
+            ],
+            result: () => ({ target: nextTarget, previous: nextCurrent }),
+          };
+        });
+        await recordEvent(ctx, p, {
+          kind: 'version',
+          resourceId: params.app,
+          resourceName: done.target.name,
+          action: 'rolled-back',
+          data: { from: done.previous.name, to: done.target.name, replicas: done.target.replicas },
+        });
+        return { status: 200, body: done };
+      },
+    }),
+  ];
+}
