@@ -25,7 +25,11 @@ export type TestApi = {
   subjectRoot: string;
   service: ApiService;
   logs: () => string;
-  call(method: string, path: string, options?: { token?: string; body?: unknown; headers?: Record<string, string>; raw?: string }): Promise<Call>;
+  call(
+    method: string,
+    path: string,
+    options?: { token?: string; body?: unknown; headers?: Record<string, string>; raw?: string },
+  ): Promise<Call>;
   login(username: string, password: string): Promise<string>;
   adminToken: string;
   /** Creates a user (as admin) and returns a session token for them. */

@@ -42,8 +42,14 @@ async function fixture(): Promise<string> {
     const res = await api.call('PUT', `/apps/${app}/members/${names[role]}`, { token: tokens.Owner, body: { role } });
     expect(res.status).toBe(200);
   }
-  expect((await api.call('POST', `/apps/${app}/versions`, { token: tokens.Owner, body: { imageTag: 't1', replicas: 2 } })).status).toBe(201);
-  expect((await api.call('POST', `/apps/${app}/versions`, { token: tokens.Owner, body: { imageTag: 't2', replicas: 0 } })).status).toBe(201);
+  expect(
+    (await api.call('POST', `/apps/${app}/versions`, { token: tokens.Owner, body: { imageTag: 't1', replicas: 2 } }))
+      .status,
+  ).toBe(201);
+  expect(
+    (await api.call('POST', `/apps/${app}/versions`, { token: tokens.Owner, body: { imageTag: 't2', replicas: 0 } }))
+      .status,
+  ).toBe(201);
   return app;
 }
 
@@ -56,21 +62,70 @@ type Case = {
 };
 
 const READ = { Owner: 200, Master: 200, Developer: 200, Reporter: 200, Guest: 200, 'non-member': 404, admin: 200 };
-const DEPLOY = (ok: number) => ({ Owner: ok, Master: ok, Developer: 403, Reporter: 403, Guest: 403, 'non-member': 404, admin: ok });
-const OWNER_ONLY = (ok: number) => ({ Owner: ok, Master: 403, Developer: 403, Reporter: 403, Guest: 403, 'non-member': 404, admin: ok });
-const ADMIN_ONLY = (ok: number) => ({ Owner: 403, Master: 403, Developer: 403, Reporter: 403, Guest: 403, 'non-member': 403, admin: ok });
-const ANYONE = (ok: number) => ({ Owner: ok, Master: ok, Developer: ok, Reporter: ok, Guest: ok, 'non-member': ok, admin: ok });
+const DEPLOY = (ok: number) => ({
+  Owner: ok,
+  Master: ok,
+  Developer: 403,
+  Reporter: 403,
+  Guest: 403,
+  'non-member': 404,
+  admin: ok,
+});
+const OWNER_ONLY = (ok: number) => ({
+  Owner: ok,
+  Master: 403,
+  Developer: 403,
+  Reporter: 403,
+  Guest: 403,
+  'non-member': 404,
+  admin: ok,
+});
+const ADMIN_ONLY = (ok: number) => ({
+  Owner: 403,
+  Master: 403,
+  Developer: 403,
+  Reporter: 403,
+  Guest: 403,
+  'non-member': 403,
+  admin: ok,
+});
+const ANYONE = (ok: number) => ({
+  Owner: ok,
+  Master: ok,
+  Developer: ok,
+  Reporter: ok,
+  Guest: ok,
+  'non-member': ok,
+  admin: ok,
+});
 
 const CASES: Case[] = [
   { route: 'GET /apps', method: 'GET', path: () => '/apps', expect: ANYONE(200) },
   { route: 'GET /apps/{app}', method: 'GET', path: (a) => `/apps/${a}`, expect: READ },
-  { route: 'PATCH /apps/{app}', method: 'PATCH', path: (a) => `/apps/${a}`, body: { description: 'changed' }, expect: DEPLOY(200) },
+  {
+    route: 'PATCH /apps/{app}',
+    method: 'PATCH',
+    path: (a) => `/apps/${a}`,
+    body: { description: 'changed' },
+    expect: DEPLOY(200),
+  },
   { route: 'DELETE /apps/{app}', method: 'DELETE', path: (a) => `/apps/${a}`, expect: OWNER_ONLY(204) },
   { route: 'GET /apps/{app}/status', method: 'GET', path: (a) => `/apps/${a}/status`, expect: READ },
   { route: 'GET /apps/{app}/versions', method: 'GET', path: (a) => `/apps/${a}/versions`, expect: READ },
-  { route: 'POST /apps/{app}/versions', method: 'POST', path: (a) => `/apps/${a}/versions`, body: { imageTag: 't3' }, expect: DEPLOY(201) },
+  {
+    route: 'POST /apps/{app}/versions',
+    method: 'POST',
+    path: (a) => `/apps/${a}/versions`,
+    body: { imageTag: 't3' },
+    expect: DEPLOY(201),
+  },
   { route: 'GET /apps/{app}/versions/{v}', method: 'GET', path: (a) => `/apps/${a}/versions/v1`, expect: READ },
-  { route: 'DELETE /apps/{app}/versions/{v}', method: 'DELETE', path: (a) => `/apps/${a}/versions/v2`, expect: DEPLOY(204) },
+  {
+    route: 'DELETE /apps/{app}/versions/{v}',
+    method: 'DELETE',
+    path: (a) => `/apps/${a}/versions/v2`,
+    expect: DEPLOY(204),
+  },
   {
     route: 'POST /apps/{app}/versions/{v}/scale',
     method: 'POST',
@@ -78,7 +133,13 @@ const CASES: Case[] = [
     body: { replicas: 3 },
     expect: DEPLOY(200),
   },
-  { route: 'POST /apps/{app}/rollback', method: 'POST', path: (a) => `/apps/${a}/rollback`, body: { version: 'v2' }, expect: DEPLOY(200) },
+  {
+    route: 'POST /apps/{app}/rollback',
+    method: 'POST',
+    path: (a) => `/apps/${a}/rollback`,
+    body: { version: 'v2' },
+    expect: DEPLOY(200),
+  },
   { route: 'GET /apps/{app}/members', method: 'GET', path: (a) => `/apps/${a}/members`, expect: READ },
   {
     route: 'PUT /apps/{app}/members/{user}',
@@ -87,21 +148,49 @@ const CASES: Case[] = [
     body: { role: 'Developer' },
     expect: DEPLOY(200),
   },
-  { route: 'DELETE /apps/{app}/members/{user}', method: 'DELETE', path: (a) => `/apps/${a}/members/guest1`, expect: DEPLOY(204) },
-  { route: 'POST /apps/{app}/transfer', method: 'POST', path: (a) => `/apps/${a}/transfer`, body: { owner: 'master1' }, expect: OWNER_ONLY(200) },
+  {
+    route: 'DELETE /apps/{app}/members/{user}',
+    method: 'DELETE',
+    path: (a) => `/apps/${a}/members/guest1`,
+    expect: DEPLOY(204),
+  },
+  {
+    route: 'POST /apps/{app}/transfer',
+    method: 'POST',
+    path: (a) => `/apps/${a}/transfer`,
+    body: { owner: 'master1' },
+    expect: OWNER_ONLY(200),
+  },
   { route: 'GET /apps/{app}/events', method: 'GET', path: (a) => `/apps/${a}/events`, expect: READ },
   { route: 'POST /apps', method: 'POST', path: () => `/apps`, body: 'fresh-app', expect: ANYONE(201) },
   { route: 'GET /users/me', method: 'GET', path: () => '/users/me', expect: ANYONE(200) },
   { route: 'GET /tokens', method: 'GET', path: () => '/tokens', expect: ANYONE(200) },
-  { route: 'POST /tokens', method: 'POST', path: () => '/tokens', body: { name: 'ci', scopes: ['read'] }, expect: ANYONE(201) },
+  {
+    route: 'POST /tokens',
+    method: 'POST',
+    path: () => '/tokens',
+    body: { name: 'ci', scopes: ['read'] },
+    expect: ANYONE(201),
+  },
   { route: 'POST /users', method: 'POST', path: () => '/users', body: 'fresh-user', expect: ADMIN_ONLY(201) },
   { route: 'GET /regions', method: 'GET', path: () => '/regions', expect: ADMIN_ONLY(200) },
   { route: 'POST /regions', method: 'POST', path: () => '/regions', body: 'fresh-region', expect: ADMIN_ONLY(201) },
   { route: 'GET /regions/{region}', method: 'GET', path: () => '/regions/local', expect: ADMIN_ONLY(200) },
   { route: 'DELETE /regions/{region}', method: 'DELETE', path: () => '/regions/empty', expect: ADMIN_ONLY(204) },
   { route: 'GET /regions/{region}/cells', method: 'GET', path: () => '/regions/local/cells', expect: ADMIN_ONLY(200) },
-  { route: 'POST /regions/{region}/cells', method: 'POST', path: () => '/regions/local/cells', body: 'fresh-cell', expect: ADMIN_ONLY(201) },
-  { route: 'GET /regions/{region}/cells/{cell}', method: 'GET', path: () => '/regions/local/cells/cell-x', expect: ADMIN_ONLY(200) },
+  {
+    route: 'POST /regions/{region}/cells',
+    method: 'POST',
+    path: () => '/regions/local/cells',
+    body: 'fresh-cell',
+    expect: ADMIN_ONLY(201),
+  },
+  {
+    route: 'GET /regions/{region}/cells/{cell}',
+    method: 'GET',
+    path: () => '/regions/local/cells/cell-x',
+    expect: ADMIN_ONLY(200),
+  },
   {
     route: 'PATCH /regions/{region}/cells/{cell}',
     method: 'PATCH',
@@ -109,8 +198,19 @@ const CASES: Case[] = [
     body: { state: 'cordoned' },
     expect: ADMIN_ONLY(200),
   },
-  { route: 'DELETE /regions/{region}/cells/{cell}', method: 'DELETE', path: () => '/regions/local/cells/cell-y', expect: ADMIN_ONLY(204) },
-  { route: 'PUT /admin/quotas/{user}', method: 'PUT', path: () => '/admin/quotas/dev1', body: { maxApps: 100 }, expect: ADMIN_ONLY(200) },
+  {
+    route: 'DELETE /regions/{region}/cells/{cell}',
+    method: 'DELETE',
+    path: () => '/regions/local/cells/cell-y',
+    expect: ADMIN_ONLY(204),
+  },
+  {
+    route: 'PUT /admin/quotas/{user}',
+    method: 'PUT',
+    path: () => '/admin/quotas/dev1',
+    body: { maxApps: 100 },
+    expect: ADMIN_ONLY(200),
+  },
   { route: 'GET /admin/quotas/{user}', method: 'GET', path: () => '/admin/quotas/dev1', expect: ADMIN_ONLY(200) },
   { route: 'GET /admin/stats', method: 'GET', path: () => '/admin/stats', expect: ADMIN_ONLY(200) },
 ];
