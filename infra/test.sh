@@ -3,6 +3,7 @@
 # checks, then every test (vitest: unit, services against real servers, cross-service suites).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
+bash "$BERTH_ROOT/infra/test-tools.sh"
 bash "$BERTH_ROOT/infra/up.sh" --no-services
 source "$BERTH_ROOT/infra/node.sh"
 set -a

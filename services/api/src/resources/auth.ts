@@ -30,7 +30,7 @@ export function authRoutes(ctx: ApiContext) {
       access: { kind: 'public' },
       body: loginBody,
       responses: { 200: loginResponse },
-      errors: [429],
+      errors: [401, 429],
       handler: async ({ req, body }) => {
         const session = await auth.login(body.username, body.password, req.ip ?? 'unknown');
         await recordEvent(ctx, session.user.name, { kind: 'user', resourceId: session.user.name, action: 'logged-in' });
