@@ -116,7 +116,7 @@ export async function startApi(extraEnv: Record<string, string> = {}): Promise<T
       await service.stop();
       const { NatsClient } = await import('@berth/shared/nats');
       const { EventSubjects } = await import('@berth/shared/events');
-      const nats = await NatsClient.connect({ servers: region.NATS_URL.split(','), name: 'test-cleanup' });
+      const nats = await NatsClient.connect({ servers: (region.NATS_URL ?? '').split(','), name: 'test-cleanup' });
       const jsm = await nats.jsm();
       const subjects = new EventSubjects(subjectRoot);
       await jsm.streams.delete(subjects.eventsStream).catch(() => undefined);
