@@ -7,6 +7,7 @@
  *   parsed, and `effectiveConfig()` replaces them, so the effective config can be logged.
  * - Passwords inside URLs (`redis://:pw@host`) are treated as secrets too.
  */
+import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { z } from 'zod';
 import { ConfigError, type FieldIssue } from '../errors/index.ts';
@@ -207,11 +208,28 @@ type Env = Record<string, string | undefined>;
  */
 export function parseEnv<S extends z.ZodObject>(schema: S, env: Env = process.env): z.output<S> {
   const input: Record<string, string | undefined> = {};
-  for (const key of Object.keys(schema.shape)) input[key] = env[key];
+  const fileIssues: FieldIssue[] = [];
+  for (const key of Object.keys(schema.shape)) {
+    input[key] = env[key];
+    // A secret can come from a file (`NAME_FILE=/path`), so it is never in a process's
+    // environment listing or command line.
+    const file = env[`${key}_FILE`];
+    if (input[key] === undefined && file && isSecretSchema(schema.shape[key])) {
+      try {
+        input[key] = readFileSync(file, 'utf8').replace(/\r?\n$/, '');
+      } catch (err) {
+        fileIssues.push({
+          path: `${key}_FILE`,
+          message: `cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? err}`,
+        });
+      }
+    }
+  }
   // Secret values are known before validation, so even a message about them cannot leak them.
   for (const [key, fieldSchema] of Object.entries(schema.shape)) {
-    if (isSecretSchema(fieldSchema)) registerSecret(env[key]);
+    if (isSecretSchema(fieldSchema)) registerSecret(input[key]);
   }
+  if (fileIssues.length > 0) throw new ConfigError(fileIssues);
   for (const value of Object.values(input)) registerUrlPasswords(value);
 
   const result = schema.safeParse(input);

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Extra environment of the API in the local region (printed as NAME=value lines for services.sh).
+# The admin password is generated once into .local/secrets (0600) and passed as a file, so it is
+# never on a command line or in an environment listing.
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+secrets=$BERTH_LOCAL/secrets
+mkdir -p "$secrets"
+chmod 700 "$secrets"
+if [[ ! -s $secrets/admin-password ]]; then
+  (umask 077 && openssl rand -base64 24 | tr -d '/+=\n' >"$secrets/admin-password")
+fi
+echo "BERTH_ADMIN_USER=admin"
+echo "BERTH_ADMIN_PASSWORD_FILE=$secrets/admin-password"
