@@ -76,34 +76,38 @@ export function appRoutes(ctx: ApiContext) {
         const region = await store.get(keys.region(body.region), regionSchema);
         if (!region)
           throw new InputError(`no region "${body.region}"`, [{ path: '$.region', message: 'no such region' }]);
-        const created = await commitWithRetry(ctx, async () => {
-          const guard = await quotas.check(p.user, { apps: 1 });
-          const at = now();
-          const app: App = {
-            name: body.name,
-            region: body.region,
-            image: body.image,
-            description: body.description ?? '',
-            healthCheck: body.healthCheck,
-            ports: body.ports,
-            minCells: body.minCells ?? 2,
-            owner: p.user,
-            lastVersion: 0,
-            createdAt: at,
-            updatedAt: at,
-          };
-          const member: Member = { user: p.user, role: 'Owner', addedAt: at, addedBy: p.user };
-          return {
-            ops: [
-              { op: 'create', key: keys.app(app.name), value: app },
-              { op: 'put', key: keys.member(app.name, p.user), value: member },
-              guard,
-            ],
-            onFailed: (failed) =>
-              failed.includes(keys.app(app.name)) ? new ConflictError(`app "${app.name}" already exists`) : undefined,
-            result: (revision) => ({ app, revision }),
-          };
-        });
+        const created = await commitWithRetry(
+          ctx,
+          async () => {
+            const guard = await quotas.check(p.user, { apps: 1 });
+            const at = now();
+            const app: App = {
+              name: body.name,
+              region: body.region,
+              image: body.image,
+              description: body.description ?? '',
+              healthCheck: body.healthCheck,
+              ports: body.ports,
+              minCells: body.minCells ?? 2,
+              owner: p.user,
+              lastVersion: 0,
+              createdAt: at,
+              updatedAt: at,
+            };
+            const member: Member = { user: p.user, role: 'Owner', addedAt: at, addedBy: p.user };
+            return {
+              ops: [
+                { op: 'create', key: keys.app(app.name), value: app },
+                { op: 'put', key: keys.member(app.name, p.user), value: member },
+                guard,
+              ],
+              onFailed: (failed) =>
+                failed.includes(keys.app(app.name)) ? new ConflictError(`app "${app.name}" already exists`) : undefined,
+              result: (revision) => ({ app, revision }),
+            };
+          },
+          { serializeOn: `owner:${p.user}` },
+        );
         await recordEvent(ctx, p, { kind: 'app', resourceId: created.app.name, action: 'created', after: created.app });
         return {
           status: 201,
@@ -144,17 +148,21 @@ export function appRoutes(ctx: ApiContext) {
       handler: async ({ req, params, body, principal }) => {
         const p = principal!;
         const wanted = ifMatchRevision(req);
-        const done = await commitWithRetry(ctx, async () => {
-          const { app, role } = await loadApp(ctx, p, params.app, 'deploy');
-          checkIfMatch(req, app.modRevision);
-          const next: App = { ...app.value, ...stripUndefined(body), updatedAt: now() };
-          return {
-            ops: [{ op: 'update', key: app.key, value: next, modRevision: app.modRevision }],
-            onFailed: () =>
-              wanted !== undefined ? new PreconditionFailedError('the app changed; read it again') : undefined,
-            result: (revision) => ({ before: app.value, after: next, role, revision }),
-          };
-        });
+        const done = await commitWithRetry(
+          ctx,
+          async () => {
+            const { app, role } = await loadApp(ctx, p, params.app, 'deploy');
+            checkIfMatch(req, app.modRevision);
+            const next: App = { ...app.value, ...stripUndefined(body), updatedAt: now() };
+            return {
+              ops: [{ op: 'update', key: app.key, value: next, modRevision: app.modRevision }],
+              onFailed: () =>
+                wanted !== undefined ? new PreconditionFailedError('the app changed; read it again') : undefined,
+              result: (revision) => ({ before: app.value, after: next, role, revision }),
+            };
+          },
+          { serializeOn: `app:${params.app}` },
+        );
         await recordEvent(ctx, p, {
           kind: 'app',
           resourceId: params.app,
@@ -180,23 +188,27 @@ export function appRoutes(ctx: ApiContext) {
       handler: async ({ req, params, principal }) => {
         const p = principal!;
         const wanted = ifMatchRevision(req);
-        const before = await commitWithRetry(ctx, async () => {
-          const { app } = await loadApp(ctx, p, params.app, 'delete');
-          checkIfMatch(req, app.modRevision);
-          const guard = await quotas.check(app.value.owner, { apps: -1 });
-          return {
-            ops: [
-              { op: 'delete', key: app.key, modRevision: app.modRevision },
-              { op: 'delete-prefix', prefix: `${keys.app(params.app)}/` },
-              guard,
-            ],
-            onFailed: (failed) =>
-              wanted !== undefined && failed.includes(app.key)
-                ? new PreconditionFailedError('the app changed; read it again')
-                : undefined,
-            result: () => app.value,
-          };
-        });
+        const before = await commitWithRetry(
+          ctx,
+          async () => {
+            const { app } = await loadApp(ctx, p, params.app, 'delete');
+            checkIfMatch(req, app.modRevision);
+            const guard = await quotas.check(app.value.owner, { apps: -1 });
+            return {
+              ops: [
+                { op: 'delete', key: app.key, modRevision: app.modRevision },
+                { op: 'delete-prefix', prefix: `${keys.app(params.app)}/` },
+                guard,
+              ],
+              onFailed: (failed) =>
+                wanted !== undefined && failed.includes(app.key)
+                  ? new PreconditionFailedError('the app changed; read it again')
+                  : undefined,
+              result: () => app.value,
+            };
+          },
+          { serializeOn: `app:${params.app}` },
+        );
         await recordEvent(ctx, p, { kind: 'app', resourceId: params.app, action: 'deleted', before });
         return { status: 204 };
       },

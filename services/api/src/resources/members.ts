@@ -56,30 +56,34 @@ export function memberRoutes(ctx: ApiContext) {
       etag: true,
       handler: async ({ params, body, principal }) => {
         const p = principal!;
-        const done = await commitWithRetry(ctx, async () => {
-          const { role } = await loadApp(ctx, p, params.app, 'manageMembers');
-          await requireUser(params.user, '$ (path: user)');
-          const all = await members(params.app);
-          const current = all.find((m) => m.value.user === params.user);
-          const owners = all.filter((m) => m.value.role === 'Owner').length;
-          checkMemberChange(role, current?.value.role, body.role, owners);
-          const member: Member = {
-            user: params.user,
-            role: body.role,
-            addedAt: current?.value.addedAt ?? now(),
-            addedBy: current?.value.addedBy ?? p.user,
-          };
-          const ops: WriteOp[] = [
-            current
-              ? { op: 'update', key: current.key, value: member, modRevision: current.modRevision }
-              : { op: 'create', key: keys.member(params.app, params.user), value: member },
-          ];
-          // The owner count must not change under us when an Owner is demoted.
-          for (const o of all.filter((m) => m.value.role === 'Owner' && m.key !== current?.key)) {
-            ops.push({ op: 'expect', key: o.key, modRevision: o.modRevision });
-          }
-          return { ops, result: (revision) => ({ before: current?.value, member, revision }) };
-        });
+        const done = await commitWithRetry(
+          ctx,
+          async () => {
+            const { role } = await loadApp(ctx, p, params.app, 'manageMembers');
+            await requireUser(params.user, '$ (path: user)');
+            const all = await members(params.app);
+            const current = all.find((m) => m.value.user === params.user);
+            const owners = all.filter((m) => m.value.role === 'Owner').length;
+            checkMemberChange(role, current?.value.role, body.role, owners);
+            const member: Member = {
+              user: params.user,
+              role: body.role,
+              addedAt: current?.value.addedAt ?? now(),
+              addedBy: current?.value.addedBy ?? p.user,
+            };
+            const ops: WriteOp[] = [
+              current
+                ? { op: 'update', key: current.key, value: member, modRevision: current.modRevision }
+                : { op: 'create', key: keys.member(params.app, params.user), value: member },
+            ];
+            // The owner count must not change under us when an Owner is demoted.
+            for (const o of all.filter((m) => m.value.role === 'Owner' && m.key !== current?.key)) {
+              ops.push({ op: 'expect', key: o.key, modRevision: o.modRevision });
+            }
+            return { ops, result: (revision) => ({ before: current?.value, member, revision }) };
+          },
+          { serializeOn: `app:${params.app}` },
+        );
         await recordEvent(ctx, p, {
           kind: 'member',
           resourceId: params.app,
@@ -104,18 +108,22 @@ export function memberRoutes(ctx: ApiContext) {
       errors: [403, 409],
       handler: async ({ params, principal }) => {
         const p = principal!;
-        const removed = await commitWithRetry(ctx, async () => {
-          const { role } = await loadApp(ctx, p, params.app, 'manageMembers');
-          const all = await members(params.app);
-          const current = all.find((m) => m.value.user === params.user);
-          if (!current) throw new NotFoundError(`"${params.user}" is not a member of "${params.app}"`);
-          checkMemberChange(role, current.value.role, undefined, all.filter((m) => m.value.role === 'Owner').length);
-          const ops: WriteOp[] = [{ op: 'delete', key: current.key, modRevision: current.modRevision }];
-          for (const o of all.filter((m) => m.value.role === 'Owner' && m.key !== current.key)) {
-            ops.push({ op: 'expect', key: o.key, modRevision: o.modRevision });
-          }
-          return { ops, result: () => current.value };
-        });
+        const removed = await commitWithRetry(
+          ctx,
+          async () => {
+            const { role } = await loadApp(ctx, p, params.app, 'manageMembers');
+            const all = await members(params.app);
+            const current = all.find((m) => m.value.user === params.user);
+            if (!current) throw new NotFoundError(`"${params.user}" is not a member of "${params.app}"`);
+            checkMemberChange(role, current.value.role, undefined, all.filter((m) => m.value.role === 'Owner').length);
+            const ops: WriteOp[] = [{ op: 'delete', key: current.key, modRevision: current.modRevision }];
+            for (const o of all.filter((m) => m.value.role === 'Owner' && m.key !== current.key)) {
+              ops.push({ op: 'expect', key: o.key, modRevision: o.modRevision });
+            }
+            return { ops, result: () => current.value };
+          },
+          { serializeOn: `app:${params.app}` },
+        );
         await recordEvent(ctx, p, {
           kind: 'member',
           resourceId: params.app,
@@ -140,44 +148,48 @@ export function memberRoutes(ctx: ApiContext) {
       errors: [403, 409],
       handler: async ({ params, body, principal }) => {
         const p = principal!;
-        const done = await commitWithRetry(ctx, async () => {
-          const { app } = await loadApp(ctx, p, params.app, 'transfer');
-          await requireUser(body.owner, '$.owner');
-          if (app.value.owner === body.owner) {
-            throw new InputError(`"${body.owner}" already owns "${params.app}"`, [
-              { path: '$.owner', message: 'already the owner' },
-            ]);
-          }
-          // The app's whole share of usage moves to the new owner.
-          const usage = await quotas.appUsage(params.app);
-          const newOwnerGuard = await quotas.check(body.owner, { ...usage, apps: 1 });
-          const oldOwnerGuard = await quotas.check(app.value.owner, { apps: -1 });
-          const at = now();
-          const nextApp: App = { ...app.value, owner: body.owner, updatedAt: at };
-          const all = await members(params.app);
-          const newOwner: Member = {
-            user: body.owner,
-            role: 'Owner',
-            addedAt: all.find((m) => m.value.user === body.owner)?.value.addedAt ?? at,
-            addedBy: p.user,
-          };
-          const previous = all.find((m) => m.value.user === app.value.owner);
-          const ops: WriteOp[] = [
-            { op: 'update', key: app.key, value: nextApp, modRevision: app.modRevision },
-            { op: 'put', key: keys.member(params.app, body.owner), value: newOwner },
-            newOwnerGuard,
-            oldOwnerGuard,
-          ];
-          if (previous) {
-            ops.push({
-              op: 'update',
-              key: previous.key,
-              value: { ...previous.value, role: 'Master' },
-              modRevision: previous.modRevision,
-            });
-          }
-          return { ops, result: () => ({ from: app.value.owner, member: newOwner }) };
-        });
+        const done = await commitWithRetry(
+          ctx,
+          async () => {
+            const { app } = await loadApp(ctx, p, params.app, 'transfer');
+            await requireUser(body.owner, '$.owner');
+            if (app.value.owner === body.owner) {
+              throw new InputError(`"${body.owner}" already owns "${params.app}"`, [
+                { path: '$.owner', message: 'already the owner' },
+              ]);
+            }
+            // The app's whole share of usage moves to the new owner.
+            const usage = await quotas.appUsage(params.app);
+            const newOwnerGuard = await quotas.check(body.owner, { ...usage, apps: 1 });
+            const oldOwnerGuard = await quotas.check(app.value.owner, { apps: -1 });
+            const at = now();
+            const nextApp: App = { ...app.value, owner: body.owner, updatedAt: at };
+            const all = await members(params.app);
+            const newOwner: Member = {
+              user: body.owner,
+              role: 'Owner',
+              addedAt: all.find((m) => m.value.user === body.owner)?.value.addedAt ?? at,
+              addedBy: p.user,
+            };
+            const previous = all.find((m) => m.value.user === app.value.owner);
+            const ops: WriteOp[] = [
+              { op: 'update', key: app.key, value: nextApp, modRevision: app.modRevision },
+              { op: 'put', key: keys.member(params.app, body.owner), value: newOwner },
+              newOwnerGuard,
+              oldOwnerGuard,
+            ];
+            if (previous) {
+              ops.push({
+                op: 'update',
+                key: previous.key,
+                value: { ...previous.value, role: 'Master' },
+                modRevision: previous.modRevision,
+              });
+            }
+            return { ops, result: () => ({ from: app.value.owner, member: newOwner }) };
+          },
+          { serializeOn: `app:${params.app}` },
+        );
         await recordEvent(ctx, p, {
           kind: 'app',
           resourceId: params.app,

@@ -82,13 +82,16 @@ export class Quotas {
    */
   async check(user: string, delta: UsageDelta): Promise<WriteOp> {
     const { store, keys } = this.#ctx;
+    const stored = await store.get(keys.quota(user), quotaRecordSchema);
+    const grows = (delta.apps ?? 0) > 0 || (delta.cpuMillis ?? 0) > 0 || (delta.memoryBytes ?? 0) > 0;
+    // Without a quota, or when usage does not grow, the write only needs the quota to stay as it
+    // was read (absent: revision 0); the user's writes do not serialize on the guard.
+    if (!stored || !grows) return { op: 'expect', key: keys.quota(user), modRevision: stored?.modRevision ?? 0 };
+    const quota = stored.value;
     const guard = await store.get(keys.quotaGuard(user), guardSchema);
     const guardOp: WriteOp = guard
       ? { op: 'update', key: guard.key, value: { bumpedAt: now() }, modRevision: guard.modRevision }
       : { op: 'create', key: keys.quotaGuard(user), value: { bumpedAt: now() } };
-    const quota = await this.get(user);
-    const grows = (delta.apps ?? 0) > 0 || (delta.cpuMillis ?? 0) > 0 || (delta.memoryBytes ?? 0) > 0;
-    if (!quota || !grows) return guardOp;
     const usage = await this.usage(user);
     const over: string[] = [];
     const numbers: Record<string, unknown> = {};

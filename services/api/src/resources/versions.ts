@@ -36,6 +36,15 @@ export function versionRoutes(ctx: ApiContext) {
     return (await store.list(keys.versions(app), versionSchema)).map((v) => v.value).sort(byNumberDesc);
   }
 
+  /** The newest existing version: usually v{lastVersion}, one read; a full list only after deletes. */
+  async function newestVersion(app: string, lastVersion: number): Promise<Version | undefined> {
+    if (lastVersion > 0) {
+      const v = await store.get(keys.version(app, `v${lastVersion}`), versionSchema);
+      if (v) return v.value;
+    }
+    return (await listVersions(app))[0];
+  }
+
   return [
     defineRoute({
       method: 'get',
@@ -72,48 +81,52 @@ export function versionRoutes(ctx: ApiContext) {
       etag: true,
       handler: async ({ params, body, principal }) => {
         const p = principal!;
-        const created = await commitWithRetry(ctx, async () => {
-          const { app } = await loadApp(ctx, p, params.app, 'deploy');
-          const newest = (await listVersions(params.app))[0];
-          const imageTag = body.imageTag ?? newest?.imageTag;
-          if (!imageTag) {
-            throw new InputError('the first version of an app needs an image tag', [
-              { path: '$.imageTag', message: 'required: there is no earlier version to copy it from' },
-            ]);
-          }
-          const number = Math.max(app.value.lastVersion, newest?.number ?? 0) + 1;
-          const at = now();
-          const version: Version = {
-            app: params.app,
-            name: `v${number}`,
-            number,
-            imageTag,
-            replicas: body.replicas ?? newest?.replicas ?? FIRST_VERSION_DEFAULTS.replicas,
-            cpu: body.cpu ?? newest?.cpu ?? FIRST_VERSION_DEFAULTS.cpu,
-            memory: body.memory ?? newest?.memory ?? FIRST_VERSION_DEFAULTS.memory,
-            env: body.env ?? newest?.env ?? {},
-            ports: body.ports ?? newest?.ports ?? app.value.ports,
-            healthCheck: body.healthCheck ?? newest?.healthCheck ?? app.value.healthCheck,
-            command: body.command ?? newest?.command ?? [],
-            createdAt: at,
-            createdBy: p.user,
-            updatedAt: at,
-          };
-          const guard = await quotas.check(app.value.owner, versionUsage(version));
-          return {
-            ops: [
-              {
-                op: 'update',
-                key: app.key,
-                value: { ...app.value, lastVersion: number },
-                modRevision: app.modRevision,
-              },
-              { op: 'create', key: keys.version(params.app, version.name), value: version },
-              guard,
-            ],
-            result: (revision) => ({ version, revision }),
-          };
-        });
+        const created = await commitWithRetry(
+          ctx,
+          async () => {
+            const { app } = await loadApp(ctx, p, params.app, 'deploy');
+            const newest = await newestVersion(params.app, app.value.lastVersion);
+            const imageTag = body.imageTag ?? newest?.imageTag;
+            if (!imageTag) {
+              throw new InputError('the first version of an app needs an image tag', [
+                { path: '$.imageTag', message: 'required: there is no earlier version to copy it from' },
+              ]);
+            }
+            const number = Math.max(app.value.lastVersion, newest?.number ?? 0) + 1;
+            const at = now();
+            const version: Version = {
+              app: params.app,
+              name: `v${number}`,
+              number,
+              imageTag,
+              replicas: body.replicas ?? newest?.replicas ?? FIRST_VERSION_DEFAULTS.replicas,
+              cpu: body.cpu ?? newest?.cpu ?? FIRST_VERSION_DEFAULTS.cpu,
+              memory: body.memory ?? newest?.memory ?? FIRST_VERSION_DEFAULTS.memory,
+              env: body.env ?? newest?.env ?? {},
+              ports: body.ports ?? newest?.ports ?? app.value.ports,
+              healthCheck: body.healthCheck ?? newest?.healthCheck ?? app.value.healthCheck,
+              command: body.command ?? newest?.command ?? [],
+              createdAt: at,
+              createdBy: p.user,
+              updatedAt: at,
+            };
+            const guard = await quotas.check(app.value.owner, versionUsage(version));
+            return {
+              ops: [
+                {
+                  op: 'update',
+                  key: app.key,
+                  value: { ...app.value, lastVersion: number },
+                  modRevision: app.modRevision,
+                },
+                { op: 'create', key: keys.version(params.app, version.name), value: version },
+                guard,
+              ],
+              result: (revision) => ({ version, revision }),
+            };
+          },
+          { serializeOn: `app:${params.app}` },
+        );
         await recordEvent(ctx, p, {
           kind: 'version',
           resourceId: params.app,
@@ -198,27 +211,31 @@ export function versionRoutes(ctx: ApiContext) {
       handler: async ({ req, params, body, principal }) => {
         const p = principal!;
         const wanted = ifMatchRevision(req);
-        const done = await commitWithRetry(ctx, async () => {
-          const { app } = await loadApp(ctx, p, params.app, 'deploy');
-          const v = await store.get(keys.version(params.app, params.version), versionSchema);
-          if (!v) throw new NotFoundError(`app "${params.app}" has no version ${params.version}`);
-          checkIfMatch(req, v.modRevision);
-          const next: Version = { ...v.value, replicas: body.replicas, updatedAt: now() };
-          const before = versionUsage(v.value);
-          const after = versionUsage(next);
-          const guard = await quotas.check(app.value.owner, {
-            cpuMillis: after.cpuMillis - before.cpuMillis,
-            memoryBytes: after.memoryBytes - before.memoryBytes,
-          });
-          return {
-            ops: [{ op: 'update', key: v.key, value: next, modRevision: v.modRevision }, guard],
-            onFailed: (failed) =>
-              wanted !== undefined && failed.includes(v.key)
-                ? new PreconditionFailedError(`${params.version} changed; read it again`)
-                : undefined,
-            result: (revision) => ({ before: v.value, after: next, revision }),
-          };
-        });
+        const done = await commitWithRetry(
+          ctx,
+          async () => {
+            const { app } = await loadApp(ctx, p, params.app, 'deploy');
+            const v = await store.get(keys.version(params.app, params.version), versionSchema);
+            if (!v) throw new NotFoundError(`app "${params.app}" has no version ${params.version}`);
+            checkIfMatch(req, v.modRevision);
+            const next: Version = { ...v.value, replicas: body.replicas, updatedAt: now() };
+            const before = versionUsage(v.value);
+            const after = versionUsage(next);
+            const guard = await quotas.check(app.value.owner, {
+              cpuMillis: after.cpuMillis - before.cpuMillis,
+              memoryBytes: after.memoryBytes - before.memoryBytes,
+            });
+            return {
+              ops: [{ op: 'update', key: v.key, value: next, modRevision: v.modRevision }, guard],
+              onFailed: (failed) =>
+                wanted !== undefined && failed.includes(v.key)
+                  ? new PreconditionFailedError(`${params.version} changed; read it again`)
+                  : undefined,
+              result: (revision) => ({ before: v.value, after: next, revision }),
+            };
+          },
+          { serializeOn: `app:${params.app}` },
+        );
         await recordEvent(ctx, p, {
           kind: 'version',
           resourceId: params.app,
@@ -245,44 +262,48 @@ export function versionRoutes(ctx: ApiContext) {
       errors: [403, 409],
       handler: async ({ params, body, principal }) => {
         const p = principal!;
-        const done = await commitWithRetry(ctx, async () => {
-          const { app } = await loadApp(ctx, p, params.app, 'deploy');
-          const stored = await store.list(keys.versions(params.app), versionSchema);
-          const target = stored.find((s) => s.value.name === body.version);
-          if (!target) {
-            throw new InputError(`app "${params.app}" has no version ${body.version}`, [
-              { path: '$.version', message: 'no such version' },
-            ]);
-          }
-          // The current version: the newest one running replicas, other than the target.
-          const current = stored
-            .filter((s) => s.value.replicas > 0 && s.value.name !== body.version)
-            .sort((a, b) => b.value.number - a.value.number)[0];
-          if (!current)
-            throw new ConflictError(`no other version of "${params.app}" runs replicas: nothing to roll back from`);
-          const at = now();
-          const nextTarget: Version = { ...target.value, replicas: current.value.replicas, updatedAt: at };
-          const nextCurrent: Version = { ...current.value, replicas: 0, updatedAt: at };
-          const delta = {
-            cpuMillis:
-              versionUsage(nextTarget).cpuMillis -
-              versionUsage(target.value).cpuMillis -
-              versionUsage(current.value).cpuMillis,
-            memoryBytes:
-              versionUsage(nextTarget).memoryBytes -
-              versionUsage(target.value).memoryBytes -
-              versionUsage(current.value).memoryBytes,
-          };
-          const guard = await quotas.check(app.value.owner, delta);
-          return {
-            ops: [
-              { op: 'update', key: target.key, value: nextTarget, modRevision: target.modRevision },
-              { op: 'update', key: current.key, value: nextCurrent, modRevision: current.modRevision },
-              guard,
-            ],
-            result: () => ({ target: nextTarget, previous: nextCurrent }),
-          };
-        });
+        const done = await commitWithRetry(
+          ctx,
+          async () => {
+            const { app } = await loadApp(ctx, p, params.app, 'deploy');
+            const stored = await store.list(keys.versions(params.app), versionSchema);
+            const target = stored.find((s) => s.value.name === body.version);
+            if (!target) {
+              throw new InputError(`app "${params.app}" has no version ${body.version}`, [
+                { path: '$.version', message: 'no such version' },
+              ]);
+            }
+            // The current version: the newest one running replicas, other than the target.
+            const current = stored
+              .filter((s) => s.value.replicas > 0 && s.value.name !== body.version)
+              .sort((a, b) => b.value.number - a.value.number)[0];
+            if (!current)
+              throw new ConflictError(`no other version of "${params.app}" runs replicas: nothing to roll back from`);
+            const at = now();
+            const nextTarget: Version = { ...target.value, replicas: current.value.replicas, updatedAt: at };
+            const nextCurrent: Version = { ...current.value, replicas: 0, updatedAt: at };
+            const delta = {
+              cpuMillis:
+                versionUsage(nextTarget).cpuMillis -
+                versionUsage(target.value).cpuMillis -
+                versionUsage(current.value).cpuMillis,
+              memoryBytes:
+                versionUsage(nextTarget).memoryBytes -
+                versionUsage(target.value).memoryBytes -
+                versionUsage(current.value).memoryBytes,
+            };
+            const guard = await quotas.check(app.value.owner, delta);
+            return {
+              ops: [
+                { op: 'update', key: target.key, value: nextTarget, modRevision: target.modRevision },
+                { op: 'update', key: current.key, value: nextCurrent, modRevision: current.modRevision },
+                guard,
+              ],
+              result: () => ({ target: nextTarget, previous: nextCurrent }),
+            };
+          },
+          { serializeOn: `app:${params.app}` },
+        );
         await recordEvent(ctx, p, {
           kind: 'version',
           resourceId: params.app,
