@@ -1,0 +1,111 @@
+/**
+ * The API holds no state of its own: killed (SIGKILL) in the middle of many multi-key writes and
+ * started again, it finds nothing half written, and carries on.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { createEtcdClient } from '@berth/shared/etcd';
+import { BerthKeys } from '@berth/shared/keys';
+import { appSchema, memberSchema, versionSchema } from '@berth/shared/model';
+import { exited, freePort, REPO_ROOT, regionEnv, uniqueId, waitFor } from '@berth/shared/testing';
+import { afterAll, describe, expect, it } from 'vitest';
+import { appBody } from './harness.ts';
+
+const env = regionEnv();
+const id = uniqueId();
+const prefix = `/t-${id}`;
+let child: ChildProcess | undefined;
+let base = '';
+
+async function startApi(): Promise<void> {
+  const port = await freePort();
+  base = `http://127.0.0.1:${port}/api/v1`;
+  child = spawn(process.execPath, [join(REPO_ROOT, 'services/api/src/index.ts')], {
+    env: {
+      PATH: process.env.PATH,
+      HTTP_ADDR: `127.0.0.1:${port}`,
+      ETCD_ENDPOINTS: env.ETCD_ENDPOINTS,
+      NATS_URL: env.NATS_URL,
+      REDIS_URL: env.REDIS_URL,
+      ETCD_PREFIX: prefix,
+      EVENT_SUBJECT_ROOT: `t${id}`,
+      BERTH_ADMIN_PASSWORD: 'crash-test-admin',
+      LOG_LEVEL: 'error',
+    },
+    stdio: 'ignore',
+  });
+  await waitFor(async () => (await fetch(base.replace('/api/v1', '/readyz'))).ok, { timeoutMs: 20_000 });
+}
+
+async function call(method: string, path: string, token?: string, body?: unknown) {
+  const res = await fetch(`${base}${path}`, {
+    method,
+    headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
+    ...(body ? { body: JSON.stringify(body) } : {}),
+  });
+  const text = await res.text();
+  return { status: res.status, json: text ? JSON.parse(text) : undefined };
+}
+
+afterAll(async () => {
+  if (child && child.exitCode === null) child.kill('SIGKILL');
+});
+
+describe('a crash in the middle of writes', () => {
+  it('leaves nothing half written, and the restarted API carries on', async () => {
+    await startApi();
+    const token = (await call('POST', '/auth/login', undefined, { username: 'admin', password: 'crash-test-admin' }))
+      .json.token;
+    await call('POST', '/regions', token, { name: 'local' });
+
+    // Many app and version creates in flight (each is a multi-key transaction)…
+    const inflight: Promise<unknown>[] = [];
+    for (let i = 0; i < 40; i++) {
+      inflight.push(
+        call('POST', '/apps', token, appBody(`crash-${i}`))
+          .then(() => call('POST', `/apps/crash-${i}/versions`, token, { imageTag: 'a', replicas: 1 }))
+          .catch(() => undefined), // the connection dies with the process: expected
+      );
+    }
+    // …and the process is killed while they run.
+    await waitFor(async () => (await call('GET', '/apps?limit=500', token)).json.items.length >= 5, { intervalMs: 5 });
+    const dead = exited(child as ChildProcess);
+    child?.kill('SIGKILL');
+    await dead;
+    await Promise.all(inflight);
+
+    const etcd = createEtcdClient({ endpoints: (env.ETCD_ENDPOINTS ?? '').split(',') });
+    try {
+      const keys = new BerthKeys(prefix);
+      const all = await etcd.getAll().prefix(keys.apps()).strings();
+      const apps = Object.entries(all).filter(([k]) => !k.slice(keys.apps().length).includes('/'));
+      expect(apps.length).toBeGreaterThan(0);
+      for (const [key, raw] of apps) {
+        const app = appSchema.parse(JSON.parse(raw));
+        // The app and its Owner were written together, or not at all.
+        const owner = all[keys.member(app.name, app.owner)];
+        expect(owner, `${key} has its owner`).toBeDefined();
+        expect(memberSchema.parse(JSON.parse(owner as string)).role).toBe('Owner');
+        // A version exists only with the app's counter at or past it.
+        for (const [vk, vraw] of Object.entries(all).filter(([k]) => k.startsWith(keys.versions(app.name)))) {
+          expect(versionSchema.parse(JSON.parse(vraw)).number, vk).toBeLessThanOrEqual(app.lastVersion);
+        }
+      }
+      // Nothing belongs to an app that does not exist.
+      for (const key of Object.keys(all)) {
+        const app = key.slice(keys.apps().length).split('/')[0] as string;
+        expect(all[keys.app(app)], `${key} belongs to an existing app`).toBeDefined();
+      }
+    } finally {
+      etcd.close();
+    }
+
+    await startApi();
+    const again = (await call('POST', '/auth/login', undefined, { username: 'admin', password: 'crash-test-admin' }))
+      .json.token;
+    const listed = await call('GET', '/apps?limit=500', again);
+    const name = listed.json.items[0].name as string;
+    const next = await call('POST', `/apps/${name}/versions`, again, { imageTag: 'after-restart' });
+    expect(next.status).toBe(201);
+  });
+});
