@@ -35,7 +35,7 @@ async function call(
   path: string,
   token: string | undefined,
   body?: unknown,
-): Promise<{ status: number; json: any }> {
+): Promise<{ status: number; json: { token?: string } | undefined }> {
   const res = await fetch(`${base}${path}`, {
     method,
     headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
@@ -82,12 +82,15 @@ async function run(label: string, appFor: (client: number) => string, token: str
 
 try {
   await waitFor(async () => (await fetch(`${base.replace('/api/v1', '')}/readyz`)).ok, { timeoutMs: 30_000 });
-  const admin = (await call('POST', '/auth/login', undefined, { username: 'admin', password: 'bench-admin-password' }))
-    .json.token;
+  const login = async (username: string, password: string): Promise<string> => {
+    const token = (await call('POST', '/auth/login', undefined, { username, password })).json?.token;
+    if (!token) throw new Error(`cannot sign in as ${username}`);
+    return token;
+  };
+  const admin = await login('admin', 'bench-admin-password');
   await call('POST', '/regions', admin, { name: 'local' });
   await call('POST', '/users', admin, { username: 'bench', password: 'bench-password' });
-  const token = (await call('POST', '/auth/login', undefined, { username: 'bench', password: 'bench-password' })).json
-    .token;
+  const token = await login('bench', 'bench-password');
   const app = (n: number) => ({
     name: `app-${n}`,
     region: 'local',

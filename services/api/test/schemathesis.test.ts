@@ -49,6 +49,7 @@ describe('the OpenAPI document', () => {
       '--no-color',
     ];
     const child = spawn(st as string, args, {
+      cwd: tmpdir(), // schemathesis keeps a cache in its working directory
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, NO_COLOR: '1' },
     });
