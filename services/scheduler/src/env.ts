@@ -1,15 +1,40 @@
-import { defaultInstanceId, envHostPort, envInt, etcdEnv, natsEnv, serviceEnv } from '@berth/shared/config';
+import {
+  cellsEnv,
+  defaultInstanceId,
+  envDuration,
+  envHostPort,
+  envInt,
+  etcdEnv,
+  natsEnv,
+  serviceEnv,
+} from '@berth/shared/config';
 import { z } from 'zod';
 
 export const schedulerEnv = z.object({
   ...serviceEnv,
   ...etcdEnv,
   ...natsEnv,
+  ...cellsEnv,
   HTTP_ADDR: envHostPort('127.0.0.1:7071'),
   /** Candidate id in the leader election. */
   BERTH_INSTANCE_ID: z.string().min(1).default(defaultInstanceId),
   /** How long a dead leader holds the seat before a standby takes over. */
   LEADER_TTL_SECONDS: envInt(10, { min: 2, max: 120 }),
+  /** The registry the cells pull from: images are `<REGISTRY_ADDR>/<app image>:<tag>`. */
+  REGISTRY_ADDR: z.string().min(1).default('127.0.0.1:5000'),
+  /** A cell unreachable this long has its replicas placed elsewhere. */
+  FAILOVER_GRACE: envDuration('60s'),
+  /** A cell back from an outage must stay reachable this long before replicas move back to it. */
+  RECOVERY_HOLD: envDuration('30s'),
+  /** Every app is reconciled at least this often, whatever the watches said. */
+  RESYNC_INTERVAL: envDuration('60s'),
+  /** Seconds a container keeps serving after it is told to stop, so traffic drains first. */
+  PRESTOP_DELAY_SECONDS: envInt(5, { min: 0, max: 300 }),
+  /** Root of the NATS subjects events are published on. */
+  EVENT_SUBJECT_ROOT: z
+    .string()
+    .regex(/^[a-z][a-z0-9_-]*$/)
+    .default('berth'),
 });
 
 export type SchedulerConfig = z.output<typeof schedulerEnv>;

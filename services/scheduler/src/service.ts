@@ -1,30 +1,57 @@
+import { resolve } from 'node:path';
+import type { EventInput } from '@berth/shared/events';
 import type { Logger } from '@berth/shared/logging';
-import { NatsComponent } from '@berth/shared/nats';
+import { EventPublisher, EventSubjects, NatsComponent } from '@berth/shared/nats';
 import { ServiceRuntime } from '@berth/shared/service';
 import type { SchedulerConfig } from './env.ts';
+import { SchedulerController } from './reconcile/controller.ts';
 
 /**
- * The scheduler: leader-elected; places each version's replicas over the region's cells and keeps
- * them applied. Placement and apply arrive with the scheduler issue; today it campaigns for
- * leadership and serves health, readiness and metrics.
+ * The scheduler: one leader (elected on etcd) places each version's replicas over the region's
+ * cells, applies them, keeps them there and reports their status; standbys wait to take over.
  */
 export class SchedulerService {
   readonly runtime: ServiceRuntime;
+  readonly controller: SchedulerController;
 
-  private constructor(runtime: ServiceRuntime) {
+  private constructor(runtime: ServiceRuntime, controller: SchedulerController) {
     this.runtime = runtime;
+    this.controller = controller;
   }
 
   static create(config: SchedulerConfig, logger: Logger): SchedulerService {
     const runtime = new ServiceRuntime({ name: 'scheduler', config, logger });
     const nats = new NatsComponent({ servers: config.NATS_URL, token: config.NATS_TOKEN, name: 'scheduler', logger });
+    const subjects = new EventSubjects(config.EVENT_SUBJECT_ROOT);
+    let publisher: EventPublisher | undefined;
+    const controller = new SchedulerController({
+      etcd: runtime.etcd,
+      keys: runtime.keys,
+      region: config.BERTH_REGION,
+      kubeconfigDir: resolve(config.KUBECONFIG_DIR),
+      registry: config.REGISTRY_ADDR,
+      preStopDelaySeconds: config.PRESTOP_DELAY_SECONDS,
+      failoverGraceMs: config.FAILOVER_GRACE,
+      recoveryHoldMs: config.RECOVERY_HOLD,
+      resyncIntervalMs: config.RESYNC_INTERVAL,
+      workers: 4,
+      metrics: runtime.metrics,
+      logger,
+      publish: async (event: EventInput) => {
+        publisher ??= new EventPublisher(nats.client.js, subjects);
+        await publisher.publish(event);
+      },
+    });
     runtime.health.add('nats', nats.ready);
     runtime.add(nats);
     runtime.addLeaderElection('scheduler', {
       candidateId: config.BERTH_INSTANCE_ID,
       ttlSeconds: config.LEADER_TTL_SECONDS,
+      onElected: () => controller.start(),
+      onDeposed: () => controller.stop(),
     });
-    return new SchedulerService(runtime);
+    runtime.add({ name: 'controller', stop: () => controller.stop() });
+    return new SchedulerService(runtime, controller);
   }
 
   start(): Promise<void> {

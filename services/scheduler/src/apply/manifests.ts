@@ -1,0 +1,109 @@
+/**
+ * The objects Berth keeps in a cell for an app: its Namespace, one Service selecting the app's
+ * label (every version behind it shares the traffic), and one Deployment per version. Each carries
+ * Berth's labels and a hash of what Berth wants of it, so an unchanged object is never written
+ * again (a restarted scheduler on a converged region writes nothing).
+ */
+import { createHash } from 'node:crypto';
+import { type App, deploymentName, LABELS, MANAGED_BY, type Version } from '@berth/shared/model';
+import type { KubernetesObject, V1Deployment, V1Namespace, V1Service } from '@kubernetes/client-node';
+
+export const SPEC_HASH = 'berth.dev/spec-hash';
+
+export type ManifestOptions = { registry: string; preStopDelaySeconds: number };
+
+function labels(app: App, version?: string): Record<string, string> {
+  return {
+    [LABELS.managedBy]: MANAGED_BY,
+    [LABELS.app]: app.name,
+    [LABELS.owner]: app.owner,
+    ...(version ? { [LABELS.version]: version } : {}),
+  };
+}
+
+/** Stamps the object with the hash of its own content (the hash annotation left out). */
+function withHash<T extends KubernetesObject>(obj: T): T {
+  const hash = createHash('sha256').update(JSON.stringify(obj)).digest('hex').slice(0, 16);
+  obj.metadata = { ...obj.metadata, annotations: { ...obj.metadata?.annotations, [SPEC_HASH]: hash } };
+  return obj;
+}
+
+export function hashOf(obj: KubernetesObject | undefined): string | undefined {
+  return obj?.metadata?.annotations?.[SPEC_HASH];
+}
+
+export function namespaceFor(app: App): V1Namespace {
+  return withHash({ apiVersion: 'v1', kind: 'Namespace', metadata: { name: app.name, labels: labels(app) } });
+}
+
+export function serviceFor(app: App): V1Service {
+  return withHash({
+    apiVersion: 'v1',
+    kind: 'Service',
+    metadata: { name: app.name, namespace: app.name, labels: labels(app) },
+    spec: {
+      selector: { [LABELS.app]: app.name },
+      ports: app.ports.map((p) => ({ name: p.name, port: p.port, targetPort: p.port, protocol: p.protocol })),
+    },
+  });
+}
+
+export function deploymentFor(app: App, version: Version, replicas: number, options: ManifestOptions): V1Deployment {
+  const hc = version.healthCheck;
+  const probe = {
+    httpGet: { path: hc.path, port: hc.port },
+    initialDelaySeconds: hc.initialDelaySeconds,
+    periodSeconds: hc.periodSeconds,
+    timeoutSeconds: hc.timeoutSeconds,
+    failureThreshold: hc.failureThreshold,
+  };
+  const podLabels = {
+    [LABELS.managedBy]: MANAGED_BY,
+    [LABELS.app]: app.name,
+    [LABELS.version]: version.name,
+  };
+  return withHash({
+    apiVersion: 'apps/v1',
+    kind: 'Deployment',
+    metadata: { name: deploymentName(app.name, version.name), namespace: app.name, labels: labels(app, version.name) },
+    spec: {
+      replicas,
+      selector: { matchLabels: { [LABELS.app]: app.name, [LABELS.version]: version.name } },
+      strategy: { type: 'RollingUpdate', rollingUpdate: { maxUnavailable: 0, maxSurge: 1 } },
+      template: {
+        metadata: { labels: podLabels },
+        spec: {
+          enableServiceLinks: false,
+          // Cells route by pod address and run no cluster DNS: pods use the node's resolver.
+          dnsPolicy: 'Default',
+          terminationGracePeriodSeconds: options.preStopDelaySeconds + 30,
+          containers: [
+            {
+              name: 'app',
+              image: `${options.registry}/${app.image}:${version.imageTag}`,
+              ...(version.command.length > 0 ? { command: version.command } : {}),
+              env: Object.entries(version.env)
+                .sort(([a], [b]) => (a < b ? -1 : 1))
+                .map(([name, value]) => ({ name, value })),
+              ports: version.ports.map((p) => ({ name: p.name, containerPort: p.port, protocol: p.protocol })),
+              resources: {
+                requests: { cpu: version.cpu, memory: version.memory },
+                limits: { cpu: version.cpu, memory: version.memory },
+              },
+              readinessProbe: probe,
+              livenessProbe: {
+                ...probe,
+                initialDelaySeconds: hc.initialDelaySeconds + 10,
+                failureThreshold: hc.failureThreshold + 2,
+              },
+              // Keep serving while endpoints are removed, so traffic drains before the stop.
+              ...(options.preStopDelaySeconds > 0
+                ? { lifecycle: { preStop: { sleep: { seconds: options.preStopDelaySeconds } } } }
+                : {}),
+            },
+          ],
+        },
+      },
+    },
+  });
+}

@@ -1,0 +1,176 @@
+/**
+ * One cell as the scheduler sees it: its clients, one informer per kind it reads (Nodes and Pods
+ * for capacity and restarts, Berth's Namespaces, Services and Deployments for what is applied,
+ * Warning Events for the activity feed), and whether it is reachable right now.
+ */
+import { type CellClient, type InformerEvent, ResilientInformer } from '@berth/shared/kube';
+import type { Logger } from '@berth/shared/logging';
+import { LABELS, MANAGED_BY, parseKubeQuantity } from '@berth/shared/model';
+import type {
+  CoreV1Event,
+  KubernetesObject,
+  V1Deployment,
+  V1Namespace,
+  V1Node,
+  V1Pod,
+  V1Service,
+} from '@kubernetes/client-node';
+
+const MANAGED = `${LABELS.managedBy}=${MANAGED_BY}`;
+
+export type CellCapacity = {
+  /** Sum of allocatable over Ready, schedulable nodes. */
+  allocatableCpuMillis: number;
+  allocatableMemoryBytes: number;
+  /** Requests of pods that are not Berth's (Berth's own come from its placements). */
+  otherCpuMillis: number;
+  otherMemoryBytes: number;
+};
+
+export type CellRuntimeOptions = {
+  client: CellClient;
+  logger: Logger;
+  /** Something the scheduler reads changed: re-evaluate (the app, when known). */
+  onChange: (app: string | undefined) => void;
+  onWarningEvent?: (event: CoreV1Event) => void;
+  onPodEvent?: (event: InformerEvent, pod: V1Pod) => void;
+};
+
+export class CellRuntime {
+  readonly name: string;
+  readonly client: CellClient;
+  readonly nodes: ResilientInformer<V1Node>;
+  readonly pods: ResilientInformer<V1Pod>;
+  readonly namespaces: ResilientInformer<V1Namespace>;
+  readonly services: ResilientInformer<V1Service>;
+  readonly deployments: ResilientInformer<V1Deployment>;
+  readonly events: ResilientInformer<CoreV1Event>;
+  readonly #all: ResilientInformer<KubernetesObject>[];
+  #started = false;
+
+  constructor(options: CellRuntimeOptions) {
+    const { client, logger } = options;
+    this.name = client.cell;
+    this.client = client;
+    const appOf = (obj: KubernetesObject) => obj.metadata?.labels?.[LABELS.app] ?? obj.metadata?.namespace;
+    const common = { kubeConfig: client.kubeConfig, logger };
+    this.nodes = new ResilientInformer<V1Node>({
+      ...common,
+      name: `${this.name}/nodes`,
+      path: '/api/v1/nodes',
+      list: (s) => client.core.listNode(s),
+      onEvent: () => options.onChange(undefined),
+    });
+    this.pods = new ResilientInformer<V1Pod>({
+      ...common,
+      name: `${this.name}/pods`,
+      path: '/api/v1/pods',
+      list: (s) => client.core.listPodForAllNamespaces(s),
+      onEvent: (event, pod) => {
+        options.onPodEvent?.(event, pod);
+        if (pod.metadata?.labels?.[LABELS.managedBy] === MANAGED_BY) options.onChange(appOf(pod));
+      },
+    });
+    this.namespaces = new ResilientInformer<V1Namespace>({
+      ...common,
+      name: `${this.name}/namespaces`,
+      path: '/api/v1/namespaces',
+      labelSelector: MANAGED,
+      list: (s) => client.core.listNamespace(s),
+      onEvent: (_e, ns) => options.onChange(ns.metadata?.name),
+    });
+    this.services = new ResilientInformer<V1Service>({
+      ...common,
+      name: `${this.name}/services`,
+      path: '/api/v1/services',
+      labelSelector: MANAGED,
+      list: (s) => client.core.listServiceForAllNamespaces(s),
+      onEvent: (_e, svc) => options.onChange(appOf(svc)),
+    });
+    this.deployments = new ResilientInformer<V1Deployment>({
+      ...common,
+      name: `${this.name}/deployments`,
+      path: '/apis/apps/v1/deployments',
+      labelSelector: MANAGED,
+      list: (s) => client.apps.listDeploymentForAllNamespaces(s),
+      onEvent: (_e, d) => options.onChange(appOf(d)),
+    });
+    this.events = new ResilientInformer<CoreV1Event>({
+      ...common,
+      name: `${this.name}/events`,
+      path: '/api/v1/events',
+      fieldSelector: 'type=Warning',
+      list: (s) => client.core.listEventForAllNamespaces(s),
+      onEvent: (event, e) => {
+        if (event !== 'delete' && this.events.synced) options.onWarningEvent?.(e);
+      },
+    });
+    this.#all = [
+      this.nodes,
+      this.pods,
+      this.namespaces,
+      this.services,
+      this.deployments,
+      this.events,
+    ] as ResilientInformer<KubernetesObject>[];
+  }
+
+  /** Starts every informer; does not wait for them (an unreachable cell must not block the others). */
+  start(): void {
+    if (this.#started) return;
+    this.#started = true;
+    for (const informer of this.#all) void informer.start();
+  }
+
+  async stop(): Promise<void> {
+    this.#started = false;
+    await Promise.all(this.#all.map((i) => i.stop()));
+  }
+
+  /** Every informer has listed and none is disconnected. */
+  get reachable(): boolean {
+    return this.#all.every((i) => i.synced && !i.stale);
+  }
+
+  get synced(): boolean {
+    return this.#all.every((i) => i.synced);
+  }
+
+  capacity(): CellCapacity {
+    let allocatableCpuMillis = 0;
+    let allocatableMemoryBytes = 0;
+    for (const node of this.nodes.list()) {
+      if (node.spec?.unschedulable) continue;
+      const ready = node.status?.conditions?.find((c) => c.type === 'Ready')?.status === 'True';
+      if (!ready) continue;
+      const alloc = node.status?.allocatable ?? {};
+      allocatableCpuMillis += safe(parseKubeQuantity(alloc.cpu ?? '0', 'cpu'));
+      allocatableMemoryBytes += safe(parseKubeQuantity(alloc.memory ?? '0', 'memory'));
+    }
+    let otherCpuMillis = 0;
+    let otherMemoryBytes = 0;
+    for (const pod of this.pods.list()) {
+      if (pod.metadata?.labels?.[LABELS.managedBy] === MANAGED_BY) continue;
+      if (!pod.spec?.nodeName || pod.status?.phase === 'Succeeded' || pod.status?.phase === 'Failed') continue;
+      for (const c of pod.spec.containers ?? []) {
+        otherCpuMillis += safe(parseKubeQuantity(c.resources?.requests?.cpu ?? '0', 'cpu'));
+        otherMemoryBytes += safe(parseKubeQuantity(c.resources?.requests?.memory ?? '0', 'memory'));
+      }
+    }
+    return { allocatableCpuMillis, allocatableMemoryBytes, otherCpuMillis, otherMemoryBytes };
+  }
+
+  /** Berth's pods of one version in this cell. */
+  podsOf(app: string, version: string): V1Pod[] {
+    return this.pods
+      .list(app)
+      .filter(
+        (p) =>
+          p.metadata?.labels?.[LABELS.version] === version && p.metadata?.labels?.[LABELS.managedBy] === MANAGED_BY,
+      );
+  }
+}
+
+function safe(n: number): number {
+  return Number.isFinite(n) ? n : 0;
+}
