@@ -287,6 +287,9 @@ export class Reconciler {
   // ---- Removal --------------------------------------------------------------------------------
 
   async #removeApp(name: string): Promise<void> {
+    // Only what this installation placed is removed: an app it never placed (another Berth
+    // sharing the cells, or an event about a namespace it does not own) is none of its business.
+    if (this.#o.state.placementKeysOf(name).length === 0) return;
     let pending = false;
     for (const cell of this.#o.cells().values()) {
       const ns = cell.namespaces.get(name);

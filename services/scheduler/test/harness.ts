@@ -1,0 +1,221 @@
+/**
+ * Schedulers against the real cells of the local region (cell-a with its kubelet, cell-b on
+ * KWOK), isolated by a unique etcd prefix and region name; apps are written to etcd the way the
+ * API writes them, with names unique to the test.
+ */
+
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { parseEnv } from '@berth/shared/config';
+import { createEtcdClient, type Etcd3 } from '@berth/shared/etcd';
+import { BerthKeys } from '@berth/shared/keys';
+import { type CellClient, loadCellClient } from '@berth/shared/kube';
+import { createLogger } from '@berth/shared/logging';
+import {
+  type App,
+  type Cell,
+  deploymentName,
+  LABELS,
+  MANAGED_BY,
+  type Placement,
+  placementSchema,
+  type Version,
+} from '@berth/shared/model';
+import { REPO_ROOT, regionEnv, uniqueId, waitFor } from '@berth/shared/testing';
+import { schedulerEnv } from '../src/env.ts';
+import { SchedulerService } from '../src/service.ts';
+
+export const env = regionEnv();
+export const KUBECONFIG_DIR = env.KUBECONFIG_DIR ?? join(REPO_ROOT, '.local/cells');
+export const CELLS = ['cell-a', 'cell-b'] as const;
+export const cells: Record<string, CellClient> = Object.fromEntries(
+  CELLS.map((c) => [c, loadCellClient(KUBECONFIG_DIR, c)]),
+);
+
+export type World = {
+  prefix: string;
+  region: string;
+  keys: BerthKeys;
+  etcd: Etcd3;
+  subjectRoot: string;
+  close(): Promise<void>;
+};
+
+export async function world(): Promise<World> {
+  const id = uniqueId();
+  const prefix = `/t-${id}`;
+  const region = `r-${id}`;
+  const keys = new BerthKeys(prefix);
+  const etcd = createEtcdClient({ endpoints: (env.ETCD_ENDPOINTS ?? '').split(',') });
+  const now = new Date().toISOString();
+  for (const name of CELLS) {
+    const cell: Cell = {
+      name,
+      region,
+      apiServer: cells[name]?.kubeConfig.getCurrentCluster()?.server ?? '',
+      state: 'active',
+      labels: {},
+      createdAt: now,
+      updatedAt: now,
+    };
+    await etcd.put(keys.cell(region, name)).value(JSON.stringify(cell));
+  }
+  return { prefix, region, keys, etcd, subjectRoot: `t${id}`, close: async () => etcd.close() };
+}
+
+export async function startScheduler(
+  w: World,
+  extra: Record<string, string> = {},
+): Promise<{ service: SchedulerService; logs: () => string }> {
+  let logs = '';
+  const logger = createLogger({
+    service: 'scheduler',
+    level: 'info',
+    destination: new Writable({
+      write(chunk, _e, done) {
+        logs = (logs + chunk).slice(-50_000);
+        done();
+      },
+    }),
+  });
+  const config = parseEnv(schedulerEnv, {
+    HTTP_ADDR: '127.0.0.1:0',
+    ETCD_ENDPOINTS: env.ETCD_ENDPOINTS,
+    NATS_URL: env.NATS_URL,
+    ETCD_PREFIX: w.prefix,
+    BERTH_REGION: w.region,
+    KUBECONFIG_DIR,
+    EVENT_SUBJECT_ROOT: w.subjectRoot,
+    PRESTOP_DELAY_SECONDS: '0',
+    LEADER_TTL_SECONDS: '3',
+    ...extra,
+  });
+  const service = SchedulerService.create(config, logger);
+  await service.start();
+  return { service, logs: () => logs };
+}
+
+export function appRecord(name: string, extra: Partial<App> = {}): App {
+  const now = new Date().toISOString();
+  return {
+    name,
+    region: 'ignored',
+    image: 'berth/sample-app',
+    description: '',
+    healthCheck: {
+      path: '/healthz',
+      port: 8080,
+      initialDelaySeconds: 0,
+      periodSeconds: 1,
+      timeoutSeconds: 1,
+      failureThreshold: 3,
+    },
+    ports: [{ name: 'http', port: 8080, protocol: 'TCP' }],
+    minCells: 2,
+    owner: 'alice',
+    lastVersion: 1,
+    createdAt: now,
+    updatedAt: now,
+    ...extra,
+  };
+}
+
+export function versionRecord(app: string, number: number, extra: Partial<Version> = {}): Version {
+  const now = new Date().toISOString();
+  return {
+    app,
+    name: `v${number}`,
+    number,
+    imageTag: 'v1',
+    replicas: 4,
+    cpu: '20m',
+    memory: '16Mi',
+    env: {},
+    ports: [{ name: 'http', port: 8080, protocol: 'TCP' }],
+    healthCheck: {
+      path: '/healthz',
+      port: 8080,
+      initialDelaySeconds: 0,
+      periodSeconds: 1,
+      timeoutSeconds: 1,
+      failureThreshold: 3,
+    },
+    command: [],
+    createdAt: now,
+    createdBy: 'alice',
+    updatedAt: now,
+    ...extra,
+  };
+}
+
+export async function putApp(w: World, app: App, versions: Version[]): Promise<void> {
+  await w.etcd.put(w.keys.app(app.name)).value(JSON.stringify(app));
+  for (const v of versions) await w.etcd.put(w.keys.version(app.name, v.name)).value(JSON.stringify(v));
+}
+
+export async function scale(w: World, app: string, version: string, replicas: number): Promise<void> {
+  const raw = await w.etcd.get(w.keys.version(app, version)).string();
+  const v = JSON.parse(raw as string) as Version;
+  await w.etcd.put(w.keys.version(app, version)).value(JSON.stringify({ ...v, replicas }));
+}
+
+export async function placement(w: World, app: string, version: string): Promise<Placement | undefined> {
+  const raw = await w.etcd.get(w.keys.placement(app, version)).string();
+  return raw ? placementSchema.parse(JSON.parse(raw)) : undefined;
+}
+
+/** Available replicas of a version per cell, from the cells themselves. */
+export async function availableIn(app: string, version: string): Promise<Record<string, number>> {
+  const out: Record<string, number> = {};
+  for (const [name, cell] of Object.entries(cells)) {
+    try {
+      const d = await cell.apps.readNamespacedDeployment({ name: deploymentName(app, version), namespace: app });
+      out[name] = d.status?.availableReplicas ?? 0;
+    } catch {
+      out[name] = 0;
+    }
+  }
+  return out;
+}
+
+/** Waits until the version runs `want` available replicas per cell (cells not named: none). */
+export async function waitAvailable(
+  app: string,
+  version: string,
+  want: Record<string, number>,
+  timeoutMs = 90_000,
+): Promise<void> {
+  await waitFor(
+    async () => {
+      const got = await availableIn(app, version);
+      return CELLS.every((c) => (got[c] ?? 0) === (want[c] ?? 0)) ? true : undefined;
+    },
+    { timeoutMs, intervalMs: 250, message: `${app}/${version} available as ${JSON.stringify(want)}` },
+  );
+}
+
+/** Berth's Deployments of an app in a cell. */
+export async function deploymentsIn(cell: string, app: string): Promise<string[]> {
+  const list = await cells[cell]?.apps.listNamespacedDeployment({
+    namespace: app,
+    labelSelector: `${LABELS.managedBy}=${MANAGED_BY}`,
+  });
+  return (list?.items ?? []).map((d) => d.metadata?.name as string).sort();
+}
+
+export async function cordon(w: World, cell: string, state: 'active' | 'cordoned'): Promise<void> {
+  const raw = await w.etcd.get(w.keys.cell(w.region, cell)).string();
+  const c = JSON.parse(raw as string) as Cell;
+  await w.etcd.put(w.keys.cell(w.region, cell)).value(JSON.stringify({ ...c, state }));
+}
+
+export function cellWrites(service: SchedulerService): Promise<number> {
+  return service.runtime.metrics
+    .getSingleMetric('berth_scheduler_cell_writes_total')
+    ?.get()
+    .then((m) => m.values.reduce((n, v) => n + v.value, 0)) as Promise<number>;
+}
+
+export async function deleteNamespaces(app: string): Promise<void> {
+  for (const cell of Object.values(cells)) await cell.core.deleteNamespace({ name: app }).catch(() => undefined);
+}

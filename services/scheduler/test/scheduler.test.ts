@@ -1,0 +1,236 @@
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { REPO_ROOT, uniqueId, waitFor } from '@berth/shared/testing';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  appRecord,
+  availableIn,
+  cells,
+  cellWrites,
+  cordon,
+  deleteNamespaces,
+  deploymentsIn,
+  env,
+  KUBECONFIG_DIR,
+  placement,
+  putApp,
+  scale,
+  startScheduler,
+  versionRecord,
+  type World,
+  waitAvailable,
+  world,
+} from './harness.ts';
+
+let w: World;
+let scheduler: Awaited<ReturnType<typeof startScheduler>>;
+const apps: string[] = [];
+const appName = (base: string) => {
+  const name = `${base}-${uniqueId(6)}`;
+  apps.push(name);
+  return name;
+};
+
+beforeAll(async () => {
+  w = await world();
+  scheduler = await startScheduler(w);
+});
+
+afterAll(async () => {
+  await scheduler?.service.stop();
+  for (const app of apps) await deleteNamespaces(app);
+  await w?.close();
+});
+
+async function podNames(cell: string, app: string): Promise<string[]> {
+  const list = await cells[cell]?.core.listNamespacedPod({ namespace: app });
+  return (list?.items ?? []).map((p) => p.metadata?.name as string).sort();
+}
+
+describe('placement and apply', () => {
+  it('places 4 replicas 2+2 over the two cells; scaling to 5 adds exactly one pod and changes nothing else', async () => {
+    const app = appName('spread');
+    await putApp(w, appRecord(app), [versionRecord(app, 1, { replicas: 4 })]);
+    await waitAvailable(app, 'v1', { 'cell-a': 2, 'cell-b': 2 });
+    expect((await placement(w, app, 'v1'))?.cells).toEqual({ 'cell-a': 2, 'cell-b': 2 });
+    const podsBefore = { a: await podNames('cell-a', app), b: await podNames('cell-b', app) };
+    const writesBefore = await cellWrites(scheduler.service);
+
+    await scale(w, app, 'v1', 5);
+    await waitFor(async () => (await placement(w, app, 'v1'))?.desired === 5, { message: 'placement follows' });
+    const five = (await placement(w, app, 'v1'))?.cells ?? {};
+    expect(Object.values(five).reduce((a, b) => a + b)).toBe(5);
+    await waitAvailable(app, 'v1', five);
+    const podsAfter = { a: await podNames('cell-a', app), b: await podNames('cell-b', app) };
+    // Every pod that ran still runs, and exactly one is new.
+    expect(podsAfter.a).toEqual(expect.arrayContaining(podsBefore.a));
+    expect(podsAfter.b).toEqual(expect.arrayContaining(podsBefore.b));
+    expect(podsAfter.a.length + podsAfter.b.length).toBe(5);
+    // One Deployment changed in one cell: one write.
+    expect((await cellWrites(scheduler.service)) - writesBefore).toBe(1);
+    // Its pods answer HTTP on their pod addresses in cell-a.
+    const pods = await cells['cell-a']?.core.listNamespacedPod({ namespace: app });
+    const ip = pods?.items[0]?.status?.podIP;
+    const res = await fetch(`http://${ip}:8080/`);
+    expect(((await res.json()) as { version: string }).version).toBe('v1');
+  });
+
+  it('gives a cell with too little free memory fewer replicas, and reports Unschedulable with numbers when nothing fits', async () => {
+    const node = (await cells['cell-a']?.core.listNode())?.items[0];
+    const allocKi = Number((node?.status?.allocatable?.memory ?? '0Ki').replace('Ki', ''));
+    // One replica fits in cell-a's memory, two do not; cell-b's simulated nodes have plenty.
+    const memoryMi = Math.floor(allocKi / 1024 / 2) + 64;
+    const app = appName('tight');
+    await putApp(w, appRecord(app), [versionRecord(app, 1, { replicas: 4, memory: `${memoryMi}Mi` })]);
+    await waitFor(async () => (await placement(w, app, 'v1'))?.cells, { message: 'placed' });
+    const p = await placement(w, app, 'v1');
+    expect(p?.cells['cell-a'] ?? 0).toBeLessThan(p?.cells['cell-b'] ?? 0);
+    expect((p?.cells['cell-a'] ?? 0) + (p?.cells['cell-b'] ?? 0)).toBe(4);
+
+    const huge = appName('huge');
+    await putApp(w, appRecord(huge), [versionRecord(huge, 1, { replicas: 2, memory: '100Ti' })]);
+    await waitFor(async () => (await placement(w, huge, 'v1'))?.conditions.find((c) => c.type === 'Unschedulable'), {
+      message: 'condition written',
+    });
+    const u = (await placement(w, huge, 'v1'))?.conditions.find((c) => c.type === 'Unschedulable');
+    expect(u?.status).toBe('True');
+    expect(u?.message).toMatch(/^placed 0 of 2 replicas: each needs 20m cpu and 100\d*(\.\d)?Ti|100Ti|102400Gi/);
+    expect(u?.message).toContain('free in active cells: cell-a');
+    expect(await deploymentsIn('cell-b', huge)).toEqual([]);
+  });
+
+  it('cordoning cell-b moves its replicas to cell-a without dropping below the ready count; uncordoning spreads them back', async () => {
+    const app = appName('move');
+    await putApp(w, appRecord(app), [versionRecord(app, 1, { replicas: 4 })]);
+    await waitAvailable(app, 'v1', { 'cell-a': 2, 'cell-b': 2 });
+    let lowest = 4;
+    let watching = true;
+    const watcher = (async () => {
+      while (watching) {
+        const got = await availableIn(app, 'v1');
+        lowest = Math.min(lowest, (got['cell-a'] ?? 0) + (got['cell-b'] ?? 0));
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    })();
+    await cordon(w, 'cell-b', 'cordoned');
+    await waitAvailable(app, 'v1', { 'cell-a': 4 });
+    expect(await deploymentsIn('cell-b', app)).toEqual([]);
+    await cordon(w, 'cell-b', 'active');
+    await waitAvailable(app, 'v1', { 'cell-a': 2, 'cell-b': 2 });
+    watching = false;
+    await watcher;
+    expect(lowest).toBeGreaterThanOrEqual(4);
+  });
+
+  it('a rollback brings the old version up before it takes the new one down', async () => {
+    const app = appName('roll');
+    await putApp(w, appRecord(app, { lastVersion: 2 }), [
+      versionRecord(app, 1, { replicas: 0 }),
+      versionRecord(app, 2, { replicas: 2, imageTag: 'v2' }),
+    ]);
+    await waitAvailable(app, 'v2', { 'cell-a': 1, 'cell-b': 1 });
+    let lowest = 2;
+    let watching = true;
+    const watcher = (async () => {
+      while (watching) {
+        const [a, b] = await Promise.all([availableIn(app, 'v1'), availableIn(app, 'v2')]);
+        lowest = Math.min(
+          lowest,
+          Object.values(a).reduce((x, y) => x + y, 0) + Object.values(b).reduce((x, y) => x + y, 0),
+        );
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    })();
+    await scale(w, app, 'v1', 2);
+    await scale(w, app, 'v2', 0);
+    await waitAvailable(app, 'v1', { 'cell-a': 1, 'cell-b': 1 });
+    await waitFor(async () => (await deploymentsIn('cell-a', app)).length === 1, { timeoutMs: 60_000 });
+    watching = false;
+    await watcher;
+    expect(lowest).toBeGreaterThanOrEqual(2);
+    expect(await deploymentsIn('cell-a', app)).toEqual([`${app}-v1`]);
+  });
+
+  it('deleting an app removes its objects from every cell', async () => {
+    const app = appName('gone');
+    await putApp(w, appRecord(app), [versionRecord(app, 1, { replicas: 2 })]);
+    await waitAvailable(app, 'v1', { 'cell-a': 1, 'cell-b': 1 });
+    await w.etcd.delete().prefix(w.keys.app(app));
+    await waitFor(
+      async () => {
+        for (const cell of Object.values(cells)) {
+          const ns = await cell.core.readNamespace({ name: app }).catch(() => undefined);
+          if (ns && ns.status?.phase !== 'Terminating') return false;
+          const deps = await cell.apps.listNamespacedDeployment({ namespace: app }).catch(() => ({ items: [] }));
+          if (deps.items.some((d) => !d.metadata?.deletionTimestamp) && ns?.status?.phase !== 'Terminating')
+            return false;
+        }
+        return true;
+      },
+      { timeoutMs: 60_000, message: 'namespaces gone or terminating' },
+    );
+    await waitFor(async () => !(await placement(w, app, 'v1')), { message: 'placement removed' });
+  });
+});
+
+describe('restarts and leadership', () => {
+  it('a scheduler restarted on a converged region makes zero writes to any cell', async () => {
+    const app = appName('calm');
+    await putApp(w, appRecord(app), [versionRecord(app, 1, { replicas: 2 }), versionRecord(app, 2, { replicas: 1 })]);
+    await waitAvailable(app, 'v1', { 'cell-a': 1, 'cell-b': 1 });
+    await waitFor(async () => (await placement(w, app, 'v2'))?.cells, { message: 'v2 placed' });
+    await waitAvailable(app, 'v2', (await placement(w, app, 'v2'))?.cells ?? {});
+    await scheduler.service.controller.idle();
+    await scheduler.service.stop();
+
+    scheduler = await startScheduler(w);
+    await waitFor(() => scheduler.service.controller.cellHealth('cell-a') === 'ok', { message: 'new leader running' });
+    await scheduler.service.controller.idle();
+    expect(await cellWrites(scheduler.service)).toBe(0);
+  });
+
+  it('killing the leader hands over to the standby, which converges without duplicate objects', async () => {
+    // The leader is a real process, killed with SIGKILL: it cannot resign, its lease must expire.
+    await scheduler.service.stop();
+    const leader = spawn(process.execPath, [join(REPO_ROOT, 'services/scheduler/src/index.ts')], {
+      env: {
+        PATH: process.env.PATH,
+        HTTP_ADDR: '127.0.0.1:0',
+        ETCD_ENDPOINTS: env.ETCD_ENDPOINTS,
+        NATS_URL: env.NATS_URL,
+        ETCD_PREFIX: w.prefix,
+        BERTH_REGION: w.region,
+        KUBECONFIG_DIR,
+        EVENT_SUBJECT_ROOT: w.subjectRoot,
+        PRESTOP_DELAY_SECONDS: '0',
+        LEADER_TTL_SECONDS: '3',
+        BERTH_INSTANCE_ID: 'doomed-leader',
+        LOG_LEVEL: 'warn',
+      },
+      stdio: 'ignore',
+    });
+    try {
+      await waitFor(async () => (await w.etcd.get(w.keys.election('scheduler')).string()) === 'doomed-leader', {
+        timeoutMs: 20_000,
+        message: 'the process leads',
+      });
+      scheduler = await startScheduler(w); // the standby
+      const app = appName('handover');
+      await putApp(w, appRecord(app), [versionRecord(app, 1, { replicas: 2 })]);
+      await waitAvailable(app, 'v1', { 'cell-a': 1, 'cell-b': 1 });
+      const killedAt = Date.now();
+      leader.kill('SIGKILL');
+      await scale(w, app, 'v1', 4);
+      await waitFor(() => scheduler.service.controller.cellHealth('cell-a') === 'ok', {
+        timeoutMs: 15_000,
+        message: 'standby leads',
+      });
+      expect(Date.now() - killedAt).toBeLessThan(3000 + 5000); // within the lease TTL, plus start-up
+      await waitAvailable(app, 'v1', { 'cell-a': 2, 'cell-b': 2 });
+      expect(await deploymentsIn('cell-a', app)).toEqual([`${app}-v1`]);
+      expect(await deploymentsIn('cell-b', app)).toEqual([`${app}-v1`]);
+    } finally {
+      if (leader.exitCode === null) leader.kill('SIGKILL');
+    }
+  });
+});
