@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The last step of `make up`: the sample app deployed through Berth's own API, as a developer
+# would: an app `sample` with one version of berth/sample-app spread over cell-a and cell-b.
+# Idempotent: an existing app is left as it is. Waits until its replicas are available.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+for f in "$BERTH_LOCAL"/env.d/*.sh; do [[ -f $f ]] && source "$f"; done
+API=${BERTH_API_URL:-http://127.0.0.1:7070}/api/v1
+AUTH="Authorization: Bearer $BERTH_ADMIN_TOKEN"
+APP=sample
+
+if ! curl -fsS -m 10 -o /dev/null -H "$AUTH" "$API/apps/$APP" 2>/dev/null; then
+  curl -fsS -m 10 -o /dev/null -H "$AUTH" -H 'Content-Type: application/json' -X POST "$API/apps" -d "{
+    \"name\": \"$APP\", \"region\": \"${BERTH_REGION:-local}\", \"image\": \"berth/sample-app\",
+    \"description\": \"the sample app of make up\",
+    \"healthCheck\": {\"path\": \"/healthz\", \"port\": 8080, \"initialDelaySeconds\": 0, \"periodSeconds\": 2},
+    \"ports\": [{\"name\": \"http\", \"port\": 8080}], \"minCells\": 2 }" || die "cannot create the sample app"
+  curl -fsS -m 10 -o /dev/null -H "$AUTH" -H 'Content-Type: application/json' -X POST "$API/apps/$APP/versions" \
+    -d '{"imageTag": "v1", "replicas": 2, "cpu": "50m", "memory": "32Mi", "env": {"APP_VERSION": "v1"}}' ||
+    die "cannot create the sample app's first version"
+  log "deployed app $APP (v1, 2 replicas)"
+fi
+
+available() {
+  curl -fsS -m 5 -H "$AUTH" "$API/apps/$APP/status" |
+    jq -e '[.versions[] | select(.replicas > 0) | (.available >= .replicas)] | all and length > 0' >/dev/null
+}
+deadline=$((SECONDS + 120))
+until available; do
+  ((SECONDS < deadline)) || die "the sample app is not available after 120s: see make status and $(logfile berth-scheduler)"
+  sleep 1
+done
+ip=$(curl -fsS -m 5 -H "$AUTH" "$API/apps/$APP/status" >/dev/null && "$BERTH_BIN_DIR/kubectl" --kubeconfig "$BERTH_LOCAL/cells/cell-a.kubeconfig" -n "$APP" get pods -o jsonpath='{.items[0].status.podIP}' 2>/dev/null || true)
+log "sample app available; in cell-a at http://${ip:-?}:8080/"
