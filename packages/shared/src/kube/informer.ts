@@ -40,7 +40,11 @@ export type InformerOptions<T extends KubernetesObject> = {
   onEvent?: (event: InformerEvent, obj: T) => void;
   /** Called whenever `stale` changes. */
   onStaleChange?: (stale: boolean) => void;
-  /** Restart the watch when nothing arrived for this long. Default 120 s (bookmarks come about every minute). */
+  /**
+   * Restart the watch when nothing arrived for this long. Default 300 s. Bookmarks are asked for,
+   * but an API server sends them only as its watch cache progresses, so a quiet resource can be
+   * silent for minutes: a restart then is a cheap re-watch from the last resource version.
+   */
   stallMs?: number;
   backoffInitialMs?: number;
   backoffMaxMs?: number;
@@ -157,7 +161,7 @@ export class ResilientInformer<T extends KubernetesObject> {
   start(): Promise<void> {
     if (this.#running) return this.#firstSync.promise;
     this.#running = true;
-    const stallMs = this.#options.stallMs ?? 120_000;
+    const stallMs = this.#options.stallMs ?? 300_000;
     this.#stallTimer = setInterval(() => this.#checkStall(stallMs), Math.max(250, Math.min(10_000, stallMs / 4)));
     this.#stallTimer.unref();
     void this.#startOnce();
@@ -217,7 +221,7 @@ export class ResilientInformer<T extends KubernetesObject> {
   #checkStall(stallMs: number): void {
     if (!this.#running || this.#restartPending) return;
     if (Date.now() - this.#lastActivity > stallMs) {
-      this.#logger?.warn({ silentForMs: Date.now() - this.#lastActivity }, 'watch stalled; restarting it');
+      this.#logger?.info({ silentForMs: Date.now() - this.#lastActivity }, 'watch silent for too long; restarting it');
       this.#setStale(true);
       this.#scheduleRestart('stall', 0);
     }
