@@ -152,6 +152,20 @@ export class BerthKeys {
   ipamIp(cell: string, ip: string): string {
     return `${this.prefix}/ipam/${cell}/ips/${ip}`;
   }
+  /** One allocation's handle (`<network>.<containerId>.<ifName>`) → its address. */
+  ipamHandles(cell: string): string {
+    return `${this.prefix}/ipam/${cell}/handles/`;
+  }
+  ipamHandle(cell: string, handle: string): string {
+    return `${this.prefix}/ipam/${cell}/handles/${handle}`;
+  }
+  /** Which blocks a node holds: one key per block, so a node finds its own blocks in one read. */
+  ipamAffinities(cell: string, node: string): string {
+    return `${this.prefix}/ipam/${cell}/affinity/${node}/`;
+  }
+  ipamAffinity(cell: string, node: string, blockCidr: string): string {
+    return `${this.prefix}/ipam/${cell}/affinity/${node}/${cidrToKey(blockCidr)}`;
+  }
 
   // Leader elections (scheduler, discovery): one key per election, held under the leader's lease.
   elections(): string {
