@@ -1,0 +1,117 @@
+import { BerthKeys } from '@berth/shared/keys';
+import { describe, expect, it } from 'vitest';
+import { Allocator, PoolExhaustedError } from './allocator.ts';
+import { contains, ipToInt, parseCidr } from './cidr.ts';
+import { FakeIpStore } from './fake-store.ts';
+import { Pools } from './pools.ts';
+
+const keys = new BerthKeys('/unit');
+const cell = 'cell-a';
+
+async function setup(...pools: string[]) {
+  const store = new FakeIpStore();
+  const p = new Pools(store, keys, cell);
+  for (const pool of pools) await p.add(pool);
+  return { store, pools: p, allocator: new Allocator({ store, keys, cell }) };
+}
+
+const req = (node: string, id: string, extra = {}) => ({
+  network: 'net',
+  containerId: id,
+  ifName: 'eth0',
+  node,
+  ...extra,
+});
+
+describe('allocator (on a fake store)', () => {
+  it('hands out addresses from the node’s own block, never the network, broadcast or gateway address', async () => {
+    const { allocator } = await setup('198.18.0.0/24');
+    const seen: string[] = [];
+    for (let i = 0; i < 14; i++) seen.push((await allocator.allocate(req('n1', `c${i}`))).ip);
+    expect(new Set(seen).size).toBe(14);
+    expect(seen).not.toContain('198.18.0.0');
+    expect(seen).not.toContain('198.18.0.1');
+    expect(seen).not.toContain('198.18.0.255');
+  });
+
+  it('ADD twice for one container and interface returns the same address', async () => {
+    const { allocator } = await setup('198.18.0.0/24');
+    const a = await allocator.allocate(req('n1', 'same'));
+    const b = await allocator.allocate(req('n1', 'same'));
+    expect(b.ip).toBe(a.ip);
+    const other = await allocator.allocate({ ...req('n1', 'same'), ifName: 'eth1' });
+    expect(other.ip).not.toBe(a.ip);
+  });
+
+  it('claims a new block of 16 when its blocks are full, and uses its own blocks first', async () => {
+    const { allocator, store } = await setup('198.18.0.0/20');
+    const ips = [];
+    for (let i = 0; i < 20; i++) ips.push((await allocator.allocate(req('n1', `c${i}`))).ip);
+    const blocks = (await store.range(keys.ipamBlocks(cell))).map((kv) => JSON.parse(kv.value));
+    expect(blocks).toHaveLength(2);
+    expect(blocks.every((b) => b.node === 'n1')).toBe(true);
+    for (const ip of ips) expect(blocks.some((b) => contains(parseCidr(b.cidr), ipToInt(ip)))).toBe(true);
+    // Another node gets a block of its own.
+    const other = await allocator.allocate(req('n2', 'x'));
+    const after = (await store.range(keys.ipamBlocks(cell))).map((kv) => JSON.parse(kv.value));
+    expect(after.find((b) => contains(parseCidr(b.cidr), ipToInt(other.ip)))?.node).toBe('n2');
+  });
+
+  it('DEL frees the address and is idempotent; a freed address is handed out again', async () => {
+    const { allocator } = await setup('198.18.0.0/28');
+    const a = await allocator.allocate(req('n1', 'c1'));
+    expect((await allocator.release('net', 'c1', 'eth0'))?.ip).toBe(a.ip);
+    expect(await allocator.release('net', 'c1', 'eth0')).toBeUndefined();
+    expect(await allocator.release('net', 'never', 'eth0')).toBeUndefined();
+    expect((await allocator.allocate(req('n1', 'c2'))).ip).toBe(a.ip);
+  });
+
+  it('borrows from another node’s block when no pool has a free block, and fails when nothing is left', async () => {
+    const { allocator } = await setup('198.18.0.0/28'); // one block: 13 usable (network, gateway, broadcast)
+    await allocator.allocate(req('n1', 'first'));
+    const borrowed = await allocator.allocate(req('n2', 'second'));
+    expect(borrowed.ip).toMatch(/^198\.18\.0\./);
+    for (let i = 0; i < 11; i++) await allocator.allocate(req('n1', `c${i}`));
+    await expect(allocator.allocate(req('n1', 'one-too-many'))).rejects.toBeInstanceOf(PoolExhaustedError);
+  });
+
+  it('a draining pool hands out nothing new; a pool in use cannot be removed', async () => {
+    const { allocator, pools } = await setup('198.18.0.0/28', '198.18.1.0/28');
+    const a = await allocator.allocate(req('n1', 'c1', { pools: ['198.18.0.0/28'] }));
+    await pools.setState('198.18.0.0/28', 'draining');
+    const b = await allocator.allocate(req('n1', 'c2'));
+    expect(b.ip).toMatch(/^198\.18\.1\./);
+    await expect(pools.remove('198.18.0.0/28')).rejects.toThrow(/still has 1 allocated address/);
+    await allocator.release('net', 'c1', 'eth0');
+    await pools.remove('198.18.0.0/28');
+    expect((await pools.list()).map((p) => p.cidr)).toEqual(['198.18.1.0/28']);
+    expect(a.ip).toMatch(/^198\.18\.0\./);
+  });
+
+  it('refuses overlapping pools and pools smaller than a block', async () => {
+    const { pools } = await setup('198.18.0.0/16');
+    await expect(pools.add('198.18.4.0/24')).rejects.toThrow(/overlaps pool 198.18.0.0\/16/);
+    await expect(pools.add('198.19.0.0/30')).rejects.toThrow(/smaller than one block/);
+    await expect(pools.add('198.19.0.1/24')).rejects.toThrow(/not a network address/);
+  });
+
+  it('releases a block that stayed empty for the grace, not before', async () => {
+    let now = Date.parse('2026-01-01T00:00:00Z');
+    const store = new FakeIpStore();
+    await new Pools(store, keys, cell).add('198.18.0.0/24');
+    const allocator = new Allocator({ store, keys, cell, now: () => new Date(now) });
+    await allocator.allocate(req('n1', 'c1'));
+    await allocator.release('net', 'c1', 'eth0');
+    now += 60_000;
+    expect(await allocator.releaseEmptyBlocks(10 * 60_000)).toEqual([]);
+    now += 10 * 60_000;
+    expect(await allocator.releaseEmptyBlocks(10 * 60_000)).toHaveLength(1);
+    expect(await store.range(keys.ipamAffinities(cell, 'n1'))).toEqual([]);
+  });
+
+  it('many concurrent ADDs on one node get distinct addresses', async () => {
+    const { allocator } = await setup('198.18.0.0/22');
+    const results = await Promise.all(Array.from({ length: 60 }, (_, i) => allocator.allocate(req('n1', `c${i}`))));
+    expect(new Set(results.map((r) => r.ip)).size).toBe(60);
+  });
+});

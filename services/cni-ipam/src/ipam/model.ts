@@ -1,0 +1,101 @@
+/**
+ * What IPAM keeps in etcd, per cell (docs/ipam.md):
+ *   pools/{cidr}            a pool: its CIDR and state (active | draining)
+ *   blocks/{blockCidr}      a block of 16 addresses: its pool, owning node and allocations
+ *   affinity/{node}/{block} the blocks a node holds (one read finds a node's own blocks)
+ *   ips/{ip}                one allocation: container, pod, node, interface
+ *   handles/{handle}        `<network>.<containerId>.<ifName>` → address (ADD and DEL find theirs in one read)
+ * Parsed by hand, not with zod: the plugin runs at every pod start and loads as little as it can.
+ */
+
+export type PoolState = 'active' | 'draining';
+
+export type PoolRecord = { cidr: string; state: PoolState; createdAt: string };
+
+export type BlockRecord = {
+  cidr: string;
+  pool: string;
+  node: string;
+  claimedAt: string;
+  /** Offset in the block → handle. */
+  allocations: Record<string, string>;
+  /** When the block last became empty: released after a grace. */
+  emptySince?: string;
+};
+
+export type IpRecord = {
+  ip: string;
+  block: string;
+  pool: string;
+  node: string;
+  handle: string;
+  network: string;
+  containerId: string;
+  ifName: string;
+  namespace?: string;
+  pod?: string;
+  allocatedAt: string;
+};
+
+export type HandleRecord = { ip: string; block: string };
+
+function object(raw: string, what: string): Record<string, unknown> {
+  let v: unknown;
+  try {
+    v = JSON.parse(raw);
+  } catch {
+    throw new Error(`${what} is not JSON`);
+  }
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new Error(`${what} is not an object`);
+  return v as Record<string, unknown>;
+}
+
+function str(o: Record<string, unknown>, k: string, what: string): string {
+  const v = o[k];
+  if (typeof v !== 'string' || v === '') throw new Error(`${what}: ${k} must be a non-empty string`);
+  return v;
+}
+
+export function parsePool(raw: string): PoolRecord {
+  const o = object(raw, 'pool');
+  const state = o.state === 'draining' ? 'draining' : 'active';
+  return { cidr: str(o, 'cidr', 'pool'), state, createdAt: String(o.createdAt ?? '') };
+}
+
+export function parseBlock(raw: string): BlockRecord {
+  const o = object(raw, 'block');
+  const allocations = (typeof o.allocations === 'object' && o.allocations !== null ? o.allocations : {}) as Record<
+    string,
+    string
+  >;
+  return {
+    cidr: str(o, 'cidr', 'block'),
+    pool: str(o, 'pool', 'block'),
+    node: str(o, 'node', 'block'),
+    claimedAt: String(o.claimedAt ?? ''),
+    allocations,
+    ...(typeof o.emptySince === 'string' ? { emptySince: o.emptySince } : {}),
+  };
+}
+
+export function parseIp(raw: string): IpRecord {
+  const o = object(raw, 'ip');
+  return {
+    ip: str(o, 'ip', 'ip'),
+    block: str(o, 'block', 'ip'),
+    pool: str(o, 'pool', 'ip'),
+    node: str(o, 'node', 'ip'),
+    handle: str(o, 'handle', 'ip'),
+    network: String(o.network ?? ''),
+    containerId: String(o.containerId ?? ''),
+    ifName: String(o.ifName ?? ''),
+    ...(typeof o.namespace === 'string' ? { namespace: o.namespace } : {}),
+    ...(typeof o.pod === 'string' ? { pod: o.pod } : {}),
+    allocatedAt: String(o.allocatedAt ?? ''),
+  };
+}
+
+export function parseHandle(raw: string): HandleRecord {
+  const o = object(raw, 'handle');
+  return { ip: str(o, 'ip', 'handle'), block: str(o, 'block', 'handle') };
+}
