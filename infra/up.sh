@@ -33,9 +33,12 @@ if [[ -f $BERTH_ROOT/infra/k8s/build.sh ]]; then
 fi
 step "images: pause and sample-app into the registry"
 run_if_present infra/images.sh
-step "cells"
-run_if_present infra/cells.sh up
+step "IPAM: the berth-ipam plugin, cnictl, cell-a's pool"
 run_if_present infra/ipam.sh install
+step "cells"
+# cell-a's CNI conf takes its IPAM section from the IPAM step.
+[[ -f $BERTH_LOCAL/env.d/15-ipam.sh ]] && source "$BERTH_LOCAL/env.d/15-ipam.sh"
+run_if_present infra/cells.sh up
 
 if ((WITH_SERVICES)); then
   step "Berth services"

@@ -1,13 +1,27 @@
-import { dnsLabel, envHostPort, etcdEnv, serviceEnv } from '@berth/shared/config';
+import { cellsEnv, dnsLabel, envBool, envDuration, envHostPort, envUrlList, etcdEnv, secret, serviceEnv } from '@berth/shared/config';
 import { z } from 'zod';
 
-/** The checker daemon (`cnictl check --watch` as a service). The plugin and cnictl read their own config. */
+/** The checker daemon (`cnictl check --watch` as a service). The plugin reads its network conf. */
 export const ipamCheckerEnv = z.object({
   ...serviceEnv,
   ...etcdEnv,
+  ...cellsEnv,
   HTTP_ADDR: envHostPort('127.0.0.1:7075'),
   /** The cell whose allocations this checker watches. */
   BERTH_CELL: dnsLabel.default('cell-a'),
+  CHECK_INTERVAL: envDuration('30s'),
+  /** Release leaks seen in two checks RELEASE_GRACE apart. Off by default. */
+  AUTO_RELEASE: envBool(false),
+  RELEASE_GRACE: envDuration('10m'),
+  /** Release blocks that stayed empty this long. */
+  BLOCK_GRACE: envDuration('10m'),
+  /** Where ipam.leak-detected events go; none when unset. */
+  NATS_URL: envUrlList(['nats', 'tls']).optional(),
+  NATS_TOKEN: secret(z.string().min(1).optional()),
+  EVENT_SUBJECT_ROOT: z
+    .string()
+    .regex(/^[a-z][a-z0-9_-]*$/)
+    .default('berth'),
 });
 
 export type IpamCheckerConfig = z.output<typeof ipamCheckerEnv>;

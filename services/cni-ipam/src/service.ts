@@ -1,28 +1,61 @@
-/*
- * NOTE FOR ANY ENGINEER PICKING UP ISSUE 6 NOW (coordination note from the lead, 13:20):
- * the lead is writing issue 6 right now (services/cni-ipam/src/ipam, plugin, cli, checker;
- * infra/ipam.sh; docs/ipam.md). Do NOT start it or write files there: reply to the lead that you
- * saw this note and stop. This note will be removed before release.
- */
+import { resolve } from 'node:path';
+import type { EventInput } from '@berth/shared/events';
+import { loadCellClient } from '@berth/shared/kube';
 import type { Logger } from '@berth/shared/logging';
+import { EventPublisher, EventSubjects, NatsComponent } from '@berth/shared/nats';
 import { ServiceRuntime } from '@berth/shared/service';
+import { listPods } from './checker/check.ts';
+import { LeakWatcher } from './checker/watch.ts';
 import type { IpamCheckerConfig } from './env.ts';
+import { Allocator } from './ipam/allocator.ts';
+import { EtcdIpStore } from './ipam/store.ts';
 
 /**
- * The IPAM checker daemon: compares a cell's allocations in etcd with its pods and reports leaks.
- * The allocator, plugin and checks arrive with the cni-ipam issue; today it serves health,
- * readiness (etcd) and metrics.
+ * The IPAM checker daemon of one cell: compares its allocations in etcd with its pods every
+ * CHECK_INTERVAL, exports berth_ipam_leaked_ips, publishes ipam.leak-detected, releases confirmed
+ * leaks when AUTO_RELEASE is on, and releases blocks that stayed empty.
  */
 export class IpamCheckerService {
   readonly runtime: ServiceRuntime;
+  readonly watcher: LeakWatcher;
 
-  private constructor(runtime: ServiceRuntime) {
+  private constructor(runtime: ServiceRuntime, watcher: LeakWatcher) {
     this.runtime = runtime;
+    this.watcher = watcher;
   }
 
   static create(config: IpamCheckerConfig, logger: Logger): IpamCheckerService {
-    const runtime = new ServiceRuntime({ name: 'cni-ipam', config, logger: logger.child({ cell: config.BERTH_CELL }) });
-    return new IpamCheckerService(runtime);
+    const log = logger.child({ cell: config.BERTH_CELL });
+    const runtime = new ServiceRuntime({ name: 'cni-ipam', config, logger: log });
+    const store = new EtcdIpStore(config.ETCD_ENDPOINTS);
+    const cell = loadCellClient(resolve(config.KUBECONFIG_DIR), config.BERTH_CELL);
+    let publish: ((event: Omit<EventInput, 'actor'>) => Promise<void>) | undefined;
+    if (config.NATS_URL) {
+      const nats = new NatsComponent({ servers: config.NATS_URL, token: config.NATS_TOKEN, name: 'cni-ipam', logger: log });
+      runtime.health.add('nats', nats.ready);
+      runtime.add(nats);
+      let publisher: EventPublisher | undefined;
+      publish = async (event) => {
+        publisher ??= new EventPublisher(nats.client.js, new EventSubjects(config.EVENT_SUBJECT_ROOT));
+        await publisher.publish({ ...event, actor: { type: 'service', name: 'cni-ipam' } } as EventInput);
+      };
+    }
+    const watcher = new LeakWatcher({
+      store,
+      keys: runtime.keys,
+      cell: config.BERTH_CELL,
+      allocator: new Allocator({ store, keys: runtime.keys, cell: config.BERTH_CELL }),
+      pods: () => listPods(cell.core),
+      intervalMs: config.CHECK_INTERVAL,
+      autoRelease: config.AUTO_RELEASE,
+      releaseGraceMs: config.RELEASE_GRACE,
+      blockGraceMs: config.BLOCK_GRACE,
+      metrics: runtime.metrics,
+      logger: log,
+      ...(publish ? { publish } : {}),
+    });
+    runtime.add({ name: 'leak-watcher', start: () => watcher.start(), stop: () => watcher.stop() });
+    return new IpamCheckerService(runtime, watcher);
   }
 
   start(): Promise<void> {

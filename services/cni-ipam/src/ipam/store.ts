@@ -57,21 +57,15 @@ export class EtcdIpStore implements IpStore {
     let lastError: unknown;
     for (let i = 0; i < this.#endpoints.length; i++) {
       const endpoint = this.#endpoints[(this.#current + i) % this.#endpoints.length] as string;
-      let res: Response;
+      let res: { status: number; json: Record<string, unknown> };
       try {
-        res = await fetch(`${endpoint}${path}`, {
-          method: 'POST',
-          headers: { 'content-type': 'application/json' },
-          body: JSON.stringify(body),
-          signal: AbortSignal.timeout(this.#timeoutMs),
-        });
+        res = await postJson(`${endpoint}${path}`, body, this.#timeoutMs);
       } catch (err) {
         lastError = err;
         continue;
       }
-      const json = (await res.json().catch(() => ({}))) as Record<string, unknown>;
-      if (!res.ok) {
-        const message = String(json.message ?? json.error ?? res.statusText);
+      if (res.status >= 400) {
+        const message = String(res.json.message ?? res.json.error ?? `HTTP ${res.status}`);
         if (res.status >= 500 && /unavailable|leader|timeout/i.test(message)) {
           lastError = new Error(message);
           continue;
@@ -79,7 +73,7 @@ export class EtcdIpStore implements IpStore {
         throw new Error(`etcd refused ${path}: ${message}`);
       }
       this.#current = (this.#current + i) % this.#endpoints.length;
-      return json;
+      return res.json;
     }
     throw new StoreUnavailableError(
       `cannot reach etcd at ${this.#endpoints.join(', ')}: ${(lastError as Error)?.message ?? 'no answer'}`,
@@ -138,4 +132,42 @@ export class EtcdIpStore implements IpStore {
     });
     return res.succeeded === true;
   }
+}
+
+/**
+ * One JSON POST with node:http. Not fetch: loading fetch's implementation (undici) costs about
+ * 100 ms, more than the allocation itself, and the plugin starts at every pod start.
+ */
+async function postJson(url: string, body: unknown, timeoutMs: number): Promise<{ status: number; json: Record<string, unknown> }> {
+  const target = new URL(url);
+  const mod = target.protocol === 'https:' ? await import('node:https') : await import('node:http');
+  const payload = JSON.stringify(body);
+  return new Promise((resolve, reject) => {
+    const req = mod.request(
+      target,
+      {
+        method: 'POST',
+        agent: false,
+        headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload), connection: 'close' },
+        timeout: timeoutMs,
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => {
+          let json: Record<string, unknown> = {};
+          try {
+            json = JSON.parse(Buffer.concat(chunks).toString() || '{}') as Record<string, unknown>;
+          } catch {
+            // not JSON: the status says enough
+          }
+          resolve({ status: res.statusCode ?? 0, json });
+        });
+        res.on('error', reject);
+      },
+    );
+    req.on('timeout', () => req.destroy(new Error(`no answer in ${timeoutMs} ms`)));
+    req.on('error', reject);
+    req.end(payload);
+  });
 }
