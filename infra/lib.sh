@@ -57,17 +57,45 @@ ensure_packages() {
 pidfile() { echo "$BERTH_RUN_DIR/$1.pid"; }
 logfile() { echo "$BERTH_LOG_DIR/$1.log"; }
 
-# is_running NAME: true when NAME's pid file names a live process (a zombie, exited but not yet
-# reaped, counts as stopped).
-is_running() {
-  local f pid state
+# A pid file can outlive its process (a reboot, a crash) and its pid can then belong to an unrelated
+# process, which must be neither taken for ours nor killed. start_daemon records the process's
+# start time (in clock ticks since boot, so immune to clock changes) beside the pid file, as
+# <name>.pid.start = "<pid> <ticks>"; a pid file without a matching record (written by another
+# script) is trusted as before.
+proc_start_ticks() {
+  local stat fields
+  read -r stat 2>/dev/null <"/proc/$1/stat" || return 1
+  read -ra fields <<<"${stat##*) }"
+  echo "${fields[19]}"
+}
+
+# own_pid NAME: print the pid NAME's pid file names when that process exists (a zombie too) and is
+# the one the file was written for.
+own_pid() {
+  local f pid rec
   f=$(pidfile "$1")
   [[ -f $f ]] || return 1
   pid=$(<"$f")
-  [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 1
-  state=$(sed -n 's/^[0-9]* (.*) \([A-Z]\) .*/\1/p' "/proc/$pid/stat" 2>/dev/null)
-  [[ $state != Z ]]
+  [[ $pid =~ ^[0-9]+$ && -e /proc/$pid ]] || return 1
+  if [[ -f $f.start ]]; then
+    rec=$(<"$f.start")
+    if [[ ${rec%% *} == "$pid" && ${rec#* } != "$(proc_start_ticks "$pid")" ]]; then return 1; fi
+  fi
+  echo "$pid"
 }
+
+# live_pid NAME: own_pid, except that a zombie (exited but not yet reaped) counts as stopped.
+live_pid() {
+  local pid stat
+  pid=$(own_pid "$1") || return 1
+  read -r stat 2>/dev/null <"/proc/$pid/stat" || return 1
+  stat=${stat##*) }
+  [[ ${stat:0:1} != Z ]] || return 1
+  echo "$pid"
+}
+
+# is_running NAME: true when NAME's pid file names a live process of ours (see live_pid).
+is_running() { live_pid "$1" >/dev/null; }
 
 pid_of() { [[ -f $(pidfile "$1") ]] && cat "$(pidfile "$1")" || true; }
 
@@ -82,28 +110,30 @@ start_daemon() {
   lf=$(logfile "$name")
   printf '\n=== %s start %s: %s\n' "$name" "$(date -Is)" "$*" >>"$lf"
   setsid "$@" >>"$lf" 2>&1 </dev/null &
-  echo $! >"$(pidfile "$name")"
+  local pid=$!
+  echo "$pid $(proc_start_ticks "$pid")" >"$(pidfile "$name").start"
+  echo "$pid" >"$(pidfile "$name")"
   return 0
 }
 
 # stop_daemon NAME [TIMEOUT_S]: SIGTERM the process group, wait, then SIGKILL; remove the pid file.
+# A pid file naming no process of ours (see own_pid) is only removed.
 stop_daemon() {
   local name=$1 timeout=${2:-20} pid i
-  pid=$(pid_of "$name")
-  if [[ -z $pid ]] || ! kill -0 "$pid" 2>/dev/null; then
-    rm -f "$(pidfile "$name")"
+  if ! pid=$(own_pid "$name"); then
+    rm -f "$(pidfile "$name")" "$(pidfile "$name").start"
     return 0
   fi
   kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
   for ((i = 0; i < timeout * 10; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
+    is_running "$name" || break
     sleep 0.1
   done
-  if kill -0 "$pid" 2>/dev/null; then
+  if is_running "$name"; then
     log "$name did not stop in ${timeout}s; killing it"
     kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
   fi
-  rm -f "$(pidfile "$name")"
+  rm -f "$(pidfile "$name")" "$(pidfile "$name").start"
 }
 
 # wait_until NAME TIMEOUT_S CMD...: poll CMD every 0.2s until it succeeds. On timeout, or when
