@@ -15,6 +15,9 @@ DOCKER_BRIDGE_ADDR=198.19.0.1/24
 # dockerd's exec root holds its containerd socket: keep the path short (unix socket limit 108).
 DOCKER_EXEC_ROOT=/run/berth-docker-$(printf '%s' "$BERTH_ROOT" | sha256sum | cut -c1-8)
 NGINX_PREFIX=$BERTH_LOCAL/nginx
+# Docker's networks: its bridge and the networks builds create (docs/local-region.md).
+DOCKER_RANGES=(198.19.0.0/24 198.19.16.0/20)
+DOCKER_IPT_CHAIN=BERTH-DOCKER
 
 etcd_healthy() { curl -fsS -m 2 http://127.0.0.1:2379/health | grep -q '"health":"true"'; }
 nats_healthy() { curl -fsS -m 2 'http://127.0.0.1:8222/healthz?js-enabled-only=true' | grep -q ok; }
@@ -68,13 +71,37 @@ ensure_docker_bridge() {
   as_root ip link set "$DOCKER_BRIDGE" up
 }
 
+# dockerd runs with --iptables=false (below), so nothing stops a container's packets to other
+# addresses from being forwarded out of the default route once IP forwarding is on (the cells turn
+# it on). The network rule allows only 198.18.0.0/15: one chain of ours refuses the rest here.
+ensure_docker_firewall() {
+  local r ok=1
+  for r in "${DOCKER_RANGES[@]}"; do
+    as_root iptables -w -C "$DOCKER_IPT_CHAIN" -s "$r" ! -d 198.18.0.0/15 -j REJECT --reject-with icmp-net-prohibited 2>/dev/null || ok=0
+  done
+  ((ok)) && as_root iptables -w -C FORWARD -j "$DOCKER_IPT_CHAIN" 2>/dev/null && return 0
+  as_root iptables -w -N "$DOCKER_IPT_CHAIN" 2>/dev/null || true
+  as_root iptables -w -F "$DOCKER_IPT_CHAIN"
+  for r in "${DOCKER_RANGES[@]}"; do
+    as_root iptables -w -A "$DOCKER_IPT_CHAIN" -s "$r" ! -d 198.18.0.0/15 -j REJECT --reject-with icmp-net-prohibited
+  done
+  as_root iptables -w -C FORWARD -j "$DOCKER_IPT_CHAIN" 2>/dev/null || as_root iptables -w -I FORWARD 1 -j "$DOCKER_IPT_CHAIN"
+}
+
+remove_docker_firewall() {
+  if as_root iptables -w -C FORWARD -j "$DOCKER_IPT_CHAIN" 2>/dev/null; then as_root iptables -w -D FORWARD -j "$DOCKER_IPT_CHAIN"; fi
+  as_root iptables -w -F "$DOCKER_IPT_CHAIN" 2>/dev/null || true
+  as_root iptables -w -X "$DOCKER_IPT_CHAIN" 2>/dev/null || true
+}
+
 start_docker() {
   is_running dockerd && return 0
   ensure_docker_bridge
   mkdir -p "$BERTH_DATA_DIR/docker"
   as_root mkdir -p "$DOCKER_EXEC_ROOT"
-  # No iptables, NAT or forwarding changes: builds reach nothing but what we run here (the network
-  # rule), and dockerd's FORWARD-chain DROP would cut the cells' pod traffic.
+  # No iptables, NAT or forwarding changes by dockerd: builds reach nothing but what we run here
+  # (the network rule; see ensure_docker_firewall), and dockerd's FORWARD-chain DROP would cut the
+  # cells' pod traffic.
   start_daemon dockerd dockerd \
     -H "unix://$DOCKER_SOCK" \
     --data-root "$BERTH_DATA_DIR/docker" \
@@ -160,6 +187,7 @@ ENV
 
 cmd_up() {
   # Start all first, then wait: they come up side by side.
+  ensure_docker_firewall
   start_etcd
   start_nats
   start_redis
@@ -183,6 +211,7 @@ cmd_down() {
   stop_daemon nats
   stop_daemon etcd
   if ip link show "$DOCKER_BRIDGE" >/dev/null 2>&1; then as_root ip link del "$DOCKER_BRIDGE" || true; fi
+  remove_docker_firewall
   # dockerd leaves its exec root's mounts (netns files) behind when killed.
   if [[ -d $DOCKER_EXEC_ROOT ]]; then
     { grep -o " $DOCKER_EXEC_ROOT[^ ]*" /proc/mounts || true; } | sort -r | while read -r m; do as_root umount -l "$m" || true; done
