@@ -1,4 +1,14 @@
-import { cellsEnv, dnsLabel, envBool, envDuration, envHostPort, envUrlList, etcdEnv, secret, serviceEnv } from '@berth/shared/config';
+import {
+  cellsEnv,
+  dnsLabel,
+  envBool,
+  envDuration,
+  envHostPort,
+  envUrlList,
+  etcdEnv,
+  secret,
+  serviceEnv,
+} from '@berth/shared/config';
 import { z } from 'zod';
 
 /** The checker daemon (`cnictl check --watch` as a service). The plugin reads its network conf. */

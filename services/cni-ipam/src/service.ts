@@ -31,7 +31,12 @@ export class IpamCheckerService {
     const cell = loadCellClient(resolve(config.KUBECONFIG_DIR), config.BERTH_CELL);
     let publish: ((event: Omit<EventInput, 'actor'>) => Promise<void>) | undefined;
     if (config.NATS_URL) {
-      const nats = new NatsComponent({ servers: config.NATS_URL, token: config.NATS_TOKEN, name: 'cni-ipam', logger: log });
+      const nats = new NatsComponent({
+        servers: config.NATS_URL,
+        token: config.NATS_TOKEN,
+        name: 'cni-ipam',
+        logger: log,
+      });
       runtime.health.add('nats', nats.ready);
       runtime.add(nats);
       let publisher: EventPublisher | undefined;

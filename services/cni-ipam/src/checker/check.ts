@@ -73,7 +73,9 @@ export async function checkCell(options: {
   for (const pod of pods) {
     byName.set(`${pod.metadata?.namespace}/${pod.metadata?.name}`, pod);
     if (pod.spec?.hostNetwork || terminal(pod)) continue;
-    for (const ip of new Set([pod.status?.podIP, ...(pod.status?.podIPs ?? []).map((p) => p.ip)].filter(Boolean) as string[])) {
+    for (const ip of new Set(
+      [pod.status?.podIP, ...(pod.status?.podIPs ?? []).map((p) => p.ip)].filter(Boolean) as string[],
+    )) {
       byIp.set(ip, [...(byIp.get(ip) ?? []), pod]);
     }
   }
@@ -83,7 +85,11 @@ export async function checkCell(options: {
     if (!a.namespace || !a.pod) continue; // not a Kubernetes pod: nothing to compare with
     const pod = byName.get(`${a.namespace}/${a.pod}`);
     if (!pod) leaked.push({ ...a, reason: `pod ${a.namespace}/${a.pod} does not exist` });
-    else if (terminal(pod)) leaked.push({ ...a, reason: `pod ${a.namespace}/${a.pod} has ${pod.status?.phase === 'Failed' ? 'failed' : 'finished'}` });
+    else if (terminal(pod))
+      leaked.push({
+        ...a,
+        reason: `pod ${a.namespace}/${a.pod} has ${pod.status?.phase === 'Failed' ? 'failed' : 'finished'}`,
+      });
     else if (pod.status?.podIP && pod.status.podIP !== a.ip && !byIp.get(a.ip)?.includes(pod)) {
       leaked.push({ ...a, reason: `pod ${a.namespace}/${a.pod} now has ${pod.status.podIP}` });
     }
@@ -97,7 +103,12 @@ export async function checkCell(options: {
     const n = ipToInt(ip);
     if (!allocated.has(ip) && pools.some((p) => contains(p, n))) {
       for (const p of holders) {
-        unknown.push({ namespace: p.metadata?.namespace ?? '', pod: p.metadata?.name ?? '', ip, node: p.spec?.nodeName ?? '' });
+        unknown.push({
+          namespace: p.metadata?.namespace ?? '',
+          pod: p.metadata?.name ?? '',
+          ip,
+          node: p.spec?.nodeName ?? '',
+        });
       }
     }
   }

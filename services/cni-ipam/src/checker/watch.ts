@@ -44,9 +44,24 @@ export class LeakWatcher {
   constructor(options: LeakWatcherOptions) {
     this.#o = options;
     this.#tracker = new LeakTracker(options.releaseGraceMs);
-    this.#leaked = new Gauge({ name: 'berth_ipam_leaked_ips', help: 'Addresses held for pods that no longer use them', labelNames: ['cell'], registers: [options.metrics] });
-    this.#released = new Counter({ name: 'berth_ipam_released_total', help: 'Leaked addresses released automatically', labelNames: ['cell'], registers: [options.metrics] });
-    this.#failures = new Counter({ name: 'berth_ipam_check_failures_total', help: 'Checks that could not run (etcd or the API server unreachable)', labelNames: ['cell'], registers: [options.metrics] });
+    this.#leaked = new Gauge({
+      name: 'berth_ipam_leaked_ips',
+      help: 'Addresses held for pods that no longer use them',
+      labelNames: ['cell'],
+      registers: [options.metrics],
+    });
+    this.#released = new Counter({
+      name: 'berth_ipam_released_total',
+      help: 'Leaked addresses released automatically',
+      labelNames: ['cell'],
+      registers: [options.metrics],
+    });
+    this.#failures = new Counter({
+      name: 'berth_ipam_check_failures_total',
+      help: 'Checks that could not run (etcd or the API server unreachable)',
+      labelNames: ['cell'],
+      registers: [options.metrics],
+    });
   }
 
   start(): void {
@@ -88,7 +103,10 @@ export class LeakWatcher {
           kind: 'ipam',
           resourceId: cell,
           action: 'leak-detected',
-          data: { count: fresh.length, leaks: fresh.map((l) => ({ ip: l.ip, node: l.node, pod: `${l.namespace}/${l.pod}`, reason: l.reason })) },
+          data: {
+            count: fresh.length,
+            leaks: fresh.map((l) => ({ ip: l.ip, node: l.node, pod: `${l.namespace}/${l.pod}`, reason: l.reason })),
+          },
         })
         .catch((err: unknown) => logger.warn({ err }, 'leak event not published'));
     }

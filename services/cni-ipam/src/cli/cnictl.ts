@@ -16,12 +16,12 @@ import { createServer } from 'node:http';
 import { join, resolve } from 'node:path';
 import { BerthKeys } from '@berth/shared/keys';
 import { Command, CommanderError } from 'commander';
+import { type CheckReport, checkCell, listAllocations, listPods, problems, releaseLeaks } from '../checker/check.ts';
 import { Allocator } from '../ipam/allocator.ts';
 import { ipToInt, parseCidr } from '../ipam/cidr.ts';
 import { parseBlock } from '../ipam/model.ts';
 import { Pools } from '../ipam/pools.ts';
 import { EtcdIpStore } from '../ipam/store.ts';
-import { type CheckReport, checkCell, listAllocations, listPods, problems, releaseLeaks } from '../checker/check.ts';
 
 export class UsageError extends Error {
   override name = 'UsageError';
@@ -37,14 +37,24 @@ function parseDuration(text: string): number {
 
 function table(rows: (string | number)[][]): string {
   const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => String(r[i] ?? '').length))) ?? [];
-  return rows.map((r) => r.map((c, i) => String(c).padEnd(widths[i] ?? 0)).join('  ').trimEnd()).join('\n');
+  return rows
+    .map((r) =>
+      r
+        .map((c, i) => String(c).padEnd(widths[i] ?? 0))
+        .join('  ')
+        .trimEnd(),
+    )
+    .join('\n');
 }
 
 export type CnictlIo = { out: (s: string) => void; err: (s: string) => void; env: NodeJS.ProcessEnv };
 
 export async function cnictl(argv: string[], io: CnictlIo): Promise<number> {
   const env = io.env;
-  const endpoints = (env.ETCD_ENDPOINTS ?? '').split(',').map((s) => s.trim()).filter(Boolean);
+  const endpoints = (env.ETCD_ENDPOINTS ?? '')
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
   const keys = new BerthKeys(env.ETCD_PREFIX || '/berth');
   let exitCode = 0;
 
@@ -59,8 +69,10 @@ export async function cnictl(argv: string[], io: CnictlIo): Promise<number> {
 
   const ctx = () => {
     const g = program.opts<Globals>();
-    if (!/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(g.cell)) throw new UsageError(`--cell must be a cell name like cell-a (got "${g.cell}")`);
-    if (endpoints.length === 0) throw new UsageError('ETCD_ENDPOINTS is not set (e.g. http://127.0.0.1:2379): source .local/env');
+    if (!/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(g.cell))
+      throw new UsageError(`--cell must be a cell name like cell-a (got "${g.cell}")`);
+    if (endpoints.length === 0)
+      throw new UsageError('ETCD_ENDPOINTS is not set (e.g. http://127.0.0.1:2379): source .local/env');
     const store = new EtcdIpStore(endpoints);
     return { g, store, allocator: new Allocator({ store, keys, cell: g.cell }), pools: new Pools(store, keys, g.cell) };
   };
@@ -77,33 +89,52 @@ export async function cnictl(argv: string[], io: CnictlIo): Promise<number> {
     const core = kc.makeApiClient(CoreV1Api);
     return () => listPods(core);
   };
-  const print = (g: Globals, json: unknown, text: () => string) => io.out(g.json ? JSON.stringify(json, null, 2) : text());
+  const print = (g: Globals, json: unknown, text: () => string) =>
+    io.out(g.json ? JSON.stringify(json, null, 2) : text());
 
   const pool = program.command('pool').description('IP pools of the cell');
-  pool.command('add <cidr>').description('add a pool').action(async (cidr: string) => {
-    const { pools } = ctx();
-    const p = await pools.add(cidr);
-    io.out(`pool ${p.cidr} added to ${program.opts<Globals>().cell}`);
-  });
-  pool.command('list').description('pools with their use').action(async () => {
-    const { g, pools } = ctx();
-    const list = await pools.list();
-    print(g, list, () =>
-      table([['POOL', 'STATE', 'BLOCKS', 'ALLOCATED', 'CAPACITY'], ...list.map((p) => [p.cidr, p.state, p.blocks, p.allocated, p.capacity])]),
-    );
-  });
-  pool.command('drain <cidr>').description('hand out no new addresses from a pool').action(async (cidr: string) => {
-    const p = await ctx().pools.setState(cidr, 'draining');
-    io.out(`pool ${p.cidr} is draining: it hands out no new addresses`);
-  });
-  pool.command('activate <cidr>').description('hand out addresses from a drained pool again').action(async (cidr: string) => {
-    const p = await ctx().pools.setState(cidr, 'active');
-    io.out(`pool ${p.cidr} is active`);
-  });
-  pool.command('remove <cidr>').description('remove a pool (refused while any of its addresses is allocated)').action(async (cidr: string) => {
-    await ctx().pools.remove(cidr);
-    io.out(`pool ${parseCidr(cidr).text} removed`);
-  });
+  pool
+    .command('add <cidr>')
+    .description('add a pool')
+    .action(async (cidr: string) => {
+      const { pools } = ctx();
+      const p = await pools.add(cidr);
+      io.out(`pool ${p.cidr} added to ${program.opts<Globals>().cell}`);
+    });
+  pool
+    .command('list')
+    .description('pools with their use')
+    .action(async () => {
+      const { g, pools } = ctx();
+      const list = await pools.list();
+      print(g, list, () =>
+        table([
+          ['POOL', 'STATE', 'BLOCKS', 'ALLOCATED', 'CAPACITY'],
+          ...list.map((p) => [p.cidr, p.state, p.blocks, p.allocated, p.capacity]),
+        ]),
+      );
+    });
+  pool
+    .command('drain <cidr>')
+    .description('hand out no new addresses from a pool')
+    .action(async (cidr: string) => {
+      const p = await ctx().pools.setState(cidr, 'draining');
+      io.out(`pool ${p.cidr} is draining: it hands out no new addresses`);
+    });
+  pool
+    .command('activate <cidr>')
+    .description('hand out addresses from a drained pool again')
+    .action(async (cidr: string) => {
+      const p = await ctx().pools.setState(cidr, 'active');
+      io.out(`pool ${p.cidr} is active`);
+    });
+  pool
+    .command('remove <cidr>')
+    .description('remove a pool (refused while any of its addresses is allocated)')
+    .action(async (cidr: string) => {
+      await ctx().pools.remove(cidr);
+      io.out(`pool ${parseCidr(cidr).text} removed`);
+    });
 
   program
     .command('block')
@@ -119,7 +150,14 @@ export async function cnictl(argv: string[], io: CnictlIo): Promise<number> {
       print(g, blocks, () =>
         table([
           ['BLOCK', 'POOL', 'NODE', 'ALLOCATED', 'CLAIMED', 'EMPTY SINCE'],
-          ...blocks.map((b) => [b.cidr, b.pool, b.node, Object.keys(b.allocations).length, b.claimedAt, b.emptySince ?? '-']),
+          ...blocks.map((b) => [
+            b.cidr,
+            b.pool,
+            b.node,
+            Object.keys(b.allocations).length,
+            b.claimedAt,
+            b.emptySince ?? '-',
+          ]),
         ]),
       );
     });
@@ -137,7 +175,14 @@ export async function cnictl(argv: string[], io: CnictlIo): Promise<number> {
       print(g, ips, () =>
         table([
           ['IP', 'NODE', 'POD', 'CONTAINER', 'IF', 'ALLOCATED'],
-          ...ips.map((a) => [a.ip, a.node, a.namespace ? `${a.namespace}/${a.pod}` : '-', a.containerId.slice(0, 12), a.ifName, a.allocatedAt]),
+          ...ips.map((a) => [
+            a.ip,
+            a.node,
+            a.namespace ? `${a.namespace}/${a.pod}` : '-',
+            a.containerId.slice(0, 12),
+            a.ifName,
+            a.allocatedAt,
+          ]),
         ]),
       );
     });
@@ -147,7 +192,12 @@ export async function cnictl(argv: string[], io: CnictlIo): Promise<number> {
     if (problems(r) === 0) lines.push('no problems');
     if (r.leaked.length) {
       lines.push(`\nleaked (${r.leaked.length}): held in etcd for no running pod`);
-      lines.push(table([['IP', 'NODE', 'POD', 'ALLOCATED', 'WHY'], ...r.leaked.map((l) => [l.ip, l.node, `${l.namespace}/${l.pod}`, l.allocatedAt, l.reason])]));
+      lines.push(
+        table([
+          ['IP', 'NODE', 'POD', 'ALLOCATED', 'WHY'],
+          ...r.leaked.map((l) => [l.ip, l.node, `${l.namespace}/${l.pod}`, l.allocatedAt, l.reason]),
+        ]),
+      );
     }
     if (r.unknown.length) {
       lines.push(`\nunknown (${r.unknown.length}): pods with a pool address Berth did not allocate`);
@@ -169,48 +219,57 @@ export async function cnictl(argv: string[], io: CnictlIo): Promise<number> {
     .option('--release-grace <duration>', 'how long a leak must persist before --auto-release frees it', '10m')
     .option('--block-grace <duration>', 'release blocks empty for this long', '10m')
     .option('--metrics-addr <host:port>', 'with --watch: serve Prometheus metrics here')
-    .action(async (o: { watch?: boolean; interval: string; autoRelease?: boolean; releaseGrace: string; blockGrace: string; metricsAddr?: string }) => {
-      const { g, store, allocator } = ctx();
-      const pods = await podsOf(g);
-      if (!o.watch) {
-        const report = await checkCell({ store, keys, cell: g.cell, pods });
-        print(g, report, () => renderReport(report));
-        exitCode = problems(report) > 0 ? 1 : 0;
-        return;
-      }
-      const { Registry } = await import('prom-client');
-      const { createLogger } = await import('@berth/shared/logging');
-      const { LeakWatcher } = await import('../checker/watch.ts');
-      const registry = new Registry();
-      const logger = createLogger({ service: 'cnictl', level: 'info' });
-      const watcher = new LeakWatcher({
-        store,
-        keys,
-        cell: g.cell,
-        allocator,
-        pods,
-        intervalMs: parseDuration(o.interval),
-        autoRelease: Boolean(o.autoRelease),
-        releaseGraceMs: parseDuration(o.releaseGrace),
-        blockGraceMs: parseDuration(o.blockGrace),
-        metrics: registry,
-        logger,
-        onReport: (r) => io.out(g.json ? JSON.stringify(r) : renderReport(r)),
-      });
-      if (o.metricsAddr) {
-        const [host, port] = o.metricsAddr.split(':');
-        createServer(async (_req, res) => {
-          res.setHeader('content-type', registry.contentType);
-          res.end(await registry.metrics());
-        }).listen(Number(port), host);
-      }
-      watcher.start();
-      await new Promise<void>((r) => {
-        process.once('SIGINT', r);
-        process.once('SIGTERM', r);
-      });
-      await watcher.stop();
-    });
+    .action(
+      async (o: {
+        watch?: boolean;
+        interval: string;
+        autoRelease?: boolean;
+        releaseGrace: string;
+        blockGrace: string;
+        metricsAddr?: string;
+      }) => {
+        const { g, store, allocator } = ctx();
+        const pods = await podsOf(g);
+        if (!o.watch) {
+          const report = await checkCell({ store, keys, cell: g.cell, pods });
+          print(g, report, () => renderReport(report));
+          exitCode = problems(report) > 0 ? 1 : 0;
+          return;
+        }
+        const { Registry } = await import('prom-client');
+        const { createLogger } = await import('@berth/shared/logging');
+        const { LeakWatcher } = await import('../checker/watch.ts');
+        const registry = new Registry();
+        const logger = createLogger({ service: 'cnictl', level: 'info' });
+        const watcher = new LeakWatcher({
+          store,
+          keys,
+          cell: g.cell,
+          allocator,
+          pods,
+          intervalMs: parseDuration(o.interval),
+          autoRelease: Boolean(o.autoRelease),
+          releaseGraceMs: parseDuration(o.releaseGrace),
+          blockGraceMs: parseDuration(o.blockGrace),
+          metrics: registry,
+          logger,
+          onReport: (r) => io.out(g.json ? JSON.stringify(r) : renderReport(r)),
+        });
+        if (o.metricsAddr) {
+          const [host, port] = o.metricsAddr.split(':');
+          createServer(async (_req, res) => {
+            res.setHeader('content-type', registry.contentType);
+            res.end(await registry.metrics());
+          }).listen(Number(port), host);
+        }
+        watcher.start();
+        await new Promise<void>((r) => {
+          process.once('SIGINT', r);
+          process.once('SIGTERM', r);
+        });
+        await watcher.stop();
+      },
+    );
 
   program
     .command('release [ips...]')
@@ -227,11 +286,15 @@ export async function cnictl(argv: string[], io: CnictlIo): Promise<number> {
         const minAge = o.olderThan ? parseDuration(o.olderThan) : 0;
         const leaks = report.leaked.filter((l) => Date.now() - Date.parse(l.allocatedAt) >= minAge);
         if (o.dryRun) {
-          print(g, leaks, () => (leaks.length ? leaks.map((l) => `would release ${l.ip} (${l.reason})`).join('\n') : 'nothing to release'));
+          print(g, leaks, () =>
+            leaks.length ? leaks.map((l) => `would release ${l.ip} (${l.reason})`).join('\n') : 'nothing to release',
+          );
           return;
         }
         const released = await releaseLeaks(allocator, leaks);
-        print(g, released, () => (released.length ? released.map((ip) => `released ${ip}`).join('\n') : 'nothing to release'));
+        print(g, released, () =>
+          released.length ? released.map((ip) => `released ${ip}`).join('\n') : 'nothing to release',
+        );
         return;
       }
       for (const ip of ips) ipToInt(ip);
@@ -248,29 +311,43 @@ export async function cnictl(argv: string[], io: CnictlIo): Promise<number> {
       }
     });
 
-  program.command('stats').description('use per pool and per node').action(async () => {
-    const { g, store, pools } = ctx();
-    const list = await pools.list();
-    const blocks = (await store.range(keys.ipamBlocks(g.cell))).map((kv) => parseBlock(kv.value));
-    const nodes = new Map<string, { blocks: number; allocated: number }>();
-    for (const b of blocks) {
-      const n = nodes.get(b.node) ?? { blocks: 0, allocated: 0 };
-      n.blocks++;
-      n.allocated += Object.keys(b.allocations).length;
-      nodes.set(b.node, n);
-    }
-    const byNode = [...nodes].map(([node, n]) => ({ node, ...n, free: n.blocks * 16 - n.allocated })).sort((a, b) => (a.node < b.node ? -1 : 1));
-    print(g, { pools: list, nodes: byNode }, () =>
-      [
-        table([
-          ['POOL', 'STATE', 'ALLOCATED', 'CAPACITY', 'USE'],
-          ...list.map((p) => [p.cidr, p.state, p.allocated, p.capacity, `${((100 * p.allocated) / p.capacity).toFixed(1)}%`]),
-        ]),
-        '',
-        table([['NODE', 'BLOCKS', 'ALLOCATED', 'FREE IN BLOCKS'], ...byNode.map((n) => [n.node, n.blocks, n.allocated, n.free])]),
-      ].join('\n'),
-    );
-  });
+  program
+    .command('stats')
+    .description('use per pool and per node')
+    .action(async () => {
+      const { g, store, pools } = ctx();
+      const list = await pools.list();
+      const blocks = (await store.range(keys.ipamBlocks(g.cell))).map((kv) => parseBlock(kv.value));
+      const nodes = new Map<string, { blocks: number; allocated: number }>();
+      for (const b of blocks) {
+        const n = nodes.get(b.node) ?? { blocks: 0, allocated: 0 };
+        n.blocks++;
+        n.allocated += Object.keys(b.allocations).length;
+        nodes.set(b.node, n);
+      }
+      const byNode = [...nodes]
+        .map(([node, n]) => ({ node, ...n, free: n.blocks * 16 - n.allocated }))
+        .sort((a, b) => (a.node < b.node ? -1 : 1));
+      print(g, { pools: list, nodes: byNode }, () =>
+        [
+          table([
+            ['POOL', 'STATE', 'ALLOCATED', 'CAPACITY', 'USE'],
+            ...list.map((p) => [
+              p.cidr,
+              p.state,
+              p.allocated,
+              p.capacity,
+              `${((100 * p.allocated) / p.capacity).toFixed(1)}%`,
+            ]),
+          ]),
+          '',
+          table([
+            ['NODE', 'BLOCKS', 'ALLOCATED', 'FREE IN BLOCKS'],
+            ...byNode.map((n) => [n.node, n.blocks, n.allocated, n.free]),
+          ]),
+        ].join('\n'),
+      );
+    });
 
   try {
     await program.parseAsync(argv, { from: 'user' });
@@ -294,5 +371,3 @@ if (import.meta.main) {
   });
   process.exit(code);
 }
-
-

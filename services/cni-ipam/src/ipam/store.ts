@@ -138,7 +138,11 @@ export class EtcdIpStore implements IpStore {
  * One JSON POST with node:http. Not fetch: loading fetch's implementation (undici) costs about
  * 100 ms, more than the allocation itself, and the plugin starts at every pod start.
  */
-async function postJson(url: string, body: unknown, timeoutMs: number): Promise<{ status: number; json: Record<string, unknown> }> {
+async function postJson(
+  url: string,
+  body: unknown,
+  timeoutMs: number,
+): Promise<{ status: number; json: Record<string, unknown> }> {
   const target = new URL(url);
   const mod = target.protocol === 'https:' ? await import('node:https') : await import('node:http');
   const payload = JSON.stringify(body);
@@ -148,7 +152,11 @@ async function postJson(url: string, body: unknown, timeoutMs: number): Promise<
       {
         method: 'POST',
         agent: false,
-        headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload), connection: 'close' },
+        headers: {
+          'content-type': 'application/json',
+          'content-length': Buffer.byteLength(payload),
+          connection: 'close',
+        },
         timeout: timeoutMs,
       },
       (res) => {
