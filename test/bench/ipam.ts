@@ -1,0 +1,218 @@
+/**
+ * IPAM benchmark, side by side in one run:
+ *  1. ADD+DEL through the plugin binaries, as a container runtime calls them (a process per
+ *     call, the network conf on stdin), at concurrency 1, 8 and 32: Berth's berth-ipam (installed
+ *     by infra/ipam.sh, allocating in etcd) against Debian's host-local (files on local disk).
+ *  2. `cnictl check` over 10,000 allocations and 10,000 pods (pods in a KWOK cell's API server).
+ * Run: node test/bench/ipam.ts   (after make up; BENCH_ALLOCATIONS=10000 BENCH_PAIRS=64,160,320)
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { BerthKeys, cidrToKey } from '@berth/shared/keys';
+import { loadCellClient } from '@berth/shared/kube';
+import { REPO_ROOT, regionEnv, uniqueId } from '@berth/shared/testing';
+import { Pools } from '../../services/cni-ipam/src/ipam/pools.ts';
+import { EtcdIpStore } from '../../services/cni-ipam/src/ipam/store.ts';
+
+const env = regionEnv();
+const endpoints = (env.ETCD_ENDPOINTS ?? '').split(',');
+const id = uniqueId(6);
+const keys = new BerthKeys(`/bench-${id}`);
+const store = new EtcdIpStore(endpoints);
+const BERTH_IPAM = join(REPO_ROOT, '.local/bin/berth-ipam');
+const HOST_LOCAL = '/usr/lib/cni/host-local';
+const [C1, C8, C32] = (process.env.BENCH_PAIRS ?? '64,160,320').split(',').map(Number) as [number, number, number];
+const ALLOCATIONS = Number(process.env.BENCH_ALLOCATIONS ?? 10_000);
+
+function exec(bin: string, command: string, conf: string, containerId: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(bin, [], {
+      env: {
+        PATH: process.env.PATH,
+        CNI_COMMAND: command,
+        CNI_CONTAINERID: containerId,
+        CNI_IFNAME: 'eth0',
+        CNI_NETNS: '/x',
+        CNI_PATH: '/usr/lib/cni',
+      },
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    let out = '';
+    child.stdout.on('data', (d) => {
+      out += d;
+    });
+    child.on('exit', (code) => (code === 0 ? resolve(0) : reject(new Error(`${bin} ${command}: ${out}`))));
+    child.stdin.end(conf);
+  });
+}
+
+function percentile(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? Number.NaN;
+}
+
+async function addDel(bin: string, conf: string, concurrency: number, pairs: number) {
+  const latencies: number[] = [];
+  let next = 0;
+  const started = performance.now();
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (next < pairs) {
+        const n = next++;
+        const t0 = performance.now();
+        await exec(bin, 'ADD', conf, `bench-${n}`);
+        await exec(bin, 'DEL', conf, `bench-${n}`);
+        latencies.push(performance.now() - t0);
+      }
+    }),
+  );
+  latencies.sort((a, b) => a - b);
+  return {
+    pairsPerSecond: pairs / ((performance.now() - started) / 1000),
+    p50: percentile(latencies, 50),
+    p99: percentile(latencies, 99),
+  };
+}
+
+// ---- 1. ADD+DEL ---------------------------------------------------------------------------------
+const cell = 'cell-bench';
+await new Pools(store, keys, cell).add('198.19.40.0/22');
+const berthConf = JSON.stringify({
+  cniVersion: '1.0.0',
+  name: 'bench',
+  ipam: { type: 'berth-ipam', etcdEndpoints: endpoints.join(','), cell, etcdPrefix: keys.prefix, node: 'bench-node' },
+});
+const dataDir = mkdtempSync(join(tmpdir(), 'host-local-'));
+const hostLocalConf = JSON.stringify({
+  cniVersion: '1.0.0',
+  name: 'bench',
+  ipam: { type: 'host-local', dataDir, ranges: [[{ subnet: '198.19.44.0/22' }]] },
+});
+
+console.log(`ADD+DEL pairs through the plugin binaries (a process per call), berth-ipam vs host-local`);
+console.log(
+  '| concurrency | pairs | berth-ipam pairs/s | host-local pairs/s | ratio (berth/host-local) | berth-ipam p99 ms | host-local p99 ms | p99 ratio |',
+);
+console.log('| --- | --- | --- | --- | --- | --- | --- | --- |');
+for (const [concurrency, pairs] of [
+  [1, C1],
+  [8, C8],
+  [32, C32],
+] as const) {
+  const berth = await addDel(BERTH_IPAM, berthConf, concurrency, pairs);
+  const host = await addDel(HOST_LOCAL, hostLocalConf, concurrency, pairs);
+  console.log(
+    `| ${concurrency} | ${pairs} | ${berth.pairsPerSecond.toFixed(1)} | ${host.pairsPerSecond.toFixed(1)} | ${(berth.pairsPerSecond / host.pairsPerSecond).toFixed(3)} | ${berth.p99.toFixed(1)} | ${host.p99.toFixed(1)} | ${(berth.p99 / host.p99).toFixed(1)} |`,
+  );
+}
+rmSync(dataDir, { recursive: true, force: true });
+
+// ---- 2. cnictl check at scale -------------------------------------------------------------------
+const kubeconfigDir = env.KUBECONFIG_DIR ?? join(REPO_ROOT, '.local/cells');
+const cellB = loadCellClient(kubeconfigDir, 'cell-b');
+const ns = `ipam-bench-${id}`;
+await cellB.core.createNamespace({ body: { metadata: { name: ns } } });
+try {
+  let t0 = performance.now();
+  // Pods bound to a node nobody runs: the API server keeps them, nothing schedules or starts them.
+  let made = 0;
+  await Promise.all(
+    Array.from({ length: 32 }, async () => {
+      while (made < ALLOCATIONS) {
+        const n = made++;
+        await cellB.core.createNamespacedPod({
+          namespace: ns,
+          body: {
+            metadata: { name: `p${n}` },
+            spec: { nodeName: 'bench-nowhere', containers: [{ name: 'c', image: 'none' }] },
+          },
+        });
+      }
+    }),
+  );
+  const podsSeconds = (performance.now() - t0) / 1000;
+  t0 = performance.now();
+  // Allocations as berth-ipam writes them (records, handles, blocks), in transactions of 64 blocks.
+  const checkCell = 'cell-check';
+  await new Pools(store, keys, checkCell).add('198.18.0.0/16');
+  const blocks = Math.ceil(ALLOCATIONS / 14);
+  for (let b0 = 0; b0 < blocks; b0 += 8) {
+    const writes: { put: string; value: string }[] = [];
+    for (let b = b0; b < Math.min(blocks, b0 + 8); b++) {
+      const base = 16 * (b + 1); // skip the first block (network and gateway)
+      const blockCidr = `198.18.${Math.floor(base / 256)}.${base % 256}/28`;
+      const allocations: Record<string, string> = {};
+      for (let o = 1; o < 15 && b * 14 + o - 1 < ALLOCATIONS; o++) {
+        const n = b * 14 + o - 1;
+        const ip = `198.18.${Math.floor((base + o) / 256)}.${(base + o) % 256}`;
+        const handle = `bench.c${n}.eth0`;
+        allocations[String(o)] = handle;
+        writes.push({
+          put: keys.ipamIp(checkCell, ip),
+          value: JSON.stringify({
+            ip,
+            block: blockCidr,
+            pool: '198.18.0.0/16',
+            node: 'n1',
+            handle,
+            network: 'bench',
+            containerId: `c${n}`,
+            ifName: 'eth0',
+            namespace: ns,
+            pod: `p${n}`,
+            allocatedAt: new Date().toISOString(),
+          }),
+        });
+        writes.push({ put: keys.ipamHandle(checkCell, handle), value: JSON.stringify({ ip, block: blockCidr }) });
+      }
+      writes.push({
+        put: `${keys.ipamBlocks(checkCell)}${cidrToKey(blockCidr)}`,
+        value: JSON.stringify({
+          cidr: blockCidr,
+          pool: '198.18.0.0/16',
+          node: 'n1',
+          claimedAt: new Date().toISOString(),
+          allocations,
+        }),
+      });
+    }
+    await store.txn([], writes);
+  }
+  const allocSeconds = (performance.now() - t0) / 1000;
+  const runs: number[] = [];
+  let report: { allocations: number; pods: number; leaked: unknown[] } = { allocations: 0, pods: 0, leaked: [] };
+  for (let i = 0; i < 3; i++) {
+    t0 = performance.now();
+    const res = spawnSync(
+      join(REPO_ROOT, '.local/bin/cnictl'),
+      ['--cell', checkCell, '--kubeconfig', join(kubeconfigDir, 'cell-b.kubeconfig'), '--json', 'check'],
+      {
+        encoding: 'utf8',
+        maxBuffer: 256 * 1024 * 1024,
+        env: { ...process.env, ETCD_PREFIX: keys.prefix, ETCD_ENDPOINTS: endpoints.join(',') },
+      },
+    );
+    runs.push((performance.now() - t0) / 1000);
+    report = JSON.parse(res.stdout);
+  }
+  runs.sort((a, b) => a - b);
+  console.log(`\ncnictl check over ${report.allocations} allocations and ${report.pods} pods (cell-b's API server)`);
+  console.log('| figure | value |');
+  console.log('| --- | --- |');
+  console.log(
+    `| cnictl check, median of 3 (whole process: start, list etcd, list pods, compare) | ${runs[1]?.toFixed(2)} s |`,
+  );
+  console.log(`| leaked found (expected 0) | ${report.leaked.length} |`);
+  console.log(`| set-up: ${ALLOCATIONS} pods created | ${podsSeconds.toFixed(1)} s |`);
+  console.log(`| set-up: ${ALLOCATIONS} allocations written | ${allocSeconds.toFixed(1)} s |`);
+} finally {
+  await cellB.core.deleteNamespace({ name: ns }).catch(() => undefined);
+  await store.range(`${keys.prefix}/`).then(async (kvs) => {
+    for (let i = 0; i < kvs.length; i += 128)
+      await store.txn(
+        [],
+        kvs.slice(i, i + 128).map((kv) => ({ del: kv.key })),
+      );
+  });
+}
