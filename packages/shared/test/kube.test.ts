@@ -4,76 +4,19 @@
  * compared with a fresh list).
  */
 import { execFileSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
-import { connect, createServer, type Server, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { CoreV1Api, KubeConfig, type V1ConfigMap } from '@kubernetes/client-node';
+import { CoreV1Api, type KubeConfig, type V1ConfigMap } from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { kubeconfigPath, loadCellClient } from '../src/kube/index.ts';
+import { loadCellClient } from '../src/kube/index.ts';
 import { ResilientInformer } from '../src/kube/informer.ts';
+import { CuttableProxy, proxiedKubeConfig as proxied } from '../src/kube/testing.ts';
 import { REPO_ROOT, regionEnv, uniqueId, waitFor } from '../src/testing/index.ts';
 
 const CELL = 'cell-b';
 const dir = regionEnv().KUBECONFIG_DIR ?? join(REPO_ROOT, '.local/cells');
 const ns = `informer-${uniqueId()}`;
 const cell = loadCellClient(dir, CELL);
-
-/** A TCP proxy in front of the API server that a test can cut or freeze. */
-class CuttableProxy {
-  readonly server: Server;
-  readonly sockets = new Set<Socket>();
-  frozen = false;
-  port = 0;
-
-  constructor(target: { host: string; port: number }) {
-    this.server = createServer((client) => {
-      const upstream = connect(target.port, target.host);
-      this.sockets.add(client).add(upstream);
-      const forward = (from: Socket, to: Socket) =>
-        from.on('data', (d) => {
-          if (!this.frozen) to.write(d);
-        });
-      forward(client, upstream);
-      forward(upstream, client);
-      const close = () => {
-        client.destroy();
-        upstream.destroy();
-        this.sockets.delete(client);
-        this.sockets.delete(upstream);
-      };
-      client.on('error', close).on('close', close);
-      upstream.on('error', close).on('close', close);
-    });
-  }
-
-  async listen(): Promise<void> {
-    await new Promise<void>((r) => this.server.listen(0, '127.0.0.1', r));
-    this.port = (this.server.address() as { port: number }).port;
-  }
-
-  /** Drops every connection, as a broken network would. */
-  cut(): void {
-    for (const s of this.sockets) s.destroy();
-  }
-
-  async close(): Promise<void> {
-    this.cut();
-    await new Promise((r) => this.server.close(r));
-  }
-}
-
-function proxiedKubeConfig(port: number): KubeConfig {
-  const text = readFileSync(kubeconfigPath(dir, CELL), 'utf8').replace(
-    /server: https:\/\/127\.0\.0\.1:\d+/,
-    `server: https://127.0.0.1:${port}`,
-  );
-  const path = join(tmpdir(), `${ns}.kubeconfig`);
-  writeFileSync(path, text, { mode: 0o600 });
-  const kc = new KubeConfig();
-  kc.loadFromFile(path);
-  return kc;
-}
 
 function informerOn(kc: KubeConfig, stallMs = 60_000) {
   const core = kc.makeApiClient(CoreV1Api);
@@ -128,10 +71,9 @@ afterAll(async () => {
 
 describe('the informer wrapper', () => {
   it('recovers from a dropped connection with no missed change', async () => {
-    const server = new URL(cell.kubeConfig.getCurrentCluster()?.server as string);
-    const proxy = new CuttableProxy({ host: server.hostname, port: Number(server.port) });
+    const proxy = CuttableProxy.forKubeConfig(cell.kubeConfig);
     await proxy.listen();
-    const informer = informerOn(proxiedKubeConfig(proxy.port));
+    const informer = informerOn(proxied(dir, CELL, proxy.port));
     try {
       await put('a');
       await informer.start();
@@ -152,11 +94,34 @@ describe('the informer wrapper', () => {
     }
   });
 
-  it('restarts a stalled watch and catches up', async () => {
-    const server = new URL(cell.kubeConfig.getCurrentCluster()?.server as string);
-    const proxy = new CuttableProxy({ host: server.hostname, port: Number(server.port) });
+  it('stays stale for as long as the API server cannot be reached, and no longer', async () => {
+    const proxy = CuttableProxy.forKubeConfig(cell.kubeConfig);
     await proxy.listen();
-    const informer = informerOn(proxiedKubeConfig(proxy.port), 2000);
+    const informer = informerOn(proxied(dir, CELL, proxy.port));
+    try {
+      await informer.start();
+      proxy.takeDown();
+      await waitFor(() => informer.stale, { timeoutMs: 5000, message: 'stale once the server is gone' });
+      // Restarts keep failing meanwhile (a re-watch from the last resource version included):
+      // none of them may pass for a connection.
+      const until = Date.now() + 3000;
+      while (Date.now() < until) {
+        expect(informer.stale).toBe(true);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      expect(informer.restarts).toBeGreaterThan(0);
+      proxy.up();
+      await waitFor(() => !informer.stale, { timeoutMs: 15_000, message: 'connected again' });
+    } finally {
+      await informer.stop();
+      await proxy.close();
+    }
+  });
+
+  it('restarts a stalled watch and catches up', async () => {
+    const proxy = CuttableProxy.forKubeConfig(cell.kubeConfig);
+    await proxy.listen();
+    const informer = informerOn(proxied(dir, CELL, proxy.port), 2000);
     try {
       await informer.start();
       // The connection stays open but nothing passes: a half-open link.

@@ -104,8 +104,17 @@ export class ResilientInformer<T extends KubernetesObject> {
           this.#touch(true);
           return cb(phase, obj, watchObj);
         };
+        // Watch.watch reports a failed connection through `done` and returns anyway: only a
+        // watch that returned without calling done(err) is connected.
+        let failed = false;
+        const onDone: DoneCallback = (err) => {
+          if (err) failed = true;
+          done(err);
+        };
         try {
-          return await inner.watch(path, { ...params, allowWatchBookmarks: true }, onActivity, done);
+          const controller = await inner.watch(path, { ...params, allowWatchBookmarks: true }, onActivity, onDone);
+          if (!failed) this.#touch(true);
+          return controller;
         } catch (err) {
           setImmediate(() => done(err));
           return { abort: () => undefined };
@@ -182,10 +191,9 @@ export class ResilientInformer<T extends KubernetesObject> {
 
   async #startOnce(): Promise<void> {
     try {
+      // Resolves once the watch request is made: synced is marked when it is connected (above);
+      // a failed list or watch fires 'error' instead.
       await this.#lw.start();
-      if (!this.#running) return;
-      // start() returns once the watch request is made; a failed list fires 'error' instead.
-      if (this.#lw.latestResourceVersion()) this.#markSynced();
     } catch (err) {
       this.#onError(err);
     }
@@ -200,7 +208,10 @@ export class ResilientInformer<T extends KubernetesObject> {
     this.#setStale(false);
   }
 
-  /** Something arrived; `fromServer` when it was data (a list, an event, a bookmark). */
+  /**
+   * Something arrived; `fromServer` when the server answered with data or a connected watch (a
+   * list alone is not enough: the watch after it can still fail).
+   */
   #touch(fromServer: boolean): void {
     this.#lastActivity = Date.now();
     if (fromServer && this.#running && this.#lw.latestResourceVersion()) this.#markSynced();
