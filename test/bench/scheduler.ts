@@ -44,7 +44,15 @@ const clients = cellNames.map((c) => loadCellClient(kubeconfigDir, c));
 const now = new Date().toISOString();
 
 for (const name of cellNames) {
-  const cell: Cell = { name, region, apiServer: 'https://127.0.0.1', state: 'active', labels: {}, createdAt: now, updatedAt: now };
+  const cell: Cell = {
+    name,
+    region,
+    apiServer: 'https://127.0.0.1',
+    state: 'active',
+    labels: {},
+    createdAt: now,
+    updatedAt: now,
+  };
   await etcd.put(keys.cell(region, name)).value(JSON.stringify(cell));
 }
 
@@ -78,7 +86,9 @@ async function countDeployments(): Promise<{ deployments: number; available: num
   let available = 0;
   await Promise.all(
     clients.map(async (c) => {
-      const list = await c.apps.listDeploymentForAllNamespaces({ labelSelector: `${LABELS.managedBy}=${MANAGED_BY},${LABELS.owner}=${owner}` });
+      const list = await c.apps.listDeploymentForAllNamespaces({
+        labelSelector: `${LABELS.managedBy}=${MANAGED_BY},${LABELS.owner}=${owner}`,
+      });
       deployments += list.items.length;
       available += list.items.filter((d) => (d.status?.availableReplicas ?? 0) >= (d.spec?.replicas ?? 1)).length;
     }),
@@ -88,10 +98,20 @@ async function countDeployments(): Promise<{ deployments: number; available: num
 
 try {
   await waitFor(async () => (await fetch(`http://127.0.0.1:${port}/readyz`)).ok, { timeoutMs: 30_000 });
-  await waitFor(async () => (await metric('berth_scheduler_leader')) === 1, { timeoutMs: 30_000, message: 'scheduler leads' });
+  await waitFor(async () => (await metric('berth_scheduler_leader')) === 1, {
+    timeoutMs: 30_000,
+    message: 'scheduler leads',
+  });
 
   // The API's writes: each app, then its versions.
-  const healthCheck = { path: '/healthz', port: 8080, initialDelaySeconds: 0, periodSeconds: 10, timeoutSeconds: 1, failureThreshold: 3 };
+  const healthCheck = {
+    path: '/healthz',
+    port: 8080,
+    initialDelaySeconds: 0,
+    periodSeconds: 10,
+    timeoutSeconds: 1,
+    failureThreshold: 3,
+  };
   const ports = [{ name: 'http', port: 8080, protocol: 'TCP' as const }];
   const writeStart = Date.now();
   for (let a = 0; a < APPS; a++) {
@@ -157,7 +177,9 @@ try {
   const available = Date.now();
   const cellWrites = await metric('berth_scheduler_cell_writes_total');
 
-  console.log(`\nScheduler: ${VERSIONS} versions (${APPS} apps × ${PER_APP}, ${REPLICAS} replicas each) over ${KWOK_CELLS} KWOK cells × ${NODES} nodes`);
+  console.log(
+    `\nScheduler: ${VERSIONS} versions (${APPS} apps × ${PER_APP}, ${REPLICAS} replicas each) over ${KWOK_CELLS} KWOK cells × ${NODES} nodes`,
+  );
   console.log('| figure | value |');
   console.log('| --- | --- |');
   console.log(`| API-style writes (apps + versions) | ${((lastWrite - writeStart) / 1000).toFixed(1)} s |`);
@@ -172,8 +194,11 @@ try {
   // Clean up: the apps' namespaces in every cell, and the keys.
   await Promise.all(
     clients.map(async (c) => {
-      const list = await c.core.listNamespace({ labelSelector: `${LABELS.owner}=${owner}` }).catch(() => ({ items: [] }));
-      for (const ns of list.items) await c.core.deleteNamespace({ name: ns.metadata?.name as string }).catch(() => undefined);
+      const list = await c.core
+        .listNamespace({ labelSelector: `${LABELS.owner}=${owner}` })
+        .catch(() => ({ items: [] }));
+      for (const ns of list.items)
+        await c.core.deleteNamespace({ name: ns.metadata?.name as string }).catch(() => undefined);
     }),
   );
   await etcd.delete().prefix(`${prefix}/`);

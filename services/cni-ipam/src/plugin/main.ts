@@ -105,13 +105,14 @@ export function parseNetConf(stdin: string): NetConf {
   if (ipam.pools !== undefined) {
     if (!Array.isArray(ipam.pools) || ipam.pools.length === 0)
       fail(CNI_ERRORS.invalidConfig, 'ipam.pools must be a non-empty list of CIDRs');
-    pools = ipam.pools.map((p, i) => {
+    pools = [];
+    for (const [i, p] of ipam.pools.entries()) {
       try {
-        return parseCidr(String(p)).text;
+        pools.push(parseCidr(String(p)).text);
       } catch (err) {
         fail(CNI_ERRORS.invalidConfig, `ipam.pools[${i}]: ${(err as Error).message}`);
       }
-    });
+    }
   }
   if (
     ipam.gateway !== undefined &&
