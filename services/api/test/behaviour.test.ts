@@ -186,6 +186,63 @@ describe('ETag and If-Match', () => {
     );
   });
 
+  it('members, quotas and the caller carry ETags too; If-Match guards member changes', async () => {
+    const app = await createApp();
+    const me = await api.call('GET', '/users/me', { token: alice });
+    expect(me.headers.get('etag')).toMatch(/^"\d+"$/);
+    // A membership that does not exist yet matches no ETag.
+    const early = await api.call('PUT', `/apps/${app}/members/bob`, {
+      token: alice,
+      body: { role: 'Guest' },
+      headers: { 'if-match': '"1"' },
+    });
+    expect(early.status).toBe(412);
+    const added = await api.call('PUT', `/apps/${app}/members/bob`, { token: alice, body: { role: 'Guest' } });
+    const tag = added.headers.get('etag') as string;
+    const changed = await api.call('PUT', `/apps/${app}/members/bob`, {
+      token: alice,
+      body: { role: 'Reporter' },
+      headers: { 'if-match': tag },
+    });
+    expect(changed.status).toBe(200);
+    const stalePut = await api.call('PUT', `/apps/${app}/members/bob`, {
+      token: alice,
+      body: { role: 'Master' },
+      headers: { 'if-match': tag },
+    });
+    expect(stalePut.status).toBe(412);
+    const staleDelete = await api.call('DELETE', `/apps/${app}/members/bob`, {
+      token: alice,
+      headers: { 'if-match': tag },
+    });
+    expect(staleDelete.status).toBe(412);
+    const members = await api.call('GET', `/apps/${app}/members`, { token: alice });
+    expect(members.json.items.find((m: { user: string }) => m.user === 'bob').role).toBe('Reporter');
+    const removed = await api.call('DELETE', `/apps/${app}/members/bob`, {
+      token: alice,
+      headers: { 'if-match': changed.headers.get('etag') as string },
+    });
+    expect(removed.status).toBe(204);
+
+    // No quota yet reads as ETag "0"; If-Match "0" then sets the first one, and only once.
+    const user = fresh('quinn');
+    await api.user(user);
+    const none = await api.call('GET', `/admin/quotas/${user}`, { token: api.adminToken });
+    expect(none.headers.get('etag')).toBe('"0"');
+    const first = await api.call('PUT', `/admin/quotas/${user}`, {
+      token: api.adminToken,
+      body: { maxApps: 3 },
+      headers: { 'if-match': '"0"' },
+    });
+    expect(first.status).toBe(200);
+    const again = await api.call('PUT', `/admin/quotas/${user}`, {
+      token: api.adminToken,
+      body: { maxApps: 5 },
+      headers: { 'if-match': '"0"' },
+    });
+    expect(again.status).toBe(412);
+  });
+
   it('twenty concurrent creates of one app name give one 201 and nineteen 409s', async () => {
     const name = fresh('race');
     const results = await Promise.all(
@@ -339,6 +396,52 @@ describe('bad input', () => {
     expect(JSON.stringify(listed.json)).not.toContain(pat);
     expect((await api.call('DELETE', `/tokens/${created.json.id}`, { token: alice })).status).toBe(204);
     expect((await api.call('GET', '/users/me', { token: pat })).status).toBe(401);
+  });
+
+  it("an admin's token acts as admin only with the admin scope", async () => {
+    const app = await createApp();
+    const made = await api.call('POST', '/tokens', {
+      token: api.adminToken,
+      body: { name: 'ci', scopes: ['write'] },
+    });
+    expect(made.status).toBe(201);
+    const write = made.json.token as string;
+    expect((await api.call('GET', '/regions', { token: write })).status).toBe(403);
+    // Someone else's app: hidden, as from anyone who is not a member.
+    expect((await api.call('GET', `/apps/${app}`, { token: write })).status).toBe(404);
+    expect((await api.call('GET', `/apps/${app}`, { token: api.adminToken })).status).toBe(200);
+    expect((await api.call('POST', '/tokens', { token: write, body: { name: 'up', scopes: ['admin'] } })).status).toBe(
+      403,
+    );
+  });
+
+  it('a token made with a personal token cannot outlive it', async () => {
+    const soon = new Date(Date.now() + 3_600_000).toISOString();
+    const parent = await api.call('POST', '/tokens', {
+      token: alice,
+      body: { name: 'parent', scopes: ['write'], expiresAt: soon },
+    });
+    expect(parent.status).toBe(201);
+    const pat = parent.json.token as string;
+    const longer = await api.call('POST', '/tokens', {
+      token: pat,
+      body: { name: 'child', scopes: ['read'], expiresAt: new Date(Date.now() + 7_200_000).toISOString() },
+    });
+    expect(longer.status).toBe(400);
+    expect(longer.json.errors[0].path).toBe('$.expiresAt');
+    // Left out, the expiry is the parent's.
+    const child = await api.call('POST', '/tokens', { token: pat, body: { name: 'child', scopes: ['read'] } });
+    expect(child.status).toBe(201);
+    expect(Date.parse(child.json.expiresAt)).toBeLessThanOrEqual(Date.parse(parent.json.expiresAt));
+  });
+
+  it('a user name with a dot signs in, and the login is counted', async () => {
+    const user = `${fresh('john')}.doe`;
+    const before = (await api.call('GET', '/admin/stats?days=1', { token: api.adminToken })).json.days[0].logins;
+    await api.user(user);
+    const after = (await api.call('GET', '/admin/stats?days=1', { token: api.adminToken })).json.days[0].logins;
+    expect(after).toBe(before + 1);
+    expect(api.logs()).not.toContain('event not published');
   });
 
   it('login is rate limited per user and address, and a wrong password is 401', async () => {

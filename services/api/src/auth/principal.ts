@@ -11,8 +11,14 @@ export function scopeCovers(granted: readonly Scope[], needed: Scope): boolean {
 
 export type Principal = {
   user: string;
+  /**
+   * Acting as a platform admin: the user is one AND the token carries the `admin` scope. An
+   * admin's `read` or `write` token acts with the admin's own memberships only, like anyone's.
+   */
   admin: boolean;
   scopes: Scope[];
   tokenId: string;
   tokenKind: 'session' | 'personal';
+  /** When the token the request came with expires (ISO 8601). */
+  tokenExpiresAt: string;
 };

@@ -5,6 +5,7 @@
 import { ForbiddenError, InputError, NotFoundError, UnauthorizedError } from '@berth/shared/errors';
 import type { BerthKeys } from '@berth/shared/keys';
 import type { Logger } from '@berth/shared/logging';
+import { userNameSchema } from '@berth/shared/model';
 import type { Request } from 'express';
 import type { Access } from '../http/routes.ts';
 import type { EtcdStore } from '../store/etcd-store.ts';
@@ -60,14 +61,15 @@ export class AuthService {
     if (!user) throw new UnauthorizedError('the token belongs to a user who no longer exists');
     const principal: Principal = {
       user: user.value.name,
-      admin: user.value.admin,
+      admin: user.value.admin && scopeCovers(stored.value.scopes, 'admin'),
       scopes: stored.value.scopes,
       tokenId: stored.value.id,
       tokenKind: stored.value.kind,
+      tokenExpiresAt: stored.value.expiresAt,
     };
     if (access.kind === 'user') this.requireScope(principal, access.scope);
     if (access.kind === 'admin') {
-      if (!principal.admin) throw new ForbiddenError('only platform admins may do this');
+      if (!user.value.admin) throw new ForbiddenError('only platform admins may do this');
       this.requireScope(principal, 'admin');
     }
     return principal;
@@ -105,7 +107,8 @@ export class AuthService {
       const hash = stored.value.passwordHash;
       return hash && (await verifyPassword(password, hash)) ? stored.value : undefined;
     }
-    if (!this.#ldap) return undefined;
+    // A directory name Berth cannot store as a user (upper case, spaces…) cannot sign in.
+    if (!this.#ldap || !userNameSchema.safeParse(username).success) return undefined;
     const entry = await this.#ldap.authenticate(username, password);
     if (!entry) return undefined;
     // First LDAP login creates the user; later ones refresh the e-mail.
@@ -126,7 +129,7 @@ export class AuthService {
     name: string,
     scopes: Scope[],
     expiresAt: Date,
-  ): Promise<{ token: string; expiresAt: string; record: TokenRecord }> {
+  ): Promise<{ token: string; expiresAt: string; record: TokenRecord; modRevision: number }> {
     const minted = mintToken();
     const record: TokenRecord = {
       id: minted.id,
@@ -142,16 +145,16 @@ export class AuthService {
     const ttlSeconds = Math.max(1, Math.ceil((expiresAt.getTime() - Date.now()) / 1000));
     const lease = this.#store.etcd.lease(ttlSeconds, { autoKeepAlive: false });
     const leaseId = await lease.grant();
-    await this.#store.etcd.put(this.#keys.token(minted.id)).value(JSON.stringify(record)).lease(leaseId);
+    const put = await this.#store.etcd.put(this.#keys.token(minted.id)).value(JSON.stringify(record)).lease(leaseId);
     lease.release();
-    return { token: minted.token, expiresAt: record.expiresAt, record };
+    return { token: minted.token, expiresAt: record.expiresAt, record, modRevision: Number(put.header.revision) };
   }
 
   /** A personal access token for the caller; the token is returned once. */
   async createPersonalToken(
     principal: Principal,
     input: { name: string; scopes: Scope[]; expiresAt: string },
-  ): Promise<{ token: string; record: TokenRecord }> {
+  ): Promise<{ token: string; record: TokenRecord; modRevision: number }> {
     if (input.scopes.includes('admin') && !principal.admin) {
       throw new ForbiddenError('only platform admins may create admin-scoped tokens');
     }
@@ -160,12 +163,25 @@ export class AuthService {
     if (expires.getTime() <= Date.now()) {
       throw new InputError('expiresAt is in the past', [{ path: '$.expiresAt', message: 'must be in the future' }]);
     }
-    const { token, record } = await this.#issue(principal.user, 'personal', input.name, input.scopes, expires);
+    // A personal token cannot outlive the personal token that made it: otherwise a leaked token
+    // could renew itself forever and its expiry would mean nothing. (A password login may.)
+    if (principal.tokenKind === 'personal' && expires.getTime() > Date.parse(principal.tokenExpiresAt)) {
+      throw new InputError('a token made with a personal access token cannot outlive it', [
+        { path: '$.expiresAt', message: `at most ${principal.tokenExpiresAt}, when the calling token expires` },
+      ]);
+    }
+    const { token, record, modRevision } = await this.#issue(
+      principal.user,
+      'personal',
+      input.name,
+      input.scopes,
+      expires,
+    );
     this.#logger.info(
       { user: principal.user, tokenId: record.id, scopes: record.scopes },
       'personal access token created',
     );
-    return { token, record };
+    return { token, record, modRevision };
   }
 
   async listPersonalTokens(user: string): Promise<TokenRecord[]> {

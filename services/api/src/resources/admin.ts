@@ -312,9 +312,13 @@ export function adminRoutes(ctx: ApiContext) {
       handler: async ({ req, params, body, principal }) => {
         if (!(await auth.getUser(params.user))) throw new NotFoundError(`no user "${params.user}"`);
         const current = await store.get(keys.quota(params.user), quotaRecordSchema);
+        // A user without a quota reads as ETag "0" (GET): If-Match "0" then means "still none".
+        const wanted = ifMatchRevision(req);
         if (current) checkIfMatch(req, current.modRevision);
-        else if (ifMatchRevision(req) !== undefined)
-          throw new PreconditionFailedError(`"${params.user}" has no quota yet`);
+        else if (wanted !== undefined && wanted !== 0)
+          throw new PreconditionFailedError(`"${params.user}" has no quota yet`, {
+            extensions: { currentETag: etag(0) },
+          });
         const record = { user: params.user, ...body, updatedAt: now() };
         const res = await store.commit([
           current

@@ -3,7 +3,7 @@
 import { InputError, NotFoundError } from '@berth/shared/errors';
 import { publicUser } from '../auth/records.ts';
 import { defineRoute } from '../http/routes.ts';
-import { type ApiContext, recordEvent } from './context.ts';
+import { type ApiContext, etag, recordEvent } from './context.ts';
 import {
   createTokenBody,
   listOf,
@@ -46,10 +46,11 @@ export function authRoutes(ctx: ApiContext) {
       tags: ['users'],
       access: { kind: 'user', scope: 'read' },
       responses: { 200: userResponse },
+      etag: true,
       handler: async ({ principal }) => {
         const found = await auth.getUser(principal!.user);
         if (!found) throw new NotFoundError('your user no longer exists');
-        return { status: 200, body: publicUser(found.user) };
+        return { status: 200, body: publicUser(found.user), headers: { ETag: etag(found.modRevision) } };
       },
     }),
 
@@ -84,15 +85,22 @@ export function authRoutes(ctx: ApiContext) {
       body: createTokenBody,
       responses: { 201: tokenCreatedResponse },
       errors: [403],
+      etag: true,
       handler: async ({ body, principal }) => {
         const dayMs = 86_400_000;
-        const expiresAt = body.expiresAt ?? new Date(Date.now() + DEFAULT_TOKEN_DAYS * dayMs).toISOString();
+        const p = principal!;
+        // Default: 90 days, or when the calling personal token expires if that is sooner.
+        const defaultExpiry = Math.min(
+          Date.now() + DEFAULT_TOKEN_DAYS * dayMs,
+          p.tokenKind === 'personal' ? Date.parse(p.tokenExpiresAt) : Number.POSITIVE_INFINITY,
+        );
+        const expiresAt = body.expiresAt ?? new Date(defaultExpiry).toISOString();
         if (Date.parse(expiresAt) > Date.now() + MAX_TOKEN_DAYS * dayMs) {
           throw new InputError('a token lives at most one year', [
             { path: '$.expiresAt', message: 'at most one year from now' },
           ]);
         }
-        const { token, record } = await auth.createPersonalToken(principal!, {
+        const { token, record, modRevision } = await auth.createPersonalToken(principal!, {
           name: body.name,
           scopes: body.scopes,
           expiresAt,
@@ -105,7 +113,11 @@ export function authRoutes(ctx: ApiContext) {
           data: { name: record.name, scopes: record.scopes, expiresAt: record.expiresAt },
         });
         const { id, name, scopes, createdAt } = record;
-        return { status: 201, body: { id, name, scopes, createdAt, expiresAt: record.expiresAt, token } };
+        return {
+          status: 201,
+          body: { id, name, scopes, createdAt, expiresAt: record.expiresAt, token },
+          headers: { ETag: etag(modRevision) },
+        };
       },
     }),
 

@@ -1,6 +1,6 @@
 /** What every route module needs: the store, keys, auth, events, quotas. */
 import { PreconditionFailedError } from '@berth/shared/errors';
-import type { EventInput } from '@berth/shared/events';
+import { type EventInput, toSubjectToken } from '@berth/shared/events';
 import type { BerthKeys } from '@berth/shared/keys';
 import type { Logger } from '@berth/shared/logging';
 import type { EventPublisher, EventSubjects, JetStreamClient } from '@berth/shared/nats';
@@ -21,7 +21,11 @@ export type ApiContext = {
   eventsFailed: Counter;
 };
 
-/** Publishes an event after a committed change. A failure is logged and counted, never thrown. */
+/**
+ * Publishes an event after a committed change. A failure is logged and counted, never thrown.
+ * The resource id goes into the subject, so it is encoded as one subject token (a user name may
+ * hold a ".": `john.doe` → `john%2Edoe`; app, region and cell names are unchanged).
+ */
 export async function recordEvent(
   ctx: ApiContext,
   principal: Principal | string,
@@ -29,7 +33,11 @@ export async function recordEvent(
 ): Promise<void> {
   const actor = typeof principal === 'string' ? principal : principal.user;
   try {
-    await ctx.events().publisher.publish({ ...input, actor: { type: 'user', name: actor } } as EventInput);
+    await ctx.events().publisher.publish({
+      ...input,
+      resourceId: toSubjectToken(input.resourceId),
+      actor: { type: 'user', name: actor },
+    } as EventInput);
   } catch (err) {
     ctx.eventsFailed.inc();
     ctx.logger.error(

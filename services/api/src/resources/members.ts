@@ -1,12 +1,12 @@
 /** An app's members and roles, and transferring the app to a new owner. */
-import { InputError, NotFoundError } from '@berth/shared/errors';
+import { InputError, NotFoundError, PreconditionFailedError } from '@berth/shared/errors';
 import { type App, type Member, memberSchema } from '@berth/shared/model';
 import { userRecordSchema } from '../auth/records.ts';
 import { defineRoute } from '../http/routes.ts';
 import { checkMemberChange } from '../rbac/index.ts';
 import type { WriteOp } from '../store/etcd-store.ts';
 import { commitWithRetry, loadApp } from './access.ts';
-import { type ApiContext, etag, now, page, recordEvent } from './context.ts';
+import { type ApiContext, checkIfMatch, etag, ifMatchRevision, now, page, recordEvent } from './context.ts';
 import { Quotas } from './quotas.ts';
 import { appParams, listOf, listQuery, memberParams, memberResponse, putMemberBody, transferBody } from './schemas.ts';
 
@@ -52,17 +52,20 @@ export function memberRoutes(ctx: ApiContext) {
       params: memberParams,
       body: putMemberBody,
       responses: { 200: memberResponse },
-      errors: [403, 409],
+      errors: [403, 409, 412],
       etag: true,
-      handler: async ({ params, body, principal }) => {
+      handler: async ({ req, params, body, principal }) => {
         const p = principal!;
+        const wanted = ifMatchRevision(req);
+        const memberKey = keys.member(params.app, params.user);
         const done = await commitWithRetry(
           ctx,
           async () => {
             const { role } = await loadApp(ctx, p, params.app, 'manageMembers');
-            await requireUser(params.user, '$ (path: user)');
+            await requireUser(params.user, 'path:user');
             const all = await members(params.app);
             const current = all.find((m) => m.value.user === params.user);
+            matchMember(req, wanted, params.user, current?.modRevision);
             const owners = all.filter((m) => m.value.role === 'Owner').length;
             checkMemberChange(role, current?.value.role, body.role, owners);
             const member: Member = {
@@ -80,7 +83,12 @@ export function memberRoutes(ctx: ApiContext) {
             for (const o of all.filter((m) => m.value.role === 'Owner' && m.key !== current?.key)) {
               ops.push({ op: 'expect', key: o.key, modRevision: o.modRevision });
             }
-            return { ops, result: (revision) => ({ before: current?.value, member, revision }) };
+            return {
+              ops,
+              onFailed: (failed) =>
+                wanted !== undefined && failed.includes(memberKey) ? stale(params.user) : undefined,
+              result: (revision) => ({ before: current?.value, member, revision }),
+            };
           },
           { serializeOn: `app:${params.app}` },
         );
@@ -105,9 +113,11 @@ export function memberRoutes(ctx: ApiContext) {
       access: { kind: 'user', scope: 'write' },
       params: memberParams,
       responses: { 204: undefined },
-      errors: [403, 409],
-      handler: async ({ params, principal }) => {
+      errors: [403, 409, 412],
+      etag: true,
+      handler: async ({ req, params, principal }) => {
         const p = principal!;
+        const wanted = ifMatchRevision(req);
         const removed = await commitWithRetry(
           ctx,
           async () => {
@@ -115,12 +125,18 @@ export function memberRoutes(ctx: ApiContext) {
             const all = await members(params.app);
             const current = all.find((m) => m.value.user === params.user);
             if (!current) throw new NotFoundError(`"${params.user}" is not a member of "${params.app}"`);
+            checkIfMatch(req, current.modRevision);
             checkMemberChange(role, current.value.role, undefined, all.filter((m) => m.value.role === 'Owner').length);
             const ops: WriteOp[] = [{ op: 'delete', key: current.key, modRevision: current.modRevision }];
             for (const o of all.filter((m) => m.value.role === 'Owner' && m.key !== current.key)) {
               ops.push({ op: 'expect', key: o.key, modRevision: o.modRevision });
             }
-            return { ops, result: () => current.value };
+            return {
+              ops,
+              onFailed: (failed) =>
+                wanted !== undefined && failed.includes(current.key) ? stale(params.user) : undefined,
+              result: () => current.value,
+            };
           },
           { serializeOn: `app:${params.app}` },
         );
@@ -146,6 +162,7 @@ export function memberRoutes(ctx: ApiContext) {
       body: transferBody,
       responses: { 200: memberResponse },
       errors: [403, 409],
+      etag: true,
       handler: async ({ params, body, principal }) => {
         const p = principal!;
         const done = await commitWithRetry(
@@ -186,7 +203,7 @@ export function memberRoutes(ctx: ApiContext) {
                 modRevision: previous.modRevision,
               });
             }
-            return { ops, result: () => ({ from: app.value.owner, member: newOwner }) };
+            return { ops, result: (revision) => ({ from: app.value.owner, member: newOwner, revision }) };
           },
           { serializeOn: `app:${params.app}` },
         );
@@ -196,8 +213,23 @@ export function memberRoutes(ctx: ApiContext) {
           action: 'transferred',
           data: { from: done.from, to: body.owner },
         });
-        return { status: 200, body: done.member };
+        return { status: 200, body: done.member, headers: { ETag: etag(done.revision) } };
       },
     }),
   ];
+}
+
+function stale(user: string): PreconditionFailedError {
+  return new PreconditionFailedError(`the membership of "${user}" changed; read it again`);
+}
+
+/** If-Match on a membership: the current one's revision, and 412 for any ETag when there is none yet. */
+function matchMember(
+  req: Parameters<typeof checkIfMatch>[0],
+  wanted: number | undefined,
+  user: string,
+  current: number | undefined,
+) {
+  if (current !== undefined) checkIfMatch(req, current);
+  else if (wanted !== undefined) throw new PreconditionFailedError(`"${user}" is not a member yet`);
 }
