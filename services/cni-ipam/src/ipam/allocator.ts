@@ -235,7 +235,9 @@ export class Allocator {
     const blockCidr = parseCidr(block.cidr);
     const pool = cidrs.find((c) => c.text === block.pool) ?? parseCidr(block.pool);
     const reserved = reservedOffsets(pool, blockCidr, this.#gatewayFor(pool, req));
-    for (let i = 0; i < blockCidr.size; i++) {
+    const start = block.next ?? 0;
+    for (let n = 0; n < blockCidr.size; n++) {
+      const i = (start + n) % blockCidr.size;
       if (!reserved.has(i) && block.allocations[String(i)] === undefined) return i;
     }
     return undefined;
@@ -266,7 +268,11 @@ export class Allocator {
       allocatedAt: at,
     };
     const { emptySince: _gone, ...rest } = stored.block;
-    const block: BlockRecord = { ...rest, allocations: { ...stored.block.allocations, [String(offset)]: handle } };
+    const block: BlockRecord = {
+      ...rest,
+      allocations: { ...stored.block.allocations, [String(offset)]: handle },
+      next: (offset + 1) % blockCidr.size,
+    };
     const handleRecord: HandleRecord = { ip, block: stored.block.cidr };
     const ipKey = this.#keys.ipamIp(this.#o.cell, ip);
     const handleKey = this.#keys.ipamHandle(this.#o.cell, handle);

@@ -21,6 +21,12 @@ export type BlockRecord = {
   allocations: Record<string, string>;
   /** When the block last became empty: released after a grace. */
   emptySince?: string;
+  /**
+   * Offset the next allocation starts searching from (one past the last one handed out), so a
+   * freed address is reused as late as possible: a host or pod that still has the old pod's MAC
+   * for it in its ARP cache would otherwise send the new pod's traffic nowhere for seconds.
+   */
+  next?: number;
 };
 
 export type IpRecord = {
@@ -75,6 +81,7 @@ export function parseBlock(raw: string): BlockRecord {
     claimedAt: String(o.claimedAt ?? ''),
     allocations,
     ...(typeof o.emptySince === 'string' ? { emptySince: o.emptySince } : {}),
+    ...(Number.isInteger(o.next) && (o.next as number) >= 0 ? { next: o.next as number } : {}),
   };
 }
 

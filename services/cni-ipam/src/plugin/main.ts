@@ -8,6 +8,7 @@
  *   "gateway": "<default: the pool's first address>", "routes": [{"dst": "0.0.0.0/0"}],
  *   "etcdPrefix": "<default /berth>"}
  */
+import { spawnSync } from 'node:child_process';
 import { hostname } from 'node:os';
 import { BerthKeys } from '@berth/shared/keys';
 import { type Allocation, AllocationNotFoundError, Allocator, PoolExhaustedError } from '../ipam/allocator.ts';
@@ -208,11 +209,14 @@ export async function runCommand(env: NodeJS.ProcessEnv, stdin: () => Promise<st
         pools: conf.ipam.pools,
         gateway: conf.ipam.gateway,
       });
+      forgetNeighbour(allocation.ip);
       return JSON.stringify(resultJson(conf, allocation));
     }
-    case 'DEL':
-      await allocator.release(conf.name, containerId, ifName);
+    case 'DEL': {
+      const freed = await allocator.release(conf.name, containerId, ifName);
+      if (freed) forgetNeighbour(freed.ip);
       return undefined;
+    }
     default: {
       // CHECK only reads: the container's address must still be allocated to it.
       const found = await allocator.find(`${conf.name}.${containerId}.${ifName}`);
@@ -224,6 +228,20 @@ export async function runCommand(env: NodeJS.ProcessEnv, stdin: () => Promise<st
       return undefined;
     }
   }
+}
+
+/**
+ * Drops the host's ARP entry for an address that changes hands. Debian's bridge plugin sends no
+ * gratuitous ARP, so without this the host (and the lb-agent on it) keeps sending to the previous
+ * pod's MAC until the entry ages out: seconds of refused traffic for a pod that is Running.
+ * Best effort: the plugin's result never depends on it.
+ */
+function forgetNeighbour(ip: string): void {
+  spawnSync('ip', ['-4', 'neigh', 'flush', 'to', ip], {
+    stdio: 'ignore',
+    timeout: 2000,
+    env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' },
+  });
 }
 
 /** Maps any error to the CNI error object. */
