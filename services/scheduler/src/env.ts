@@ -28,6 +28,8 @@ export const schedulerEnv = z.object({
   RECOVERY_HOLD: envDuration('30s'),
   /** Every app is reconciled at least this often, whatever the watches said. */
   RESYNC_INTERVAL: envDuration('60s'),
+  /** Apps reconciled at once (each one's cells are written in parallel). */
+  SCHEDULER_WORKERS: envInt(8, { min: 1, max: 64 }),
   /** Seconds a container keeps serving after it is told to stop, so traffic drains first. */
   PRESTOP_DELAY_SECONDS: envInt(5, { min: 0, max: 300 }),
   /** Root of the NATS subjects events are published on. */

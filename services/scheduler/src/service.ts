@@ -5,9 +5,10 @@
  * it, reply to the lead that it is done and stop. This note will be removed before release.
  */
 import { resolve } from 'node:path';
+import type { LeaderElection } from '@berth/shared/etcd';
 import type { EventInput } from '@berth/shared/events';
 import type { Logger } from '@berth/shared/logging';
-import { EventPublisher, EventSubjects, NatsComponent } from '@berth/shared/nats';
+import { EventPublisher, EventSubjects, ensureStreams, NatsComponent } from '@berth/shared/nats';
 import { ServiceRuntime } from '@berth/shared/service';
 import type { SchedulerConfig } from './env.ts';
 import { SchedulerController } from './reconcile/controller.ts';
@@ -30,6 +31,7 @@ export class SchedulerService {
     const nats = new NatsComponent({ servers: config.NATS_URL, token: config.NATS_TOKEN, name: 'scheduler', logger });
     const subjects = new EventSubjects(config.EVENT_SUBJECT_ROOT);
     let publisher: EventPublisher | undefined;
+    let election: LeaderElection | undefined;
     const controller = new SchedulerController({
       etcd: runtime.etcd,
       keys: runtime.keys,
@@ -40,17 +42,23 @@ export class SchedulerService {
       failoverGraceMs: config.FAILOVER_GRACE,
       recoveryHoldMs: config.RECOVERY_HOLD,
       resyncIntervalMs: config.RESYNC_INTERVAL,
-      workers: 4,
+      workers: config.SCHEDULER_WORKERS,
       metrics: runtime.metrics,
       logger,
       publish: async (event: EventInput) => {
         publisher ??= new EventPublisher(nats.client.js, subjects);
         await publisher.publish(event);
       },
+      guard: () => {
+        if (!election) throw new Error('no leader election');
+        return election.guard();
+      },
     });
     runtime.health.add('nats', nats.ready);
     runtime.add(nats);
-    runtime.addLeaderElection('scheduler', {
+    // The events stream may not exist yet when the scheduler starts before the API.
+    runtime.add({ name: 'streams', start: async () => ensureStreams(await nats.client.jsm(), subjects) });
+    election = runtime.addLeaderElection('scheduler', {
       candidateId: config.BERTH_INSTANCE_ID,
       ttlSeconds: config.LEADER_TTL_SECONDS,
       onElected: () => controller.start(),

@@ -99,7 +99,7 @@ export function appRecord(name: string, extra: Partial<App> = {}): App {
   const now = new Date().toISOString();
   return {
     name,
-    region: 'ignored',
+    region: 'set-by-putApp',
     image: 'berth/sample-app',
     description: '',
     healthCheck: {
@@ -148,8 +148,9 @@ export function versionRecord(app: string, number: number, extra: Partial<Versio
   };
 }
 
+/** Writes an app (in the world's region) and its versions, as the API does. */
 export async function putApp(w: World, app: App, versions: Version[]): Promise<void> {
-  await w.etcd.put(w.keys.app(app.name)).value(JSON.stringify(app));
+  await w.etcd.put(w.keys.app(app.name)).value(JSON.stringify({ ...app, region: w.region }));
   for (const v of versions) await w.etcd.put(w.keys.version(app.name, v.name)).value(JSON.stringify(v));
 }
 

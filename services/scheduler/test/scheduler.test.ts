@@ -1,5 +1,6 @@
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
+import { EventSubjects, NatsClient, readEvents } from '@berth/shared/nats';
 import { REPO_ROOT, uniqueId, waitFor } from '@berth/shared/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -173,6 +174,43 @@ describe('placement and apply', () => {
   });
 });
 
+describe('status and activity', () => {
+  it("reports status per cell, and a pod whose image cannot be pulled shows in the app's activity feed", async () => {
+    const app = appName('nopull');
+    await putApp(w, appRecord(app), [versionRecord(app, 1, { replicas: 2, imageTag: 'no-such-tag' })]);
+    const subjects = new EventSubjects(w.subjectRoot);
+    const nats = await NatsClient.connect({ servers: [env.NATS_URL ?? ''], name: 'scheduler-test' });
+    try {
+      const event = await waitFor(
+        async () => {
+          const feed = await readEvents(nats.js, subjects, { filter: subjects.resource(app) });
+          return feed.find((e) => e.event.kind === 'pod' && e.event.data?.cell === 'cell-a')?.event;
+        },
+        { timeoutMs: 90_000, intervalMs: 500, message: 'a pod event of the app in its feed' },
+      );
+      expect(event.resourceId).toBe(app);
+      expect(event.actor).toEqual({ type: 'system', name: 'kubernetes/cell-a' });
+      expect(String(event.data?.message)).toMatch(/no-such-tag|ImagePull|pull/i);
+    } finally {
+      await nats.drain();
+    }
+    // Status per cell: desired one each, and cell-a's replica not available.
+    const raw = await waitFor(
+      () =>
+        w.etcd
+          .get(w.keys.status(app, 'v1', 'cell-a'))
+          .string()
+          .then((r) => r ?? undefined),
+      {
+        message: 'status of cell-a written',
+      },
+    );
+    const status = JSON.parse(raw as string) as { desired: number; available: number };
+    expect(status).toMatchObject({ desired: 1, available: 0 });
+    await w.etcd.delete().prefix(w.keys.app(app));
+  });
+});
+
 describe('restarts and leadership', () => {
   it('a scheduler restarted on a converged region makes zero writes to any cell', async () => {
     const app = appName('calm');
@@ -189,7 +227,11 @@ describe('restarts and leadership', () => {
     expect(await cellWrites(scheduler.service)).toBe(0);
   });
 
-  it('killing the leader hands over to the standby, which converges without duplicate objects', async () => {
+  it('killing the leader hands over to the standby, which converges without duplicate objects', {
+    timeout: 150_000,
+  }, async () => {
+    const t0 = Date.now();
+    const phase = (what: string) => console.log(`[handover] ${what} at ${((Date.now() - t0) / 1000).toFixed(1)} s`);
     // The leader is a real process, killed with SIGKILL: it cannot resign, its lease must expire.
     await scheduler.service.stop();
     const leader = spawn(process.execPath, [join(REPO_ROOT, 'services/scheduler/src/index.ts')], {
@@ -205,19 +247,26 @@ describe('restarts and leadership', () => {
         PRESTOP_DELAY_SECONDS: '0',
         LEADER_TTL_SECONDS: '3',
         BERTH_INSTANCE_ID: 'doomed-leader',
-        LOG_LEVEL: 'warn',
+        LOG_LEVEL: 'info',
       },
-      stdio: 'ignore',
+      stdio: ['ignore', 'pipe', 'pipe'],
     });
+    let output = '';
+    leader.stdout?.on('data', (d) => (output = (output + d).slice(-20_000)));
+    leader.stderr?.on('data', (d) => (output = (output + d).slice(-20_000)));
     try {
       await waitFor(async () => (await w.etcd.get(w.keys.election('scheduler')).string()) === 'doomed-leader', {
-        timeoutMs: 20_000,
+        timeoutMs: 30_000,
         message: 'the process leads',
+      }).catch((err: Error) => {
+        throw new Error(`${err.message}; its output:\n${output}`);
       });
+      phase('the process leads');
       scheduler = await startScheduler(w); // the standby
       const app = appName('handover');
       await putApp(w, appRecord(app), [versionRecord(app, 1, { replicas: 2 })]);
       await waitAvailable(app, 'v1', { 'cell-a': 1, 'cell-b': 1 });
+      phase('placed by the process');
       const killedAt = Date.now();
       leader.kill('SIGKILL');
       await scale(w, app, 'v1', 4);
@@ -225,8 +274,10 @@ describe('restarts and leadership', () => {
         timeoutMs: 15_000,
         message: 'standby leads',
       });
+      phase('the standby leads');
       expect(Date.now() - killedAt).toBeLessThan(3000 + 5000); // within the lease TTL, plus start-up
       await waitAvailable(app, 'v1', { 'cell-a': 2, 'cell-b': 2 });
+      phase('converged');
       expect(await deploymentsIn('cell-a', app)).toEqual([`${app}-v1`]);
       expect(await deploymentsIn('cell-b', app)).toEqual([`${app}-v1`]);
     } finally {

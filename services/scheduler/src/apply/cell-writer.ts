@@ -9,12 +9,49 @@ import { FIELD_MANAGER, LABELS, MANAGED_BY } from '@berth/shared/model';
 import { type KubernetesObject, PatchStrategy } from '@kubernetes/client-node';
 import type { Counter } from 'prom-client';
 import type { CellRuntime } from '../cells/cell-runtime.ts';
+import { hashOf } from './manifests.ts';
 
 export class CellWriter {
   readonly #writes: Counter<'cell' | 'kind' | 'verb'>;
 
   constructor(writes: Counter<'cell' | 'kind' | 'verb'>) {
     this.#writes = writes;
+  }
+
+  /**
+   * Applies `desired` unless the cell already has it: the informer's copy (`current`) carries the
+   * same spec hash (and, for a Deployment, the same replicas), or this writer applied exactly it
+   * and the informer has not caught up yet. Returns true when it wrote.
+   */
+  async ensure(cell: CellRuntime, desired: KubernetesObject, current: KubernetesObject | undefined): Promise<boolean> {
+    const signature = `${hashOf(desired)}`;
+    if (cell.lastWritten(desired) === signature) return false;
+    // Informers see only Berth's objects: one they do not have may still exist, made by someone
+    // else. Berth never takes over an object it did not create.
+    const existing = current ?? (await this.#read(cell, desired));
+    if (existing && existing.metadata?.labels?.[LABELS.managedBy] !== MANAGED_BY) {
+      throw new ForeignObjectError(desired);
+    }
+    if (existing && hashOf(existing) === signature && replicasOf(existing) === replicasOf(desired)) return false;
+    await this.apply(cell, desired);
+    cell.noteWritten(desired, signature);
+    return true;
+  }
+
+  async #read(cell: CellRuntime, obj: KubernetesObject): Promise<KubernetesObject | undefined> {
+    try {
+      return await cell.client.objects.read({
+        apiVersion: obj.apiVersion as string,
+        kind: obj.kind as string,
+        metadata: {
+          name: obj.metadata?.name as string,
+          ...(obj.metadata?.namespace ? { namespace: obj.metadata.namespace } : {}),
+        },
+      });
+    } catch (err) {
+      if (kubeErrorStatus(err) === 404) return undefined;
+      throw err;
+    }
   }
 
   async apply(cell: CellRuntime, obj: KubernetesObject): Promise<void> {
@@ -29,6 +66,7 @@ export class CellWriter {
         `refusing to delete ${obj.kind} ${obj.metadata?.namespace ?? ''}/${obj.metadata?.name}: Berth did not create it`,
       );
     }
+    if (cell.lastWritten(obj) === 'deleted') return; // asked already; the informer has not caught up
     this.#writes.inc({ cell: cell.name, kind: obj.kind ?? '?', verb: 'delete' });
     try {
       await cell.client.objects.delete(
@@ -46,5 +84,20 @@ export class CellWriter {
     } catch (err) {
       if (kubeErrorStatus(err) !== 404) throw err;
     }
+    cell.noteWritten(obj, 'deleted');
   }
+}
+
+/** An object Berth wants to write exists already and was not made by Berth: it is left alone. */
+export class ForeignObjectError extends Error {
+  constructor(obj: KubernetesObject) {
+    super(
+      `${obj.kind} ${obj.metadata?.namespace ? `${obj.metadata.namespace}/` : ''}${obj.metadata?.name} exists and was not created by Berth; leaving it alone`,
+    );
+    this.name = 'ForeignObjectError';
+  }
+}
+
+function replicasOf(obj: KubernetesObject): number | undefined {
+  return (obj as { spec?: { replicas?: number } }).spec?.replicas;
 }

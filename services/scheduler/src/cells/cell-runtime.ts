@@ -22,7 +22,7 @@ export type CellCapacity = {
   /** Sum of allocatable over Ready, schedulable nodes. */
   allocatableCpuMillis: number;
   allocatableMemoryBytes: number;
-  /** Requests of pods that are not Berth's (Berth's own come from its placements). */
+  /** Requests of pods that are not this scheduler's (its own come from its placements). */
   otherCpuMillis: number;
   otherMemoryBytes: number;
 };
@@ -46,6 +46,12 @@ export class CellRuntime {
   readonly deployments: ResilientInformer<V1Deployment>;
   readonly events: ResilientInformer<CoreV1Event>;
   readonly #all: ResilientInformer<KubernetesObject>[];
+  /**
+   * What this scheduler wrote to an object and its informers have not shown yet (kind/ns/name →
+   * what was written): a reconcile that runs before the watch catches up must not write it again.
+   * Any event about the object makes the informer's copy the truth again.
+   */
+  readonly #written = new Map<string, string>();
   #started = false;
 
   constructor(options: CellRuntimeOptions) {
@@ -53,7 +59,9 @@ export class CellRuntime {
     this.name = client.cell;
     this.client = client;
     const appOf = (obj: KubernetesObject) => obj.metadata?.labels?.[LABELS.app] ?? obj.metadata?.namespace;
-    const common = { kubeConfig: client.kubeConfig, logger };
+    // A cell that comes back is noticed within 5 s however long it was gone: its return starts
+    // the recovery hold, and a retry every 5 s per informer costs a cell next to nothing.
+    const common = { kubeConfig: client.kubeConfig, logger, backoffMaxMs: 5000 };
     this.nodes = new ResilientInformer<V1Node>({
       ...common,
       name: `${this.name}/nodes`,
@@ -77,7 +85,10 @@ export class CellRuntime {
       path: '/api/v1/namespaces',
       labelSelector: MANAGED,
       list: (s) => client.core.listNamespace(s),
-      onEvent: (_e, ns) => options.onChange(ns.metadata?.name),
+      onEvent: (_e, ns) => {
+        this.#forget('Namespace', ns);
+        options.onChange(ns.metadata?.name);
+      },
     });
     this.services = new ResilientInformer<V1Service>({
       ...common,
@@ -85,7 +96,10 @@ export class CellRuntime {
       path: '/api/v1/services',
       labelSelector: MANAGED,
       list: (s) => client.core.listServiceForAllNamespaces(s),
-      onEvent: (_e, svc) => options.onChange(appOf(svc)),
+      onEvent: (_e, svc) => {
+        this.#forget('Service', svc);
+        options.onChange(appOf(svc));
+      },
     });
     this.deployments = new ResilientInformer<V1Deployment>({
       ...common,
@@ -93,7 +107,10 @@ export class CellRuntime {
       path: '/apis/apps/v1/deployments',
       labelSelector: MANAGED,
       list: (s) => client.apps.listDeploymentForAllNamespaces(s),
-      onEvent: (_e, d) => options.onChange(appOf(d)),
+      onEvent: (_e, d) => {
+        this.#forget('Deployment', d);
+        options.onChange(appOf(d));
+      },
     });
     this.events = new ResilientInformer<CoreV1Event>({
       ...common,
@@ -127,6 +144,20 @@ export class CellRuntime {
     await Promise.all(this.#all.map((i) => i.stop()));
   }
 
+  /** Records a write of an object with its `kind` set (`what`: a signature of the content, or 'deleted'). */
+  noteWritten(obj: KubernetesObject, what: string): void {
+    this.#written.set(objectKey(obj.kind, obj), what);
+  }
+
+  /** The signature of the last write not yet seen by the informers, if any. */
+  lastWritten(obj: KubernetesObject): string | undefined {
+    return this.#written.get(objectKey(obj.kind, obj));
+  }
+
+  #forget(kind: string, obj: KubernetesObject): void {
+    this.#written.delete(objectKey(kind, obj));
+  }
+
   /** Every informer has listed and none is disconnected. */
   get reachable(): boolean {
     return this.#all.every((i) => i.synced && !i.stale);
@@ -136,7 +167,12 @@ export class CellRuntime {
     return this.#all.every((i) => i.synced);
   }
 
-  capacity(): CellCapacity {
+  /**
+   * The cell's allocatable cpu and memory, and what pods other than this scheduler's own versions
+   * request. `isOurs(app, version)` says which Berth pods are counted through placements instead
+   * (pods of another Berth installation sharing the cell count as any other pod).
+   */
+  capacity(isOurs: (app: string, version: string) => boolean = () => true): CellCapacity {
     let allocatableCpuMillis = 0;
     let allocatableMemoryBytes = 0;
     for (const node of this.nodes.list()) {
@@ -150,7 +186,10 @@ export class CellRuntime {
     let otherCpuMillis = 0;
     let otherMemoryBytes = 0;
     for (const pod of this.pods.list()) {
-      if (pod.metadata?.labels?.[LABELS.managedBy] === MANAGED_BY) continue;
+      const labels = pod.metadata?.labels ?? {};
+      if (labels[LABELS.managedBy] === MANAGED_BY && isOurs(labels[LABELS.app] ?? '', labels[LABELS.version] ?? '')) {
+        continue;
+      }
       if (!pod.spec?.nodeName || pod.status?.phase === 'Succeeded' || pod.status?.phase === 'Failed') continue;
       for (const c of pod.spec.containers ?? []) {
         otherCpuMillis += safe(parseKubeQuantity(c.resources?.requests?.cpu ?? '0', 'cpu'));
@@ -169,6 +208,10 @@ export class CellRuntime {
           p.metadata?.labels?.[LABELS.version] === version && p.metadata?.labels?.[LABELS.managedBy] === MANAGED_BY,
       );
   }
+}
+
+function objectKey(kind: string | undefined, obj: KubernetesObject): string {
+  return `${kind ?? '?'}/${obj.metadata?.namespace ?? ''}/${obj.metadata?.name ?? ''}`;
 }
 
 function safe(n: number): number {

@@ -3,6 +3,7 @@
  * cell, decides each cell's health with a grace and hysteresis, and feeds app names to the
  * reconcile workers (on every change, on every health change, and a full resync on a timer).
  */
+import { randomUUID } from 'node:crypto';
 import type { Etcd3 } from '@berth/shared/etcd';
 import type { EventInput } from '@berth/shared/events';
 import type { BerthKeys } from '@berth/shared/keys';
@@ -16,7 +17,7 @@ import { CellRuntime } from '../cells/cell-runtime.ts';
 import type { CellHealth } from '../placement/place.ts';
 import { DesiredState } from '../state/desired-state.ts';
 import { WorkQueue } from './queue.ts';
-import { Reconciler, uuidFrom } from './reconciler.ts';
+import { Reconciler, type ReconcilerOptions, uuidFrom } from './reconciler.ts';
 
 export type ControllerOptions = {
   etcd: Etcd3;
@@ -32,6 +33,8 @@ export type ControllerOptions = {
   metrics: Registry;
   logger: Logger;
   publish: (event: EventInput) => Promise<void>;
+  /** Fences every etcd write with the leader election (see ReconcilerOptions.guard). */
+  guard?: ReconcilerOptions['guard'];
 };
 
 type Tracker = { health: CellHealth; unreachableSince?: number; reachableSince?: number; wasOut: boolean };
@@ -91,14 +94,16 @@ export class SchedulerController {
       cells: () => this.#cells,
       health: (cell) => this.#trackers.get(cell)?.health ?? 'out',
       manifests: { registry: options.registry, preStopDelaySeconds: options.preStopDelaySeconds },
-      publish: (event) => this.#o.publish({ ...event, actor: { type: 'service', name: 'scheduler' } } as EventInput),
+      publish: (event) => this.#publish({ ...event, actor: { type: 'service', name: 'scheduler' } } as EventInput),
       logger: options.logger,
+      ...(options.guard ? { guard: options.guard } : {}),
     });
   }
 
   async start(): Promise<void> {
     if (this.#running) return;
     this.#running = true;
+    this.#reconciler.reset();
     await this.#state.start();
     this.#syncCells();
     // Wait (a little) for the cells' first lists, so the first decisions are made on real state.
@@ -226,29 +231,46 @@ export class SchedulerController {
     if (changed) this.#enqueueAll();
   }
 
+  /**
+   * Publishes an event; when NATS is down it retries in the background (same event id, so
+   * JetStream stores it once) rather than failing the reconcile that made it. Never rejects.
+   */
+  async #publish(event: EventInput, attempt = 0): Promise<void> {
+    const withId = { ...event, id: event.id ?? randomUUID(), time: event.time ?? new Date().toISOString() };
+    try {
+      await this.#o.publish(withId);
+    } catch (err) {
+      if (!this.#running || attempt >= 8) {
+        this.#logger.warn({ err, kind: event.kind, action: event.action }, 'could not publish an event; dropped');
+        return;
+      }
+      const delay = 500 * 2 ** attempt * (0.5 + Math.random() / 2);
+      this.#logger.warn({ err, retryInMs: Math.round(delay) }, 'could not publish an event; will retry');
+      setTimeout(() => void this.#publish(withId, attempt + 1), delay).unref();
+    }
+  }
+
   /** A Warning event about an app's pod goes to the app's activity feed. */
   async #recordKubeEvent(cell: string, e: CoreV1Event): Promise<void> {
     const app = e.metadata?.namespace;
     if (!app || !this.#state.app(app)) return;
     const reason = e.reason ?? 'Warning';
-    await this.#o
-      .publish({
-        // Kubernetes counts repeats of one event; the feed gets it at 1, 2, 4, 8… repeats, not each time.
-        id: uuidFrom(`k8s/${cell}/${e.metadata?.uid}/${Math.floor(Math.log2(e.count ?? 1))}`),
-        actor: { type: 'system', name: `kubernetes/${cell}` },
-        kind: 'pod',
-        resourceId: app,
-        resourceName: e.involvedObject?.name ?? 'unknown',
-        action: kebab(reason),
-        data: {
-          cell,
-          reason,
-          message: e.message ?? '',
-          object: `${e.involvedObject?.kind ?? ''}/${e.involvedObject?.name ?? ''}`,
-          count: e.count ?? 1,
-        },
-      })
-      .catch((err: unknown) => this.#logger.warn({ err }, 'could not record a Kubernetes event'));
+    await this.#publish({
+      // Kubernetes counts repeats of one event; the feed gets it at 1, 2, 4, 8… repeats, not each time.
+      id: uuidFrom(`k8s/${cell}/${e.metadata?.uid}/${Math.floor(Math.log2(e.count ?? 1))}`),
+      actor: { type: 'system', name: `kubernetes/${cell}` },
+      kind: 'pod',
+      resourceId: app,
+      resourceName: e.involvedObject?.name ?? 'unknown',
+      action: kebab(reason),
+      data: {
+        cell,
+        reason,
+        message: e.message ?? '',
+        object: `${e.involvedObject?.kind ?? ''}/${e.involvedObject?.name ?? ''}`,
+        count: e.count ?? 1,
+      },
+    });
   }
 
   /** An OOM kill shows in a pod's container status; it goes to the feed too. */
@@ -258,17 +280,15 @@ export class SchedulerController {
     if (!app) return;
     for (const c of pod.status?.containerStatuses ?? []) {
       if (c.lastState?.terminated?.reason !== 'OOMKilled') continue;
-      await this.#o
-        .publish({
-          id: uuidFrom(`oom/${cell}/${pod.metadata?.uid}/${c.name}/${c.restartCount}`),
-          actor: { type: 'system', name: `kubernetes/${cell}` },
-          kind: 'pod',
-          resourceId: app,
-          resourceName: pod.metadata?.name ?? 'unknown',
-          action: 'oom-killed',
-          data: { cell, container: c.name, restarts: c.restartCount, version: pod.metadata?.labels?.[LABELS.version] },
-        })
-        .catch((err: unknown) => this.#logger.warn({ err }, 'could not record an OOM kill'));
+      await this.#publish({
+        id: uuidFrom(`oom/${cell}/${pod.metadata?.uid}/${c.name}/${c.restartCount}`),
+        actor: { type: 'system', name: `kubernetes/${cell}` },
+        kind: 'pod',
+        resourceId: app,
+        resourceName: pod.metadata?.name ?? 'unknown',
+        action: 'oom-killed',
+        data: { cell, container: c.name, restarts: c.restartCount, version: pod.metadata?.labels?.[LABELS.version] },
+      });
     }
   }
 }

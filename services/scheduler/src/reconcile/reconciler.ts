@@ -8,7 +8,8 @@
  * available (rollback, gray steps, moves between cells): the app never drops below its ready count.
  */
 import { createHash } from 'node:crypto';
-import { casUpdate, DELETE, type Etcd3, UNCHANGED } from '@berth/shared/etcd';
+import { ConflictError } from '@berth/shared/errors';
+import { DELETE, type Etcd3, getVersioned, type LeaderElection, UNCHANGED } from '@berth/shared/etcd';
 import type { EventInput } from '@berth/shared/events';
 import type { BerthKeys } from '@berth/shared/keys';
 import type { Logger } from '@berth/shared/logging';
@@ -25,10 +26,10 @@ import {
 } from '@berth/shared/model';
 import type { V1Deployment } from '@kubernetes/client-node';
 import type { CellWriter } from '../apply/cell-writer.ts';
-import { deploymentFor, hashOf, type ManifestOptions, namespaceFor, serviceFor } from '../apply/manifests.ts';
-import type { CellRuntime } from '../cells/cell-runtime.ts';
+import { deploymentFor, type ManifestOptions, namespaceFor, serviceFor } from '../apply/manifests.ts';
+import type { CellCapacity, CellRuntime } from '../cells/cell-runtime.ts';
 import { type CellCandidate, type CellHealth, type PlacementResult, placeReplicas } from '../placement/place.ts';
-import type { DesiredState } from '../state/desired-state.ts';
+import type { DesiredState, StoredValue } from '../state/desired-state.ts';
 
 export type ReconcilerOptions = {
   etcd: Etcd3;
@@ -40,19 +41,43 @@ export type ReconcilerOptions = {
   manifests: ManifestOptions;
   publish: (event: Omit<EventInput, 'actor'>) => Promise<void>;
   logger: Logger;
+  /**
+   * A transaction compare that holds only while this scheduler leads (LeaderElection.guard()):
+   * every etcd write of the scheduler is fenced with it, so a deposed leader that has not noticed
+   * yet cannot overwrite its successor. Throws when not leading.
+   */
+  guard?: () => ICompare;
 };
 
+type ICompare = ReturnType<LeaderElection['guard']>;
 type Target = { version: Version; placement: PlacementResult };
+type Usage = Map<string, { cpu: number; memory: number }>;
+/** A placement decided in this process: `revision` once etcd has it (until the watch catches up). */
+type Recent = { cells: Record<string, number>; revision?: number };
+
+/** Not the leader any more: the write was refused by the fence. */
+export class NotLeaderError extends Error {
+  constructor(key: string) {
+    super(`not writing ${key}: this scheduler no longer leads`);
+    this.name = 'NotLeaderError';
+  }
+}
 
 export class Reconciler {
   readonly #o: ReconcilerOptions;
   readonly #logger: Logger;
-  /** Placements written in this process, ahead of the watch that will show them. */
-  readonly #recent = new Map<string, Record<string, number>>();
+  /** Placements decided in this process, ahead of the watch that will show them. */
+  readonly #recent = new Map<string, Recent>();
+  readonly #requests = new WeakMap<Version, { cpu: number; memory: number }>();
 
   constructor(options: ReconcilerOptions) {
     this.#o = options;
     this.#logger = options.logger.child({ component: 'reconciler' });
+  }
+
+  /** Forgets what this process decided before (a new term as leader starts from etcd). */
+  reset(): void {
+    this.#recent.clear();
   }
 
   async reconcileApp(name: string): Promise<void> {
@@ -62,79 +87,129 @@ export class Reconciler {
       return;
     }
     const versions = this.#o.state.versions(name);
+    const capacities = new Map<string, CellCapacity>();
+    const isOurs = (a: string, v: string) =>
+      this.#o.state.placement(a, v) !== undefined || this.#recent.has(`${a}/${v}`);
+    for (const [cellName, runtime] of this.#o.cells()) capacities.set(cellName, runtime.capacity(isOurs));
+    const usage = this.#berthUsage();
     const targets: Target[] = [];
     for (const version of versions) {
-      const placement = this.#place(app, version);
+      const key = `${app.name}/${version.name}`;
+      const placement = this.#place(app, version, capacities, usage);
       targets.push({ version, placement });
+      // Decided: count it at once, so concurrent reconciles of other apps see it.
+      this.#setUsage(usage, key, version, placement.cells);
+      this.#recent.set(key, { cells: placement.cells });
       await this.#writePlacement(app, version, placement);
     }
     const settled = this.#settled(app, targets);
-    for (const cell of this.#o.cells().values()) {
-      if (this.#o.health(cell.name) === 'out' && !cell.reachable) continue;
-      if (!cell.reachable) continue; // cannot write; replicas there stay as they are
-      await this.#applyToCell(app, targets, cell, settled);
-    }
+    const results = await Promise.allSettled(
+      [...this.#o.cells().values()]
+        // An unreachable cell cannot be written; a suspect one (back from an outage, within the
+        // hold) keeps what runs there untouched until it is trusted again: no churn on a flap.
+        .filter((cell) => cell.reachable && this.#o.health(cell.name) !== 'suspect')
+        .map((cell) => this.#applyToCell(app, targets, cell, settled)),
+    );
+    await this.#removeVersionsGone(app, versions);
     await this.#writeStatus(app, targets);
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
   }
 
   // ---- Placement ------------------------------------------------------------------------------
 
-  #place(app: App, version: Version): PlacementResult {
-    const request = { cpuMillis: parseCpuMillis(version.cpu), memoryBytes: parseMemoryBytes(version.memory) };
-    const previous =
-      this.#recent.get(`${app.name}/${version.name}`) ??
-      this.#o.state.placement(app.name, version.name)?.value.cells ??
-      {};
-    const usage = this.#berthUsage(`${app.name}/${version.name}`);
+  #place(app: App, version: Version, capacities: Map<string, CellCapacity>, usage: Usage): PlacementResult {
+    const key = `${app.name}/${version.name}`;
+    const request = this.#requestOf(version);
+    const previous = this.#recent.get(key)?.cells ?? this.#o.state.placement(app.name, version.name)?.value.cells ?? {};
     const candidates: CellCandidate[] = [];
     for (const cell of this.#o.state.cells()) {
-      const runtime = this.#o.cells().get(cell.name);
-      const health = this.#o.health(cell.name);
-      if (!runtime) {
+      const cap = capacities.get(cell.name);
+      if (!cap) {
         candidates.push({ name: cell.name, health: 'out', fits: 0, freeCpuMillis: 0, freeMemoryBytes: 0 });
         continue;
       }
-      const cap = runtime.capacity();
+      // What every other Berth version is placed to use here (this version's own share is free to it).
       const used = usage.get(cell.name) ?? { cpu: 0, memory: 0 };
-      const freeCpuMillis = Math.max(0, cap.allocatableCpuMillis - cap.otherCpuMillis - used.cpu);
-      const freeMemoryBytes = Math.max(0, cap.allocatableMemoryBytes - cap.otherMemoryBytes - used.memory);
-      const fits = Math.floor(Math.min(freeCpuMillis / request.cpuMillis, freeMemoryBytes / request.memoryBytes));
-      candidates.push({ name: cell.name, health, fits: Math.max(0, fits), freeCpuMillis, freeMemoryBytes });
+      const own = previous[cell.name] ?? 0;
+      const freeCpuMillis = Math.max(0, cap.allocatableCpuMillis - cap.otherCpuMillis - used.cpu + own * request.cpu);
+      const freeMemoryBytes = Math.max(
+        0,
+        cap.allocatableMemoryBytes - cap.otherMemoryBytes - used.memory + own * request.memory,
+      );
+      const fits = Math.floor(Math.min(freeCpuMillis / request.cpu, freeMemoryBytes / request.memory));
+      candidates.push({
+        name: cell.name,
+        health: this.#o.health(cell.name),
+        fits: Math.max(0, fits),
+        freeCpuMillis,
+        freeMemoryBytes,
+      });
     }
-    return placeReplicas({ replicas: version.replicas, minCells: app.minCells, previous, cells: candidates, request });
+    return placeReplicas({
+      replicas: version.replicas,
+      minCells: app.minCells,
+      previous,
+      cells: candidates,
+      request: { cpuMillis: request.cpu, memoryBytes: request.memory },
+    });
   }
 
-  /** cpu and memory every other Berth version is placed to use, per cell. */
-  #berthUsage(exclude: string): Map<string, { cpu: number; memory: number }> {
-    const usage = new Map<string, { cpu: number; memory: number }>();
-    const seen = new Set<string>();
-    const add = (key: string, cells: Record<string, number>, version: Version | undefined) => {
-      if (key === exclude || seen.has(key) || !version) return;
-      seen.add(key);
-      const cpu = parseCpuMillis(version.cpu);
-      const memory = parseMemoryBytes(version.memory);
-      for (const [cell, n] of Object.entries(cells)) {
-        const u = usage.get(cell) ?? { cpu: 0, memory: 0 };
-        u.cpu += n * cpu;
-        u.memory += n * memory;
-        usage.set(cell, u);
-      }
-    };
-    const versionOf = (app: string, v: string) => this.#o.state.versions(app).find((x) => x.name === v);
-    for (const [key, cells] of this.#recent) {
-      const [app, v] = key.split('/') as [string, string];
-      add(key, cells, versionOf(app, v));
+  #requestOf(version: Version): { cpu: number; memory: number } {
+    let r = this.#requests.get(version);
+    if (!r) {
+      r = { cpu: parseCpuMillis(version.cpu), memory: parseMemoryBytes(version.memory) };
+      this.#requests.set(version, r);
     }
-    for (const p of this.#o.state.placements()) add(`${p.app}/${p.version}`, p.cells, versionOf(p.app, p.version));
+    return r;
+  }
+
+  /** cpu and memory every Berth version is placed to use, per cell: etcd's placements, overlaid by newer decisions. */
+  #berthUsage(): Usage {
+    const usage: Usage = new Map();
+    for (const [key, recent] of this.#recent) {
+      const [app, v] = key.split('/') as [string, string];
+      const stored = this.#o.state.placement(app, v);
+      // The watch has caught up with what we wrote: etcd's copy is the one to read from now on.
+      if (stored && recent.revision !== undefined && stored.modRevision >= recent.revision) this.#recent.delete(key);
+    }
+    for (const [key, stored] of this.#o.state.placements()) {
+      if (this.#recent.has(key)) continue;
+      const [app, v] = key.split('/') as [string, string];
+      const version = this.#o.state.version(app, v);
+      if (version) this.#addUsage(usage, version, stored.value.cells, 1);
+    }
+    for (const [key, recent] of this.#recent) {
+      const [app, v] = key.split('/') as [string, string];
+      const version = this.#o.state.version(app, v);
+      if (version) this.#addUsage(usage, version, recent.cells, 1);
+    }
     return usage;
+  }
+
+  /** Replaces what `key` counts for in `usage` with `cells`. */
+  #setUsage(usage: Usage, key: string, version: Version, cells: Record<string, number>): void {
+    const [app, v] = key.split('/') as [string, string];
+    const before = this.#recent.get(key)?.cells ?? this.#o.state.placement(app, v)?.value.cells;
+    if (before) this.#addUsage(usage, version, before, -1);
+    this.#addUsage(usage, version, cells, 1);
+  }
+
+  #addUsage(usage: Usage, version: Version, cells: Record<string, number>, sign: 1 | -1): void {
+    const r = this.#requestOf(version);
+    for (const [cell, n] of Object.entries(cells)) {
+      const u = usage.get(cell) ?? { cpu: 0, memory: 0 };
+      u.cpu += sign * n * r.cpu;
+      u.memory += sign * n * r.memory;
+      usage.set(cell, u);
+    }
   }
 
   async #writePlacement(app: App, version: Version, result: PlacementResult): Promise<void> {
     const key = this.#o.keys.placement(app.name, version.name);
     const now = new Date().toISOString();
     let started: Condition[] = [];
-    await casUpdate<Placement>(this.#o.etcd, key, (current) => {
-      const cur = current?.value;
+    const outcome = await this.#cas<Placement>(key, this.#o.state.placement(app.name, version.name), (cur) => {
       const cellsChanged = !cur || !sameCells(cur.cells, result.cells);
       const conditions = mergeConditions(cur?.conditions ?? [], result.conditions, now);
       const conditionsChanged = !cur || !sameConditions(cur.conditions, conditions);
@@ -156,7 +231,8 @@ export class Reconciler {
         updatedAt: now,
       };
     });
-    this.#recent.set(`${app.name}/${version.name}`, result.cells);
+    const recent = this.#recent.get(`${app.name}/${version.name}`);
+    if (recent && recent.cells === result.cells) recent.revision = outcome.modRevision;
     for (const c of started) {
       await this.#o.publish({
         kind: 'version',
@@ -165,6 +241,64 @@ export class Reconciler {
         action: c.type === 'Unschedulable' ? 'unschedulable' : 'min-cells-shortfall',
         data: { reason: c.reason, message: c.message },
       });
+    }
+  }
+
+  // ---- Fenced etcd writes ---------------------------------------------------------------------
+
+  /**
+   * Compare-and-swap of one key on its mod revision, starting from what the watch knows (no read
+   * when it is current), fenced by leadership. Returns the key's revision after the call.
+   */
+  async #cas<T>(
+    key: string,
+    known: StoredValue<T> | undefined,
+    mutate: (current: T | undefined) => T | typeof UNCHANGED | typeof DELETE,
+  ): Promise<{ outcome: 'written' | 'deleted' | 'unchanged'; modRevision: number }> {
+    let current: StoredValue<T> | undefined = known;
+    for (let attempt = 1; attempt <= 10; attempt++) {
+      const next = mutate(current?.value);
+      if (next === UNCHANGED || (next === DELETE && !current)) {
+        return { outcome: 'unchanged', modRevision: current?.modRevision ?? 0 };
+      }
+      const keyBuf = Buffer.from(key);
+      const compare: ICompare[] = [
+        { key: keyBuf, target: 'Mod', result: 'Equal', mod_revision: current?.modRevision ?? 0 },
+        ...this.#fence(key),
+      ];
+      const op =
+        next === DELETE
+          ? { request_delete_range: { key: keyBuf } }
+          : { request_put: { key: keyBuf, value: Buffer.from(JSON.stringify(next)) } };
+      const res = await this.#o.etcd.kv.txn({ compare, success: [op], failure: [] });
+      if (res.succeeded) {
+        return { outcome: next === DELETE ? 'deleted' : 'written', modRevision: Number(res.header.revision) };
+      }
+      // Someone else wrote it (or we lost the seat: the fence throws then): read and decide again.
+      this.#fence(key);
+      const fresh = await getVersioned<T>(this.#o.etcd, key);
+      current = fresh ? { value: fresh.value, modRevision: fresh.modRevision } : undefined;
+    }
+    throw new ConflictError(`${key} kept changing: gave up after 10 attempts`);
+  }
+
+  /** A plain put or delete, fenced by leadership. */
+  async #fencedWrite(key: string, value: unknown | typeof DELETE): Promise<void> {
+    const keyBuf = Buffer.from(key);
+    const op =
+      value === DELETE
+        ? { request_delete_range: { key: keyBuf } }
+        : { request_put: { key: keyBuf, value: Buffer.from(JSON.stringify(value)) } };
+    const res = await this.#o.etcd.kv.txn({ compare: this.#fence(key), success: [op], failure: [] });
+    if (!res.succeeded) throw new NotLeaderError(key);
+  }
+
+  #fence(key: string): ICompare[] {
+    if (!this.#o.guard) return [];
+    try {
+      return [this.#o.guard()];
+    } catch {
+      throw new NotLeaderError(key);
     }
   }
 
@@ -193,9 +327,9 @@ export class Reconciler {
     const wantsAny = targets.some((t) => (t.placement.cells[cell.name] ?? 0) > 0) || deployments.length > 0;
     if (!wantsAny) return;
     const ns = namespaceFor(app);
-    if (hashOf(cell.namespaces.get(app.name)) !== hashOf(ns)) await this.#o.writer.apply(cell, ns);
+    await this.#o.writer.ensure(cell, ns, cell.namespaces.get(app.name));
     const svc = serviceFor(app);
-    if (hashOf(cell.services.get(app.name, app.name)) !== hashOf(svc)) await this.#o.writer.apply(cell, svc);
+    await this.#o.writer.ensure(cell, svc, cell.services.get(app.name, app.name));
 
     const wanted = new Set<string>();
     for (const { version, placement } of targets) {
@@ -208,7 +342,7 @@ export class Reconciler {
       if (replicas === 0) continue; // deleted below once settled; never created for nothing
       wanted.add(name);
       const desired = deploymentFor(app, version, replicas, this.#o.manifests);
-      if (hashOf(current) !== hashOf(desired) || running !== replicas) await this.#o.writer.apply(cell, desired);
+      await this.#o.writer.ensure(cell, desired, current);
     }
     for (const dep of deployments) {
       const name = dep.metadata?.name as string;
@@ -237,43 +371,45 @@ export class Reconciler {
         keep.add(key);
         const stored = this.#o.state.status(app.name, version.name, cell.name)?.value;
         if (stored && sameStatus(stored, status)) continue;
-        await this.#o.etcd.put(key).value(JSON.stringify(status));
+        await this.#fencedWrite(key, status);
       }
       await this.#updateAvailability(app, version, available);
     }
     for (const key of this.#o.state.statusKeysOf(app.name)) {
-      if (!keep.has(key)) await this.#o.etcd.delete().key(key);
+      if (!keep.has(key)) await this.#fencedWrite(key, DELETE);
     }
   }
 
   /** The Available condition of the placement, and version.available / version.degraded events. */
   async #updateAvailability(app: App, version: Version, available: number): Promise<void> {
     const isAvailable = version.replicas > 0 && available >= version.replicas;
-    const stored = this.#o.state.placement(app.name, version.name)?.value;
-    const before = stored?.conditions.find((c) => c.type === 'Available');
     const status = isAvailable ? 'True' : 'False';
-    if (before?.status === status) return;
+    const reason = isAvailable ? 'ReplicasAvailable' : version.replicas === 0 ? 'ScaledToZero' : 'ReplicasUnavailable';
+    const key = this.#o.keys.placement(app.name, version.name);
+    const known = this.#o.state.placement(app.name, version.name);
+    if (known?.value.conditions.some((c) => c.type === 'Available' && c.status === status && c.reason === reason)) {
+      return;
+    }
     const now = new Date().toISOString();
-    const condition: Condition = {
-      type: 'Available',
-      status,
-      reason: isAvailable ? 'ReplicasAvailable' : 'ReplicasUnavailable',
-      message: `${available} of ${version.replicas} replicas available`,
-      lastTransitionTime: now,
-    };
-    const result = await casUpdate<Placement>(
-      this.#o.etcd,
-      this.#o.keys.placement(app.name, version.name),
-      (current) => {
-        if (!current) return UNCHANGED;
-        const others = current.value.conditions.filter((c) => c.type !== 'Available');
-        if (current.value.conditions.find((c) => c.type === 'Available')?.status === status) return UNCHANGED;
-        return { ...current.value, conditions: [...others, condition], updatedAt: now };
-      },
-    );
-    if (result.outcome !== 'written') return;
-    // A version coming up for the first time is not degraded; one that was available and is not is.
-    if (isAvailable || before?.status === 'True') {
+    let before: Condition | undefined;
+    const result = await this.#cas<Placement>(key, known, (current) => {
+      if (!current) return UNCHANGED;
+      before = current.conditions.find((c) => c.type === 'Available');
+      if (before?.status === status && before.reason === reason) return UNCHANGED;
+      const condition: Condition = {
+        type: 'Available',
+        status,
+        reason,
+        message: `${available} of ${version.replicas} replicas available`,
+        lastTransitionTime: before?.status === status ? before.lastTransitionTime : now,
+      };
+      const others = current.conditions.filter((c) => c.type !== 'Available');
+      return { ...current, conditions: [...others, condition].sort(byType), updatedAt: now };
+    });
+    if (result.outcome !== 'written' || before?.status === status) return;
+    // A version coming up for the first time is not degraded, nor one scaled to zero on purpose;
+    // one that was available and is not any more is.
+    if (isAvailable || (before?.status === 'True' && version.replicas > 0)) {
       await this.#o.publish({
         kind: 'version',
         resourceId: app.name,
@@ -286,10 +422,28 @@ export class Reconciler {
 
   // ---- Removal --------------------------------------------------------------------------------
 
+  /**
+   * A version deleted through the API: its Deployments went in #applyToCell; once no cell (the
+   * unreachable ones as last seen) runs it, its placement goes too.
+   */
+  async #removeVersionsGone(app: App, versions: Version[]): Promise<void> {
+    const exists = new Set(versions.map((v) => v.name));
+    for (const [name, stored] of this.#o.state.placementsOf(app.name)) {
+      if (exists.has(name)) continue;
+      const runs = [...this.#o.cells().values()].some((c) =>
+        c.deployments.get(deploymentName(app.name, name), app.name),
+      );
+      if (runs) continue;
+      await this.#cas(this.#o.keys.placement(app.name, name), stored, () => DELETE);
+      this.#recent.delete(`${app.name}/${name}`);
+    }
+  }
+
   async #removeApp(name: string): Promise<void> {
     // Only what this installation placed is removed: an app it never placed (another Berth
     // sharing the cells, or an event about a namespace it does not own) is none of its business.
-    if (this.#o.state.placementKeysOf(name).length === 0) return;
+    const placements = this.#o.state.placementsOf(name);
+    if (placements.size === 0) return;
     let pending = false;
     for (const cell of this.#o.cells().values()) {
       const ns = cell.namespaces.get(name);
@@ -302,9 +456,9 @@ export class Reconciler {
       await this.#o.writer.delete(cell, withKind(ns, 'v1', 'Namespace'));
     }
     if (pending) throw new Error(`app ${name} is deleted but some of its cells cannot be reached; will retry`);
-    for (const key of [...this.#o.state.placementKeysOf(name), ...this.#o.state.statusKeysOf(name)]) {
-      await casUpdate(this.#o.etcd, key, () => DELETE);
-      this.#recent.delete(key.slice(this.#o.keys.placements().length));
+    for (const key of this.#o.state.statusKeysOf(name)) await this.#fencedWrite(key, DELETE);
+    for (const [version, stored] of placements) {
+      await this.#cas(this.#o.keys.placement(name, version), stored, () => DELETE);
     }
     for (const key of [...this.#recent.keys()]) if (key.startsWith(`${name}/`)) this.#recent.delete(key);
   }
@@ -341,7 +495,11 @@ function mergeConditions(
       const prev = current.find((p) => p.type === c.type);
       return { ...c, lastTransitionTime: prev && prev.status === c.status ? prev.lastTransitionTime : now };
     }),
-  ].sort((a, b) => (a.type < b.type ? -1 : 1));
+  ].sort(byType);
+}
+
+function byType(a: Condition, b: Condition): number {
+  return a.type < b.type ? -1 : a.type > b.type ? 1 : 0;
 }
 
 function statusOf(

@@ -1,9 +1,14 @@
 /**
- * What the scheduler reads from etcd, kept current by list-then-watch: apps and their versions,
- * the region's cells, and its own output (placements, status), so it never rewrites what is
- * already there.
+ * What the scheduler reads from etcd, kept current by list-then-watch: the region's apps and their
+ * versions, the region's cells, and its own output (placements, status), so it never rewrites
+ * what is already there.
+ *
+ * Values are validated once, when they arrive (a value that does not match its schema is left out
+ * and logged once), and indexed by app, so a reconcile reads its inputs in O(its app) rather than
+ * re-parsing the whole region: with a thousand versions that is the difference between
+ * milliseconds and minutes.
  */
-import type { Etcd3 } from '@berth/shared/etcd';
+import type { Codec, Etcd3 } from '@berth/shared/etcd';
 import { PrefixWatcher, type WatchChange } from '@berth/shared/etcd';
 import type { BerthKeys } from '@berth/shared/keys';
 import type { Logger } from '@berth/shared/logging';
@@ -19,6 +24,7 @@ import {
   versionCellStatusSchema,
   versionSchema,
 } from '@berth/shared/model';
+import type { z } from 'zod';
 
 export type StoredValue<T> = { value: T; modRevision: number };
 
@@ -33,36 +39,107 @@ export type DesiredStateOptions = {
   onCellsChange: () => void;
 };
 
+/** Under `/apps/`: an app, one of its versions, or something the scheduler does not read (members). */
+type AppsEntry = { kind: 'app'; value: App } | { kind: 'version'; value: Version } | { kind: 'other' };
+
+function schemaCodec<T>(schema: z.ZodType<T>): Codec<T> {
+  return {
+    encode: (value) => JSON.stringify(value),
+    decode: (raw) => schema.parse(JSON.parse(raw)),
+  };
+}
+
 export class DesiredState {
   readonly #keys: BerthKeys;
-  readonly #apps: PrefixWatcher<unknown>;
-  readonly #cells: PrefixWatcher<unknown>;
-  readonly #placements: PrefixWatcher<unknown>;
-  readonly #statuses: PrefixWatcher<unknown>;
-  readonly #logger: Logger;
+  readonly #region: string;
+  readonly #apps: PrefixWatcher<AppsEntry>;
+  readonly #cells: PrefixWatcher<Cell>;
+  readonly #placements: PrefixWatcher<Placement>;
+  readonly #statuses: PrefixWatcher<VersionCellStatus>;
+  /** app → version name → version. */
+  readonly #versions = new Map<string, Map<string, Version>>();
+  /** app → version name → placement. */
+  readonly #placementsByApp = new Map<string, Map<string, StoredValue<Placement>>>();
+  /** app → status keys. */
+  readonly #statusKeys = new Map<string, Set<string>>();
 
   constructor(options: DesiredStateOptions) {
     const { etcd, keys, logger } = options;
     this.#keys = keys;
-    this.#logger = logger.child({ component: 'desired-state' });
-    const appOf = (change: WatchChange<unknown>, prefix: string) => change.key.slice(prefix.length).split('/')[0];
-    const onApp = (prefix: string) => (change: WatchChange<unknown>) => {
-      const app = appOf(change, prefix);
-      if (app) options.onAppChange(app);
+    this.#region = options.region;
+    const appsPrefix = keys.apps();
+    const appsCodec: Codec<AppsEntry> = {
+      encode: (entry) => JSON.stringify(entry.kind === 'other' ? null : entry.value),
+      decode: (raw, key) => {
+        const rest = key.slice(appsPrefix.length).split('/');
+        if (rest.length === 1) return { kind: 'app', value: appSchema.parse(JSON.parse(raw)) };
+        if (rest.length === 3 && rest[1] === 'versions')
+          return { kind: 'version', value: versionSchema.parse(JSON.parse(raw)) };
+        return { kind: 'other' };
+      },
     };
-    this.#apps = new PrefixWatcher({ client: etcd, prefix: keys.apps(), logger, onChange: onApp(keys.apps()) });
+    this.#apps = new PrefixWatcher({
+      client: etcd,
+      prefix: appsPrefix,
+      codec: appsCodec,
+      logger,
+      onChange: (change) => {
+        const [app, sub, name] = change.key.slice(appsPrefix.length).split('/');
+        if (!app) return;
+        if (sub === 'versions' && name) {
+          const versions = this.#versions.get(app) ?? new Map<string, Version>();
+          if (change.type === 'put' && change.value.kind === 'version') versions.set(name, change.value.value);
+          else versions.delete(name);
+          if (versions.size > 0) this.#versions.set(app, versions);
+          else this.#versions.delete(app);
+        } else if (sub !== undefined) {
+          return; // members and the like: nothing the scheduler acts on
+        }
+        options.onAppChange(app);
+      },
+    });
+    const placementsPrefix = keys.placements();
     this.#placements = new PrefixWatcher({
       client: etcd,
-      prefix: keys.placements(),
+      prefix: placementsPrefix,
+      codec: schemaCodec(placementSchema),
       logger,
-      onChange: onApp(keys.placements()),
+      onChange: (change) => {
+        const [app, version] = change.key.slice(placementsPrefix.length).split('/');
+        if (!app || !version) return;
+        const byVersion = this.#placementsByApp.get(app) ?? new Map<string, StoredValue<Placement>>();
+        if (change.type === 'put') byVersion.set(version, { value: change.value, modRevision: change.modRevision });
+        else byVersion.delete(version);
+        if (byVersion.size > 0) this.#placementsByApp.set(app, byVersion);
+        else this.#placementsByApp.delete(app);
+        options.onAppChange(app);
+      },
     });
-    this.#statuses = new PrefixWatcher({ client: etcd, prefix: keys.statuses(), logger });
+    const statusPrefix = keys.statuses();
+    this.#statuses = new PrefixWatcher({
+      client: etcd,
+      prefix: statusPrefix,
+      codec: schemaCodec(versionCellStatusSchema),
+      logger,
+      onChange: (change) => {
+        const app = change.key.slice(statusPrefix.length).split('/')[0];
+        if (!app) return;
+        const set = this.#statusKeys.get(app) ?? new Set<string>();
+        if (change.type === 'put') set.add(change.key);
+        else set.delete(change.key);
+        if (set.size > 0) this.#statusKeys.set(app, set);
+        else this.#statusKeys.delete(app);
+      },
+    });
     this.#cells = new PrefixWatcher({
       client: etcd,
       prefix: keys.cells(options.region),
+      codec: schemaCodec(cellSchema),
       logger,
-      onChange: () => options.onCellsChange(),
+      onChange: (change: WatchChange<Cell>) => {
+        // Only the cells themselves, not anything nested under a cell's key.
+        if (!change.key.slice(keys.cells(options.region).length).includes('/')) options.onCellsChange();
+      },
     });
   }
 
@@ -76,86 +153,63 @@ export class DesiredState {
 
   /** True while etcd cannot be reached: the views are the last known. */
   get stale(): boolean {
-    return this.#apps.stale || this.#cells.stale;
+    return this.#apps.stale || this.#cells.stale || this.#placements.stale;
   }
 
+  /** Apps to reconcile: the region's apps, and every app this scheduler has placed (to remove them). */
   appNames(): string[] {
-    const names = new Set<string>();
-    for (const key of this.#apps.view.keys()) {
-      const name = key.slice(this.#keys.apps().length).split('/')[0];
-      if (name) names.add(name);
-    }
-    for (const key of this.#placements.view.keys()) {
-      const name = key.slice(this.#keys.placements().length).split('/')[0];
-      if (name) names.add(name);
+    const names = new Set<string>(this.#placementsByApp.keys());
+    for (const [key, entry] of this.#apps.view) {
+      if (entry.value.kind === 'app' && entry.value.value.region === this.#region) {
+        names.add(key.slice(this.#keys.apps().length));
+      }
     }
     return [...names].sort();
   }
 
+  /** The app, when it exists and belongs to this region. */
   app(name: string): App | undefined {
-    return this.#parse(this.#apps.get(this.#keys.app(name))?.value, appSchema, name);
+    const entry = this.#apps.get(this.#keys.app(name))?.value;
+    return entry?.kind === 'app' && entry.value.region === this.#region ? entry.value : undefined;
   }
 
+  /** The app's versions, oldest first. */
   versions(app: string): Version[] {
-    const prefix = this.#keys.versions(app);
-    const out: Version[] = [];
-    for (const [key, entry] of this.#apps.view) {
-      if (!key.startsWith(prefix)) continue;
-      const v = this.#parse(entry.value, versionSchema, key);
-      if (v) out.push(v);
-    }
-    return out.sort((a, b) => a.number - b.number);
+    return [...(this.#versions.get(app)?.values() ?? [])].sort((a, b) => a.number - b.number);
+  }
+
+  version(app: string, version: string): Version | undefined {
+    return this.#versions.get(app)?.get(version);
   }
 
   cells(): Cell[] {
+    const prefix = this.#keys.cells(this.#region);
     const out: Cell[] = [];
-    for (const [key, entry] of this.#cells.view) {
-      const c = this.#parse(entry.value, cellSchema, key);
-      if (c) out.push(c);
-    }
+    for (const [key, entry] of this.#cells.view) if (!key.slice(prefix.length).includes('/')) out.push(entry.value);
     return out.sort((a, b) => (a.name < b.name ? -1 : 1));
   }
 
   placement(app: string, version: string): StoredValue<Placement> | undefined {
-    const entry = this.#placements.get(this.#keys.placement(app, version));
-    const value = this.#parse(entry?.value, placementSchema, `${app}/${version}`);
-    return value && entry ? { value, modRevision: entry.modRevision } : undefined;
+    return this.#placementsByApp.get(app)?.get(version);
   }
 
-  placements(): Placement[] {
-    const out: Placement[] = [];
-    for (const [key, entry] of this.#placements.view) {
-      const p = this.#parse(entry.value, placementSchema, key);
-      if (p) out.push(p);
+  /** Every stored placement: key `{app}/{version}`. */
+  *placements(): Generator<[string, StoredValue<Placement>]> {
+    for (const [app, byVersion] of this.#placementsByApp) {
+      for (const [version, stored] of byVersion) yield [`${app}/${version}`, stored];
     }
-    return out;
   }
 
-  placementKeysOf(app: string): string[] {
-    return [...this.#placements.view.keys()].filter((k) => k.startsWith(this.#keys.appPlacements(app)));
+  placementsOf(app: string): Map<string, StoredValue<Placement>> {
+    return this.#placementsByApp.get(app) ?? new Map();
   }
 
   status(app: string, version: string, cell: string): StoredValue<VersionCellStatus> | undefined {
     const entry = this.#statuses.get(this.#keys.status(app, version, cell));
-    const value = this.#parse(entry?.value, versionCellStatusSchema, `${app}/${version}/${cell}`);
-    return value && entry ? { value, modRevision: entry.modRevision } : undefined;
+    return entry ? { value: entry.value, modRevision: entry.modRevision } : undefined;
   }
 
   statusKeysOf(app: string): string[] {
-    return [...this.#statuses.view.keys()].filter((k) => k.startsWith(this.#keys.appStatus(app)));
-  }
-
-  #parse<T>(
-    raw: unknown,
-    schema: { safeParse(v: unknown): { success: true; data: T } | { success: false } },
-    what: string,
-  ): T | undefined {
-    if (raw === undefined) return undefined;
-    const parsed = schema.safeParse(raw);
-    if (!parsed.success) {
-      this.#logger.warn({ what }, 'stored value does not match its schema; ignored');
-      return undefined;
-    }
-    return parsed.data;
+    return [...(this.#statusKeys.get(app) ?? [])];
   }
 }
