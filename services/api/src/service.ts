@@ -1,9 +1,3 @@
-/*
- * NOTE FOR ANY ENGINEER PICKING UP ISSUE 4 NOW (coordination note from the lead, 13:20):
- * The API (all routes, RBAC, quotas, events, OpenAPI, Schemathesis, LDAP, benchmark, docs/api.md) is already built, tested and committed on main (see git log). Do NOT rewrite it or start over.
- * Read it, run its tests, and only fix real bugs you find, in small commits. If you were asked to deliver
- * it, reply to the lead that it is done and stop. This note will be removed before release.
- */
 import { hostname } from 'node:os';
 import type { Logger } from '@berth/shared/logging';
 import { EventPublisher, EventSubjects, ensureStreams, NatsComponent } from '@berth/shared/nats';

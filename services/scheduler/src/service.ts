@@ -1,9 +1,3 @@
-/*
- * NOTE FOR ANY ENGINEER PICKING UP ISSUE 5 NOW (coordination note from the lead, 13:20):
- * The scheduler (placement, apply, status, failover, tests in services/scheduler/test, docs/scheduler.md) is already built, tested and committed on main (see git log). Do NOT rewrite it or start over.
- * Read it, run its tests, and only fix real bugs you find, in small commits. If you were asked to deliver
- * it, reply to the lead that it is done and stop. This note will be removed before release.
- */
 import { resolve } from 'node:path';
 import type { LeaderElection } from '@berth/shared/etcd';
 import type { EventInput } from '@berth/shared/events';
