@@ -9,6 +9,8 @@
  * Env: BENCH_APPS (500), BENCH_VERSIONS_PER_APP (2), BENCH_REPLICAS (2), BENCH_CELLS (10), BENCH_NODES (100)
  */
 import { execFileSync, spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { createEtcdClient } from '@berth/shared/etcd';
 import { BerthKeys } from '@berth/shared/keys';
@@ -72,6 +74,14 @@ const scheduler = spawn(process.execPath, [join(REPO_ROOT, 'services/scheduler/s
   },
   stdio: ['ignore', 'ignore', 'inherit'],
 });
+
+/** CPU seconds (user + system) a process has used, from /proc. */
+function cpuSeconds(pid: number | undefined): number {
+  if (!pid) return Number.NaN;
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
+  const ticks = Number(fields[11]) + Number(fields[12]); // utime, stime (fields 14 and 15)
+  return ticks / 100;
+}
 
 async function metric(name: string): Promise<number> {
   const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
@@ -156,11 +166,22 @@ try {
   const lastWrite = Date.now();
   const placementsBefore = await etcd.getAll().prefix(keys.placements()).count();
 
-  await waitFor(async () => (await etcd.getAll().prefix(keys.placements()).count()) >= VERSIONS, {
-    timeoutMs: 600_000,
-    intervalMs: 100,
-    message: 'all placements written',
-  });
+  let lastReport = Date.now();
+  await waitFor(
+    async () => {
+      const n = await etcd.getAll().prefix(keys.placements()).count();
+      if (Date.now() - lastReport >= 15_000) {
+        lastReport = Date.now();
+        const reconciles = await metric('berth_scheduler_reconcile_duration_seconds_count');
+        const seconds = await metric('berth_scheduler_reconcile_duration_seconds_sum');
+        console.log(
+          `  ${((Date.now() - lastWrite) / 1000).toFixed(0)} s: ${n} placements, ${reconciles} reconciles (mean ${((seconds / Math.max(1, reconciles)) * 1000).toFixed(0)} ms), ${await metric('berth_scheduler_cell_writes_total')} cell writes`,
+        );
+      }
+      return n >= VERSIONS;
+    },
+    { timeoutMs: 600_000, intervalMs: 100, message: 'all placements written' },
+  );
   const placed = Date.now();
   const expectedDeployments = VERSIONS * Math.min(REPLICAS, 2); // 2 replicas over ≥ 2 cells: one per cell
   await waitFor(async () => (await countDeployments()).deployments >= expectedDeployments, {
@@ -176,6 +197,21 @@ try {
   });
   const available = Date.now();
   const cellWrites = await metric('berth_scheduler_cell_writes_total');
+  const writesByKind = (await (await fetch(`http://127.0.0.1:${port}/metrics`)).text())
+    .split('\n')
+    .filter((l) => l.startsWith('berth_scheduler_cell_writes_total{'))
+    .reduce<Record<string, number>>((acc, l) => {
+      const kind = /kind="([^"]+)"/.exec(l)?.[1] ?? '?';
+      const verb = /verb="([^"]+)"/.exec(l)?.[1] ?? '?';
+      acc[`${kind} ${verb}`] = (acc[`${kind} ${verb}`] ?? 0) + Number(l.split(' ').pop());
+      return acc;
+    }, {});
+  // Every put of a key raises its version: the sum over placements and status is the scheduler's etcd writes.
+  const etcdWrites = async (pfx: string) =>
+    (await etcd.getAll().prefix(pfx).exec()).kvs.reduce((n, kv) => n + Number(kv.version), 0);
+  const placementWrites = await etcdWrites(keys.placements());
+  const statusWrites = await etcdWrites(keys.statuses());
+  const cpu = cpuSeconds(scheduler.pid);
 
   console.log(
     `\nScheduler: ${VERSIONS} versions (${APPS} apps × ${PER_APP}, ${REPLICAS} replicas each) over ${KWOK_CELLS} KWOK cells × ${NODES} nodes`,
@@ -188,7 +224,21 @@ try {
   console.log(`| last write → all versions available | ${((available - lastWrite) / 1000).toFixed(1)} s |`);
   console.log(`| placements per second | ${(VERSIONS / ((placed - lastWrite) / 1000)).toFixed(0)} |`);
   console.log(`| cell writes per version (namespace, service, deployments) | ${(cellWrites / VERSIONS).toFixed(2)} |`);
+  console.log(
+    `| cell writes by kind | ${Object.entries(writesByKind)
+      .map(([k, n]) => `${k} ${n}`)
+      .join(', ')} |`,
+  );
+  console.log(
+    `| etcd writes per version: placement, status (all cells) | ${(placementWrites / VERSIONS).toFixed(2)}, ${(statusWrites / VERSIONS).toFixed(2)} |`,
+  );
   console.log(`| placement keys before / after | ${placementsBefore} / ${VERSIONS} |`);
+  console.log(
+    `| scheduler CPU (user+system) | ${cpu.toFixed(1)} s, ${((cpu / VERSIONS) * 1000).toFixed(1)} ms per version, ${((cpu / ((available - writeStart) / 1000)) * 100).toFixed(0)}% of one core over the run |`,
+  );
+  console.log(
+    `| whole machine's load average (1 min) at the end | ${loadavg()[0]?.toFixed(1)} on ${cpus().length} cores |`,
+  );
 } finally {
   scheduler.kill('SIGTERM');
   // Clean up: the apps' namespaces in every cell, and the keys.

@@ -44,6 +44,12 @@ export class SchedulerController {
   readonly #logger: Logger;
   readonly #state: DesiredState;
   readonly #queue: WorkQueue;
+  /**
+   * Placement alone (etcd only, milliseconds per app), ahead of the reconcile workers that wait on
+   * the cells' API servers: a new or scaled version's placement and its conditions (Unschedulable,
+   * MinCellsShortfall) are written at once even when the cells are slow to apply.
+   */
+  readonly #placeQueue: WorkQueue;
   readonly #cells = new Map<string, CellRuntime>();
   readonly #trackers = new Map<string, Tracker>();
   readonly #reconciler: Reconciler;
@@ -61,10 +67,11 @@ export class SchedulerController {
       keys: options.keys,
       region: options.region,
       logger: options.logger,
-      onAppChange: (app) => this.#queue.add(app),
+      onAppChange: (app) => this.#enqueue(app),
       onCellsChange: () => this.#syncCells(),
     });
     this.#queue = new WorkQueue({ concurrency: options.workers, logger: options.logger });
+    this.#placeQueue = new WorkQueue({ concurrency: 2, logger: options.logger });
     const writes = (options.metrics.getSingleMetric('berth_scheduler_cell_writes_total') ??
       new Counter({
         name: 'berth_scheduler_cell_writes_total',
@@ -112,6 +119,7 @@ export class SchedulerController {
       await new Promise((r) => setTimeout(r, 100));
     }
     this.#evaluateHealth();
+    this.#placeQueue.start((app) => this.#reconciler.placeApp(app));
     this.#queue.start(async (app) => {
       const stop = this.#duration.startTimer();
       try {
@@ -131,7 +139,7 @@ export class SchedulerController {
     this.#running = false;
     clearInterval(this.#tick);
     clearInterval(this.#resync);
-    await this.#queue.stop();
+    await Promise.all([this.#placeQueue.stop(), this.#queue.stop()]);
     await Promise.all([...this.#cells.values()].map((c) => c.stop()));
     this.#cells.clear();
     this.#trackers.clear();
@@ -140,7 +148,7 @@ export class SchedulerController {
 
   /** Resolves when no app is waiting to be reconciled (tests, benchmarks). */
   idle(): Promise<void> {
-    return this.#queue.idle();
+    return Promise.all([this.#placeQueue.idle(), this.#queue.idle()]).then(() => undefined);
   }
 
   cellHealth(cell: string): CellHealth | undefined {
@@ -148,7 +156,13 @@ export class SchedulerController {
   }
 
   #enqueueAll(): void {
-    for (const app of this.#state.appNames()) this.#queue.add(app);
+    for (const app of this.#state.appNames()) this.#enqueue(app);
+  }
+
+  /** A change to an app's desired state: placed at once, then reconciled. */
+  #enqueue(app: string): void {
+    this.#placeQueue.add(app);
+    this.#queue.add(app);
   }
 
   /** Cell runtimes follow the cells registered for the region. */

@@ -87,21 +87,7 @@ export class Reconciler {
       return;
     }
     const versions = this.#o.state.versions(name);
-    const capacities = new Map<string, CellCapacity>();
-    const isOurs = (a: string, v: string) =>
-      this.#o.state.placement(a, v) !== undefined || this.#recent.has(`${a}/${v}`);
-    for (const [cellName, runtime] of this.#o.cells()) capacities.set(cellName, runtime.capacity(isOurs));
-    const usage = this.#berthUsage();
-    const targets: Target[] = [];
-    for (const version of versions) {
-      const key = `${app.name}/${version.name}`;
-      const placement = this.#place(app, version, capacities, usage);
-      targets.push({ version, placement });
-      // Decided: count it at once, so concurrent reconciles of other apps see it.
-      this.#setUsage(usage, key, version, placement.cells);
-      this.#recent.set(key, { cells: placement.cells });
-      await this.#writePlacement(app, version, placement);
-    }
+    const targets = await this.#placeVersions(app, versions);
     const settled = this.#settled(app, targets);
     const results = await Promise.allSettled(
       [...this.#o.cells().values()]
@@ -117,6 +103,31 @@ export class Reconciler {
   }
 
   // ---- Placement ------------------------------------------------------------------------------
+
+  /** Places an app's versions and writes their placements; no cell is touched. */
+  async placeApp(name: string): Promise<void> {
+    const app = this.#o.state.app(name);
+    if (app) await this.#placeVersions(app, this.#o.state.versions(name));
+  }
+
+  async #placeVersions(app: App, versions: Version[]): Promise<Target[]> {
+    const capacities = new Map<string, CellCapacity>();
+    const isOurs = (a: string, v: string) =>
+      this.#o.state.placement(a, v) !== undefined || this.#recent.has(`${a}/${v}`);
+    for (const [cellName, runtime] of this.#o.cells()) capacities.set(cellName, runtime.capacity(isOurs));
+    const usage = this.#berthUsage();
+    const targets: Target[] = [];
+    for (const version of versions) {
+      const key = `${app.name}/${version.name}`;
+      const placement = this.#place(app, version, capacities, usage);
+      targets.push({ version, placement });
+      // Decided: count it at once, so concurrent reconciles of other apps see it.
+      this.#setUsage(usage, key, version, placement.cells);
+      this.#recent.set(key, { cells: placement.cells });
+      await this.#writePlacement(app, version, placement);
+    }
+    return targets;
+  }
 
   #place(app: App, version: Version, capacities: Map<string, CellCapacity>, usage: Usage): PlacementResult {
     const key = `${app.name}/${version.name}`;
