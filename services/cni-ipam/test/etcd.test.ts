@@ -90,8 +90,9 @@ describe('allocation on real etcd', () => {
       expect(block?.node, `${r.ip} is in a block of its node`).toBe(r.record.node);
       expect(Object.values(block?.allocations ?? {})).toContain(r.record.handle);
     }
-    // Each node holds about 50 / 16 ≈ 4 blocks: its own, not everybody's.
-    for (const node of nodes) expect(blocks.filter((b) => b.node === node).length).toBeLessThanOrEqual(5);
+    // 50 addresses per node need 4 blocks of 16 (14 or 15 usable in a pool's first or last block);
+    // ADDs racing on a full node claim one new block between them, so no node holds a fifth.
+    for (const node of nodes) expect(blocks.filter((b) => b.node === node).length, node).toBe(4);
   });
 
   it('a crash between the block claim and the allocation is recovered by the next ADD', async () => {

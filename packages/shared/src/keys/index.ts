@@ -160,6 +160,10 @@ export class BerthKeys {
     return `${this.prefix}/ipam/${cell}/handles/${handle}`;
   }
   /** Which blocks a node holds: one key per block, so a node finds its own blocks in one read. */
+  /** Bumped by every block claim of a node: a claim that did not see the latest one is refused. */
+  ipamClaims(cell: string, node: string): string {
+    return `${this.prefix}/ipam/${cell}/claims/${node}`;
+  }
   ipamAffinities(cell: string, node: string): string {
     return `${this.prefix}/ipam/${cell}/affinity/${node}/`;
   }

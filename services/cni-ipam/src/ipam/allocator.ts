@@ -113,6 +113,8 @@ export class Allocator {
       const existing = await this.find(handle);
       if (existing) return this.#result(existing, cidrs, req);
       // 1. The node's own blocks.
+      // Read before the node's blocks: a claim made after this read makes ours fail (no extra block).
+      const claims = (await this.#o.store.get(this.#keys.ipamClaims(this.#o.cell, req.node)))?.modRevision ?? 0;
       const own = await this.#ownBlocks(req.node, pools);
       for (const b of own) {
         const done = await this.#tryAllocate(b, req, handle, cidrs);
@@ -121,7 +123,7 @@ export class Allocator {
       }
       if (own.some((b) => this.#freeOffset(b.block, cidrs, req) !== undefined)) continue; // lost races: retry
       // 2. A new block.
-      const claimed = await this.#claimBlock(req.node, cidrs);
+      const claimed = await this.#claimBlock(req.node, cidrs, claims);
       if (claimed === 'conflict') continue;
       if (claimed) {
         await this.#o.afterClaim?.(claimed);
@@ -291,8 +293,13 @@ export class Allocator {
     return ok ? this.#result(record, cidrs, req) : 'conflict';
   }
 
-  /** Claims the first unclaimed block of the pools, searching from an offset of the node's own. */
-  async #claimBlock(node: string, cidrs: Cidr[]): Promise<string | 'conflict' | undefined> {
+  /**
+   * Claims the first unclaimed block of the pools, searching from an offset of the node's own. The
+   * claim holds only if the node claimed nothing since `claims` (the revision of its claims key
+   * when its blocks were read): ADDs of one node that all find its blocks full at once claim one
+   * block between them, not one each.
+   */
+  async #claimBlock(node: string, cidrs: Cidr[], claims: number): Promise<string | 'conflict' | undefined> {
     const claimed = new Set(
       (await this.#o.store.range(this.#keys.ipamBlocks(this.#o.cell), { keysOnly: true })).map((kv) =>
         kv.key.slice(kv.key.lastIndexOf('/') + 1),
@@ -314,10 +321,17 @@ export class Allocator {
           allocations: {},
         };
         const ok = await this.#o.store.txn(
-          [{ key: blockKey, absent: true }],
+          [
+            { key: blockKey, absent: true },
+            { key: this.#keys.ipamClaims(this.#o.cell, node), modRevision: claims },
+          ],
           [
             { put: blockKey, value: JSON.stringify(record) },
             { put: this.#keys.ipamAffinity(this.#o.cell, node, block.text), value: '' },
+            {
+              put: this.#keys.ipamClaims(this.#o.cell, node),
+              value: JSON.stringify({ block: block.text, at: record.claimedAt }),
+            },
           ],
         );
         return ok ? block.text : 'conflict';
