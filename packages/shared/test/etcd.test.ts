@@ -7,6 +7,7 @@ import {
   EtcdLease,
   getVersioned,
   LeaderElection,
+  openWatchStream,
   PrefixWatcher,
   type WatchChange,
 } from '../src/etcd/index.ts';
@@ -183,6 +184,37 @@ describe('list-then-watch', () => {
       own.close();
       await etcd.destroy();
     }
+  });
+
+  it("stopping a watch keeps the client's connections to etcd", async () => {
+    // etcd3 closes every channel of a client when a watch stream it still writes to fails, and a
+    // cancel is such a failure: calls queued at that moment would fail and every watch stop
+    // would cost a reconnect. The KV channel must be the same object before and after.
+    type Pool = { pool: { hosts: { cachedServices: Record<string, unknown> }[] } };
+    const services = () => (client as unknown as Pool).pool.hosts[0]?.cachedServices ?? {};
+    const key = `${uniquePrefix()}/watched`;
+    await client.put(key).value('1');
+    const kvBefore = services().KV;
+    expect(kvBefore).toBeDefined();
+    const seen: string[] = [];
+    let created = false;
+    const stream = await openWatchStream(
+      client,
+      { key: Buffer.from(key), startRevision: 0 },
+      (res) => {
+        for (const event of res.events) seen.push(event.kv.value.toString());
+      },
+      () => {
+        created = true;
+      },
+    );
+    await waitFor(() => created, { message: 'watch created' });
+    await client.put(key).value('2');
+    await waitFor(() => seen.includes('2'), { message: 'watch sees the put' });
+    stream.cancel();
+    await stream.done;
+    expect(services().KV).toBe(kvBefore);
+    expect(await client.get(key).string()).toBe('2');
   });
 });
 

@@ -4,7 +4,8 @@
  * Standbys watch the key and campaign again the moment it is deleted.
  *
  * A leader steps down (onDeposed) when its lease is lost, when its key is deleted or taken, or on
- * stop(). Writes that must not happen after a leader lost its seat can be fenced with `guard()`:
+ * stop(). One that lost its seat waits `recampaignDelayMs` before campaigning again, so the
+ * standby takes the seat rather than the failing candidate winning it back. Writes that must not happen after a leader lost its seat can be fenced with `guard()`:
  * a transaction compare that holds only while this candidate's key is still the election's key.
  */
 import type { Etcd3, ICompare } from 'etcd3';
@@ -21,6 +22,12 @@ export type LeaderElectionOptions = {
   candidateId: string;
   /** Lease TTL: how long a dead leader holds the seat. Default 10 s. */
   ttlSeconds?: number;
+  /**
+   * How long a leader that lost its seat (lease lost, key deleted) waits before campaigning
+   * again, so a standby that was watching takes over instead of the two racing and the seat
+   * flapping back to the candidate that just failed. Default half the TTL.
+   */
+  recampaignDelayMs?: number;
   logger?: Logger;
   onElected?: () => void | Promise<void>;
   onDeposed?: (reason: string) => void | Promise<void>;
@@ -42,6 +49,8 @@ export class LeaderElection {
   #leadership: Leadership | undefined;
   #stream: WatchStreamHandle | undefined;
   #wake: (() => void) | undefined;
+  /** Set when this candidate lost its seat: it campaigns again only after this time. */
+  #recampaignAt = 0;
 
   constructor(options: LeaderElectionOptions) {
     this.key = options.key;
@@ -93,6 +102,11 @@ export class LeaderElection {
   async #campaign(): Promise<void> {
     let backoff = 200;
     while (this.#running) {
+      const wait = this.#recampaignAt - Date.now();
+      if (wait > 0) {
+        await this.#sleep(wait);
+        continue;
+      }
       try {
         const lease = await EtcdLease.grant(this.#options.client, { ttlSeconds: this.#options.ttlSeconds ?? 10 });
         this.#lease = lease;
@@ -173,6 +187,10 @@ export class LeaderElection {
       if (this.#lease === lease) this.#lease = undefined;
     }
     if (wasLeader) {
+      if (this.#running) {
+        this.#recampaignAt =
+          Date.now() + (this.#options.recampaignDelayMs ?? ((this.#options.ttlSeconds ?? 10) * 1000) / 2);
+      }
       this.#logger?.info({ reason }, 'no longer leader');
       await this.#options.onDeposed?.(reason);
     }

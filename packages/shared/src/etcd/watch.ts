@@ -86,6 +86,18 @@ export async function openWatchStream(
 ): Promise<WatchStreamHandle> {
   const stream: IDuplexStream<IWatchRequest, IWatchResponse> = await client.watchClient.watch();
   let cancelled = false;
+  // etcd3 marks the host failed on any error of a still-writable watch stream, and our own
+  // cancel() surfaces as a CANCELLED error, which it counts as recoverable: it would close every
+  // channel of the client (KV, Lease, Watch) each time a watch is stopped, failing calls queued
+  // on them with UNAVAILABLE. Half-closing first makes the stream unwritable, so a cancel stays
+  // a cancel.
+  let closed = false;
+  const close = () => {
+    if (closed) return;
+    closed = true;
+    stream.end();
+    stream.cancel();
+  };
   const done = new Promise<void>((resolve, reject) => {
     stream.on('data', (res) => {
       if (res.canceled) {
@@ -93,7 +105,7 @@ export async function openWatchStream(
         if (compacted > 0) reject(new CompactedError(compacted));
         else if (cancelled) resolve();
         else reject(new Error(`etcd cancelled the watch: ${res.cancel_reason || 'no reason given'}`));
-        stream.cancel();
+        close();
         return;
       }
       if (res.created) {
@@ -104,7 +116,7 @@ export async function openWatchStream(
         onResponse(res);
       } catch (err) {
         reject(err);
-        stream.cancel();
+        close();
       }
     });
     stream.on('error', (err) => (cancelled ? resolve() : reject(err)));
@@ -124,7 +136,7 @@ export async function openWatchStream(
     cancel: () => {
       if (cancelled) return;
       cancelled = true;
-      stream.cancel();
+      close();
     },
   };
 }
