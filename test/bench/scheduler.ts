@@ -83,12 +83,16 @@ function cpuSeconds(pid: number | undefined): number {
   return ticks / 100;
 }
 
-async function metric(name: string): Promise<number> {
+/** The scheduler's metric lines that start with `name` (a metric name, or a name and `{`). */
+async function metricLines(name: string): Promise<string[]> {
   const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
-  return text
-    .split('\n')
-    .filter((l) => l.startsWith(name))
-    .reduce((n, l) => n + Number(l.split(' ').pop()), 0);
+  return text.split('\n').filter((l) => l.startsWith(name));
+}
+
+const sampleValue = (line: string) => Number(line.split(' ').pop());
+
+async function metric(name: string): Promise<number> {
+  return (await metricLines(name)).reduce((n, l) => n + sampleValue(l), 0);
 }
 
 async function countDeployments(): Promise<{ deployments: number; available: number }> {
@@ -197,15 +201,15 @@ try {
   });
   const available = Date.now();
   const cellWrites = await metric('berth_scheduler_cell_writes_total');
-  const writesByKind = (await (await fetch(`http://127.0.0.1:${port}/metrics`)).text())
-    .split('\n')
-    .filter((l) => l.startsWith('berth_scheduler_cell_writes_total{'))
-    .reduce<Record<string, number>>((acc, l) => {
+  const writesByKind = (await metricLines('berth_scheduler_cell_writes_total{')).reduce<Record<string, number>>(
+    (acc, l) => {
       const kind = /kind="([^"]+)"/.exec(l)?.[1] ?? '?';
       const verb = /verb="([^"]+)"/.exec(l)?.[1] ?? '?';
-      acc[`${kind} ${verb}`] = (acc[`${kind} ${verb}`] ?? 0) + Number(l.split(' ').pop());
+      acc[`${kind} ${verb}`] = (acc[`${kind} ${verb}`] ?? 0) + sampleValue(l);
       return acc;
-    }, {});
+    },
+    {},
+  );
   // Every put of a key raises its version: the sum over placements and status is the scheduler's etcd writes.
   const etcdWrites = async (pfx: string) =>
     (await etcd.getAll().prefix(pfx).exec()).kvs.reduce((n, kv) => n + Number(kv.version), 0);

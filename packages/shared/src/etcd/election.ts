@@ -5,8 +5,9 @@
  *
  * A leader steps down (onDeposed) when its lease is lost, when its key is deleted or taken, or on
  * stop(). One that lost its seat waits `recampaignDelayMs` before campaigning again, so the
- * standby takes the seat rather than the failing candidate winning it back. Writes that must not happen after a leader lost its seat can be fenced with `guard()`:
- * a transaction compare that holds only while this candidate's key is still the election's key.
+ * standby takes the seat rather than the failing candidate winning it back. Writes that must not
+ * happen after a leader lost its seat can be fenced with `guard()`: a transaction compare that
+ * holds only while this candidate's key is still the election's key.
  */
 import type { Etcd3, ICompare } from 'etcd3';
 import type { Logger } from '../logging/index.ts';

@@ -134,7 +134,6 @@ export async function openWatchStream(
   return {
     done,
     cancel: () => {
-      if (cancelled) return;
       cancelled = true;
       close();
     },

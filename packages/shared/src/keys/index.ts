@@ -159,11 +159,11 @@ export class BerthKeys {
   ipamHandle(cell: string, handle: string): string {
     return `${this.prefix}/ipam/${cell}/handles/${handle}`;
   }
-  /** Which blocks a node holds: one key per block, so a node finds its own blocks in one read. */
   /** Bumped by every block claim of a node: a claim that did not see the latest one is refused. */
   ipamClaims(cell: string, node: string): string {
     return `${this.prefix}/ipam/${cell}/claims/${node}`;
   }
+  /** Which blocks a node holds: one key per block, so a node finds its own blocks in one read. */
   ipamAffinities(cell: string, node: string): string {
     return `${this.prefix}/ipam/${cell}/affinity/${node}/`;
   }
