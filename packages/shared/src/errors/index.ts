@@ -1,7 +1,7 @@
 /**
- * Berth's typed errors. Every error a caller can act on is one of these; errors from outside
- * systems are parsed into them at the client boundary. The HTTP layer maps them to RFC 9457
- * problem+json in one place (see ../http/problem.ts).
+ * Berth's error catalogue. Every error Berth throws is a BerthError with a stable `code`; errors
+ * from outside systems are parsed into them at the client boundary. No error knows an HTTP status
+ * or a CNI code: each edge maps codes in one table (../http/problem.ts, the CNI plugin's main).
  *
  * Sort by what the caller should do (Calico's ipam_errors.go):
  * - InputError: fix the request; carries the field path of each bad field.
@@ -22,23 +22,48 @@ export type ErrorOptions = {
   extensions?: Record<string, unknown>;
 };
 
+/**
+ * The stable codes of every error Berth throws. A code names what happened, never how an edge
+ * answers it: the API maps codes to HTTP statuses in one table (`HTTP_STATUS_BY_CODE` in
+ * ../http/problem.ts), the CNI plugin maps them to CNI error codes in one table (its main).
+ */
+export type ErrorCode =
+  | 'internal'
+  | 'invalid-input'
+  | 'invalid-config'
+  | 'unauthorized'
+  | 'forbidden'
+  | 'not-found'
+  | 'method-not-allowed'
+  | 'conflict'
+  | 'precondition-failed'
+  | 'idempotency-mismatch'
+  | 'payload-too-large'
+  | 'unsupported-media-type'
+  | 'rate-limited'
+  | 'unavailable'
+  | 'compare-failed'
+  | 'not-leader'
+  | 'compacted'
+  | 'corrupt-value'
+  | (string & {});
+
 export class BerthError extends Error {
-  /** HTTP status this error maps to. */
-  readonly status: number = 500;
   /** Short stable code, the last segment of the problem `type` URI. */
-  readonly code: string = 'internal';
+  readonly code: ErrorCode;
   readonly extensions: Record<string, unknown>;
 
-  constructor(message: string, options: ErrorOptions = {}) {
+  constructor(message: string, options: ErrorOptions & { code?: ErrorCode } = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = new.target.name;
+    this.code = options.code ?? (new.target as unknown as { CODE?: ErrorCode }).CODE ?? 'internal';
     this.extensions = options.extensions ?? {};
   }
 }
 
+/** Fix the request; carries the field path of each bad field. */
 export class InputError extends BerthError {
-  override readonly status = 400;
-  override readonly code = 'invalid-input';
+  static readonly CODE = 'invalid-input';
   readonly issues: FieldIssue[];
 
   constructor(message: string, issues: FieldIssue[] = [], options: ErrorOptions = {}) {
@@ -48,53 +73,96 @@ export class InputError extends BerthError {
 }
 
 export class UnauthorizedError extends BerthError {
-  override readonly status = 401;
-  override readonly code = 'unauthorized';
+  static readonly CODE = 'unauthorized';
 }
 
 export class ForbiddenError extends BerthError {
-  override readonly status = 403;
-  override readonly code = 'forbidden';
+  static readonly CODE = 'forbidden';
 }
 
 export class NotFoundError extends BerthError {
-  override readonly status = 404;
-  override readonly code = 'not-found';
+  static readonly CODE = 'not-found';
+}
+
+/** A known resource answered a method it does not support; `allow` lists the ones it does. */
+export class MethodNotAllowedError extends BerthError {
+  static readonly CODE = 'method-not-allowed';
+  readonly allow: string[];
+
+  constructor(message: string, allow: string[]) {
+    super(message);
+    this.allow = allow;
+  }
 }
 
 export class ConflictError extends BerthError {
-  override readonly status = 409;
-  override readonly code = 'conflict';
+  static readonly CODE = 'conflict';
 }
 
 export class PreconditionFailedError extends BerthError {
-  override readonly status = 412;
-  override readonly code = 'precondition-failed';
+  static readonly CODE = 'precondition-failed';
+}
+
+/** An Idempotency-Key was used before with another request. */
+export class IdempotencyMismatchError extends BerthError {
+  static readonly CODE = 'idempotency-mismatch';
 }
 
 export class PayloadTooLargeError extends BerthError {
-  override readonly status = 413;
-  override readonly code = 'payload-too-large';
+  static readonly CODE = 'payload-too-large';
 }
 
 export class UnsupportedMediaTypeError extends BerthError {
-  override readonly status = 415;
-  override readonly code = 'unsupported-media-type';
+  static readonly CODE = 'unsupported-media-type';
 }
 
 export class RateLimitedError extends BerthError {
-  override readonly status = 429;
-  override readonly code = 'rate-limited';
+  static readonly CODE = 'rate-limited';
 }
 
+/** A dependency is down; retry later (transient errors are retried inside first). */
 export class UnavailableError extends BerthError {
-  override readonly status = 503;
-  override readonly code = 'unavailable';
+  static readonly CODE = 'unavailable';
+}
+
+/**
+ * A transaction's compare did not hold: someone wrote a key in between. `failedKeys` says which,
+ * so a caller can answer 409 (created meanwhile) or 412 (changed meanwhile), or re-read and retry.
+ */
+export class CompareFailedError extends BerthError {
+  static readonly CODE = 'compare-failed';
+  readonly failedKeys: string[];
+
+  constructor(failedKeys: string[], options: ErrorOptions = {}) {
+    super(`changed meanwhile: ${failedKeys.join(', ') || '(unknown key)'}`, options);
+    this.failedKeys = failedKeys;
+  }
+}
+
+/** A write fenced by a leader election was refused: this process no longer leads. */
+export class NotLeaderError extends BerthError {
+  static readonly CODE = 'not-leader';
+}
+
+/** A watch asked for a revision etcd has compacted: list again, then watch from there. */
+export class CompactedError extends BerthError {
+  static readonly CODE = 'compacted';
+  readonly compactRevision: number;
+
+  constructor(compactRevision: number) {
+    super(`revision compacted (oldest available ${compactRevision}); list again`);
+    this.compactRevision = compactRevision;
+  }
+}
+
+/** A stored value that cannot be decoded: named by its key, never guessed around. */
+export class CorruptValueError extends BerthError {
+  static readonly CODE = 'corrupt-value';
 }
 
 /** Configuration that failed validation at start; one line per bad variable. */
 export class ConfigError extends BerthError {
-  override readonly code = 'invalid-config';
+  static readonly CODE = 'invalid-config';
   readonly issues: FieldIssue[];
 
   constructor(issues: FieldIssue[]) {

@@ -10,7 +10,9 @@
  * holds only while this candidate's key is still the election's key.
  */
 import type { Etcd3, ICompare } from 'etcd3';
+import { NotLeaderError } from '../errors/index.ts';
 import type { Logger } from '../logging/index.ts';
+import type { Compare } from '../store/backend.ts';
 import { type Codec, createIfAbsent, getVersioned } from './cas.ts';
 import { EtcdLease } from './lease.ts';
 import { openWatchStream, type WatchStreamHandle } from './watch.ts';
@@ -75,13 +77,24 @@ export class LeaderElection {
    * not lead now.
    */
   guard(): ICompare {
-    if (!this.#leadership) throw new Error(`${this.candidateId} does not lead ${this.key}`);
+    if (!this.#leadership) throw new NotLeaderError(`${this.candidateId} does not lead ${this.key}`);
     return {
       key: Buffer.from(this.key),
       target: 'Create',
       result: 'Equal',
       create_revision: this.#leadership.createRevision,
     };
+  }
+
+  /**
+   * The same fence in the store's vocabulary: `store.fenced(() => election.fence())` compares it
+   * in every transaction. Throws NotLeaderError when this candidate does not lead now.
+   */
+  fence(): Compare {
+    if (!this.#leadership || this.#lease?.lost) {
+      throw new NotLeaderError(`${this.candidateId} does not lead ${this.key}`);
+    }
+    return { key: this.key, createRevision: this.#leadership.createRevision };
   }
 
   /** Starts campaigning in the background. Safe to call twice. */

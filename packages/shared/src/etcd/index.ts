@@ -1,14 +1,8 @@
 export {
-  type CasOptions,
-  type CasResult,
   type Codec,
-  casUpdate,
   createIfAbsent,
-  DELETE,
   getVersioned,
   jsonCodec,
-  type Mutator,
-  UNCHANGED,
   type Versioned,
 } from './cas.ts';
 export {
@@ -23,11 +17,9 @@ export {
 export { LeaderElection, type LeaderElectionOptions } from './election.ts';
 export { EtcdLease, type EtcdLeaseOptions } from './lease.ts';
 export {
-  CompactedError,
   openWatchStream,
   PrefixWatcher,
   type PrefixWatcherOptions,
-  prefixRangeEnd,
   type WatchChange,
   type WatcherState,
   type WatchStreamHandle,

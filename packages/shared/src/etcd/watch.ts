@@ -17,7 +17,9 @@
  * would hang.
  */
 import type { Etcd3, IDuplexStream, IWatchRequest, IWatchResponse } from 'etcd3';
+import { CompactedError, UnavailableError } from '../errors/index.ts';
 import type { Logger } from '../logging/index.ts';
+import { prefixRangeEnd } from '../store/backend.ts';
 import { type Codec, jsonCodec, type Versioned } from './cas.ts';
 
 export type WatchChange<T> =
@@ -44,29 +46,6 @@ export type PrefixWatcherOptions<T> = {
   retryInitialMs?: number;
   retryMaxMs?: number;
 };
-
-/** etcd cancelled the watch because its start revision was compacted. */
-export class CompactedError extends Error {
-  readonly compactRevision: number;
-  constructor(compactRevision: number) {
-    super(`watch start revision compacted (compact revision ${compactRevision})`);
-    this.name = 'CompactedError';
-    this.compactRevision = compactRevision;
-  }
-}
-
-/** The exclusive end of the range of all keys with this prefix. */
-export function prefixRangeEnd(prefix: string): Buffer {
-  const end = Buffer.from(prefix);
-  for (let i = end.length - 1; i >= 0; i--) {
-    const byte = end[i] as number;
-    if (byte < 0xff) {
-      end[i] = byte + 1;
-      return end.subarray(0, i + 1);
-    }
-  }
-  return Buffer.from([0]);
-}
 
 export type WatchStreamHandle = {
   /** Resolves when the stream ends by cancel(); rejects on compaction or stream failure. */
@@ -104,7 +83,7 @@ export async function openWatchStream(
         const compacted = Number(res.compact_revision);
         if (compacted > 0) reject(new CompactedError(compacted));
         else if (cancelled) resolve();
-        else reject(new Error(`etcd cancelled the watch: ${res.cancel_reason || 'no reason given'}`));
+        else reject(new UnavailableError(`etcd cancelled the watch: ${res.cancel_reason || 'no reason given'}`));
         close();
         return;
       }

@@ -4,7 +4,14 @@
  * logged (only 5xx are logged: a 4xx is the caller's business, and the response says it all).
  */
 import type { ErrorRequestHandler, RequestHandler, Response } from 'express';
-import { BerthError, type FieldIssue, InputError, NotFoundError } from '../errors/index.ts';
+import {
+  BerthError,
+  type ErrorCode,
+  type FieldIssue,
+  InputError,
+  MethodNotAllowedError,
+  NotFoundError,
+} from '../errors/index.ts';
 import type { Logger } from '../logging/index.ts';
 
 export const PROBLEM_CONTENT_TYPE = 'application/problem+json';
@@ -38,14 +45,42 @@ const TITLES: Record<number, string> = {
   503: 'Service Unavailable',
 };
 
+/**
+ * The HTTP status of every error code: the one place where a Berth error becomes a status. A code
+ * missing here is a 500 (and logged), so a new error class is noticed, not silently mapped.
+ */
+export const HTTP_STATUS_BY_CODE: Readonly<Record<string, number>> = {
+  'invalid-input': 400,
+  unauthorized: 401,
+  forbidden: 403,
+  'not-found': 404,
+  'method-not-allowed': 405,
+  conflict: 409,
+  // A compare that kept failing after every retry: the resource kept changing.
+  'compare-failed': 409,
+  'precondition-failed': 412,
+  'payload-too-large': 413,
+  'unsupported-media-type': 415,
+  'idempotency-mismatch': 422,
+  'rate-limited': 429,
+  unavailable: 503,
+  'not-leader': 503,
+  compacted: 503,
+} satisfies Partial<Record<ErrorCode, number>>;
+
+export function httpStatusOf(err: BerthError): number {
+  return HTTP_STATUS_BY_CODE[err.code] ?? 500;
+}
+
 export function problemFromError(err: unknown, instance?: string): Problem {
   if (err instanceof BerthError) {
+    const status = httpStatusOf(err);
     const problem: Problem = {
       ...err.extensions,
-      type: `${PROBLEM_TYPE_BASE}${err.code}`,
-      title: TITLES[err.status] ?? 'Error',
-      status: err.status,
-      detail: err.message,
+      type: `${PROBLEM_TYPE_BASE}${status === 500 ? 'internal' : err.code}`,
+      title: TITLES[status] ?? 'Error',
+      status,
+      detail: status === 500 ? 'internal error; it has been logged' : err.message,
     };
     if (instance) problem.instance = instance;
     if (err instanceof InputError && err.issues.length > 0) problem.errors = err.issues;
@@ -115,6 +150,7 @@ export function problemMiddleware(logger: Logger): ErrorRequestHandler {
       return;
     }
     const problem = problemFromError(err, req.originalUrl);
+    if (err instanceof MethodNotAllowedError) res.setHeader('Allow', err.allow.join(', '));
     if (problem.status >= 500) logger.error({ err, method: req.method, url: req.originalUrl }, 'request failed');
     sendProblem(res, problem);
   };

@@ -2,16 +2,15 @@
  * The etcd key layout: the one place that spells a key. Services never concatenate key strings
  * themselves, so a layout change is a change here and in docs/architecture.md.
  *
- * Berth's own state lives under a configurable prefix (default `/berth`); load-balancer state
- * under `/slb`, the layout LeEngine's Nginx hosts used, so an lb-agent needs only its group's
- * subtree.
+ * Berth's own state lives under a configurable prefix (default `/berth`). Every leaf key has a
+ * KeyTemplate that prints it and parses it back: `keys.parse('version', key)`.
  *
  * Names in keys are DNS-1123 labels (region, cell, app, node, group) or Berth's own ids; CIDRs
  * are written with `-` for `/` (`198.18.0.0-16`), because `/` separates levels.
  */
+import { InputError } from '../errors/index.ts';
 
 export const DEFAULT_PREFIX = '/berth';
-export const DEFAULT_SLB_PREFIX = '/slb';
 
 /** `198.18.0.0/16` → `198.18.0.0-16` for use inside a key. */
 export function cidrToKey(cidr: string): string {
@@ -24,18 +23,92 @@ export function cidrFromKey(segment: string): string {
   return i < 0 ? segment : `${segment.slice(0, i)}/${segment.slice(i + 1)}`;
 }
 
-/** The last segment of a key. */
-export function lastSegment(key: string): string {
-  return key.slice(key.lastIndexOf('/') + 1);
+/**
+ * One leaf key's shape, e.g. `apps/{app}/versions/{version}` under the installation's prefix: it
+ * prints a key from its parts and parses a key back into them (or nothing for a foreign key), so
+ * no caller splits a key by hand (Calico's `model/block.go`, `defaultPath` / `KeyFromDefaultPath`).
+ * A part named `cidr` is written with `-` for `/`.
+ */
+export class KeyTemplate<P extends string> {
+  readonly #prefix: string;
+  readonly #segments: readonly string[];
+
+  constructor(prefix: string, shape: string) {
+    this.#prefix = prefix;
+    this.#segments = shape.split('/');
+  }
+
+  format(parts: Record<P, string>): string {
+    let out = this.#prefix;
+    for (const seg of this.#segments) {
+      if (seg.startsWith('{')) {
+        const name = seg.slice(1, -1) as P;
+        const value = parts[name];
+        out += `/${name === 'cidr' ? cidrToKey(value) : value}`;
+      } else {
+        out += `/${seg}`;
+      }
+    }
+    return out;
+  }
+
+  /** The parts of `key`, or undefined when `key` does not have this shape. */
+  parse(key: string): Record<P, string> | undefined {
+    if (!key.startsWith(`${this.#prefix}/`)) return undefined;
+    const segs = key.slice(this.#prefix.length + 1).split('/');
+    if (segs.length !== this.#segments.length) return undefined;
+    const out = {} as Record<P, string>;
+    for (let i = 0; i < segs.length; i++) {
+      const want = this.#segments[i] as string;
+      const got = segs[i] as string;
+      if (!got) return undefined;
+      if (want.startsWith('{')) {
+        const name = want.slice(1, -1) as P;
+        out[name] = name === 'cidr' ? cidrFromKey(got) : got;
+      } else if (want !== got) {
+        return undefined;
+      }
+    }
+    return out;
+  }
 }
 
 /** Keys of one Berth installation. Directory helpers end with `/` so prefix scans do not overmatch. */
 export class BerthKeys {
   readonly prefix: string;
 
+  /** Every leaf key's template, by name: `keys.templates.version.parse(key)`. */
+  readonly templates;
+
   constructor(prefix: string = DEFAULT_PREFIX) {
-    if (!/^(\/[A-Za-z0-9_.-]+)+$/.test(prefix)) throw new Error(`bad etcd key prefix "${prefix}"`);
+    if (!/^(\/[A-Za-z0-9_.-]+)+$/.test(prefix)) throw new InputError(`bad etcd key prefix "${prefix}"`);
     this.prefix = prefix;
+    const t = <P extends string>(shape: string) => new KeyTemplate<P>(prefix, shape);
+    this.templates = {
+      user: t<'user'>('users/{user}'),
+      token: t<'token'>('tokens/{token}'),
+      quota: t<'user'>('quotas/{user}'),
+      region: t<'region'>('regions/{region}'),
+      cell: t<'region' | 'cell'>('regions/{region}/cells/{cell}'),
+      app: t<'app'>('apps/{app}'),
+      version: t<'app' | 'version'>('apps/{app}/versions/{version}'),
+      member: t<'app' | 'user'>('apps/{app}/members/{user}'),
+      placement: t<'app' | 'version'>('placements/{app}/{version}'),
+      status: t<'app' | 'version' | 'cell'>('status/{app}/{version}/{cell}'),
+      builder: t<'region' | 'agent'>('builders/{region}/{agent}'),
+      ipamPool: t<'cell' | 'cidr'>('ipam/{cell}/pools/{cidr}'),
+      ipamBlock: t<'cell' | 'cidr'>('ipam/{cell}/blocks/{cidr}'),
+      ipamIp: t<'cell' | 'ip'>('ipam/{cell}/ips/{ip}'),
+      ipamHandle: t<'cell' | 'handle'>('ipam/{cell}/handles/{handle}'),
+      ipamAffinity: t<'cell' | 'node' | 'cidr'>('ipam/{cell}/affinity/{node}/{cidr}'),
+      outbox: t<'id'>('outbox/{id}'),
+      idempotency: t<'user' | 'hash'>('idempotency/{user}/{hash}'),
+    } as const;
+  }
+
+  /** The parts of a leaf key of the named kind, or undefined for any other key. */
+  parse<K extends keyof BerthKeys['templates']>(kind: K, key: string): ReturnType<BerthKeys['templates'][K]['parse']> {
+    return this.templates[kind].parse(key) as ReturnType<BerthKeys['templates'][K]['parse']>;
   }
 
   // Users, access tokens, quotas (API-owned; here so the whole layout is in one place)
@@ -171,43 +244,27 @@ export class BerthKeys {
     return `${this.prefix}/ipam/${cell}/affinity/${node}/${cidrToKey(blockCidr)}`;
   }
 
+  // Events waiting for the relay: written in the same transaction as the change they record.
+  outboxes(): string {
+    return `${this.prefix}/outbox/`;
+  }
+  outbox(id: string): string {
+    return `${this.prefix}/outbox/${id}`;
+  }
+
+  // Idempotency records of POST requests (API), under a lease of a day.
+  idempotencies(user: string): string {
+    return `${this.prefix}/idempotency/${user}/`;
+  }
+  idempotency(user: string, hash: string): string {
+    return `${this.prefix}/idempotency/${user}/${hash}`;
+  }
+
   // Leader elections (scheduler, discovery): one key per election, held under the leader's lease.
   elections(): string {
     return `${this.prefix}/elections/`;
   }
   election(name: string): string {
     return `${this.prefix}/elections/${name}`;
-  }
-}
-
-/** Keys of the load-balancer tree, LeEngine's layout: `/slb/{group}/…`. */
-export class SlbKeys {
-  readonly prefix: string;
-
-  constructor(prefix: string = DEFAULT_SLB_PREFIX) {
-    if (!/^(\/[A-Za-z0-9_.-]+)+$/.test(prefix)) throw new Error(`bad etcd key prefix "${prefix}"`);
-    this.prefix = prefix;
-  }
-
-  group(group: string): string {
-    return `${this.prefix}/${group}/`;
-  }
-  domains(group: string): string {
-    return `${this.prefix}/${group}/domains/`;
-  }
-  domain(group: string, domain: string): string {
-    return `${this.prefix}/${group}/domains/${domain}`;
-  }
-  upstreams(group: string): string {
-    return `${this.prefix}/${group}/upstreams/`;
-  }
-  upstream(group: string, domain: string): string {
-    return `${this.prefix}/${group}/upstreams/${domain}`;
-  }
-  agents(group: string): string {
-    return `${this.prefix}/${group}/agents/`;
-  }
-  agent(group: string, host: string): string {
-    return `${this.prefix}/${group}/agents/${host}`;
   }
 }

@@ -135,7 +135,9 @@ export function streamConfigs(
       storage: StorageType.File,
       discard: DiscardPolicy.Old,
       max_age: nanos(limits.eventsMaxAgeMs ?? 365 * DAY_MS),
-      duplicate_window: nanos(2 * 60_000),
+      // An outbox entry is published again when its relay died between JetStream's ack and the
+      // delete; the window must cover a relay's restart, so an hour.
+      duplicate_window: nanos(60 * 60_000),
       allow_direct: true,
     },
     {
@@ -175,6 +177,27 @@ export async function ensureStreams(
 }
 
 /**
+ * Fills in id, time and the active trace context; redacts secrets in before/after/data; validates
+ * the result and refuses (InputError) an event that does not match the schema.
+ */
+export function buildEvent(input: EventInput): BerthEvent {
+  const trace = input.trace ?? currentTraceContext();
+  const candidate = {
+    ...input,
+    v: EVENT_SCHEMA_VERSION,
+    id: input.id ?? randomUUID(),
+    time: input.time ?? new Date().toISOString(),
+    ...(input.before !== undefined ? { before: redactSecrets(input.before) } : {}),
+    ...(input.after !== undefined ? { after: redactSecrets(input.after) } : {}),
+    ...(input.data !== undefined ? { data: redactSecrets(input.data) } : {}),
+    ...(trace ? { trace } : {}),
+  };
+  const parsed = eventSchema.safeParse(candidate);
+  if (!parsed.success) throw inputErrorFromZod(parsed.error, 'event');
+  return parsed.data;
+}
+
+/**
  * Publishes events to JetStream. Fills in id, time and the active trace context; redacts secrets
  * in before/after/data; validates the result and refuses (InputError) an event that does not
  * match the schema. The event id is the message id, so a retried publish is stored once.
@@ -190,25 +213,16 @@ export class EventPublisher {
 
   /** Builds and validates an event without publishing it. */
   build(input: EventInput): BerthEvent {
-    const trace = input.trace ?? currentTraceContext();
-    const candidate = {
-      ...input,
-      v: EVENT_SCHEMA_VERSION,
-      id: input.id ?? randomUUID(),
-      time: input.time ?? new Date().toISOString(),
-      ...(input.before !== undefined ? { before: redactSecrets(input.before) } : {}),
-      ...(input.after !== undefined ? { after: redactSecrets(input.after) } : {}),
-      ...(input.data !== undefined ? { data: redactSecrets(input.data) } : {}),
-      ...(trace ? { trace } : {}),
-    };
-    const parsed = eventSchema.safeParse(candidate);
-    if (!parsed.success) throw inputErrorFromZod(parsed.error, 'event');
-    return parsed.data;
+    return buildEvent(input);
   }
 
   /** Publishes one event; resolves with its stream sequence once JetStream has stored it. */
   async publish(input: EventInput): Promise<{ event: BerthEvent; seq: number }> {
-    const event = this.build(input);
+    return this.publishBuilt(this.build(input));
+  }
+
+  /** Publishes an event already built (an outbox entry); its id is the message id. */
+  async publishBuilt(event: BerthEvent): Promise<{ event: BerthEvent; seq: number }> {
     const hdrs = natsHeaders();
     injectIntoHeaderMap(hdrs);
     const subject = this.#subjects.event(event.kind, event.resourceId, event.action);
@@ -325,3 +339,4 @@ export class NatsComponent {
     if (!this.#client?.connected) throw new Error('not connected to NATS');
   };
 }
+export { EventsComponent, type EventsComponentOptions } from './events.ts';

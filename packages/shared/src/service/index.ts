@@ -11,10 +11,15 @@ import type { Express } from 'express';
 import { Gauge, type Registry } from 'prom-client';
 import type { HostPort } from '../config/index.ts';
 import { createEtcdClient, type Etcd3, LeaderElection, pingEtcd } from '../etcd/index.ts';
+import type { EventSubjects } from '../events/index.ts';
 import { createMetricsRegistry, HealthRegistry, HttpServer } from '../http/index.ts';
-import { BerthKeys, SlbKeys } from '../keys/index.ts';
+import { BerthKeys } from '../keys/index.ts';
 import { type Component, Lifecycle } from '../lifecycle/index.ts';
 import type { Logger } from '../logging/index.ts';
+import { EventsComponent } from '../nats/events.ts';
+import type { NatsComponent } from '../nats/index.ts';
+import { Etcd3Backend } from '../store/etcd3-backend.ts';
+import { Store } from '../store/store.ts';
 
 /** The config fields every service has (from `serviceEnv` and `etcdEnv`). */
 export type BaseServiceConfig = {
@@ -43,7 +48,8 @@ export class ServiceRuntime {
   readonly logger: Logger;
   readonly etcd: Etcd3;
   readonly keys: BerthKeys;
-  readonly slbKeys: SlbKeys;
+  /** The typed store every write of this service goes through (../store). */
+  readonly store: Store;
   readonly health = new HealthRegistry();
   readonly metrics: Registry;
   readonly http: HttpServer;
@@ -66,7 +72,7 @@ export class ServiceRuntime {
         dialTimeoutMs: config.ETCD_DIAL_TIMEOUT,
       });
     this.keys = new BerthKeys(config.ETCD_PREFIX);
-    this.slbKeys = new SlbKeys();
+    this.store = new Store(new Etcd3Backend(this.etcd), { logger: options.logger });
     this.metrics = createMetricsRegistry(options.name);
     this.health.add('etcd', () => pingEtcd(this.etcd));
     this.health.add('started', () => {
@@ -128,9 +134,23 @@ export class ServiceRuntime {
     return leaderElection;
   }
 
-  /** A child logger for one component. */
-  componentLogger(component: string): Logger {
-    return this.logger.child({ component });
+  /**
+   * Events through the outbox (../nats/events.ts): recorded in the change's own transaction,
+   * published after the commit, and relayed by this instance when that failed. Starts after NATS.
+   */
+  addEvents(nats: NatsComponent, subjects: EventSubjects, options: { ensureStreams?: boolean } = {}): EventsComponent {
+    const events = new EventsComponent({
+      nats,
+      store: this.store,
+      keys: this.keys,
+      subjects,
+      logger: this.logger,
+      metrics: this.metrics,
+      metricPrefix: `berth_${this.name.replace(/-/g, '_')}`,
+      ...options,
+    });
+    this.add(events);
+    return events;
   }
 
   async start(): Promise<void> {
