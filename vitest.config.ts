@@ -1,23 +1,37 @@
 import { defineConfig } from 'vitest/config';
 
-// One run covers unit tests beside the code, service tests against real servers and the
-// cross-service suites in test/. Real servers come from the local region (`make test` brings it
-// up); tests isolate themselves by key prefix, subject root or namespace.
+// Two tiers. `unit`: pure logic beside the code (`src/**/*.test.ts`), no region and no global
+// setup, so it runs in seconds on a machine with nothing started (`make test-unit`). A test that
+// needs a real server (etcd, NATS, Redis, a cell) does not belong in `src/`: put it in the
+// package's `test/` folder. `integration`: service tests against real servers and the
+// cross-service suites in test/; the global setup fails fast when the local region is not up
+// (`make test` brings it up). Tests isolate themselves by key prefix, subject root or namespace.
+// Run one tier with `vitest run --project unit` (or `integration`).
 export default defineConfig({
   test: {
-    include: [
-      'packages/*/src/**/*.test.ts',
-      'packages/*/test/**/*.test.ts',
-      'services/*/src/**/*.test.ts',
-      'services/*/test/**/*.test.ts',
-      'test/**/*.test.ts',
-    ],
     exclude: ['**/node_modules/**', 'test/bench/**'],
-    testTimeout: 60_000,
-    hookTimeout: 120_000,
     pool: 'forks',
     maxWorkers: 2,
     reporters: ['default'],
-    globalSetup: ['./test/setup/global.ts'],
+    projects: [
+      {
+        extends: true,
+        test: {
+          name: 'unit',
+          include: ['packages/*/src/**/*.test.ts', 'services/*/src/**/*.test.ts'],
+          testTimeout: 10_000,
+        },
+      },
+      {
+        extends: true,
+        test: {
+          name: 'integration',
+          include: ['packages/*/test/**/*.test.ts', 'services/*/test/**/*.test.ts', 'test/**/*.test.ts'],
+          testTimeout: 60_000,
+          hookTimeout: 120_000,
+          globalSetup: ['./test/setup/global.ts'],
+        },
+      },
+    ],
   },
 });

@@ -3,6 +3,7 @@
 # (BERTH_ADMIN_TOKEN, made only when the one there no longer works), and the local region with
 # every cell registered. Idempotent.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=/dev/null # written by make up
 for f in "$BERTH_LOCAL"/env.d/*.sh; do [[ -f $f ]] && source "$f"; done
 API=${BERTH_API_URL:-http://127.0.0.1:7070}/api/v1
 ENV_FILE=$BERTH_LOCAL/env.d/40-api.sh

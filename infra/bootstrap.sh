@@ -11,7 +11,7 @@ REGION_PACKAGES=(
   etcd-server etcd-client nats-server redis-server redis-tools docker.io docker-registry
   nginx libnginx-mod-http-lua lua-resty-core containerd containernetworking-plugins
   iproute2 iptables curl ca-certificates procps psmisc util-linux openssl jq gcc libc6-dev
-  python3-venv slapd ldap-utils iputils-ping
+  python3-venv slapd ldap-utils iputils-ping shellcheck
 )
 
 install_packages() {

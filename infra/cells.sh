@@ -29,7 +29,7 @@ SERVICE_CIDR=198.19.64.0/18
 POD_CIDR_A=198.18.0.0/16
 BRIDGE_A=berth-cell-a0
 NODE_IP_A=198.18.0.1 # the host's address on cell-a's bridge: the kubelet's node IP
-NODE_A=cell-a-node0
+NODE_A="cell-a-node0"
 REGISTRY=${BERTH_REGISTRY:-127.0.0.1:5000}
 PAUSE_IMAGE=$REGISTRY/berth/pause:3.10.1
 CONTAINERD_SOCK_A=$BERTH_RUN_DIR/cell-a-containerd.sock
@@ -418,7 +418,9 @@ apply_kwok_nodes() {
   # Fewer nodes than last time: remove the rest.
   extra=$(kubectl_cell "$cell" get nodes -l type=kwok -o name | sed 's|node/||' |
     awk -v c="$cell-node" -v n="$KWOK_NODES" 'index($0, c) == 1 && substr($0, length(c) + 1) + 0 >= n')
-  [[ -z $extra ]] || kubectl_cell "$cell" delete node --wait=false $extra >/dev/null
+  local names
+  mapfile -t names <<<"$extra"
+  [[ -z $extra ]] || kubectl_cell "$cell" delete node --wait=false "${names[@]}" >/dev/null
 }
 
 ready_nodes() { # ready_nodes CELL SELECTOR: how many nodes are Ready
@@ -463,7 +465,7 @@ write_env() {
     echo "export BERTH_K8S_VERSION=$K8S_VERSION"
     echo "export BERTH_SAMPLE_IMAGE=$REGISTRY/berth/sample-app:v1"
     for cell in $(configured_cells); do
-      var=BERTH_KUBECONFIG_$(echo "${cell//-/_}" | tr a-z A-Z)
+      var=BERTH_KUBECONFIG_$(echo "${cell//-/_}" | tr '[:lower:]' '[:upper:]')
       echo "export $var=$CELLS_DIR/$cell.kubeconfig"
       kubeconfigs+="${kubeconfigs:+:}$CELLS_DIR/$cell.kubeconfig"
     done
@@ -551,7 +553,7 @@ cmd_up() {
     prepare_host_a
   fi
 
-  log "starting etcd-cells, then the API servers of $(echo $cells)"
+  log "starting etcd-cells, then the API servers of ${cells//$'\n'/ }"
   start_etcd
   for cell in $cells; do start_apiserver "$cell" "$(cell_index "$cell")"; done
   ((with_a == 0)) || start_containerd_a
@@ -578,7 +580,7 @@ cmd_up() {
     log "the region's registry or Docker is not up: sample images not pushed (run infra/images.sh later)"
   fi
   (($#)) || write_env
-  log "cells ready in $((SECONDS - t0))s: $(echo $cells) (kubeconfigs in $CELLS_DIR)"
+  log "cells ready in $((SECONDS - t0))s: ${cells//$'\n'/ } (kubeconfigs in $CELLS_DIR)"
 }
 
 cmd_down() {

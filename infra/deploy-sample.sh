@@ -3,6 +3,7 @@
 # would: an app `sample` with one version of berth/sample-app spread over cell-a and cell-b.
 # Idempotent: an existing app is left as it is. Waits until its replicas are available.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=/dev/null # written by make up
 for f in "$BERTH_LOCAL"/env.d/*.sh; do [[ -f $f ]] && source "$f"; done
 API=${BERTH_API_URL:-http://127.0.0.1:7070}/api/v1
 AUTH="Authorization: Bearer $BERTH_ADMIN_TOKEN"
@@ -29,5 +30,6 @@ until available; do
   ((SECONDS < deadline)) || die "the sample app is not available after 120s: see make status and $(logfile berth-scheduler)"
   sleep 1
 done
+# shellcheck disable=SC2015 # no address (either step failing) is fine: the log says "?"
 ip=$(curl -fsS -m 5 -H "$AUTH" "$API/apps/$APP/status" >/dev/null && "$BERTH_BIN_DIR/kubectl" --kubeconfig "$BERTH_LOCAL/cells/cell-a.kubeconfig" -n "$APP" get pods -o jsonpath='{.items[0].status.podIP}' 2>/dev/null || true)
 log "sample app available; in cell-a at http://${ip:-?}:8080/"

@@ -97,7 +97,7 @@ live_pid() {
 # is_running NAME: true when NAME's pid file names a live process of ours (see live_pid).
 is_running() { live_pid "$1" >/dev/null; }
 
-pid_of() { [[ -f $(pidfile "$1") ]] && cat "$(pidfile "$1")" || true; }
+pid_of() { if [[ -f $(pidfile "$1") ]]; then cat "$(pidfile "$1")" || true; fi; }
 
 # start_daemon NAME CMD...: start CMD in its own session, output to NAME's log, pid to NAME's pid
 # file. Does nothing when NAME is already running (make up is idempotent).

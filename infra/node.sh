@@ -21,6 +21,7 @@ if system_node_ok; then
 else
   NODE=$NODE_BIN_DIR/node
 fi
+# shellcheck disable=SC2034 # for the scripts that source this file
 PNPM="$NODE $PNPM_HOME/node_modules/pnpm/bin/pnpm.cjs"
 export NODE PNPM_VERSION NODE_VERSION
 export PATH="$NODE_BIN_DIR:$BERTH_ROOT/node_modules/.bin:$PATH"

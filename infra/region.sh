@@ -214,7 +214,7 @@ cmd_down() {
   remove_docker_firewall
   # dockerd leaves its exec root's mounts (netns files) behind when killed.
   if [[ -d $DOCKER_EXEC_ROOT ]]; then
-    { grep -o " $DOCKER_EXEC_ROOT[^ ]*" /proc/mounts || true; } | sort -r | while read -r m; do as_root umount -l "$m" || true; done
+    { grep -o " ${DOCKER_EXEC_ROOT}[^ ]*" /proc/mounts || true; } | sort -r | while read -r m; do as_root umount -l "$m" || true; done
     as_root rm -rf "$DOCKER_EXEC_ROOT" || true
   fi
 }

@@ -14,6 +14,7 @@ declare -A PORT=([api]=7070 [scheduler]=7071 [builder-agent]=7072 [lb-agent]=707
 load_env() {
   local f
   for f in "$BERTH_LOCAL"/env.d/*.sh; do
+# shellcheck source=/dev/null # written by make up
     [[ -f $f ]] && source "$f"
   done
   return 0

@@ -37,6 +37,7 @@ step "IPAM: the berth-ipam plugin, cnictl, cell-a's pool"
 run_if_present infra/ipam.sh install
 step "cells"
 # cell-a's CNI conf takes its IPAM section from the IPAM step.
+# shellcheck source=/dev/null # written by make up
 [[ -f $BERTH_LOCAL/env.d/15-ipam.sh ]] && source "$BERTH_LOCAL/env.d/15-ipam.sh"
 run_if_present infra/cells.sh up
 

@@ -40,6 +40,7 @@ ok
 
 for cell in cell-a cell-b; do
   check "$cell: EndpointSlice lists 2 ready endpoints"
+  # shellcheck disable=SC2016 # expanded by the inner bash, from its arguments
   wait_until "$cell-apiserver" 30 bash -c '[[ $("$0" --kubeconfig "$1" -n "$2" get endpointslices -l kubernetes.io/service-name=sample \
     -o jsonpath="{range .items[*].endpoints[?(@.conditions.ready==true)]}{.addresses[0]}{\"\n\"}{end}" | grep -c .) -eq 2 ]]' \
     "$K8S_BIN/kubectl" "$BERTH_LOCAL/cells/$cell.kubeconfig" "$NS"
