@@ -39,6 +39,8 @@ export const memoryQuantitySchema = z
   .regex(/^[0-9]+(Ki|Mi|Gi|Ti|k|M|G|T)?$/, 'expected a memory quantity like 512Mi or 1Gi')
   .refine((q) => parseMemoryBytes(q) > 0, 'must be more than 0');
 
+export { formatCpu, formatMemory } from './quantity.ts';
+
 /** CPU quantity → millicores. */
 export function parseCpuMillis(quantity: string): number {
   if (quantity.endsWith('m')) return Number(quantity.slice(0, -1));
