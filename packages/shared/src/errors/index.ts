@@ -186,9 +186,31 @@ export function jsonPath(path: readonly PropertyKey[]): string {
   return out;
 }
 
-type ZodLikeIssue = { path: readonly PropertyKey[]; message: string; code?: string; keys?: string[] };
+type ZodLikeIssue = {
+  path: readonly PropertyKey[];
+  message: string;
+  code?: string;
+  keys?: string[];
+  expected?: string;
+};
 
-/** Turns zod issues into field issues; an unknown key is reported at its own path. */
+/** What to send for a missing field, by the type zod expected there. */
+const SEND_BY_TYPE: Record<string, string> = {
+  string: 'a string',
+  number: 'a number',
+  int: 'an integer',
+  boolean: 'true or false',
+  array: 'an array',
+  object: 'an object',
+  record: 'an object',
+};
+
+/**
+ * Turns zod issues into field issues; an unknown key is reported at its own path, and a missing
+ * field says it is required and what to send, where zod's own text ("expected array, received
+ * undefined") left a new user guessing. JSON has no undefined, so "received undefined" is always
+ * a field left out (zod's issues do not carry the input, only this text).
+ */
 export function fieldIssuesFromZod(issues: readonly ZodLikeIssue[]): FieldIssue[] {
   const out: FieldIssue[] = [];
   for (const issue of issues) {
@@ -196,6 +218,9 @@ export function fieldIssuesFromZod(issues: readonly ZodLikeIssue[]): FieldIssue[
       for (const key of issue.keys) {
         out.push({ path: jsonPath([...issue.path, key]), message: 'unknown field' });
       }
+    } else if (issue.code === 'invalid_type' && issue.expected && issue.message.endsWith('received undefined')) {
+      const send = SEND_BY_TYPE[issue.expected] ?? `a value of type ${issue.expected}`;
+      out.push({ path: jsonPath(issue.path), message: `required: send ${send}` });
     } else {
       out.push({ path: jsonPath(issue.path), message: issue.message });
     }

@@ -111,8 +111,11 @@ export type Cell = z.infer<typeof cellSchema>;
 // ---- Apps, versions, members ------------------------------------------------------------------
 
 export const healthCheckSchema = z.object({
-  /** HTTP path probed for readiness and liveness. */
-  path: z.string().startsWith('/').max(1024),
+  /**
+   * HTTP path probed for readiness and liveness (a 2xx or 3xx passes). Without one the check is a
+   * TCP connect to `port`: all an app that serves no health endpoint can offer.
+   */
+  path: z.string().startsWith('/').max(1024).optional(),
   port: z.number().int().min(1).max(65535),
   initialDelaySeconds: z.number().int().min(0).max(3600).default(5),
   periodSeconds: z.number().int().min(1).max(3600).default(10),

@@ -133,17 +133,36 @@ export const cellResponse = cellSchema;
 const healthCheckInput = healthCheckSchema.strict();
 const portInput = portSchema.strict();
 
+/** What an app listens on when its creator says nothing: one HTTP port, 8080. */
+const DEFAULT_PORT = { name: 'http', port: 8080 };
+export const DEFAULT_PORTS = [DEFAULT_PORT];
+
+/**
+ * Only `name`, `region` and `image` are required: an app that serves HTTP on 8080 needs nothing
+ * else. The defaults are prefaults (parsed like a sent value) so the OpenAPI document shows them
+ * as clients would send them.
+ */
 export const createAppBody = z
   .object({
     name: dnsLabelSchema,
     region: dnsLabelSchema,
     image: imageRepositorySchema,
     description: z.string().max(1000).optional(),
-    healthCheck: healthCheckInput,
-    ports: z.array(portInput).min(1).max(16),
+    healthCheck: healthCheckInput
+      .extend({
+        path: healthCheckInput.shape.path.describe('HTTP path probed; without one, the check is a TCP connect'),
+        port: healthCheckInput.shape.port.optional().describe('Default: the first of `ports`'),
+      })
+      .prefault({})
+      .describe('Default: a TCP connect check on the first of `ports`'),
+    ports: z.array(portInput).min(1).max(16).prefault(DEFAULT_PORTS),
     minCells: z.number().int().min(1).max(16).optional(),
   })
-  .strict();
+  .strict()
+  .transform(({ healthCheck, ...body }) => ({
+    ...body,
+    healthCheck: { ...healthCheck, port: healthCheck.port ?? body.ports[0]?.port ?? DEFAULT_PORT.port },
+  }));
 
 export const patchAppBody = z
   .object({

@@ -51,7 +51,8 @@ export function serviceFor(app: App): V1Service {
 export function deploymentFor(app: App, version: Version, replicas: number, options: ManifestOptions): V1Deployment {
   const hc = version.healthCheck;
   const probe = {
-    httpGet: { path: hc.path, port: hc.port },
+    // No path: a TCP connect, for apps without a health endpoint (the API's default check).
+    ...(hc.path === undefined ? { tcpSocket: { port: hc.port } } : { httpGet: { path: hc.path, port: hc.port } }),
     initialDelaySeconds: hc.initialDelaySeconds,
     periodSeconds: hc.periodSeconds,
     timeoutSeconds: hc.timeoutSeconds,
