@@ -21,7 +21,11 @@ install_plugin() {
   mkdir -p "$LIB"
   local stamp want
   stamp=$LIB/berth-ipam.stamp
-  want=$(cat "$SRC"/plugin/*.ts "$SRC"/ipam/*.ts "$BERTH_ROOT/packages/shared/src/keys/index.ts" | sha256sum | cut -c1-16)
+  # Every source the bundle may pull in: the plugin, the allocator and the shared modules they
+  # import (store/lite, errors, keys).
+  local shared=$BERTH_ROOT/packages/shared/src
+  want=$(cat "$SRC"/plugin/*.ts "$SRC"/ipam/*.ts "$shared"/store/*.ts "$shared"/errors/*.ts "$shared"/keys/*.ts |
+    sha256sum | cut -c1-16)
   if [[ ! -f $LIB/berth-ipam.mjs || ! -f $stamp || $(<"$stamp") != "$want" ]]; then
     "$ESBUILD" "$SRC/plugin/main.ts" --bundle --platform=node --format=esm --target=node24 \
       --outfile="$LIB/berth-ipam.mjs.tmp" --log-level=warning || die "bundling berth-ipam failed"

@@ -12,15 +12,15 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BerthKeys, cidrToKey } from '@berth/shared/keys';
 import { loadCellClient } from '@berth/shared/kube';
+import { GatewayBackend } from '@berth/shared/store/lite';
 import { REPO_ROOT, regionEnv, uniqueId, waitFor } from '@berth/shared/testing';
 import { Pools } from '../../services/cni-ipam/src/ipam/pools.ts';
-import { EtcdIpStore } from '../../services/cni-ipam/src/ipam/store.ts';
 
 const env = regionEnv();
 const endpoints = (env.ETCD_ENDPOINTS ?? '').split(',');
 const id = uniqueId(6);
 const keys = new BerthKeys(`/bench-${id}`);
-const store = new EtcdIpStore(endpoints);
+const store = new GatewayBackend(endpoints);
 const BERTH_IPAM = join(REPO_ROOT, '.local/bin/berth-ipam');
 const HOST_LOCAL = '/usr/lib/cni/host-local';
 const [C1, C8, C32] = (process.env.BENCH_PAIRS ?? '64,160,320').split(',').map(Number) as [number, number, number];

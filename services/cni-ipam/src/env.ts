@@ -11,7 +11,7 @@ import {
 } from '@berth/shared/config';
 import { z } from 'zod';
 
-/** The checker daemon (`cnictl check --watch` as a service). The plugin reads its network conf. */
+/** The checker daemon (`cnictl check` every CHECK_INTERVAL, as a service). The plugin reads its network conf. */
 export const ipamCheckerEnv = z.object({
   ...serviceEnv,
   ...etcdEnv,

@@ -8,7 +8,6 @@ import { listPods } from './checker/check.ts';
 import { LeakWatcher } from './checker/watch.ts';
 import type { IpamCheckerConfig } from './env.ts';
 import { Allocator } from './ipam/allocator.ts';
-import { EtcdIpStore } from './ipam/store.ts';
 
 /**
  * The IPAM checker daemon of one cell: compares its allocations in etcd with its pods every
@@ -27,7 +26,7 @@ export class IpamCheckerService {
   static create(config: IpamCheckerConfig, logger: Logger): IpamCheckerService {
     const log = logger.child({ cell: config.BERTH_CELL });
     const runtime = new ServiceRuntime({ name: 'cni-ipam', config, logger: log });
-    const store = new EtcdIpStore(config.ETCD_ENDPOINTS);
+    const backend = runtime.store.backend;
     const cell = loadCellClient(resolve(config.KUBECONFIG_DIR), config.BERTH_CELL);
     let publish: ((event: Omit<EventInput, 'actor'>) => Promise<void>) | undefined;
     if (config.NATS_URL) {
@@ -46,10 +45,10 @@ export class IpamCheckerService {
       };
     }
     const watcher = new LeakWatcher({
-      store,
+      backend,
       keys: runtime.keys,
       cell: config.BERTH_CELL,
-      allocator: new Allocator({ store, keys: runtime.keys, cell: config.BERTH_CELL }),
+      allocator: new Allocator({ backend, keys: runtime.keys, cell: config.BERTH_CELL }),
       pods: () => listPods(cell.core),
       intervalMs: config.CHECK_INTERVAL,
       autoRelease: config.AUTO_RELEASE,

@@ -7,10 +7,10 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { BerthKeys } from '@berth/shared/keys';
+import { GatewayBackend } from '@berth/shared/store/lite';
 import { REPO_ROOT, regionEnv, uniqueId } from '@berth/shared/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Pools } from '../src/ipam/pools.ts';
-import { EtcdIpStore } from '../src/ipam/store.ts';
 
 const env = regionEnv();
 const id = uniqueId(6);
@@ -54,7 +54,7 @@ beforeAll(async () => {
     existsSync(join(REPO_ROOT, '.local/bin/berth-ipam')),
     'infra/ipam.sh install (make up / make test) installs berth-ipam',
   ).toBe(true);
-  await new Pools(new EtcdIpStore((env.ETCD_ENDPOINTS ?? '').split(',')), keys, cell).add(POOL);
+  await new Pools(new GatewayBackend((env.ETCD_ENDPOINTS ?? '').split(',')), keys, cell).add(POOL);
   for (const ns of namespaces) execFileSync('ip', ['netns', 'add', ns]);
 });
 
@@ -88,7 +88,7 @@ describe('the bridge plugin with berth-ipam', () => {
     // CHECK through the bridge plugin reaches berth-ipam's CHECK.
     expect(bridgePlugin('CHECK', namespaces[0] as string, results[0]).code).toBe(0);
 
-    const store = new EtcdIpStore((env.ETCD_ENDPOINTS ?? '').split(','));
+    const store = new GatewayBackend((env.ETCD_ENDPOINTS ?? '').split(','));
     expect(await store.range(keys.ipamIps(cell))).toHaveLength(2);
     for (const ns of namespaces) expect(bridgePlugin('DEL', ns).code).toBe(0);
     for (const ns of namespaces) expect(bridgePlugin('DEL', ns).code).toBe(0); // idempotent

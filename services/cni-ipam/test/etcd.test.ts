@@ -4,22 +4,28 @@
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { BerthKeys } from '@berth/shared/keys';
+import { GatewayBackend } from '@berth/shared/store/lite';
 import { REPO_ROOT, regionEnv, uniqueId } from '@berth/shared/testing';
 import { describe, expect, it } from 'vitest';
 import { Allocator } from '../src/ipam/allocator.ts';
 import { contains, ipToInt, parseCidr } from '../src/ipam/cidr.ts';
 import { parseBlock } from '../src/ipam/model.ts';
 import { Pools } from '../src/ipam/pools.ts';
-import { EtcdIpStore } from '../src/ipam/store.ts';
 
 const env = regionEnv();
 const endpoints = (env.ETCD_ENDPOINTS ?? '').split(',');
 
 function world() {
   const keys = new BerthKeys(`/t-${uniqueId()}`);
-  const store = new EtcdIpStore(endpoints);
+  const store = new GatewayBackend(endpoints);
   const cell = 'cell-t';
-  return { keys, store, cell, pools: new Pools(store, keys, cell), allocator: new Allocator({ store, keys, cell }) };
+  return {
+    keys,
+    store,
+    cell,
+    pools: new Pools(store, keys, cell),
+    allocator: new Allocator({ backend: store, keys, cell }),
+  };
 }
 
 /** Runs the plugin as containerd would: a process, the network conf on stdin, CNI_* in its env. */
@@ -84,7 +90,7 @@ describe('allocation on real etcd', () => {
       ),
     );
     expect(new Set(results.map((r) => r.ip)).size).toBe(200);
-    const blocks = (await w.store.range(w.keys.ipamBlocks(w.cell))).map((kv) => parseBlock(kv.value));
+    const blocks = (await w.store.range(w.keys.ipamBlocks(w.cell))).map(parseBlock);
     for (const r of results) {
       const block = blocks.find((b) => contains(parseCidr(b.cidr), ipToInt(r.ip)));
       expect(block?.node, `${r.ip} is in a block of its node`).toBe(r.record.node);
@@ -99,7 +105,7 @@ describe('allocation on real etcd', () => {
     const w = world();
     await w.pools.add('198.19.44.0/24');
     const crashing = new Allocator({
-      store: w.store,
+      backend: w.store,
       keys: w.keys,
       cell: w.cell,
       afterClaim: () => {
@@ -112,7 +118,9 @@ describe('allocation on real etcd', () => {
     const claimed = await w.store.range(w.keys.ipamBlocks(w.cell));
     expect(claimed).toHaveLength(1);
     const again = await w.allocator.allocate({ network: 'net', containerId: 'c1', ifName: 'eth0', node: 'n1' });
-    expect(contains(parseCidr(parseBlock(claimed[0]?.value as string).cidr), ipToInt(again.ip))).toBe(true);
+    expect(contains(parseCidr(parseBlock(claimed[0] as { key: string; value: string }).cidr), ipToInt(again.ip))).toBe(
+      true,
+    );
     expect(await w.store.range(w.keys.ipamBlocks(w.cell))).toHaveLength(1); // no second block
   });
 });

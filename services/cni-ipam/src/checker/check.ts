@@ -6,16 +6,16 @@
  * - duplicates: two running pods with the same address.
  * A pod still starting (no address yet) holds its allocation legitimately.
  *
- * The watch loop releases leaks automatically only when asked to, and only what it saw leaked in
+ * The checker daemon (./watch.ts) releases leaks automatically only when asked to, and only what it saw leaked in
  * two checks a grace apart, each against a fresh list of pods, and never while the pod list cannot
  * be read: Calico's clean-up once freed addresses of live pods from a stale view.
  */
 import type { BerthKeys } from '@berth/shared/keys';
+import type { KvBackend } from '@berth/shared/store/lite';
 import type { CoreV1Api, V1Pod } from '@kubernetes/client-node';
 import type { Allocator } from '../ipam/allocator.ts';
 import { contains, ipToInt, parseCidr } from '../ipam/cidr.ts';
 import { type IpRecord, parseIp, parsePool } from '../ipam/model.ts';
-import type { IpStore } from '../ipam/store.ts';
 
 export type Leak = IpRecord & { reason: string };
 export type UnknownPod = { namespace: string; pod: string; ip: string; node: string };
@@ -47,8 +47,8 @@ export async function listPods(core: CoreV1Api): Promise<V1Pod[]> {
   return pods;
 }
 
-export async function listAllocations(store: IpStore, keys: BerthKeys, cell: string): Promise<IpRecord[]> {
-  return (await store.range(keys.ipamIps(cell))).map((kv) => parseIp(kv.value));
+export async function listAllocations(backend: KvBackend, keys: BerthKeys, cell: string): Promise<IpRecord[]> {
+  return (await backend.range(keys.ipamIps(cell))).map(parseIp);
 }
 
 function terminal(pod: V1Pod): boolean {
@@ -56,17 +56,17 @@ function terminal(pod: V1Pod): boolean {
 }
 
 export async function checkCell(options: {
-  store: IpStore;
+  backend: KvBackend;
   keys: BerthKeys;
   cell: string;
   /** A fresh list of the cell's pods (throws when it cannot be read). */
   pods: () => Promise<V1Pod[]>;
   now?: () => Date;
 }): Promise<CheckReport> {
-  const { store, keys, cell } = options;
+  const { backend, keys, cell } = options;
   // Allocations first, then pods: an address allocated after our read cannot be reported.
-  const allocations = await listAllocations(store, keys, cell);
-  const pools = (await store.range(keys.ipamPools(cell))).map((kv) => parseCidr(parsePool(kv.value).cidr));
+  const allocations = await listAllocations(backend, keys, cell);
+  const pools = (await backend.range(keys.ipamPools(cell))).map((kv) => parseCidr(parsePool(kv).cidr));
   const pods = await options.pods();
   const byName = new Map<string, V1Pod>();
   const byIp = new Map<string, V1Pod[]>();

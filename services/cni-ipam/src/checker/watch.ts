@@ -1,5 +1,5 @@
 /**
- * The check loop of `cnictl check --watch` and of the checker daemon: checks the cell every
+ * The checker daemon's loop: checks the cell every
  * interval, exports `berth_ipam_leaked_ips`, publishes `ipam.leak-detected` when new leaks appear,
  * releases confirmed leaks only when auto-release is on, and releases blocks that stayed empty
  * for their grace.
@@ -7,14 +7,14 @@
 import type { EventInput } from '@berth/shared/events';
 import type { BerthKeys } from '@berth/shared/keys';
 import type { Logger } from '@berth/shared/logging';
+import type { KvBackend } from '@berth/shared/store';
 import type { V1Pod } from '@kubernetes/client-node';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import type { Allocator } from '../ipam/allocator.ts';
-import type { IpStore } from '../ipam/store.ts';
 import { type CheckReport, checkCell, LeakTracker, releaseLeaks } from './check.ts';
 
 export type LeakWatcherOptions = {
-  store: IpStore;
+  backend: KvBackend;
   keys: BerthKeys;
   cell: string;
   allocator: Allocator;
@@ -86,7 +86,7 @@ export class LeakWatcher {
     const { cell, logger } = this.#o;
     let report: CheckReport;
     try {
-      report = await checkCell({ store: this.#o.store, keys: this.#o.keys, cell, pods: this.#o.pods });
+      report = await checkCell({ backend: this.#o.backend, keys: this.#o.keys, cell, pods: this.#o.pods });
     } catch (err) {
       // No verdict from a check that could not see everything: nothing is released.
       this.#failures.inc({ cell });

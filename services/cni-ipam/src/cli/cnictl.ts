@@ -4,27 +4,29 @@
  *   cnictl --cell cell-a pool add|list|drain|activate|remove
  *   cnictl --cell cell-a block list [--node N]
  *   cnictl --cell cell-a ip list [--node N]
- *   cnictl --cell cell-a check [--json] [--watch --interval 30s [--auto-release --release-grace 10m]]
+ *   cnictl --cell cell-a check [--json]
  *   cnictl --cell cell-a release <ip>… | release --leaked [--older-than 1h] [--dry-run]
  *   cnictl --cell cell-a stats
  *
  * Reads ETCD_ENDPOINTS (and ETCD_PREFIX); `check` and `release --leaked` read the cell's pods
  * through `--kubeconfig` (default `<KUBECONFIG_DIR or .local/cells>/<cell>.kubeconfig`).
  * Errors: one line on stderr, exit 2 (usage) or 1; `check` exits 1 when it finds a problem.
+ * `check` is one-shot: the checker daemon (src/index.ts) is what checks a cell continuously.
  */
-import { createServer } from 'node:http';
 import { join, resolve } from 'node:path';
+import { BerthError } from '@berth/shared/errors';
 import { BerthKeys } from '@berth/shared/keys';
+import { GatewayBackend } from '@berth/shared/store/lite';
 import { Command, CommanderError } from 'commander';
 import { type CheckReport, checkCell, listAllocations, listPods, problems, releaseLeaks } from '../checker/check.ts';
 import { Allocator } from '../ipam/allocator.ts';
 import { ipToInt, parseCidr } from '../ipam/cidr.ts';
 import { parseBlock } from '../ipam/model.ts';
 import { Pools } from '../ipam/pools.ts';
-import { EtcdIpStore } from '../ipam/store.ts';
 
-export class UsageError extends Error {
-  override name = 'UsageError';
+/** A wrong command line: exit 2. */
+export class UsageError extends BerthError {
+  static readonly CODE = 'usage';
 }
 
 type Globals = { cell: string; kubeconfig?: string; json?: boolean };
@@ -73,8 +75,13 @@ export async function cnictl(argv: string[], io: CnictlIo): Promise<number> {
       throw new UsageError(`--cell must be a cell name like cell-a (got "${g.cell}")`);
     if (endpoints.length === 0)
       throw new UsageError('ETCD_ENDPOINTS is not set (e.g. http://127.0.0.1:2379): source .local/env');
-    const store = new EtcdIpStore(endpoints);
-    return { g, store, allocator: new Allocator({ store, keys, cell: g.cell }), pools: new Pools(store, keys, g.cell) };
+    const backend = new GatewayBackend(endpoints);
+    return {
+      g,
+      backend,
+      allocator: new Allocator({ backend, keys, cell: g.cell }),
+      pools: new Pools(backend, keys, g.cell),
+    };
   };
   const podsOf = async (g: Globals) => {
     const { KubeConfig, CoreV1Api } = await import('@kubernetes/client-node');
@@ -142,9 +149,9 @@ export async function cnictl(argv: string[], io: CnictlIo): Promise<number> {
     .command('list')
     .option('--node <node>', 'only this node')
     .action(async (o: { node?: string }) => {
-      const { g, store } = ctx();
-      const blocks = (await store.range(keys.ipamBlocks(g.cell)))
-        .map((kv) => parseBlock(kv.value))
+      const { g, backend } = ctx();
+      const blocks = (await backend.range(keys.ipamBlocks(g.cell)))
+        .map(parseBlock)
         .filter((b) => !o.node || b.node === o.node)
         .sort((a, b) => parseCidr(a.cidr).base - parseCidr(b.cidr).base);
       print(g, blocks, () =>
@@ -168,8 +175,8 @@ export async function cnictl(argv: string[], io: CnictlIo): Promise<number> {
     .command('list')
     .option('--node <node>', 'only this node')
     .action(async (o: { node?: string }) => {
-      const { g, store } = ctx();
-      const ips = (await listAllocations(store, keys, g.cell))
+      const { g, backend } = ctx();
+      const ips = (await listAllocations(backend, keys, g.cell))
         .filter((a) => !o.node || a.node === o.node)
         .sort((a, b) => ipToInt(a.ip) - ipToInt(b.ip));
       print(g, ips, () =>
@@ -213,63 +220,12 @@ export async function cnictl(argv: string[], io: CnictlIo): Promise<number> {
   program
     .command('check')
     .description('compare allocations with the pods of the cell: leaked, unknown, duplicate addresses')
-    .option('--watch', 'keep checking')
-    .option('--interval <duration>', 'time between checks with --watch', '30s')
-    .option('--auto-release', 'with --watch: release leaks seen in two checks a grace apart (off by default)')
-    .option('--release-grace <duration>', 'how long a leak must persist before --auto-release frees it', '10m')
-    .option('--block-grace <duration>', 'release blocks empty for this long', '10m')
-    .option('--metrics-addr <host:port>', 'with --watch: serve Prometheus metrics here')
-    .action(
-      async (o: {
-        watch?: boolean;
-        interval: string;
-        autoRelease?: boolean;
-        releaseGrace: string;
-        blockGrace: string;
-        metricsAddr?: string;
-      }) => {
-        const { g, store, allocator } = ctx();
-        const pods = await podsOf(g);
-        if (!o.watch) {
-          const report = await checkCell({ store, keys, cell: g.cell, pods });
-          print(g, report, () => renderReport(report));
-          exitCode = problems(report) > 0 ? 1 : 0;
-          return;
-        }
-        const { Registry } = await import('prom-client');
-        const { createLogger } = await import('@berth/shared/logging');
-        const { LeakWatcher } = await import('../checker/watch.ts');
-        const registry = new Registry();
-        const logger = createLogger({ service: 'cnictl', level: 'info' });
-        const watcher = new LeakWatcher({
-          store,
-          keys,
-          cell: g.cell,
-          allocator,
-          pods,
-          intervalMs: parseDuration(o.interval),
-          autoRelease: Boolean(o.autoRelease),
-          releaseGraceMs: parseDuration(o.releaseGrace),
-          blockGraceMs: parseDuration(o.blockGrace),
-          metrics: registry,
-          logger,
-          onReport: (r) => io.out(g.json ? JSON.stringify(r) : renderReport(r)),
-        });
-        if (o.metricsAddr) {
-          const [host, port] = o.metricsAddr.split(':');
-          createServer(async (_req, res) => {
-            res.setHeader('content-type', registry.contentType);
-            res.end(await registry.metrics());
-          }).listen(Number(port), host);
-        }
-        watcher.start();
-        await new Promise<void>((r) => {
-          process.once('SIGINT', r);
-          process.once('SIGTERM', r);
-        });
-        await watcher.stop();
-      },
-    );
+    .action(async () => {
+      const { g, backend } = ctx();
+      const report = await checkCell({ backend, keys, cell: g.cell, pods: await podsOf(g) });
+      print(g, report, () => renderReport(report));
+      exitCode = problems(report) > 0 ? 1 : 0;
+    });
 
   program
     .command('release [ips...]')
@@ -278,11 +234,11 @@ export async function cnictl(argv: string[], io: CnictlIo): Promise<number> {
     .option('--older-than <duration>', 'with --leaked: only allocations older than this')
     .option('--dry-run', 'say what would be released, release nothing')
     .action(async (ips: string[], o: { leaked?: boolean; olderThan?: string; dryRun?: boolean }) => {
-      const { g, store, allocator } = ctx();
+      const { g, backend, allocator } = ctx();
       if (!o.leaked && ips.length === 0) throw new UsageError('name the addresses to release, or use --leaked');
       if (o.leaked && ips.length > 0) throw new UsageError('use either addresses or --leaked, not both');
       if (o.leaked) {
-        const report = await checkCell({ store, keys, cell: g.cell, pods: await podsOf(g) });
+        const report = await checkCell({ backend, keys, cell: g.cell, pods: await podsOf(g) });
         const minAge = o.olderThan ? parseDuration(o.olderThan) : 0;
         const leaks = report.leaked.filter((l) => Date.now() - Date.parse(l.allocatedAt) >= minAge);
         if (o.dryRun) {
@@ -315,9 +271,9 @@ export async function cnictl(argv: string[], io: CnictlIo): Promise<number> {
     .command('stats')
     .description('use per pool and per node')
     .action(async () => {
-      const { g, store, pools } = ctx();
+      const { g, backend, pools } = ctx();
       const list = await pools.list();
-      const blocks = (await store.range(keys.ipamBlocks(g.cell))).map((kv) => parseBlock(kv.value));
+      const blocks = (await backend.range(keys.ipamBlocks(g.cell))).map(parseBlock);
       const nodes = new Map<string, { blocks: number; allocated: number }>();
       for (const b of blocks) {
         const n = nodes.get(b.node) ?? { blocks: 0, allocated: 0 };

@@ -1,18 +1,19 @@
+import { CorruptValueError } from '@berth/shared/errors';
 import { BerthKeys } from '@berth/shared/keys';
+import { MemoryBackend } from '@berth/shared/store';
 import { describe, expect, it } from 'vitest';
 import { Allocator, PoolExhaustedError } from './allocator.ts';
 import { contains, ipToInt, parseCidr } from './cidr.ts';
-import { FakeIpStore } from './fake-store.ts';
 import { Pools } from './pools.ts';
 
 const keys = new BerthKeys('/unit');
 const cell = 'cell-a';
 
 async function setup(...pools: string[]) {
-  const store = new FakeIpStore();
+  const store = new MemoryBackend();
   const p = new Pools(store, keys, cell);
   for (const pool of pools) await p.add(pool);
-  return { store, pools: p, allocator: new Allocator({ store, keys, cell }) };
+  return { store, pools: p, allocator: new Allocator({ backend: store, keys, cell }) };
 }
 
 const req = (node: string, id: string, extra = {}) => ({
@@ -23,7 +24,7 @@ const req = (node: string, id: string, extra = {}) => ({
   ...extra,
 });
 
-describe('allocator (on a fake store)', () => {
+describe('allocator (on an in-memory etcd)', () => {
   it('hands out addresses from the node’s own block, never the network, broadcast or gateway address', async () => {
     const { allocator } = await setup('198.18.0.0/24');
     const seen: string[] = [];
@@ -103,9 +104,9 @@ describe('allocator (on a fake store)', () => {
 
   it('releases a block that stayed empty for the grace, not before', async () => {
     let now = Date.parse('2026-01-01T00:00:00Z');
-    const store = new FakeIpStore();
+    const store = new MemoryBackend();
     await new Pools(store, keys, cell).add('198.18.0.0/24');
-    const allocator = new Allocator({ store, keys, cell, now: () => new Date(now) });
+    const allocator = new Allocator({ backend: store, keys, cell, now: () => new Date(now) });
     await allocator.allocate(req('n1', 'c1'));
     await allocator.release('net', 'c1', 'eth0');
     now += 60_000;
@@ -119,5 +120,31 @@ describe('allocator (on a fake store)', () => {
     const { allocator } = await setup('198.18.0.0/22');
     const results = await Promise.all(Array.from({ length: 60 }, (_, i) => allocator.allocate(req('n1', `c${i}`))));
     expect(new Set(results.map((r) => r.ip)).size).toBe(60);
+  });
+
+  it('an ADD that loses its block to another writer tries again on fresh reads, one transaction each', async () => {
+    const { allocator, store } = await setup('198.18.0.0/24');
+    const first = await allocator.allocate(req('n1', 'c1'));
+    const blockKey = keys.ipamBlock(cell, first.record.block);
+    // Another writer changes the block between this ADD's read and its commit: the commit's
+    // compare on the block fails, and the ADD reads again and commits once more.
+    const current = await store.get(blockKey);
+    store.beforeTxn = (b) => b.applyNow([{ put: blockKey, value: current?.value ?? '' }]);
+    const txns = store.txns;
+    const second = await allocator.allocate(req('n1', 'c2'));
+    expect(store.txns - txns).toBe(2);
+    expect(second.ip).not.toBe(first.ip);
+    const block = JSON.parse((await store.get(blockKey))?.value ?? '{}');
+    expect(Object.values(block.allocations).sort()).toEqual(['net.c1.eth0', 'net.c2.eth0']);
+  });
+
+  it('an unreadable record fails the call naming its key', async () => {
+    const { allocator, store } = await setup('198.18.0.0/24');
+    const a = await allocator.allocate(req('n1', 'c1'));
+    const blockKey = keys.ipamBlock(cell, a.record.block);
+    store.applyNow([{ put: blockKey, value: '{"cidr": ' }]);
+    const err = await allocator.allocate(req('n1', 'c2')).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(CorruptValueError);
+    expect((err as Error).message).toContain(blockKey);
   });
 });

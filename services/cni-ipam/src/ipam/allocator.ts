@@ -13,7 +13,9 @@
  * DEL: the handle's address is freed (one transaction); no handle → nothing to do (idempotent).
  */
 import { createHash } from 'node:crypto';
+import { BerthError, CompareFailedError } from '@berth/shared/errors';
 import type { BerthKeys } from '@berth/shared/keys';
+import { type KeyValue, type KvBackend, type Op, retryOnConflict, Store } from '@berth/shared/store/lite';
 import { blockAt, blockCount, type Cidr, contains, intToIp, ipToInt, parseCidr, reservedOffsets } from './cidr.ts';
 import {
   type BlockRecord,
@@ -25,13 +27,14 @@ import {
   parseIp,
   parsePool,
 } from './model.ts';
-import type { IpStore, KeyValue } from './store.ts';
 
-export class PoolExhaustedError extends Error {
-  override name = 'PoolExhaustedError';
+/** No active pool, or no free address in any: add a pool or release leaked addresses. */
+export class PoolExhaustedError extends BerthError {
+  static readonly CODE = 'pool-exhausted';
 }
-export class AllocationNotFoundError extends Error {
-  override name = 'AllocationNotFoundError';
+/** CHECK found no address allocated to the container. */
+export class AllocationNotFoundError extends BerthError {
+  static readonly CODE = 'allocation-not-found';
 }
 
 export type AllocateRequest = {
@@ -50,12 +53,14 @@ export type AllocateRequest = {
 export type Allocation = { ip: string; pool: Cidr; gateway: string; record: IpRecord };
 
 export type AllocatorOptions = {
-  store: IpStore;
+  /** etcd's JSON gateway in the plugin and cnictl, etcd3 in the checker daemon, memory in unit tests. */
+  backend: KvBackend;
   keys: BerthKeys;
   cell: string;
   /** For tests: called after a block is claimed and before the address is taken from it. */
   afterClaim?: (block: string) => Promise<void> | void;
   now?: () => Date;
+  /** Attempts of one ADD or DEL when other writers keep winning the race. Default 200. */
   maxAttempts?: number;
 };
 
@@ -67,9 +72,14 @@ export function handleOf(network: string, containerId: string, ifName: string): 
 
 export class Allocator {
   readonly #o: AllocatorOptions;
+  readonly #backend: KvBackend;
+  /** Writes go through the shared store: a compare that did not hold is a CompareFailedError. */
+  readonly #store: Store;
 
   constructor(options: AllocatorOptions) {
     this.#o = options;
+    this.#backend = options.backend;
+    this.#store = new Store(options.backend);
   }
 
   get #keys(): BerthKeys {
@@ -80,18 +90,29 @@ export class Allocator {
     return (this.#o.now?.() ?? new Date()).toISOString();
   }
 
+  /**
+   * Runs one attempt again on fresh reads when another writer won a race. Many ADDs of one node
+   * race for its blocks at a pod storm, hence many attempts with short pauses (up to 20 ms).
+   */
+  #retry<T>(what: string, attempt: () => Promise<T>): Promise<T> {
+    return retryOnConflict(attempt, {
+      maxAttempts: this.#o.maxAttempts ?? 200,
+      baseDelayMs: 0.5,
+      maxDelayMs: 20,
+      what,
+    });
+  }
+
   async pools(): Promise<PoolRecord[]> {
-    const kvs = await this.#o.store.range(this.#keys.ipamPools(this.#o.cell));
-    return kvs
-      .map((kv) => parsePool(kv.value))
-      .sort((a, b) => ipToInt(a.cidr.split('/')[0] as string) - ipToInt(b.cidr.split('/')[0] as string));
+    const kvs = await this.#backend.range(this.#keys.ipamPools(this.#o.cell));
+    return kvs.map(parsePool).sort((a, b) => parseCidr(a.cidr).base - parseCidr(b.cidr).base);
   }
 
   async find(handle: string): Promise<IpRecord | undefined> {
-    const h = await this.#o.store.get(this.#keys.ipamHandle(this.#o.cell, handle));
+    const h = await this.#backend.get(this.#keys.ipamHandle(this.#o.cell, handle));
     if (!h) return undefined;
-    const ip = await this.#o.store.get(this.#keys.ipamIp(this.#o.cell, parseHandle(h.value).ip));
-    return ip ? parseIp(ip.value) : undefined;
+    const ip = await this.#backend.get(this.#keys.ipamIp(this.#o.cell, parseHandle(h).ip));
+    return ip ? parseIp(ip) : undefined;
   }
 
   async allocate(req: AllocateRequest): Promise<Allocation> {
@@ -107,37 +128,33 @@ export class Allocator {
       );
     }
     const cidrs = pools.map((p) => parseCidr(p.cidr));
-    const maxAttempts = this.#o.maxAttempts ?? 200;
-    for (let attempt = 0; attempt < maxAttempts; attempt++) {
-      if (attempt > 0) await jitter(attempt);
-      const existing = await this.find(handle);
-      if (existing) return this.#result(existing, cidrs, req);
-      // 1. The node's own blocks.
-      // Read before the node's blocks: a claim made after this read makes ours fail (no extra block).
-      const claims = (await this.#o.store.get(this.#keys.ipamClaims(this.#o.cell, req.node)))?.modRevision ?? 0;
-      const own = await this.#ownBlocks(req.node, pools);
-      for (const b of own) {
-        const done = await this.#tryAllocate(b, req, handle, cidrs);
-        if (done === 'conflict') break; // re-read everything and start over
-        if (done) return done;
-      }
-      if (own.some((b) => this.#freeOffset(b.block, cidrs, req) !== undefined)) continue; // lost races: retry
-      // 2. A new block.
-      const claimed = await this.#claimBlock(req.node, cidrs, claims);
-      if (claimed === 'conflict') continue;
-      if (claimed) {
-        await this.#o.afterClaim?.(claimed);
-        continue; // the next round finds it among the node's own blocks
-      }
-      // 3. Borrow from another node's block.
-      const borrowed = await this.#borrow(req, handle, cidrs);
-      if (borrowed === 'conflict') continue;
-      if (borrowed) return borrowed;
-      throw new PoolExhaustedError(
-        `no free address in the pools of cell ${this.#o.cell} (${cidrs.map((c) => c.text).join(', ')}): add a pool with \`cnictl --cell ${this.#o.cell} pool add <cidr>\`, or release leaked addresses with \`cnictl --cell ${this.#o.cell} release --leaked\``,
-      );
+    return this.#retry(`the address of ${handle}`, () => this.#allocateOnce(req, handle, cidrs));
+  }
+
+  /** One attempt on fresh reads; a lost race throws CompareFailedError (and the attempt runs again). */
+  async #allocateOnce(req: AllocateRequest, handle: string, cidrs: Cidr[]): Promise<Allocation> {
+    const existing = await this.find(handle);
+    if (existing) return this.#result(existing, cidrs, req);
+    // 1. The node's own blocks.
+    // Read before the node's blocks: a claim made after this read makes ours fail (no extra block).
+    const claims = (await this.#backend.get(this.#keys.ipamClaims(this.#o.cell, req.node)))?.modRevision ?? 0;
+    for (const b of await this.#ownBlocks(req.node, cidrs)) {
+      const done = await this.#tryAllocate(b, req, handle, cidrs);
+      if (done) return done;
     }
-    throw new Error(`could not allocate an address after ${maxAttempts} attempts: too many concurrent changes`);
+    // 2. A new block, and the address from it.
+    const claimed = await this.#claimBlock(req.node, cidrs, claims);
+    if (claimed) {
+      await this.#o.afterClaim?.(claimed.block.cidr);
+      const done = await this.#tryAllocate(claimed, req, handle, cidrs);
+      if (done) return done;
+    }
+    // 3. Borrow from another node's block.
+    const borrowed = await this.#borrow(req, handle, cidrs);
+    if (borrowed) return borrowed;
+    throw new PoolExhaustedError(
+      `no free address in the pools of cell ${this.#o.cell} (${cidrs.map((c) => c.text).join(', ')}): add a pool with \`cnictl --cell ${this.#o.cell} pool add <cidr>\`, or release leaked addresses with \`cnictl --cell ${this.#o.cell} release --leaked\``,
+    );
   }
 
   async release(network: string, containerId: string, ifName: string): Promise<IpRecord | undefined> {
@@ -146,81 +163,84 @@ export class Allocator {
 
   /** Frees the handle's address. Returns what was freed; nothing to free is not an error. */
   async releaseHandle(handle: string): Promise<IpRecord | undefined> {
-    const { store } = this.#o;
     const handleKey = this.#keys.ipamHandle(this.#o.cell, handle);
-    for (let attempt = 0; attempt < (this.#o.maxAttempts ?? 200); attempt++) {
-      if (attempt > 0) await jitter(attempt);
-      const h = await store.get(handleKey);
+    return this.#retry(`the address of ${handle}`, async () => {
+      const h = await this.#backend.get(handleKey);
       if (!h) return undefined;
-      const record = parseHandle(h.value);
+      const record = parseHandle(h);
       const ipKey = this.#keys.ipamIp(this.#o.cell, record.ip);
-      const ip = await store.get(ipKey);
+      const ip = await this.#backend.get(ipKey);
+      const freed = ip ? parseIp(ip) : undefined;
       const blockKey = this.#keys.ipamBlock(this.#o.cell, record.block);
-      const blockKv = await store.get(blockKey);
+      const blockKv = await this.#backend.get(blockKey);
       if (!blockKv) {
-        if (await store.txn([{ key: handleKey, modRevision: h.modRevision }], [{ del: handleKey }, { del: ipKey }])) {
-          return ip ? parseIp(ip.value) : undefined;
-        }
-        continue;
+        await this.#store.commit([
+          { op: 'delete', key: handleKey, modRevision: h.modRevision },
+          { op: 'delete', key: ipKey },
+        ]);
+        return freed;
       }
-      const block = parseBlock(blockKv.value);
+      const block = parseBlock(blockKv);
       const offset = String(ipToInt(record.ip) - parseCidr(block.cidr).base);
       const allocations = { ...block.allocations };
       if (allocations[offset] === handle) delete allocations[offset];
       const next: BlockRecord = { ...block, allocations };
       if (Object.keys(allocations).length === 0) next.emptySince = this.#now();
-      const ok = await store.txn(
-        [
-          { key: blockKey, modRevision: blockKv.modRevision },
-          { key: handleKey, modRevision: h.modRevision },
-        ],
-        [{ put: blockKey, value: JSON.stringify(next) }, { del: ipKey }, { del: handleKey }],
-      );
-      if (ok) return ip ? parseIp(ip.value) : undefined;
-    }
-    throw new Error(`could not release ${handle}: too many concurrent changes`);
+      await this.#store.commit([
+        { op: 'update', key: blockKey, value: next, modRevision: blockKv.modRevision },
+        { op: 'delete', key: ipKey },
+        { op: 'delete', key: handleKey, modRevision: h.modRevision },
+      ]);
+      return freed;
+    });
   }
 
   /** Frees an address by itself (cnictl release). */
   async releaseIp(ip: string): Promise<IpRecord | undefined> {
-    const kv = await this.#o.store.get(this.#keys.ipamIp(this.#o.cell, ip));
+    const kv = await this.#backend.get(this.#keys.ipamIp(this.#o.cell, ip));
     if (!kv) return undefined;
-    return this.releaseHandle(parseIp(kv.value).handle);
+    return this.releaseHandle(parseIp(kv).handle);
   }
 
-  /** Releases blocks that have been empty for longer than `graceMs`. Returns their CIDRs. */
+  /**
+   * Releases blocks that have been empty for longer than `graceMs`. Returns their CIDRs. A block
+   * that changed since it was read is left for the next round, not retried: it is in use again.
+   */
   async releaseEmptyBlocks(graceMs: number): Promise<string[]> {
     const released: string[] = [];
     const now = (this.#o.now?.() ?? new Date()).getTime();
-    for (const kv of await this.#o.store.range(this.#keys.ipamBlocks(this.#o.cell))) {
-      const block = parseBlock(kv.value);
+    for (const kv of await this.#backend.range(this.#keys.ipamBlocks(this.#o.cell))) {
+      const block = parseBlock(kv);
       if (Object.keys(block.allocations).length > 0) continue;
       const since = Date.parse(block.emptySince ?? block.claimedAt);
       if (!(now - since >= graceMs)) continue;
-      const ok = await this.#o.store.txn(
-        [{ key: kv.key, modRevision: kv.modRevision }],
-        [{ del: kv.key }, { del: this.#keys.ipamAffinity(this.#o.cell, block.node, block.cidr) }],
-      );
-      if (ok) released.push(block.cidr);
+      try {
+        await this.#store.commit([
+          { op: 'delete', key: kv.key, modRevision: kv.modRevision },
+          { op: 'delete', key: this.#keys.ipamAffinity(this.#o.cell, block.node, block.cidr) },
+        ]);
+        released.push(block.cidr);
+      } catch (err) {
+        if (!(err instanceof CompareFailedError)) throw err;
+      }
     }
     return released;
   }
 
   // ---- internals ----------------------------------------------------------------------------
 
-  async #ownBlocks(node: string, pools: PoolRecord[]): Promise<StoredBlock[]> {
-    const { store } = this.#o;
-    const affinities = await store.range(this.#keys.ipamAffinities(this.#o.cell, node), { keysOnly: true });
-    const poolSet = new Set(pools.map((p) => p.cidr));
+  async #ownBlocks(node: string, cidrs: Cidr[]): Promise<StoredBlock[]> {
+    const affinities = await this.#backend.range(this.#keys.ipamAffinities(this.#o.cell, node), { keysOnly: true });
+    const poolSet = new Set(cidrs.map((c) => c.text));
     const blocks = await Promise.all(
       affinities.map((a) => {
-        const blockKeyPart = a.key.slice(a.key.lastIndexOf('/') + 1);
-        return store.get(`${this.#keys.ipamBlocks(this.#o.cell)}${blockKeyPart}`);
+        const affinity = this.#keys.parse('ipamAffinity', a.key);
+        return affinity ? this.#backend.get(this.#keys.ipamBlock(this.#o.cell, affinity.cidr)) : undefined;
       }),
     );
     return blocks
       .filter((kv): kv is KeyValue => kv !== undefined)
-      .map((kv) => ({ kv, block: parseBlock(kv.value) }))
+      .map((kv) => ({ kv, block: parseBlock(kv) }))
       .filter((b) => b.block.node === node && poolSet.has(b.block.pool))
       .sort((a, b) => parseCidr(a.block.cidr).base - parseCidr(b.block.cidr).base);
   }
@@ -245,12 +265,17 @@ export class Allocator {
     return undefined;
   }
 
+  /**
+   * Takes the block's next free address in one transaction over the block (its mod revision),
+   * the address and the handle. Undefined when the block is full; CompareFailedError when another
+   * writer changed the block or took the address or the handle first.
+   */
   async #tryAllocate(
     stored: StoredBlock,
     req: AllocateRequest,
     handle: string,
     cidrs: Cidr[],
-  ): Promise<Allocation | 'conflict' | undefined> {
+  ): Promise<Allocation | undefined> {
     const offset = this.#freeOffset(stored.block, cidrs, req);
     if (offset === undefined) return undefined;
     const blockCidr = parseCidr(stored.block.cidr);
@@ -276,33 +301,24 @@ export class Allocator {
       next: (offset + 1) % blockCidr.size,
     };
     const handleRecord: HandleRecord = { ip, block: stored.block.cidr };
-    const ipKey = this.#keys.ipamIp(this.#o.cell, ip);
-    const handleKey = this.#keys.ipamHandle(this.#o.cell, handle);
-    const ok = await this.#o.store.txn(
-      [
-        { key: stored.kv.key, modRevision: stored.kv.modRevision },
-        { key: ipKey, absent: true },
-        { key: handleKey, absent: true },
-      ],
-      [
-        { put: stored.kv.key, value: JSON.stringify(block) },
-        { put: ipKey, value: JSON.stringify(record) },
-        { put: handleKey, value: JSON.stringify(handleRecord) },
-      ],
-    );
-    return ok ? this.#result(record, cidrs, req) : 'conflict';
+    await this.#store.commit([
+      { op: 'update', key: stored.kv.key, value: block, modRevision: stored.kv.modRevision },
+      { op: 'create', key: this.#keys.ipamIp(this.#o.cell, ip), value: record },
+      { op: 'create', key: this.#keys.ipamHandle(this.#o.cell, handle), value: handleRecord },
+    ]);
+    return this.#result(record, cidrs, req);
   }
 
   /**
    * Claims the first unclaimed block of the pools, searching from an offset of the node's own. The
    * claim holds only if the node claimed nothing since `claims` (the revision of its claims key
    * when its blocks were read): ADDs of one node that all find its blocks full at once claim one
-   * block between them, not one each.
+   * block between them, not one each. Undefined when every block of the pools is claimed.
    */
-  async #claimBlock(node: string, cidrs: Cidr[], claims: number): Promise<string | 'conflict' | undefined> {
+  async #claimBlock(node: string, cidrs: Cidr[], claims: number): Promise<StoredBlock | undefined> {
     const claimed = new Set(
-      (await this.#o.store.range(this.#keys.ipamBlocks(this.#o.cell), { keysOnly: true })).map((kv) =>
-        kv.key.slice(kv.key.lastIndexOf('/') + 1),
+      (await this.#backend.range(this.#keys.ipamBlocks(this.#o.cell), { keysOnly: true })).map(
+        (kv) => this.#keys.parse('ipamBlock', kv.key)?.cidr,
       ),
     );
     const seed = createHash('sha256').update(node).digest().readUInt32BE(0);
@@ -311,8 +327,7 @@ export class Allocator {
       const start = seed % count;
       for (let i = 0; i < count; i++) {
         const block = blockAt(pool, (start + i) % count);
-        const blockKey = this.#keys.ipamBlock(this.#o.cell, block.text);
-        if (claimed.has(blockKey.slice(blockKey.lastIndexOf('/') + 1))) continue;
+        if (claimed.has(block.text)) continue;
         const record: BlockRecord = {
           cidr: block.text,
           pool: pool.text,
@@ -320,30 +335,26 @@ export class Allocator {
           claimedAt: this.#now(),
           allocations: {},
         };
-        const ok = await this.#o.store.txn(
-          [
-            { key: blockKey, absent: true },
-            { key: this.#keys.ipamClaims(this.#o.cell, node), modRevision: claims },
-          ],
-          [
-            { put: blockKey, value: JSON.stringify(record) },
-            { put: this.#keys.ipamAffinity(this.#o.cell, node, block.text), value: '' },
-            {
-              put: this.#keys.ipamClaims(this.#o.cell, node),
-              value: JSON.stringify({ block: block.text, at: record.claimedAt }),
-            },
-          ],
-        );
-        return ok ? block.text : 'conflict';
+        const blockKey = this.#keys.ipamBlock(this.#o.cell, block.text);
+        const claimsKey = this.#keys.ipamClaims(this.#o.cell, node);
+        const ops: Op[] = [
+          { op: 'create', key: blockKey, value: record },
+          { op: 'expect', key: claimsKey, modRevision: claims },
+          { op: 'put-raw', key: this.#keys.ipamAffinity(this.#o.cell, node, block.text), raw: '' },
+          { op: 'put', key: claimsKey, value: { block: block.text, at: record.claimedAt } },
+        ];
+        const revision = await this.#store.commit(ops);
+        const kv = { key: blockKey, value: JSON.stringify(record), modRevision: revision, createRevision: revision };
+        return { kv, block: record };
       }
     }
     return undefined;
   }
 
-  async #borrow(req: AllocateRequest, handle: string, cidrs: Cidr[]): Promise<Allocation | 'conflict' | undefined> {
+  async #borrow(req: AllocateRequest, handle: string, cidrs: Cidr[]): Promise<Allocation | undefined> {
     const pools = new Set(cidrs.map((c) => c.text));
-    const blocks = (await this.#o.store.range(this.#keys.ipamBlocks(this.#o.cell)))
-      .map((kv) => ({ kv, block: parseBlock(kv.value) }))
+    const blocks = (await this.#backend.range(this.#keys.ipamBlocks(this.#o.cell)))
+      .map((kv) => ({ kv, block: parseBlock(kv) }))
       .filter((b) => pools.has(b.block.pool) && b.block.node !== req.node);
     for (const b of blocks) {
       const done = await this.#tryAllocate(b, req, handle, cidrs);
@@ -356,9 +367,4 @@ export class Allocator {
     const pool = cidrs.find((c) => c.text === record.pool) ?? parseCidr(record.pool);
     return { ip: record.ip, pool, gateway: intToIp(this.#gatewayFor(pool, req)), record };
   }
-}
-
-/** A short random pause after losing a race, growing a little with each loss. */
-function jitter(attempt: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, Math.random() * Math.min(20, attempt)));
 }

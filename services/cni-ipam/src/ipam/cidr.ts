@@ -1,13 +1,14 @@
 /** IPv4 arithmetic for pools and blocks. Addresses are handled as unsigned 32-bit integers. */
+import { InputError } from '@berth/shared/errors';
 
 export type Cidr = { base: number; prefix: number; size: number; text: string };
 
 export function ipToInt(ip: string): number {
   const parts = ip.split('.');
-  if (parts.length !== 4) throw new Error(`not an IPv4 address: ${ip}`);
+  if (parts.length !== 4) throw new InputError(`not an IPv4 address: ${ip}`);
   let n = 0;
   for (const p of parts) {
-    if (!/^\d{1,3}$/.test(p) || Number(p) > 255) throw new Error(`not an IPv4 address: ${ip}`);
+    if (!/^\d{1,3}$/.test(p) || Number(p) > 255) throw new InputError(`not an IPv4 address: ${ip}`);
     n = n * 256 + Number(p);
   }
   return n;
@@ -20,13 +21,13 @@ export function intToIp(n: number): string {
 /** Parses `198.18.0.0/16`; the address must be the network's first. */
 export function parseCidr(text: string): Cidr {
   const m = /^(\d{1,3}(?:\.\d{1,3}){3})\/(\d{1,2})$/.exec(text.trim());
-  if (!m?.[1] || !m[2]) throw new Error(`not an IPv4 CIDR: ${text}`);
+  if (!m?.[1] || !m[2]) throw new InputError(`not an IPv4 CIDR: ${text}`);
   const prefix = Number(m[2]);
-  if (prefix < 8 || prefix > 32) throw new Error(`prefix length must be 8..32: ${text}`);
+  if (prefix < 8 || prefix > 32) throw new InputError(`prefix length must be 8..32: ${text}`);
   const base = ipToInt(m[1]);
   const size = 2 ** (32 - prefix);
   if (base % size !== 0)
-    throw new Error(`${text} is not a network address (did you mean ${intToIp(base - (base % size))}/${prefix}?)`);
+    throw new InputError(`${text} is not a network address (did you mean ${intToIp(base - (base % size))}/${prefix}?)`);
   return { base, prefix, size, text: `${m[1]}/${prefix}` };
 }
 

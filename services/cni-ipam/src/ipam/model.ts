@@ -6,7 +6,13 @@
  *   ips/{ip}                one allocation: container, pod, node, interface
  *   handles/{handle}        `<network>.<containerId>.<ifName>` → address (ADD and DEL find theirs in one read)
  * Parsed by hand, not with zod: the plugin runs at every pod start and loads as little as it can.
+ * A record that cannot be read fails the call with CorruptValueError naming its key: never guessed
+ * around, since a guess could hand one address to two pods.
  */
+import { CorruptValueError } from '@berth/shared/errors';
+
+/** A stored record: its key (for the error when it cannot be read) and its raw value. */
+export type Raw = { key: string; value: string };
 
 export type PoolState = 'active' | 'draining';
 
@@ -45,39 +51,43 @@ export type IpRecord = {
 
 export type HandleRecord = { ip: string; block: string };
 
-function object(raw: string, what: string): Record<string, unknown> {
+function object(raw: Raw, what: string): Record<string, unknown> {
   let v: unknown;
   try {
-    v = JSON.parse(raw);
+    v = JSON.parse(raw.value);
   } catch {
-    throw new Error(`${what} is not JSON`);
+    throw new CorruptValueError(`${raw.key}: the ${what} record is not JSON`);
   }
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new Error(`${what} is not an object`);
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) {
+    throw new CorruptValueError(`${raw.key}: the ${what} record is not an object`);
+  }
   return v as Record<string, unknown>;
 }
 
-function str(o: Record<string, unknown>, k: string, what: string): string {
+function str(o: Record<string, unknown>, k: string, what: string, raw: Raw): string {
   const v = o[k];
-  if (typeof v !== 'string' || v === '') throw new Error(`${what}: ${k} must be a non-empty string`);
+  if (typeof v !== 'string' || v === '') {
+    throw new CorruptValueError(`${raw.key}: the ${what} record's ${k} must be a non-empty string`);
+  }
   return v;
 }
 
-export function parsePool(raw: string): PoolRecord {
+export function parsePool(raw: Raw): PoolRecord {
   const o = object(raw, 'pool');
   const state = o.state === 'draining' ? 'draining' : 'active';
-  return { cidr: str(o, 'cidr', 'pool'), state, createdAt: String(o.createdAt ?? '') };
+  return { cidr: str(o, 'cidr', 'pool', raw), state, createdAt: String(o.createdAt ?? '') };
 }
 
-export function parseBlock(raw: string): BlockRecord {
+export function parseBlock(raw: Raw): BlockRecord {
   const o = object(raw, 'block');
   const allocations = (typeof o.allocations === 'object' && o.allocations !== null ? o.allocations : {}) as Record<
     string,
     string
   >;
   return {
-    cidr: str(o, 'cidr', 'block'),
-    pool: str(o, 'pool', 'block'),
-    node: str(o, 'node', 'block'),
+    cidr: str(o, 'cidr', 'block', raw),
+    pool: str(o, 'pool', 'block', raw),
+    node: str(o, 'node', 'block', raw),
     claimedAt: String(o.claimedAt ?? ''),
     allocations,
     ...(typeof o.emptySince === 'string' ? { emptySince: o.emptySince } : {}),
@@ -85,14 +95,14 @@ export function parseBlock(raw: string): BlockRecord {
   };
 }
 
-export function parseIp(raw: string): IpRecord {
+export function parseIp(raw: Raw): IpRecord {
   const o = object(raw, 'ip');
   return {
-    ip: str(o, 'ip', 'ip'),
-    block: str(o, 'block', 'ip'),
-    pool: str(o, 'pool', 'ip'),
-    node: str(o, 'node', 'ip'),
-    handle: str(o, 'handle', 'ip'),
+    ip: str(o, 'ip', 'ip', raw),
+    block: str(o, 'block', 'ip', raw),
+    pool: str(o, 'pool', 'ip', raw),
+    node: str(o, 'node', 'ip', raw),
+    handle: str(o, 'handle', 'ip', raw),
     network: String(o.network ?? ''),
     containerId: String(o.containerId ?? ''),
     ifName: String(o.ifName ?? ''),
@@ -102,7 +112,7 @@ export function parseIp(raw: string): IpRecord {
   };
 }
 
-export function parseHandle(raw: string): HandleRecord {
+export function parseHandle(raw: Raw): HandleRecord {
   const o = object(raw, 'handle');
-  return { ip: str(o, 'ip', 'handle'), block: str(o, 'block', 'handle') };
+  return { ip: str(o, 'ip', 'handle', raw), block: str(o, 'block', 'handle', raw) };
 }

@@ -1,0 +1,81 @@
+/**
+ * The plugin's commands. ADD is idempotent for one container and interface (the handle holds its
+ * address), DEL is idempotent, CHECK only reads. Each opens the store over etcd's JSON gateway
+ * (no gRPC client at every pod start) and returns what to print on stdout.
+ */
+import { spawnSync } from 'node:child_process';
+import { BerthKeys } from '@berth/shared/keys';
+import { GatewayBackend } from '@berth/shared/store/lite';
+import { type Allocation, AllocationNotFoundError, Allocator, handleOf } from '../ipam/allocator.ts';
+import { type CommandInput, type NetConf, SUPPORTED_VERSIONS } from './config.ts';
+import { CniError } from './errors.ts';
+
+export function versionResult(): string {
+  return JSON.stringify({ cniVersion: '1.0.0', supportedVersions: SUPPORTED_VERSIONS });
+}
+
+export function resultJson(conf: NetConf, a: Allocation): Record<string, unknown> {
+  const legacy = conf.cniVersion !== '1.0.0';
+  return {
+    cniVersion: conf.cniVersion,
+    ips: [{ ...(legacy ? { version: '4' } : {}), address: `${a.ip}/${a.pool.prefix}`, gateway: a.gateway }],
+    routes: conf.ipam.routes,
+    dns: {},
+  };
+}
+
+function allocatorFor(conf: NetConf): Allocator {
+  return new Allocator({
+    backend: new GatewayBackend(conf.ipam.etcdEndpoints),
+    keys: new BerthKeys(conf.ipam.etcdPrefix),
+    cell: conf.ipam.cell,
+  });
+}
+
+/** ADD: the container's address (the same one again for the same container and interface). */
+export async function addAddress({ conf, containerId, ifName, args }: CommandInput): Promise<string> {
+  const allocation = await allocatorFor(conf).allocate({
+    network: conf.name,
+    containerId,
+    ifName,
+    node: conf.ipam.node,
+    namespace: args.K8S_POD_NAMESPACE,
+    pod: args.K8S_POD_NAME,
+    pools: conf.ipam.pools,
+    gateway: conf.ipam.gateway,
+  });
+  forgetNeighbour(allocation.ip);
+  return JSON.stringify(resultJson(conf, allocation));
+}
+
+/** DEL: frees the container's address; nothing allocated is not an error. */
+export async function releaseAddress({ conf, containerId, ifName }: CommandInput): Promise<undefined> {
+  const freed = await allocatorFor(conf).release(conf.name, containerId, ifName);
+  if (freed) forgetNeighbour(freed.ip);
+  return undefined;
+}
+
+/** CHECK only reads: the container's address must still be allocated to it. */
+export async function checkAddress({ conf, containerId, ifName }: CommandInput): Promise<undefined> {
+  const found = await allocatorFor(conf).find(handleOf(conf.name, containerId, ifName));
+  if (!found) throw new AllocationNotFoundError(`no address is allocated to container ${containerId} (${ifName})`);
+  const expected = conf.prevResult?.ips?.map((i) => i.address?.split('/')[0]);
+  if (expected && expected.length > 0 && !expected.includes(found.ip)) {
+    throw new CniError('allocation-mismatch', `container ${containerId} has ${found.ip}, not ${expected.join(', ')}`);
+  }
+  return undefined;
+}
+
+/**
+ * Drops the host's ARP entry for an address that changes hands. Debian's bridge plugin sends no
+ * gratuitous ARP, so without this the host (and the lb-agent on it) keeps sending to the previous
+ * pod's MAC until the entry ages out: seconds of refused traffic for a pod that is Running.
+ * Best effort: the plugin's result never depends on it.
+ */
+function forgetNeighbour(ip: string): void {
+  spawnSync('ip', ['-4', 'neigh', 'flush', 'to', ip], {
+    stdio: 'ignore',
+    timeout: 2000,
+    env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' },
+  });
+}
