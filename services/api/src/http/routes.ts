@@ -8,6 +8,7 @@ import { InputError, inputErrorFromZod, UnsupportedMediaTypeError } from '@berth
 import type { NextFunction, Request, Response, Router } from 'express';
 import type { z } from 'zod';
 import type { Principal, Scope } from '../auth/principal.ts';
+import { methodNotAllowed } from './allow.ts';
 
 export type HttpMethod = 'get' | 'post' | 'put' | 'patch' | 'delete';
 
@@ -93,6 +94,8 @@ export function mountRoutes(app: Router, base: string, routes: AnyRoute[], authe
       }
     });
   }
+  // After every route: a known path with a method it does not serve gets 405 with Allow.
+  app.use(methodNotAllowed(base, routes));
 }
 
 function parseWith(schema: z.ZodType | undefined, value: unknown, what: string): unknown {
