@@ -1,8 +1,9 @@
 import { resolve } from 'node:path';
+import { NotLeaderError } from '@berth/shared/errors';
 import type { LeaderElection } from '@berth/shared/etcd';
-import type { EventInput } from '@berth/shared/events';
+import { EventSubjects } from '@berth/shared/events';
 import type { Logger } from '@berth/shared/logging';
-import { EventPublisher, EventSubjects, ensureStreams, NatsComponent } from '@berth/shared/nats';
+import { NatsComponent } from '@berth/shared/nats';
 import { ServiceRuntime } from '@berth/shared/service';
 import type { SchedulerConfig } from './env.ts';
 import { SchedulerController } from './reconcile/controller.ts';
@@ -23,11 +24,19 @@ export class SchedulerService {
   static create(config: SchedulerConfig, logger: Logger): SchedulerService {
     const runtime = new ServiceRuntime({ name: 'scheduler', config, logger });
     const nats = new NatsComponent({ servers: config.NATS_URL, token: config.NATS_TOKEN, name: 'scheduler', logger });
-    const subjects = new EventSubjects(config.EVENT_SUBJECT_ROOT);
-    let publisher: EventPublisher | undefined;
+    runtime.health.add('nats', nats.ready);
+    runtime.add(nats);
+    // Streams ensured at start too: the scheduler may start before the API.
+    const events = runtime.addEvents(nats, new EventSubjects(config.EVENT_SUBJECT_ROOT), { ensureStreams: true });
     let election: LeaderElection | undefined;
+    // Every etcd write compares the leader key: a deposed leader cannot overwrite its successor.
+    const store = runtime.store.fenced(() => {
+      if (!election) throw new NotLeaderError('the scheduler has no leader election yet');
+      return election.fence();
+    });
     const controller = new SchedulerController({
       etcd: runtime.etcd,
+      store,
       keys: runtime.keys,
       region: config.BERTH_REGION,
       kubeconfigDir: resolve(config.KUBECONFIG_DIR),
@@ -39,19 +48,8 @@ export class SchedulerService {
       workers: config.SCHEDULER_WORKERS,
       metrics: runtime.metrics,
       logger,
-      publish: async (event: EventInput) => {
-        publisher ??= new EventPublisher(nats.client.js, subjects);
-        await publisher.publish(event);
-      },
-      guard: () => {
-        if (!election) throw new Error('no leader election');
-        return election.guard();
-      },
+      events,
     });
-    runtime.health.add('nats', nats.ready);
-    runtime.add(nats);
-    // The events stream may not exist yet when the scheduler starts before the API.
-    runtime.add({ name: 'streams', start: async () => ensureStreams(await nats.client.jsm(), subjects) });
     election = runtime.addLeaderElection('scheduler', {
       candidateId: config.BERTH_INSTANCE_ID,
       ttlSeconds: config.LEADER_TTL_SECONDS,

@@ -4,6 +4,7 @@
  * and verb (`berth_scheduler_cell_writes_total`), so "a restarted scheduler writes nothing" can be
  * measured.
  */
+import { BerthError } from '@berth/shared/errors';
 import { kubeErrorStatus } from '@berth/shared/kube';
 import { FIELD_MANAGER, LABELS, MANAGED_BY } from '@berth/shared/model';
 import { type KubernetesObject, PatchStrategy } from '@kubernetes/client-node';
@@ -30,7 +31,7 @@ export class CellWriter {
     // else. Berth never takes over an object it did not create.
     const existing = current ?? (await this.#read(cell, desired));
     if (existing && existing.metadata?.labels?.[LABELS.managedBy] !== MANAGED_BY) {
-      throw new ForeignObjectError(desired);
+      throw new ForeignObjectError(desired, 'write');
     }
     if (existing && hashOf(existing) === signature && replicasOf(existing) === replicasOf(desired)) return false;
     await this.apply(cell, desired);
@@ -62,9 +63,7 @@ export class CellWriter {
   /** Deletes an object Berth created; one without Berth's label is left alone. Gone already is fine. */
   async delete(cell: CellRuntime, obj: KubernetesObject): Promise<void> {
     if (obj.metadata?.labels?.[LABELS.managedBy] !== MANAGED_BY) {
-      throw new Error(
-        `refusing to delete ${obj.kind} ${obj.metadata?.namespace ?? ''}/${obj.metadata?.name}: Berth did not create it`,
-      );
+      throw new ForeignObjectError(obj, 'delete');
     }
     if (cell.lastWritten(obj) === 'deleted') return; // asked already; the informer has not caught up
     this.#writes.inc({ cell: cell.name, kind: obj.kind ?? '?', verb: 'delete' });
@@ -88,13 +87,17 @@ export class CellWriter {
   }
 }
 
-/** An object Berth wants to write exists already and was not made by Berth: it is left alone. */
-export class ForeignObjectError extends Error {
-  constructor(obj: KubernetesObject) {
+/** An object Berth would write or delete was not made by Berth: it is left alone. */
+export class ForeignObjectError extends BerthError {
+  static readonly CODE = 'foreign-object';
+
+  constructor(obj: KubernetesObject, verb: 'write' | 'delete') {
+    const name = `${obj.kind} ${obj.metadata?.namespace ? `${obj.metadata.namespace}/` : ''}${obj.metadata?.name}`;
     super(
-      `${obj.kind} ${obj.metadata?.namespace ? `${obj.metadata.namespace}/` : ''}${obj.metadata?.name} exists and was not created by Berth; leaving it alone`,
+      verb === 'write'
+        ? `${name} exists and was not created by Berth; leaving it alone`
+        : `refusing to delete ${name}: Berth did not create it`,
     );
-    this.name = 'ForeignObjectError';
   }
 }
 

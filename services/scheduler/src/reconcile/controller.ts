@@ -3,24 +3,27 @@
  * cell, decides each cell's health with a grace and hysteresis, and feeds app names to the
  * reconcile workers (on every change, on every health change, and a full resync on a timer).
  */
-import { randomUUID } from 'node:crypto';
 import type { Etcd3 } from '@berth/shared/etcd';
-import type { EventInput } from '@berth/shared/events';
 import type { BerthKeys } from '@berth/shared/keys';
 import { loadCellClient } from '@berth/shared/kube';
 import type { Logger } from '@berth/shared/logging';
-import { LABELS, MANAGED_BY } from '@berth/shared/model';
-import type { CoreV1Event, V1Pod } from '@kubernetes/client-node';
+import type { Store } from '@berth/shared/store';
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+import { KubeEventFeed } from '../activity/kube-events.ts';
+import type { EventRecorder } from '../activity/recorder.ts';
 import { CellWriter } from '../apply/cell-writer.ts';
 import { CellRuntime } from '../cells/cell-runtime.ts';
+import { CellHealthTracker } from '../cells/health.ts';
 import type { CellHealth } from '../placement/place.ts';
 import { DesiredState } from '../state/desired-state.ts';
 import { WorkQueue } from './queue.ts';
-import { Reconciler, type ReconcilerOptions, uuidFrom } from './reconciler.ts';
+import { Reconciler } from './reconciler.ts';
 
 export type ControllerOptions = {
+  /** For the watches of desired state; every write goes through `store`. */
   etcd: Etcd3;
+  /** Fenced by the leader election (see ReconcilerOptions.store). */
+  store: Store;
   keys: BerthKeys;
   region: string;
   kubeconfigDir: string;
@@ -32,12 +35,8 @@ export type ControllerOptions = {
   workers: number;
   metrics: Registry;
   logger: Logger;
-  publish: (event: EventInput) => Promise<void>;
-  /** Fences every etcd write with the leader election (see ReconcilerOptions.guard). */
-  guard?: ReconcilerOptions['guard'];
+  events: EventRecorder;
 };
-
-type Tracker = { health: CellHealth; unreachableSince?: number; reachableSince?: number; wasOut: boolean };
 
 export class SchedulerController {
   readonly #o: ControllerOptions;
@@ -51,7 +50,8 @@ export class SchedulerController {
    */
   readonly #placeQueue: WorkQueue;
   readonly #cells = new Map<string, CellRuntime>();
-  readonly #trackers = new Map<string, Tracker>();
+  readonly #health: CellHealthTracker;
+  readonly #kubeEvents: KubeEventFeed;
   readonly #reconciler: Reconciler;
   readonly #duration: Histogram;
   readonly #healthGauge: Gauge<'cell' | 'health'>;
@@ -69,6 +69,13 @@ export class SchedulerController {
       logger: options.logger,
       onAppChange: (app) => this.#enqueue(app),
       onCellsChange: () => this.#syncCells(),
+    });
+    this.#health = new CellHealthTracker({ graceMs: options.failoverGraceMs, holdMs: options.recoveryHoldMs });
+    this.#kubeEvents = new KubeEventFeed({
+      store: options.store,
+      events: options.events,
+      app: (name) => this.#state.app(name),
+      logger: options.logger,
     });
     this.#queue = new WorkQueue({ concurrency: options.workers, logger: options.logger });
     this.#placeQueue = new WorkQueue({ concurrency: 2, logger: options.logger });
@@ -94,16 +101,15 @@ export class SchedulerController {
         registers: [options.metrics],
       })) as Gauge<'cell' | 'health'>;
     this.#reconciler = new Reconciler({
-      etcd: options.etcd,
+      store: options.store,
       keys: options.keys,
       state: this.#state,
       writer: new CellWriter(writes),
       cells: () => this.#cells,
-      health: (cell) => this.#trackers.get(cell)?.health ?? 'out',
+      health: (cell) => this.#health.health(cell) ?? 'out',
       manifests: { registry: options.registry, preStopDelaySeconds: options.preStopDelaySeconds },
-      publish: (event) => this.#publish({ ...event, actor: { type: 'service', name: 'scheduler' } } as EventInput),
+      events: options.events,
       logger: options.logger,
-      ...(options.guard ? { guard: options.guard } : {}),
     });
   }
 
@@ -142,7 +148,7 @@ export class SchedulerController {
     await Promise.all([this.#placeQueue.stop(), this.#queue.stop()]);
     await Promise.all([...this.#cells.values()].map((c) => c.stop()));
     this.#cells.clear();
-    this.#trackers.clear();
+    this.#health.clear();
     await this.#state.stop();
   }
 
@@ -152,7 +158,7 @@ export class SchedulerController {
   }
 
   cellHealth(cell: string): CellHealth | undefined {
-    return this.#trackers.get(cell)?.health;
+    return this.#health.health(cell);
   }
 
   #enqueueAll(): void {
@@ -178,9 +184,9 @@ export class SchedulerController {
           onChange: (app) => {
             if (app) this.#queue.add(app);
           },
-          onWarningEvent: (e) => void this.#recordKubeEvent(name, e),
+          onWarningEvent: (e) => void this.#kubeEvents.warning(name, e),
           onPodEvent: (event, pod) => {
-            if (event === 'update') void this.#recordOomKill(name, pod);
+            if (event === 'update') void this.#kubeEvents.podUpdated(name, pod);
           },
         });
         this.#cells.set(name, runtime);
@@ -192,7 +198,7 @@ export class SchedulerController {
     for (const [name, runtime] of this.#cells) {
       if (!wanted.has(name)) {
         this.#cells.delete(name);
-        this.#trackers.delete(name);
+        this.#health.forget(name);
         void runtime.stop();
       }
     }
@@ -200,118 +206,25 @@ export class SchedulerController {
     this.#enqueueAll();
   }
 
-  /**
-   * ok: place replicas here. suspect: unreachable for less than the grace, or back for less than
-   * the hold: keep what runs, add nothing. out: cordoned, no kubeconfig, or unreachable past the grace.
-   */
+  /** Re-evaluates every cell's health (cells/health.ts); any change re-reconciles every app. */
   #evaluateHealth(): void {
     if (!this.#running) return;
-    const now = Date.now();
     let changed = false;
     for (const cell of this.#state.cells()) {
       const runtime = this.#cells.get(cell.name);
-      const t = this.#trackers.get(cell.name) ?? { health: 'suspect' as CellHealth, wasOut: false };
-      let health: CellHealth;
-      if (!runtime) {
-        health = 'out';
-      } else if (!runtime.reachable) {
-        t.unreachableSince ??= now;
-        t.reachableSince = undefined;
-        if (now - t.unreachableSince > this.#o.failoverGraceMs) {
-          t.wasOut = true;
-          health = 'out';
-        } else {
-          health = 'suspect';
-        }
-      } else {
-        t.unreachableSince = undefined;
-        t.reachableSince ??= now;
-        if (t.wasOut && now - t.reachableSince < this.#o.recoveryHoldMs) health = 'suspect';
-        else {
-          t.wasOut = false;
-          health = 'ok';
-        }
-      }
-      if (cell.state === 'cordoned') health = 'out';
-      if (health !== t.health) {
-        this.#logger.info({ cell: cell.name, from: t.health, to: health }, 'cell health changed');
+      const change = this.#health.observe(cell.name, {
+        known: runtime !== undefined,
+        reachable: runtime?.reachable ?? false,
+        cordoned: cell.state === 'cordoned',
+      });
+      if (change) {
+        this.#logger.info(change, 'cell health changed');
         changed = true;
       }
-      t.health = health;
-      this.#trackers.set(cell.name, t);
+      const health = this.#health.health(cell.name);
       for (const h of ['ok', 'suspect', 'out'] as const)
         this.#healthGauge.set({ cell: cell.name, health: h }, h === health ? 1 : 0);
     }
     if (changed) this.#enqueueAll();
   }
-
-  /**
-   * Publishes an event; when NATS is down it retries in the background (same event id, so
-   * JetStream stores it once) rather than failing the reconcile that made it. Never rejects.
-   */
-  async #publish(event: EventInput, attempt = 0): Promise<void> {
-    const withId = { ...event, id: event.id ?? randomUUID(), time: event.time ?? new Date().toISOString() };
-    try {
-      await this.#o.publish(withId);
-    } catch (err) {
-      if (!this.#running || attempt >= 8) {
-        this.#logger.warn({ err, kind: event.kind, action: event.action }, 'could not publish an event; dropped');
-        return;
-      }
-      const delay = 500 * 2 ** attempt * (0.5 + Math.random() / 2);
-      this.#logger.warn({ err, retryInMs: Math.round(delay) }, 'could not publish an event; will retry');
-      setTimeout(() => void this.#publish(withId, attempt + 1), delay).unref();
-    }
-  }
-
-  /** A Warning event about an app's pod goes to the app's activity feed. */
-  async #recordKubeEvent(cell: string, e: CoreV1Event): Promise<void> {
-    const app = e.metadata?.namespace;
-    if (!app || !this.#state.app(app)) return;
-    const reason = e.reason ?? 'Warning';
-    await this.#publish({
-      // Kubernetes counts repeats of one event; the feed gets it at 1, 2, 4, 8… repeats, not each time.
-      id: uuidFrom(`k8s/${cell}/${e.metadata?.uid}/${Math.floor(Math.log2(e.count ?? 1))}`),
-      actor: { type: 'system', name: `kubernetes/${cell}` },
-      kind: 'pod',
-      resourceId: app,
-      resourceName: e.involvedObject?.name ?? 'unknown',
-      action: kebab(reason),
-      data: {
-        cell,
-        reason,
-        message: e.message ?? '',
-        object: `${e.involvedObject?.kind ?? ''}/${e.involvedObject?.name ?? ''}`,
-        count: e.count ?? 1,
-      },
-    });
-  }
-
-  /** An OOM kill shows in a pod's container status; it goes to the feed too. */
-  async #recordOomKill(cell: string, pod: V1Pod): Promise<void> {
-    if (pod.metadata?.labels?.[LABELS.managedBy] !== MANAGED_BY) return;
-    const app = pod.metadata?.labels?.[LABELS.app];
-    if (!app) return;
-    for (const c of pod.status?.containerStatuses ?? []) {
-      if (c.lastState?.terminated?.reason !== 'OOMKilled') continue;
-      await this.#publish({
-        id: uuidFrom(`oom/${cell}/${pod.metadata?.uid}/${c.name}/${c.restartCount}`),
-        actor: { type: 'system', name: `kubernetes/${cell}` },
-        kind: 'pod',
-        resourceId: app,
-        resourceName: pod.metadata?.name ?? 'unknown',
-        action: 'oom-killed',
-        data: { cell, container: c.name, restarts: c.restartCount, version: pod.metadata?.labels?.[LABELS.version] },
-      });
-    }
-  }
-}
-
-function kebab(reason: string): string {
-  const k = reason
-    .replace(/([a-z0-9])([A-Z])/g, '$1-$2')
-    .replace(/[^A-Za-z0-9]+/g, '-')
-    .toLowerCase()
-    .replace(/^-+|-+$/g, '');
-  return /^[a-z]/.test(k) ? k.slice(0, 63) : `event-${k}`.slice(0, 63);
 }

@@ -7,10 +7,8 @@
  * Safe switches: a replica count only goes down once everything the app is bringing up is
  * available (rollback, gray steps, moves between cells): the app never drops below its ready count.
  */
-import { createHash } from 'node:crypto';
-import { ConflictError } from '@berth/shared/errors';
-import { DELETE, type Etcd3, getVersioned, type LeaderElection, UNCHANGED } from '@berth/shared/etcd';
-import type { EventInput } from '@berth/shared/events';
+import { UnavailableError } from '@berth/shared/errors';
+import type { BerthEvent, EventInput } from '@berth/shared/events';
 import type { BerthKeys } from '@berth/shared/keys';
 import type { Logger } from '@berth/shared/logging';
 import {
@@ -21,45 +19,80 @@ import {
   type Placement,
   parseCpuMillis,
   parseMemoryBytes,
+  placementSchema,
   type Version,
   type VersionCellStatus,
 } from '@berth/shared/model';
+import { DELETE, type Store, transact, UNCHANGED, type UpdateResult } from '@berth/shared/store';
 import type { V1Deployment } from '@kubernetes/client-node';
+import { type EventRecorder, SCHEDULER_ACTOR } from '../activity/recorder.ts';
 import type { CellWriter } from '../apply/cell-writer.ts';
 import { deploymentFor, type ManifestOptions, namespaceFor, serviceFor } from '../apply/manifests.ts';
 import type { CellCapacity, CellRuntime } from '../cells/cell-runtime.ts';
 import { type CellCandidate, type CellHealth, type PlacementResult, placeReplicas } from '../placement/place.ts';
-import type { DesiredState, StoredValue } from '../state/desired-state.ts';
+import type { DesiredState } from '../state/desired-state.ts';
 
 export type ReconcilerOptions = {
-  etcd: Etcd3;
+  /**
+   * The store, fenced by the leader election (`store.fenced(() => election.fence())`): every etcd
+   * write of the scheduler compares the leader key, so a deposed leader that has not noticed yet
+   * cannot overwrite its successor (the commit throws NotLeaderError).
+   */
+  store: Store;
   keys: BerthKeys;
   state: DesiredState;
   writer: CellWriter;
   cells: () => Map<string, CellRuntime>;
   health: (cell: string) => CellHealth;
   manifests: ManifestOptions;
-  publish: (event: Omit<EventInput, 'actor'>) => Promise<void>;
+  /** Events ride the transaction of the change they record (outbox), and are published after it. */
+  events: EventRecorder;
   logger: Logger;
-  /**
-   * A transaction compare that holds only while this scheduler leads (LeaderElection.guard()):
-   * every etcd write of the scheduler is fenced with it, so a deposed leader that has not noticed
-   * yet cannot overwrite its successor. Throws when not leading.
-   */
-  guard?: () => ICompare;
 };
 
-type ICompare = ReturnType<LeaderElection['guard']>;
 type Target = { version: Version; placement: PlacementResult };
 type Usage = Map<string, { cpu: number; memory: number }>;
 /** A placement decided in this process: `revision` once etcd has it (until the watch catches up). */
 type Recent = { cells: Record<string, number>; revision?: number };
+/** What a placement change decides: the next value, and the events it makes (committed with it). */
+type PlacementChange = { next: Placement | typeof UNCHANGED | typeof DELETE; events?: EventInput[] };
 
-/** Not the leader any more: the write was refused by the fence. */
-export class NotLeaderError extends Error {
-  constructor(key: string) {
-    super(`not writing ${key}: this scheduler no longer leads`);
-    this.name = 'NotLeaderError';
+/** Values per app and version: the two names stay apart, never joined into one string key. */
+class ByVersion<T> {
+  readonly #byApp = new Map<string, Map<string, T>>();
+
+  get(app: string, version: string): T | undefined {
+    return this.#byApp.get(app)?.get(version);
+  }
+
+  has(app: string, version: string): boolean {
+    return this.#byApp.get(app)?.has(version) ?? false;
+  }
+
+  set(app: string, version: string, value: T): void {
+    const byVersion = this.#byApp.get(app) ?? new Map<string, T>();
+    byVersion.set(version, value);
+    this.#byApp.set(app, byVersion);
+  }
+
+  delete(app: string, version: string): void {
+    const byVersion = this.#byApp.get(app);
+    byVersion?.delete(version);
+    if (byVersion?.size === 0) this.#byApp.delete(app);
+  }
+
+  deleteApp(app: string): void {
+    this.#byApp.delete(app);
+  }
+
+  clear(): void {
+    this.#byApp.clear();
+  }
+
+  *entries(): Generator<{ app: string; version: string; value: T }> {
+    for (const [app, byVersion] of this.#byApp) {
+      for (const [version, value] of byVersion) yield { app, version, value };
+    }
   }
 }
 
@@ -67,7 +100,7 @@ export class Reconciler {
   readonly #o: ReconcilerOptions;
   readonly #logger: Logger;
   /** Placements decided in this process, ahead of the watch that will show them. */
-  readonly #recent = new Map<string, Recent>();
+  readonly #recent = new ByVersion<Recent>();
   readonly #requests = new WeakMap<Version, { cpu: number; memory: number }>();
 
   constructor(options: ReconcilerOptions) {
@@ -112,27 +145,27 @@ export class Reconciler {
 
   async #placeVersions(app: App, versions: Version[]): Promise<Target[]> {
     const capacities = new Map<string, CellCapacity>();
-    const isOurs = (a: string, v: string) =>
-      this.#o.state.placement(a, v) !== undefined || this.#recent.has(`${a}/${v}`);
+    const isOurs = (a: string, v: string) => this.#o.state.placement(a, v) !== undefined || this.#recent.has(a, v);
     for (const [cellName, runtime] of this.#o.cells()) capacities.set(cellName, runtime.capacity(isOurs));
     const usage = this.#berthUsage();
     const targets: Target[] = [];
     for (const version of versions) {
-      const key = `${app.name}/${version.name}`;
       const placement = this.#place(app, version, capacities, usage);
       targets.push({ version, placement });
       // Decided: count it at once, so concurrent reconciles of other apps see it.
-      this.#setUsage(usage, key, version, placement.cells);
-      this.#recent.set(key, { cells: placement.cells });
+      this.#setUsage(usage, app.name, version, placement.cells);
+      this.#recent.set(app.name, version.name, { cells: placement.cells });
       await this.#writePlacement(app, version, placement);
     }
     return targets;
   }
 
   #place(app: App, version: Version, capacities: Map<string, CellCapacity>, usage: Usage): PlacementResult {
-    const key = `${app.name}/${version.name}`;
     const request = this.#requestOf(version);
-    const previous = this.#recent.get(key)?.cells ?? this.#o.state.placement(app.name, version.name)?.value.cells ?? {};
+    const previous =
+      this.#recent.get(app.name, version.name)?.cells ??
+      this.#o.state.placement(app.name, version.name)?.value.cells ??
+      {};
     const candidates: CellCandidate[] = [];
     for (const cell of this.#o.state.cells()) {
       const cap = capacities.get(cell.name);
@@ -178,30 +211,29 @@ export class Reconciler {
   /** cpu and memory every Berth version is placed to use, per cell: etcd's placements, overlaid by newer decisions. */
   #berthUsage(): Usage {
     const usage: Usage = new Map();
-    for (const [key, recent] of this.#recent) {
-      const [app, v] = key.split('/') as [string, string];
-      const stored = this.#o.state.placement(app, v);
+    for (const { app, version, value: recent } of [...this.#recent.entries()]) {
+      const stored = this.#o.state.placement(app, version);
       // The watch has caught up with what we wrote: etcd's copy is the one to read from now on.
-      if (stored && recent.revision !== undefined && stored.modRevision >= recent.revision) this.#recent.delete(key);
+      if (stored && recent.revision !== undefined && stored.modRevision >= recent.revision) {
+        this.#recent.delete(app, version);
+      }
     }
-    for (const [key, stored] of this.#o.state.placements()) {
-      if (this.#recent.has(key)) continue;
-      const [app, v] = key.split('/') as [string, string];
+    for (const { app, version: v, stored } of this.#o.state.placements()) {
+      if (this.#recent.has(app, v)) continue;
       const version = this.#o.state.version(app, v);
       if (version) this.#addUsage(usage, version, stored.value.cells, 1);
     }
-    for (const [key, recent] of this.#recent) {
-      const [app, v] = key.split('/') as [string, string];
+    for (const { app, version: v, value: recent } of this.#recent.entries()) {
       const version = this.#o.state.version(app, v);
       if (version) this.#addUsage(usage, version, recent.cells, 1);
     }
     return usage;
   }
 
-  /** Replaces what `key` counts for in `usage` with `cells`. */
-  #setUsage(usage: Usage, key: string, version: Version, cells: Record<string, number>): void {
-    const [app, v] = key.split('/') as [string, string];
-    const before = this.#recent.get(key)?.cells ?? this.#o.state.placement(app, v)?.value.cells;
+  /** Replaces what the app's version counts for in `usage` with `cells`. */
+  #setUsage(usage: Usage, app: string, version: Version, cells: Record<string, number>): void {
+    const before =
+      this.#recent.get(app, version.name)?.cells ?? this.#o.state.placement(app, version.name)?.value.cells;
     if (before) this.#addUsage(usage, version, before, -1);
     this.#addUsage(usage, version, cells, 1);
   }
@@ -217,100 +249,86 @@ export class Reconciler {
   }
 
   async #writePlacement(app: App, version: Version, result: PlacementResult): Promise<void> {
-    const key = this.#o.keys.placement(app.name, version.name);
     const now = new Date().toISOString();
-    let started: Condition[] = [];
-    const outcome = await this.#cas<Placement>(key, this.#o.state.placement(app.name, version.name), (cur) => {
+    const outcome = await this.#updatePlacement(app.name, version.name, (cur) => {
       const cellsChanged = !cur || !sameCells(cur.cells, result.cells);
       const conditions = mergeConditions(cur?.conditions ?? [], result.conditions, now);
       const conditionsChanged = !cur || !sameConditions(cur.conditions, conditions);
-      if (!cellsChanged && !conditionsChanged && cur.desired === version.replicas) return UNCHANGED;
+      if (!cellsChanged && !conditionsChanged && cur.desired === version.replicas) return { next: UNCHANGED };
       // Problems that start now (not already recorded) are announced as events.
-      started = conditions.filter(
+      const started = conditions.filter(
         (c) =>
           c.status === 'True' &&
           c.type !== 'Available' &&
           !cur?.conditions.some((p) => p.type === c.type && p.status === 'True' && p.message === c.message),
       );
       return {
-        app: app.name,
-        version: version.name,
-        cells: result.cells,
-        generation: (cur?.generation ?? 0) + (cellsChanged || !cur ? 1 : 0),
-        desired: version.replicas,
-        conditions,
-        updatedAt: now,
+        next: {
+          app: app.name,
+          version: version.name,
+          cells: result.cells,
+          generation: (cur?.generation ?? 0) + (cellsChanged || !cur ? 1 : 0),
+          desired: version.replicas,
+          conditions,
+          updatedAt: now,
+        },
+        events: started.map((c) =>
+          versionEvent(app, version, c.type === 'Unschedulable' ? 'unschedulable' : 'min-cells-shortfall', {
+            reason: c.reason,
+            message: c.message,
+          }),
+        ),
       };
     });
-    const recent = this.#recent.get(`${app.name}/${version.name}`);
+    const recent = this.#recent.get(app.name, version.name);
     if (recent && recent.cells === result.cells) recent.revision = outcome.modRevision;
-    for (const c of started) {
-      await this.#o.publish({
-        kind: 'version',
-        resourceId: app.name,
-        resourceName: version.name,
-        action: c.type === 'Unschedulable' ? 'unschedulable' : 'min-cells-shortfall',
-        data: { reason: c.reason, message: c.message },
-      });
-    }
   }
 
   // ---- Fenced etcd writes ---------------------------------------------------------------------
 
   /**
-   * Compare-and-swap of one key on its mod revision, starting from what the watch knows (no read
-   * when it is current), fenced by leadership. Returns the key's revision after the call.
+   * Compare-and-swap of a placement on its mod revision, starting from what the watch knows (no
+   * read when it is current). The events the change makes go into the outbox in the same
+   * transaction and are published once it commits. Every write is fenced by the store.
    */
-  async #cas<T>(
-    key: string,
-    known: StoredValue<T> | undefined,
-    mutate: (current: T | undefined) => T | typeof UNCHANGED | typeof DELETE,
-  ): Promise<{ outcome: 'written' | 'deleted' | 'unchanged'; modRevision: number }> {
-    let current: StoredValue<T> | undefined = known;
-    for (let attempt = 1; attempt <= 10; attempt++) {
-      const next = mutate(current?.value);
-      if (next === UNCHANGED || (next === DELETE && !current)) {
-        return { outcome: 'unchanged', modRevision: current?.modRevision ?? 0 };
-      }
-      const keyBuf = Buffer.from(key);
-      const compare: ICompare[] = [
-        { key: keyBuf, target: 'Mod', result: 'Equal', mod_revision: current?.modRevision ?? 0 },
-        ...this.#fence(key),
-      ];
-      const op =
-        next === DELETE
-          ? { request_delete_range: { key: keyBuf } }
-          : { request_put: { key: keyBuf, value: Buffer.from(JSON.stringify(next)) } };
-      const res = await this.#o.etcd.kv.txn({ compare, success: [op], failure: [] });
-      if (res.succeeded) {
-        return { outcome: next === DELETE ? 'deleted' : 'written', modRevision: Number(res.header.revision) };
-      }
-      // Someone else wrote it (or we lost the seat: the fence throws then): read and decide again.
-      this.#fence(key);
-      const fresh = await getVersioned<T>(this.#o.etcd, key);
-      current = fresh ? { value: fresh.value, modRevision: fresh.modRevision } : undefined;
-    }
-    throw new ConflictError(`${key} kept changing: gave up after 10 attempts`);
-  }
-
-  /** A plain put or delete, fenced by leadership. */
-  async #fencedWrite(key: string, value: unknown | typeof DELETE): Promise<void> {
-    const keyBuf = Buffer.from(key);
-    const op =
-      value === DELETE
-        ? { request_delete_range: { key: keyBuf } }
-        : { request_put: { key: keyBuf, value: Buffer.from(JSON.stringify(value)) } };
-    const res = await this.#o.etcd.kv.txn({ compare: this.#fence(key), success: [op], failure: [] });
-    if (!res.succeeded) throw new NotLeaderError(key);
-  }
-
-  #fence(key: string): ICompare[] {
-    if (!this.#o.guard) return [];
-    try {
-      return [this.#o.guard()];
-    } catch {
-      throw new NotLeaderError(key);
-    }
+  async #updatePlacement(
+    app: string,
+    version: string,
+    mutate: (current: Placement | undefined) => PlacementChange,
+  ): Promise<UpdateResult<Placement>> {
+    const key = this.#o.keys.placement(app, version);
+    const known = this.#o.state.placement(app, version);
+    let recorded: BerthEvent[] = [];
+    const result = await transact<UpdateResult<Placement>>(
+      this.#o.store,
+      async (attempt) => {
+        // First from what the watch knows (absent included: the create then fails if it is not);
+        // after a conflict, from a fresh read.
+        const current = attempt === 1 ? known : await this.#o.store.get(key, placementSchema);
+        const modRevision = current?.modRevision ?? 0;
+        const { next, events = [] } = mutate(current?.value);
+        if (next === UNCHANGED || (next === DELETE && !current)) return { done: { outcome: 'unchanged', modRevision } };
+        const entries = events.map((e) => this.#o.events.record(e));
+        recorded = entries.map((e) => e.event);
+        const outbox = entries.map((e) => e.op);
+        if (next === DELETE) {
+          return {
+            ops: [{ op: 'delete', key, modRevision }, ...outbox],
+            result: (rev) => ({ outcome: 'deleted', modRevision: rev }),
+          };
+        }
+        return {
+          ops: [
+            current ? { op: 'update', key, value: next, modRevision } : { op: 'create', key, value: next },
+            ...outbox,
+          ],
+          result: (rev) => ({ outcome: 'written', value: next, modRevision: rev }),
+        };
+      },
+      { what: key },
+    );
+    if (result.outcome !== 'unchanged') this.#o.events.flush(recorded);
+    return result;
   }
 
   // ---- Apply ----------------------------------------------------------------------------------
@@ -382,12 +400,13 @@ export class Reconciler {
         keep.add(key);
         const stored = this.#o.state.status(app.name, version.name, cell.name)?.value;
         if (stored && sameStatus(stored, status)) continue;
-        await this.#fencedWrite(key, status);
+        // The scheduler is the only writer of status rows: a plain put, fenced.
+        await this.#o.store.commit([{ op: 'put', key, value: status }]);
       }
       await this.#updateAvailability(app, version, available);
     }
     for (const key of this.#o.state.statusKeysOf(app.name)) {
-      if (!keep.has(key)) await this.#fencedWrite(key, DELETE);
+      if (!keep.has(key)) await this.#o.store.commit([{ op: 'delete', key }]);
     }
   }
 
@@ -396,17 +415,15 @@ export class Reconciler {
     const isAvailable = version.replicas > 0 && available >= version.replicas;
     const status = isAvailable ? 'True' : 'False';
     const reason = isAvailable ? 'ReplicasAvailable' : version.replicas === 0 ? 'ScaledToZero' : 'ReplicasUnavailable';
-    const key = this.#o.keys.placement(app.name, version.name);
     const known = this.#o.state.placement(app.name, version.name);
     if (known?.value.conditions.some((c) => c.type === 'Available' && c.status === status && c.reason === reason)) {
       return;
     }
     const now = new Date().toISOString();
-    let before: Condition | undefined;
-    const result = await this.#cas<Placement>(key, known, (current) => {
-      if (!current) return UNCHANGED;
-      before = current.conditions.find((c) => c.type === 'Available');
-      if (before?.status === status && before.reason === reason) return UNCHANGED;
+    await this.#updatePlacement(app.name, version.name, (current) => {
+      if (!current) return { next: UNCHANGED };
+      const before = current.conditions.find((c) => c.type === 'Available');
+      if (before?.status === status && before.reason === reason) return { next: UNCHANGED };
       const condition: Condition = {
         type: 'Available',
         status,
@@ -415,20 +432,21 @@ export class Reconciler {
         lastTransitionTime: before?.status === status ? before.lastTransitionTime : now,
       };
       const others = current.conditions.filter((c) => c.type !== 'Available');
-      return { ...current, conditions: [...others, condition].sort(byType), updatedAt: now };
+      const next = { ...current, conditions: [...others, condition].sort(byType), updatedAt: now };
+      // A version coming up for the first time is not degraded, nor one scaled to zero on purpose;
+      // one that was available and is not any more is. Only a change of status is announced.
+      const announce =
+        before?.status !== status && (isAvailable || (before?.status === 'True' && version.replicas > 0));
+      const events = announce
+        ? [
+            versionEvent(app, version, isAvailable ? 'available' : 'degraded', {
+              available,
+              desired: version.replicas,
+            }),
+          ]
+        : [];
+      return { next, events };
     });
-    if (result.outcome !== 'written' || before?.status === status) return;
-    // A version coming up for the first time is not degraded, nor one scaled to zero on purpose;
-    // one that was available and is not any more is.
-    if (isAvailable || (before?.status === 'True' && version.replicas > 0)) {
-      await this.#o.publish({
-        kind: 'version',
-        resourceId: app.name,
-        resourceName: version.name,
-        action: isAvailable ? 'available' : 'degraded',
-        data: { available, desired: version.replicas },
-      });
-    }
   }
 
   // ---- Removal --------------------------------------------------------------------------------
@@ -439,14 +457,14 @@ export class Reconciler {
    */
   async #removeVersionsGone(app: App, versions: Version[]): Promise<void> {
     const exists = new Set(versions.map((v) => v.name));
-    for (const [name, stored] of this.#o.state.placementsOf(app.name)) {
+    for (const name of this.#o.state.placementsOf(app.name).keys()) {
       if (exists.has(name)) continue;
       const runs = [...this.#o.cells().values()].some((c) =>
         c.deployments.get(deploymentName(app.name, name), app.name),
       );
       if (runs) continue;
-      await this.#cas(this.#o.keys.placement(app.name, name), stored, () => DELETE);
-      this.#recent.delete(`${app.name}/${name}`);
+      await this.#updatePlacement(app.name, name, () => ({ next: DELETE }));
+      this.#recent.delete(app.name, name);
     }
   }
 
@@ -466,16 +484,31 @@ export class Reconciler {
       if (ns.status?.phase === 'Terminating') continue;
       await this.#o.writer.delete(cell, withKind(ns, 'v1', 'Namespace'));
     }
-    if (pending) throw new Error(`app ${name} is deleted but some of its cells cannot be reached; will retry`);
-    for (const key of this.#o.state.statusKeysOf(name)) await this.#fencedWrite(key, DELETE);
-    for (const [version, stored] of placements) {
-      await this.#cas(this.#o.keys.placement(name, version), stored, () => DELETE);
+    if (pending) {
+      throw new UnavailableError(`app ${name} is deleted but some of its cells cannot be reached; will retry`);
     }
-    for (const key of [...this.#recent.keys()]) if (key.startsWith(`${name}/`)) this.#recent.delete(key);
+    for (const key of this.#o.state.statusKeysOf(name)) await this.#o.store.commit([{ op: 'delete', key }]);
+    for (const version of [...placements.keys()]) {
+      await this.#updatePlacement(name, version, () => ({ next: DELETE }));
+    }
+    this.#recent.deleteApp(name);
   }
 }
 
 // ---- Helpers ----------------------------------------------------------------------------------
+
+/** An event about one of the app's versions, decided by the scheduler. */
+function versionEvent(app: App, version: Version, action: string, data: Record<string, unknown>): EventInput {
+  return {
+    actor: SCHEDULER_ACTOR,
+    kind: 'version',
+    resourceId: app.name,
+    ...(app.incarnation ? { incarnation: app.incarnation } : {}),
+    resourceName: version.name,
+    action,
+    data,
+  };
+}
 
 function withKind<T extends { apiVersion?: string; kind?: string }>(obj: T, apiVersion: string, kind: string): T {
   return { ...obj, apiVersion, kind };
@@ -552,10 +585,4 @@ function toIso(t: unknown): string {
 function sameStatus(a: VersionCellStatus, b: VersionCellStatus): boolean {
   const strip = (s: VersionCellStatus) => JSON.stringify({ ...s, observedAt: '' });
   return strip(a) === strip(b);
-}
-
-/** A UUID made from a string: the same input, the same id (JetStream de-duplicates by it). */
-export function uuidFrom(text: string): string {
-  const h = createHash('sha256').update(text).digest('hex');
-  return `${h.slice(0, 8)}-${h.slice(8, 12)}-4${h.slice(13, 16)}-8${h.slice(17, 20)}-${h.slice(20, 32)}`;
 }

@@ -71,10 +71,8 @@ export class DesiredState {
     const appsCodec: Codec<AppsEntry> = {
       encode: (entry) => JSON.stringify(entry.kind === 'other' ? null : entry.value),
       decode: (raw, key) => {
-        const rest = key.slice(appsPrefix.length).split('/');
-        if (rest.length === 1) return { kind: 'app', value: appSchema.parse(JSON.parse(raw)) };
-        if (rest.length === 3 && rest[1] === 'versions')
-          return { kind: 'version', value: versionSchema.parse(JSON.parse(raw)) };
+        if (keys.parse('app', key)) return { kind: 'app', value: appSchema.parse(JSON.parse(raw)) };
+        if (keys.parse('version', key)) return { kind: 'version', value: versionSchema.parse(JSON.parse(raw)) };
         return { kind: 'other' };
       },
     };
@@ -84,29 +82,30 @@ export class DesiredState {
       codec: appsCodec,
       logger,
       onChange: (change) => {
-        const [app, sub, name] = change.key.slice(appsPrefix.length).split('/');
-        if (!app) return;
-        if (sub === 'versions' && name) {
-          const versions = this.#versions.get(app) ?? new Map<string, Version>();
-          if (change.type === 'put' && change.value.kind === 'version') versions.set(name, change.value.value);
-          else versions.delete(name);
-          if (versions.size > 0) this.#versions.set(app, versions);
-          else this.#versions.delete(app);
-        } else if (sub !== undefined) {
-          return; // members and the like: nothing the scheduler acts on
+        const v = keys.parse('version', change.key);
+        if (v) {
+          const versions = this.#versions.get(v.app) ?? new Map<string, Version>();
+          if (change.type === 'put' && change.value.kind === 'version') versions.set(v.version, change.value.value);
+          else versions.delete(v.version);
+          if (versions.size > 0) this.#versions.set(v.app, versions);
+          else this.#versions.delete(v.app);
+          options.onAppChange(v.app);
+          return;
         }
-        options.onAppChange(app);
+        // The app itself; members and the like are nothing the scheduler acts on.
+        const a = keys.parse('app', change.key);
+        if (a) options.onAppChange(a.app);
       },
     });
-    const placementsPrefix = keys.placements();
     this.#placements = new PrefixWatcher({
       client: etcd,
-      prefix: placementsPrefix,
+      prefix: keys.placements(),
       codec: schemaCodec(placementSchema),
       logger,
       onChange: (change) => {
-        const [app, version] = change.key.slice(placementsPrefix.length).split('/');
-        if (!app || !version) return;
+        const parts = keys.parse('placement', change.key);
+        if (!parts) return;
+        const { app, version } = parts;
         const byVersion = this.#placementsByApp.get(app) ?? new Map<string, StoredValue<Placement>>();
         if (change.type === 'put') byVersion.set(version, { value: change.value, modRevision: change.modRevision });
         else byVersion.delete(version);
@@ -115,14 +114,13 @@ export class DesiredState {
         options.onAppChange(app);
       },
     });
-    const statusPrefix = keys.statuses();
     this.#statuses = new PrefixWatcher({
       client: etcd,
-      prefix: statusPrefix,
+      prefix: keys.statuses(),
       codec: schemaCodec(versionCellStatusSchema),
       logger,
       onChange: (change) => {
-        const app = change.key.slice(statusPrefix.length).split('/')[0];
+        const app = keys.parse('status', change.key)?.app;
         if (!app) return;
         const set = this.#statusKeys.get(app) ?? new Set<string>();
         if (change.type === 'put') set.add(change.key);
@@ -138,7 +136,7 @@ export class DesiredState {
       logger,
       onChange: (change: WatchChange<Cell>) => {
         // Only the cells themselves, not anything nested under a cell's key.
-        if (!change.key.slice(keys.cells(options.region).length).includes('/')) options.onCellsChange();
+        if (keys.parse('cell', change.key)) options.onCellsChange();
       },
     });
   }
@@ -151,18 +149,12 @@ export class DesiredState {
     await Promise.all([this.#apps.stop(), this.#cells.stop(), this.#placements.stop(), this.#statuses.stop()]);
   }
 
-  /** True while etcd cannot be reached: the views are the last known. */
-  get stale(): boolean {
-    return this.#apps.stale || this.#cells.stale || this.#placements.stale;
-  }
-
   /** Apps to reconcile: the region's apps, and every app this scheduler has placed (to remove them). */
   appNames(): string[] {
     const names = new Set<string>(this.#placementsByApp.keys());
     for (const [key, entry] of this.#apps.view) {
-      if (entry.value.kind === 'app' && entry.value.value.region === this.#region) {
-        names.add(key.slice(this.#keys.apps().length));
-      }
+      const app = this.#keys.parse('app', key)?.app;
+      if (app && entry.value.kind === 'app' && entry.value.value.region === this.#region) names.add(app);
     }
     return [...names].sort();
   }
@@ -183,9 +175,8 @@ export class DesiredState {
   }
 
   cells(): Cell[] {
-    const prefix = this.#keys.cells(this.#region);
     const out: Cell[] = [];
-    for (const [key, entry] of this.#cells.view) if (!key.slice(prefix.length).includes('/')) out.push(entry.value);
+    for (const [key, entry] of this.#cells.view) if (this.#keys.parse('cell', key)) out.push(entry.value);
     return out.sort((a, b) => (a.name < b.name ? -1 : 1));
   }
 
@@ -193,10 +184,10 @@ export class DesiredState {
     return this.#placementsByApp.get(app)?.get(version);
   }
 
-  /** Every stored placement: key `{app}/{version}`. */
-  *placements(): Generator<[string, StoredValue<Placement>]> {
+  /** Every stored placement. */
+  *placements(): Generator<{ app: string; version: string; stored: StoredValue<Placement> }> {
     for (const [app, byVersion] of this.#placementsByApp) {
-      for (const [version, stored] of byVersion) yield [`${app}/${version}`, stored];
+      for (const [version, stored] of byVersion) yield { app, version, stored };
     }
   }
 
