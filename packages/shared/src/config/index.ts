@@ -10,7 +10,7 @@
 import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { z } from 'zod';
-import { ConfigError, type FieldIssue } from '../errors/index.ts';
+import { BerthError, ConfigError, type FieldIssue } from '../errors/index.ts';
 import { LOG_LEVELS, REDACTED, redactUrl, registerSecret } from '../logging/index.ts';
 
 const secretSchemas = new WeakSet<z.ZodType>();
@@ -60,10 +60,13 @@ export function envInt(defaultValue: number, bounds: { min?: number; max?: numbe
     });
 }
 
-const DURATION = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/;
-const DURATION_UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+const DURATION = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/;
+const DURATION_UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
 
-/** Parses "250ms", "30s", "5m", "1h" into milliseconds. */
+/**
+ * Parses "250ms", "30s", "5m", "1h", "7d" into milliseconds; undefined when it is not a duration.
+ * The one duration parser: env (envDuration) and CLI flags (cnictl) both use it.
+ */
 export function parseDuration(text: string): number | undefined {
   const m = DURATION.exec(text.trim());
   if (!m?.[1] || !m[2]) return undefined;
@@ -73,7 +76,7 @@ export function parseDuration(text: string): number | undefined {
 /** A duration ("250ms", "30s", "5m", "1h") in milliseconds. */
 export function envDuration(defaultValue: string) {
   const fallback = parseDuration(defaultValue);
-  if (fallback === undefined) throw new Error(`bad default duration ${defaultValue}`);
+  if (fallback === undefined) throw new BerthError(`bad default duration ${defaultValue}`);
   return z
     .string()
     .optional()

@@ -18,6 +18,7 @@
  */
 import type { Etcd3, IDuplexStream, IWatchRequest, IWatchResponse } from 'etcd3';
 import { CompactedError, UnavailableError } from '../errors/index.ts';
+import { deferred } from '../lifecycle/deferred.ts';
 import type { Logger } from '../logging/index.ts';
 import { prefixRangeEnd } from '../store/backend.ts';
 import { type Codec, jsonCodec, type Versioned } from './cas.ts';
@@ -348,12 +349,4 @@ export class PrefixWatcher<T> {
       };
     });
   }
-}
-
-function deferred(): { promise: Promise<void>; resolve: () => void } {
-  let resolve!: () => void;
-  const promise = new Promise<void>((r) => {
-    resolve = r;
-  });
-  return { promise, resolve };
 }

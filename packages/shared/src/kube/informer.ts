@@ -22,6 +22,7 @@ import {
   ListWatch,
   Watch,
 } from '@kubernetes/client-node';
+import { deferred } from '../lifecycle/deferred.ts';
 import type { Logger } from '../logging/index.ts';
 
 export type InformerEvent = 'add' | 'update' | 'delete';
@@ -261,12 +262,4 @@ export class ResilientInformer<T extends KubernetesObject> {
     this.#stale = stale;
     this.#options.onStaleChange?.(stale);
   }
-}
-
-function deferred(): { promise: Promise<void>; resolve: () => void } {
-  let resolve!: () => void;
-  const promise = new Promise<void>((r) => {
-    resolve = r;
-  });
-  return { promise, resolve };
 }

@@ -6,9 +6,11 @@
  */
 import type { z } from 'zod';
 import { effectiveConfig, parseEnv } from '../config/index.ts';
-import { ConfigError } from '../errors/index.ts';
+import { BerthError, ConfigError } from '../errors/index.ts';
 import { createLogger, type Logger, type LogLevel } from '../logging/index.ts';
 import { startTelemetry } from '../telemetry/index.ts';
+
+export { type Deferred, deferred } from './deferred.ts';
 
 /** Something with a start and a stop, both safe to call twice. */
 export type Component = {
@@ -36,7 +38,7 @@ export class Lifecycle {
   }
 
   add(component: Component): this {
-    if (this.#state !== 'new') throw new Error(`cannot add ${component.name} after start`);
+    if (this.#state !== 'new') throw new BerthError(`cannot add ${component.name} after start`);
     this.#components.push(component);
     return this;
   }
@@ -78,7 +80,7 @@ export class Lifecycle {
           Promise.resolve().then(() => component.stop?.()),
           new Promise((_, reject) => {
             timer = setTimeout(
-              () => reject(new Error(`did not stop in ${this.#stopTimeoutMs} ms`)),
+              () => reject(new BerthError(`did not stop in ${this.#stopTimeoutMs} ms`, { code: 'stop-timeout' })),
               this.#stopTimeoutMs,
             );
           }),
