@@ -14,6 +14,7 @@
  * `check` is one-shot: the checker daemon (src/index.ts) is what checks a cell continuously.
  */
 import { join, resolve } from 'node:path';
+import { parseDuration } from '@berth/shared/config';
 import { BerthError } from '@berth/shared/errors';
 import { BerthKeys } from '@berth/shared/keys';
 import { GatewayBackend } from '@berth/shared/store/lite';
@@ -31,10 +32,10 @@ export class UsageError extends BerthError {
 
 type Globals = { cell: string; kubeconfig?: string; json?: boolean };
 
-function parseDuration(text: string): number {
-  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/.exec(text.trim());
-  if (!m?.[1] || !m[2]) throw new UsageError(`not a duration: "${text}" (use e.g. 30s, 10m, 1h)`);
-  return Number(m[1]) * ({ ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[m[2]] ?? 1);
+function durationFlag(flag: string, text: string): number {
+  const ms = parseDuration(text);
+  if (ms === undefined) throw new UsageError(`${flag}: not a duration: "${text}" (use e.g. 30s, 10m, 1h, 7d)`);
+  return ms;
 }
 
 function table(rows: (string | number)[][]): string {
@@ -239,7 +240,7 @@ export async function cnictl(argv: string[], io: CnictlIo): Promise<number> {
       if (o.leaked && ips.length > 0) throw new UsageError('use either addresses or --leaked, not both');
       if (o.leaked) {
         const report = await checkCell({ backend, keys, cell: g.cell, pods: await podsOf(g) });
-        const minAge = o.olderThan ? parseDuration(o.olderThan) : 0;
+        const minAge = o.olderThan ? durationFlag('--older-than', o.olderThan) : 0;
         const leaks = report.leaked.filter((l) => Date.now() - Date.parse(l.allocatedAt) >= minAge);
         if (o.dryRun) {
           print(g, leaks, () =>
