@@ -1,7 +1,8 @@
 /**
- * Runs once before every test: fails fast, naming the server, when the region is not up.
- * `make test` brings the region up first; running vitest by hand needs `make up` (or the
- * servers' addresses in the environment).
+ * The integration project's global setup (vitest.config.ts): runs once before the integration
+ * tests and fails fast, naming the server, when the region is not up. `make test` brings the
+ * region up first; running vitest by hand needs `make up` (or the servers' addresses in the
+ * environment). The unit project has no global setup and needs none of this.
  */
 import { connect } from 'node:net';
 import { regionEnv } from '@berth/shared/testing';
@@ -34,7 +35,9 @@ export default async function setup(): Promise<void> {
     if (!(await reachable(url))) down.push(`${name} at ${url}`);
   }
   if (down.length > 0) {
-    throw new Error(`the local region is not up (${down.join(', ')} unreachable): run \`make up\` or \`make test\``);
+    throw new Error(
+      `the local region is not up (${down.join(', ')} unreachable): run \`make up\` or \`make test\` (the unit tests alone need no region: \`make test-unit\`)`,
+    );
   }
   for (const [key, value] of Object.entries(env)) process.env[key] ??= value;
 }
