@@ -19,6 +19,12 @@ run_if_present() {
 step "bootstrap: Debian packages, Node.js 24, pnpm, npm dependencies"
 bash "$BERTH_ROOT/infra/bootstrap.sh"
 
+# A port held by another checkout's region (or any other process) would fail much later and far
+# from its cause: check them all before starting anything (docs/local-region.md).
+ports_args=()
+((WITH_SERVICES)) || ports_args=(--no-services)
+bash "$BERTH_ROOT/infra/ports.sh" check "${ports_args[@]}" || die "the ports above are taken; nothing was started"
+
 if [[ -f $BERTH_ROOT/infra/k8s/build.sh ]] && ! bash "$BERTH_ROOT/infra/k8s/build.sh" --status >/dev/null 2>&1; then
   step "building Kubernetes and KWOK from Go modules in the background (log: $(logfile k8s-build))"
   bash "$BERTH_ROOT/infra/k8s/build.sh" --background
