@@ -1,22 +1,24 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ConflictError, InputError } from '../src/errors/index.ts';
+import { z } from 'zod';
+import { CompareFailedError, ConflictError, InputError } from '../src/errors/index.ts';
 import {
-  casUpdate,
   createEtcdClient,
   type Etcd3,
   EtcdLease,
-  getVersioned,
   LeaderElection,
   openWatchStream,
   PrefixWatcher,
   type WatchChange,
 } from '../src/etcd/index.ts';
+import { Etcd3Backend, Store, updateKey } from '../src/store/index.ts';
 import { regionEnv, startPrivateEtcd, uniquePrefix, waitFor } from '../src/testing/index.ts';
 
 let client: Etcd3;
+let store: Store;
 
 beforeAll(() => {
   client = createEtcdClient({ endpoints: (regionEnv().ETCD_ENDPOINTS as string).split(',') });
+  store = new Store(new Etcd3Backend(client));
 });
 
 afterAll(() => {
@@ -41,46 +43,51 @@ async function freshList(prefix: string): Promise<Record<string, string>> {
   return client.getAll().prefix(prefix).strings();
 }
 
-describe('compare-and-swap update', () => {
+describe('the store on real etcd: compare-and-swap through the one retry loop', () => {
+  const counter = z.object({ writers: z.array(z.string()) });
+  const read = (key: string) => () => store.get(key, counter);
+  const readNumber = (key: string) => () => store.get(key, z.number());
+
   it('two concurrent updates of one key both land, in some order, with no lost update', async () => {
     const key = `${uniquePrefix()}/counter`;
     await client.put(key).value(JSON.stringify({ writers: [] }));
     const bothRead = barrier(2);
     let conflicts = 0;
     const update = (writer: string) =>
-      casUpdate<{ writers: string[] }>(
-        client,
+      updateKey<{ writers: string[] }>(
+        store,
         key,
-        async (current, attempt) => {
+        async () => {
+          const current = await read(key)();
           // Both writers read the same revision before either writes: one of them must conflict.
-          if (attempt === 1) await bothRead();
-          return { writers: [...(current?.value.writers ?? []), writer] };
+          if (conflicts === 0) await bothRead();
+          return current;
         },
+        (current) => ({ writers: [...(current?.writers ?? []), writer] }),
         { onConflict: () => conflicts++ },
       );
-    const [a, b] = await Promise.all([update('a'), update('b')]);
+    await Promise.all([update('a'), update('b')]);
 
-    const stored = await getVersioned<{ writers: string[] }>(client, key);
+    const stored = await store.get(key, counter);
     expect(stored?.value.writers.sort()).toEqual(['a', 'b']);
     expect(conflicts).toBe(1);
-    expect([a.attempts, b.attempts].sort()).toEqual([1, 2]);
   });
 
   it('many concurrent increments lose nothing', async () => {
     const key = `${uniquePrefix()}/n`;
     await Promise.all(
       Array.from({ length: 20 }, () =>
-        casUpdate<number>(client, key, (current) => (current?.value ?? 0) + 1, { maxAttempts: 50 }),
+        updateKey<number>(store, key, readNumber(key), (current) => (current ?? 0) + 1, { maxAttempts: 50 }),
       ),
     );
-    expect((await getVersioned<number>(client, key))?.value).toBe(20);
+    expect((await store.get(key, z.number()))?.value).toBe(20);
   });
 
   it('a non-conflict error is not retried', async () => {
     const key = `${uniquePrefix()}/x`;
     let calls = 0;
     await expect(
-      casUpdate(client, key, () => {
+      updateKey(store, key, readNumber(key), () => {
         calls++;
         throw new InputError('refused by the mutator');
       }),
@@ -90,10 +97,15 @@ describe('compare-and-swap update', () => {
     // etcd itself refuses a value over its request size limit (1.5 MiB): surfaced, not retried.
     let writes = 0;
     await expect(
-      casUpdate<string>(client, key, () => {
-        writes++;
-        return 'x'.repeat(2 * 1024 * 1024);
-      }),
+      updateKey<string>(
+        store,
+        key,
+        () => store.get(key, z.string()),
+        () => {
+          writes++;
+          return 'x'.repeat(2 * 1024 * 1024);
+        },
+      ),
     ).rejects.toThrow(/too large|exceeds|larger than max|RESOURCE_EXHAUSTED/i);
     expect(writes).toBe(1);
   });
@@ -102,19 +114,37 @@ describe('compare-and-swap update', () => {
     const key = `${uniquePrefix()}/hot`;
     let calls = 0;
     await expect(
-      casUpdate<number>(
-        client,
+      updateKey<number>(
+        store,
         key,
-        async (current) => {
+        async () => {
+          const current = await readNumber(key)();
           calls++;
           // Someone else writes the key between our read and our write, every time.
           await client.put(key).value(JSON.stringify(calls * 100));
-          return (current?.value ?? 0) + 1;
+          return current;
         },
+        (current) => (current ?? 0) + 1,
         { maxAttempts: 3 },
       ),
     ).rejects.toBeInstanceOf(ConflictError);
     expect(calls).toBe(3);
+  });
+
+  it('a failed transaction names the keys whose compare failed, read back in the same call', async () => {
+    const prefix = uniquePrefix();
+    await client.put(`${prefix}/a`).value('1');
+    const a = await store.keys(`${prefix}/a`);
+    await client.put(`${prefix}/a`).value('2');
+    const err = await store
+      .commit([
+        { op: 'expect', key: `${prefix}/a`, modRevision: a[0]?.modRevision ?? 0 },
+        { op: 'create', key: `${prefix}/b`, value: 1 },
+      ])
+      .catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(CompareFailedError);
+    expect((err as CompareFailedError).failedKeys).toEqual([`${prefix}/a`]);
+    expect(await client.get(`${prefix}/b`).string()).toBeNull();
   });
 });
 

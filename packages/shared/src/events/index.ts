@@ -68,6 +68,8 @@ export const eventSchema = z
     kind: z.enum(EVENT_KINDS),
     /** The id in the subject: the resource's name, or its app's name for app-scoped kinds. */
     resourceId: z.string().min(1).max(253).regex(TOKEN, 'must not contain ".", "*", ">" or whitespace'),
+    /** For app-scoped kinds: the app's incarnation (a deleted app's events never reach a new app of its name). */
+    incarnation: z.string().min(1).max(64).optional(),
     /** The name of the sub-resource inside an app (a version, a member), when there is one. */
     resourceName: z.string().min(1).max(253).optional(),
     action: z.string().regex(/^[a-z][a-z0-9-]{0,62}$/, 'expected a lowercase word like created, scaled, rolled-back'),

@@ -39,9 +39,15 @@ export type EventsComponentOptions = {
   streamLimits?: StreamLimits;
 };
 
-/** Outbox ids sort in time order: a zero-padded millisecond clock, then the event id. */
+let sequence = 0;
+
+/**
+ * Outbox ids sort in time order: a zero-padded millisecond clock, this process's counter (two
+ * changes in one millisecond keep their commit order), then the event id.
+ */
 function outboxId(event: BerthEvent): string {
-  return `${String(Date.parse(event.time)).padStart(15, '0')}-${event.id}`;
+  sequence = (sequence + 1) % 1e9;
+  return `${String(Date.now()).padStart(15, '0')}-${String(sequence).padStart(9, '0')}-${event.id}`;
 }
 
 export class EventsComponent {
@@ -55,6 +61,8 @@ export class EventsComponent {
   /** Outbox keys published and waiting to be deleted in the next batch. */
   #published = new Set<string>();
   #deleteTimer: NodeJS.Timeout | undefined;
+  /** The outbox key each recorded event was written under. */
+  readonly #keyOf = new WeakMap<BerthEvent, string>();
   readonly #relayed: Counter | undefined;
   readonly #failed: Counter | undefined;
   readonly #pending: Gauge | undefined;
@@ -98,7 +106,9 @@ export class EventsComponent {
    */
   record(input: EventInput): { op: Op; event: BerthEvent } {
     const event = buildEvent(input);
-    return { op: { op: 'put', key: this.#o.keys.outbox(outboxId(event)), value: event }, event };
+    const key = this.#o.keys.outbox(outboxId(event));
+    this.#keyOf.set(event, key);
+    return { op: { op: 'put', key, value: event }, event };
   }
 
   /** Publishes committed events now; never throws (what fails stays for the relay). */
@@ -106,7 +116,8 @@ export class EventsComponent {
     if (events.length === 0) return;
     void (async () => {
       for (const event of events) {
-        if (!(await this.#publish(event, this.#o.keys.outbox(outboxId(event))))) {
+        const key = this.#keyOf.get(event);
+        if (!key || !(await this.#publish(event, key))) {
           this.#wake();
           return;
         }

@@ -1,0 +1,164 @@
+/**
+ * Events ride the change they record: with NATS killed, changes still commit, and every committed
+ * change's event reaches the stream exactly once when NATS is back, in commit order, also when a
+ * relay died between JetStream's ack and the outbox delete.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createEtcdClient, type Etcd3 } from '../src/etcd/index.ts';
+import { EventSubjects } from '../src/events/index.ts';
+import { BerthKeys } from '../src/keys/index.ts';
+import { createLogger } from '../src/logging/index.ts';
+import { EventsComponent, NatsComponent, readEvents } from '../src/nats/index.ts';
+import { Etcd3Backend, Store } from '../src/store/index.ts';
+import { exited, freePort, regionEnv, uniqueId, waitFor } from '../src/testing/index.ts';
+
+/** A private JetStream server the test can kill and start again on the same port and data. */
+async function privateNats(): Promise<{
+  url: string;
+  kill(): Promise<void>;
+  start(): Promise<void>;
+  destroy(): Promise<void>;
+}> {
+  const port = await freePort();
+  const dir = mkdtempSync(join(tmpdir(), 'berth-nats-'));
+  let child: ChildProcess | undefined;
+  const start = async () => {
+    child = spawn('nats-server', ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', dir], { stdio: 'ignore' });
+    await waitFor(
+      () =>
+        new Promise<boolean>((resolve) => {
+          const socket = connect(port, '127.0.0.1');
+          socket.on('connect', () => {
+            socket.destroy();
+            resolve(true);
+          });
+          socket.on('error', () => resolve(false));
+        }),
+      { timeoutMs: 15_000, message: 'private nats-server listening' },
+    );
+  };
+  const kill = async () => {
+    if (child && child.exitCode === null && child.signalCode === null) {
+      const done = exited(child);
+      child.kill('SIGKILL');
+      await done;
+    }
+  };
+  await start();
+  return {
+    url: `nats://127.0.0.1:${port}`,
+    kill,
+    start,
+    destroy: async () => {
+      await kill();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+let etcd: Etcd3;
+let store: Store;
+let nats: Awaited<ReturnType<typeof privateNats>>;
+
+beforeAll(async () => {
+  etcd = createEtcdClient({ endpoints: (regionEnv().ETCD_ENDPOINTS as string).split(',') });
+  store = new Store(new Etcd3Backend(etcd));
+  nats = await privateNats();
+});
+
+afterAll(async () => {
+  await nats?.destroy();
+  etcd?.close();
+});
+
+function events(keys: BerthKeys, subjects: EventSubjects, component: NatsComponent): EventsComponent {
+  return new EventsComponent({
+    nats: component,
+    store,
+    keys,
+    subjects,
+    logger: createLogger({ service: 'outbox-test', level: 'silent' }),
+    relayIntervalMs: 100,
+  });
+}
+
+describe('the event outbox', () => {
+  it('changes made while NATS is down each reach the stream once, in commit order, when it is back', async () => {
+    const id = uniqueId();
+    const keys = new BerthKeys(`/t-${id}`);
+    const subjects = new EventSubjects(`t${id}`);
+    const component = new NatsComponent({ servers: [nats.url], name: 'outbox-test' });
+    await component.start();
+    const outbox = events(keys, subjects, component);
+    await outbox.start();
+    try {
+      await nats.kill();
+      // Twenty changes, each committed with its event in one transaction, while NATS is down.
+      for (let i = 0; i < 20; i++) {
+        const { op, event } = outbox.record({
+          kind: 'app',
+          resourceId: 'shop',
+          action: 'scaled',
+          actor: { type: 'user', name: 'alice' },
+          data: { i },
+        });
+        await store.commit([{ op: 'put', key: `${keys.prefix}/apps/shop-${i}`, value: { i } }, op]);
+        outbox.flush([event]);
+      }
+      expect((await store.keys(keys.outboxes())).length).toBe(20);
+
+      await nats.start();
+      await waitFor(async () => (await store.keys(keys.outboxes())).length === 0, {
+        timeoutMs: 30_000,
+        message: 'the relay published and deleted every outbox entry',
+      });
+      const stored = await readEvents(component.client.js, subjects, { filter: subjects.allEvents() });
+      expect(stored.map((s) => (s.event.data as { i: number }).i)).toEqual([...Array(20).keys()]);
+    } finally {
+      await outbox.stop();
+      await component.stop();
+    }
+  });
+
+  it('an entry published but not deleted (the relay died after the ack) is not stored twice', async () => {
+    const id = uniqueId();
+    const keys = new BerthKeys(`/t-${id}`);
+    const subjects = new EventSubjects(`t${id}`);
+    const component = new NatsComponent({ servers: [nats.url], name: 'outbox-test' });
+    await component.start();
+    const first = events(keys, subjects, component);
+    await first.start();
+    await first.stop();
+    try {
+      const recorded = Array.from({ length: 5 }, (_, i) =>
+        first.record({
+          kind: 'app',
+          resourceId: 'shop',
+          action: 'updated',
+          actor: { type: 'user', name: 'a' },
+          data: { i },
+        }),
+      );
+      await store.commit(recorded.map((r) => r.op));
+      const raw = await store.backend.range(keys.outboxes());
+      expect(await first.relayOnce()).toBe(5);
+      // The delete never happened: the same entries are back, as after a crash between ack and delete.
+      await store.backend.txn(
+        [],
+        raw.map((kv) => ({ put: kv.key, value: kv.value })),
+      );
+      const second = events(keys, subjects, component);
+      expect(await second.relayOnce()).toBe(5);
+      expect((await store.keys(keys.outboxes())).length).toBe(0);
+      const stored = await readEvents(component.client.js, subjects, { filter: subjects.allEvents() });
+      expect(stored.map((s) => s.event.id)).toEqual(recorded.map((r) => r.event.id));
+    } finally {
+      await component.stop();
+    }
+  });
+});
