@@ -3,11 +3,6 @@
  * change's event reaches the stream exactly once when NATS is back, in commit order, also when a
  * relay died between JetStream's ack and the outbox delete.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { connect } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createEtcdClient, type Etcd3 } from '../src/etcd/index.ts';
 import { EventSubjects } from '../src/events/index.ts';
@@ -15,60 +10,16 @@ import { BerthKeys } from '../src/keys/index.ts';
 import { createLogger } from '../src/logging/index.ts';
 import { EventsComponent, NatsComponent, readEvents } from '../src/nats/index.ts';
 import { Etcd3Backend, Store } from '../src/store/index.ts';
-import { exited, freePort, regionEnv, uniqueId, waitFor } from '../src/testing/index.ts';
-
-/** A private JetStream server the test can kill and start again on the same port and data. */
-async function privateNats(): Promise<{
-  url: string;
-  kill(): Promise<void>;
-  start(): Promise<void>;
-  destroy(): Promise<void>;
-}> {
-  const port = await freePort();
-  const dir = mkdtempSync(join(tmpdir(), 'berth-nats-'));
-  let child: ChildProcess | undefined;
-  const start = async () => {
-    child = spawn('nats-server', ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', dir], { stdio: 'ignore' });
-    await waitFor(
-      () =>
-        new Promise<boolean>((resolve) => {
-          const socket = connect(port, '127.0.0.1');
-          socket.on('connect', () => {
-            socket.destroy();
-            resolve(true);
-          });
-          socket.on('error', () => resolve(false));
-        }),
-      { timeoutMs: 15_000, message: 'private nats-server listening' },
-    );
-  };
-  const kill = async () => {
-    if (child && child.exitCode === null && child.signalCode === null) {
-      const done = exited(child);
-      child.kill('SIGKILL');
-      await done;
-    }
-  };
-  await start();
-  return {
-    url: `nats://127.0.0.1:${port}`,
-    kill,
-    start,
-    destroy: async () => {
-      await kill();
-      rmSync(dir, { recursive: true, force: true });
-    },
-  };
-}
+import { type PrivateNats, regionEnv, startPrivateNats, uniqueId, waitFor } from '../src/testing/index.ts';
 
 let etcd: Etcd3;
 let store: Store;
-let nats: Awaited<ReturnType<typeof privateNats>>;
+let nats: PrivateNats;
 
 beforeAll(async () => {
   etcd = createEtcdClient({ endpoints: (regionEnv().ETCD_ENDPOINTS as string).split(',') });
   store = new Store(new Etcd3Backend(etcd));
-  nats = await privateNats();
+  nats = await startPrivateNats();
 });
 
 afterAll(async () => {

@@ -1,14 +1,15 @@
 import { hostname } from 'node:os';
 import type { Logger } from '@berth/shared/logging';
-import { EventPublisher, EventSubjects, ensureStreams, NatsComponent } from '@berth/shared/nats';
+import { EventSubjects, NatsComponent } from '@berth/shared/nats';
 import { RedisComponent } from '@berth/shared/redis';
 import { ServiceRuntime } from '@berth/shared/service';
 import express from 'express';
-import { Counter } from 'prom-client';
 import { LdapDirectory } from './auth/ldap.ts';
 import { LoginRateLimiter } from './auth/rate-limit.ts';
 import { AuthService } from './auth/service.ts';
 import type { ApiConfig } from './env.ts';
+import { Idempotency } from './http/idempotency.ts';
+import { Mutations } from './http/mutation.ts';
 import { buildOpenApi } from './http/openapi.ts';
 import { type AnyRoute, mountRoutes } from './http/routes.ts';
 import { adminRoutes } from './resources/admin.ts';
@@ -18,7 +19,6 @@ import type { ApiContext } from './resources/context.ts';
 import { eventRoutes } from './resources/events.ts';
 import { memberRoutes } from './resources/members.ts';
 import { versionRoutes } from './resources/versions.ts';
-import { EtcdStore } from './store/etcd-store.ts';
 
 export const API_BASE = '/api/v1';
 export const API_VERSION = '1.0.0';
@@ -48,7 +48,6 @@ export class ApiService {
     let routes: AnyRoute[] = [];
     // Routes are mounted on a router the HTTP server takes now and the routes fill below.
     const router = express.Router();
-    let publisher: EventPublisher | undefined;
 
     const runtime = new ServiceRuntime({
       name: 'api',
@@ -65,9 +64,15 @@ export class ApiService {
         app.use(router);
       },
     });
-    const store = new EtcdStore(runtime.etcd, logger);
+    const store = runtime.store;
+    runtime.add(nats);
+    const events = runtime.addEvents(nats, subjects);
+    const idempotency = new Idempotency(store, runtime.keys, runtime.etcd);
+    const mutations = new Mutations(store, events, idempotency);
     const auth = new AuthService({
       store,
+      etcd: runtime.etcd,
+      mutations,
       keys: runtime.keys,
       logger,
       rateLimiter: new LoginRateLimiter(redis.client, {
@@ -94,15 +99,8 @@ export class ApiService {
       auth,
       logger,
       region: config.BERTH_REGION,
-      events: () => {
-        if (!publisher) publisher = new EventPublisher(nats.client.js, subjects);
-        return { publisher, js: nats.client.js, subjects };
-      },
-      eventsFailed: new Counter({
-        name: 'berth_api_events_failed_total',
-        help: 'Events that could not be published after a committed change',
-        registers: [runtime.metrics],
-      }),
+      events,
+      mutations,
     };
     routes = [
       ...authRoutes(ctx),
@@ -112,12 +110,10 @@ export class ApiService {
       ...memberRoutes(ctx),
       ...eventRoutes(ctx),
     ];
-    mountRoutes(router, API_BASE, routes, (req, access) => auth.authenticate(req, access));
+    mountRoutes(router, API_BASE, routes, (req, access) => auth.authenticate(req, access), idempotency);
 
     runtime.health.add('nats', nats.ready);
     runtime.health.add('redis', redis.ready);
-    runtime.add(nats);
-    runtime.add({ name: 'streams', start: async () => ensureStreams(await nats.client.jsm(), subjects) });
     runtime.add(redis);
     if (config.BERTH_ADMIN_PASSWORD) {
       const password = config.BERTH_ADMIN_PASSWORD;

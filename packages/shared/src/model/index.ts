@@ -156,6 +156,11 @@ export const appSchema = z.object({
   owner: userNameSchema,
   /** The number of the newest version ever created: the next one is `v{lastVersion + 1}`. */
   lastVersion: z.number().int().min(0).default(0),
+  /**
+   * This app's life, from create to delete: a new app of the same name is another incarnation,
+   * and its events feed shows only its own events, never the deleted one's history.
+   */
+  incarnation: z.uuid().optional(),
   createdAt: z.iso.datetime(),
   updatedAt: z.iso.datetime(),
 });

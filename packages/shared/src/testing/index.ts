@@ -6,7 +6,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { createServer, connect as netConnect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -169,6 +169,57 @@ export async function startPrivateEtcd(): Promise<PrivateEtcd> {
     destroy: async () => {
       await kill();
       rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+export type PrivateNats = {
+  url: string;
+  /** Kills nats-server (SIGKILL). */
+  kill(): Promise<void>;
+  /** Starts it again on the same port and JetStream data. */
+  start(): Promise<void>;
+  destroy(): Promise<void>;
+};
+
+/**
+ * A private JetStream server (Debian's nats-server) on a free loopback port, for tests that take
+ * NATS away; everything else shares the region's NATS, isolated by subject root.
+ */
+export async function startPrivateNats(): Promise<PrivateNats> {
+  const port = await freePort();
+  const dir = mkdtempSync(join(tmpdir(), 'berth-nats-'));
+  let child: ChildProcess | undefined;
+  const start = async () => {
+    child = spawn('nats-server', ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', dir], { stdio: 'ignore' });
+    await waitFor(
+      () =>
+        new Promise<boolean>((resolve) => {
+          const socket = netConnect(port, '127.0.0.1');
+          socket.on('connect', () => {
+            socket.destroy();
+            resolve(true);
+          });
+          socket.on('error', () => resolve(false));
+        }),
+      { timeoutMs: 15_000, message: 'private nats-server listening' },
+    );
+  };
+  const kill = async () => {
+    if (child && child.exitCode === null && child.signalCode === null) {
+      const done = exited(child);
+      child.kill('SIGKILL');
+      await done;
+    }
+  };
+  await start();
+  return {
+    url: `nats://127.0.0.1:${port}`,
+    kill,
+    start,
+    destroy: async () => {
+      await kill();
+      rmSync(dir, { recursive: true, force: true });
     },
   };
 }

@@ -2,13 +2,16 @@
  * Authentication: bearer tokens (login sessions and personal access tokens), passwords (scrypt),
  * LDAP when configured, the admin bootstrapped from config, and the login rate limit.
  */
-import { ForbiddenError, InputError, NotFoundError, UnauthorizedError } from '@berth/shared/errors';
+import { CompareFailedError, ForbiddenError, InputError, NotFoundError, UnauthorizedError } from '@berth/shared/errors';
+import type { Etcd3 } from '@berth/shared/etcd';
 import type { BerthKeys } from '@berth/shared/keys';
 import type { Logger } from '@berth/shared/logging';
 import { userNameSchema } from '@berth/shared/model';
+import type { Store } from '@berth/shared/store';
 import type { Request } from 'express';
+import type { IdempotencyRequest } from '../http/idempotency.ts';
+import type { ChangeEvent, Mutations } from '../http/mutation.ts';
 import type { Access } from '../http/routes.ts';
-import type { EtcdStore } from '../store/etcd-store.ts';
 import type { LdapDirectory } from './ldap.ts';
 import { hashPassword, verifyPassword } from './passwords.ts';
 import { type Principal, type Scope, scopeCovers } from './principal.ts';
@@ -17,7 +20,10 @@ import { type TokenRecord, tokenRecordSchema, type UserRecord, userRecordSchema 
 import { mintToken, parseToken, secretMatches } from './tokens.ts';
 
 export type AuthOptions = {
-  store: EtcdStore;
+  store: Store;
+  /** For the leases that expire tokens. */
+  etcd: Etcd3;
+  mutations: Mutations;
   keys: BerthKeys;
   logger: Logger;
   rateLimiter: LoginRateLimiter;
@@ -26,7 +32,9 @@ export type AuthOptions = {
 };
 
 export class AuthService {
-  readonly #store: EtcdStore;
+  readonly #store: Store;
+  readonly #etcd: Etcd3;
+  readonly #mutations: Mutations;
   readonly #keys: BerthKeys;
   readonly #logger: Logger;
   readonly #rateLimiter: LoginRateLimiter;
@@ -35,6 +43,8 @@ export class AuthService {
 
   constructor(options: AuthOptions) {
     this.#store = options.store;
+    this.#etcd = options.etcd;
+    this.#mutations = options.mutations;
     this.#keys = options.keys;
     this.#logger = options.logger.child({ component: 'auth' });
     this.#rateLimiter = options.rateLimiter;
@@ -97,6 +107,7 @@ export class AuthService {
       'login',
       scopes,
       new Date(Date.now() + this.#sessionTtlMs),
+      () => [{ kind: 'user', resourceId: user.name, action: 'logged-in' }],
     );
     return { token, expiresAt, user };
   }
@@ -116,9 +127,14 @@ export class AuthService {
     if (!stored) {
       const record: UserRecord = { name: username, admin: false, source: 'ldap', createdAt: now, updatedAt: now };
       if (entry.email) record.email = entry.email;
-      const res = await this.#store.commit([{ op: 'create', key: this.#keys.user(username), value: record }]);
-      if (res.ok) return record;
-      return (await this.#store.get(this.#keys.user(username), userRecordSchema))?.value;
+      try {
+        await this.#store.commit([{ op: 'create', key: this.#keys.user(username), value: record }]);
+        return record;
+      } catch (err) {
+        // A racing first login created it: use that one.
+        if (!(err instanceof CompareFailedError)) throw err;
+        return (await this.#store.get(this.#keys.user(username), userRecordSchema))?.value;
+      }
     }
     return stored.value;
   }
@@ -129,6 +145,8 @@ export class AuthService {
     name: string,
     scopes: Scope[],
     expiresAt: Date,
+    events: (record: TokenRecord) => ChangeEvent[],
+    idempotency?: IdempotencyRequest,
   ): Promise<{ token: string; expiresAt: string; record: TokenRecord; modRevision: number }> {
     const minted = mintToken();
     const record: TokenRecord = {
@@ -143,17 +161,40 @@ export class AuthService {
     };
     // Expired tokens are removed by a lease: etcd deletes the key when the token expires.
     const ttlSeconds = Math.max(1, Math.ceil((expiresAt.getTime() - Date.now()) / 1000));
-    const lease = this.#store.etcd.lease(ttlSeconds, { autoKeepAlive: false });
+    const lease = this.#etcd.lease(ttlSeconds, { autoKeepAlive: false });
     const leaseId = await lease.grant();
-    const put = await this.#store.etcd.put(this.#keys.token(minted.id)).value(JSON.stringify(record)).lease(leaseId);
     lease.release();
-    return { token: minted.token, expiresAt: record.expiresAt, record, modRevision: Number(put.header.revision) };
+    const modRevision = await this.#mutations.commit(
+      user,
+      async () => ({
+        ops: [{ op: 'create', key: this.#keys.token(minted.id), value: record, lease: leaseId }],
+        events: events(record),
+        result: (revision) => revision,
+      }),
+      {
+        idempotency,
+        // The secret is shown once and never stored, so a repeat cannot be answered with it.
+        recordAnswer: () => ({
+          status: 409,
+          body: {
+            type: 'https://berth.dev/problems/conflict',
+            title: 'Conflict',
+            status: 409,
+            detail: `token ${record.id} was created by an earlier request with this Idempotency-Key; its secret is shown only once`,
+          },
+          headers: { 'Content-Type': 'application/problem+json' },
+        }),
+      },
+    );
+    return { token: minted.token, expiresAt: record.expiresAt, record, modRevision };
   }
 
   /** A personal access token for the caller; the token is returned once. */
   async createPersonalToken(
     principal: Principal,
     input: { name: string; scopes: Scope[]; expiresAt: string },
+    events: (record: TokenRecord) => ChangeEvent[],
+    idempotency?: IdempotencyRequest,
   ): Promise<{ token: string; record: TokenRecord; modRevision: number }> {
     if (input.scopes.includes('admin') && !principal.admin) {
       throw new ForbiddenError('only platform admins may create admin-scoped tokens');
@@ -176,6 +217,8 @@ export class AuthService {
       input.name,
       input.scopes,
       expires,
+      events,
+      idempotency,
     );
     this.#logger.info(
       { user: principal.user, tokenId: record.id, scopes: record.scopes },
@@ -191,22 +234,23 @@ export class AuthService {
       .filter((t) => t.user === user && t.kind === 'personal' && Date.parse(t.expiresAt) > Date.now());
   }
 
-  async deleteToken(principal: Principal, id: string): Promise<TokenRecord> {
-    const stored = await this.#store.get(this.#keys.token(id), tokenRecordSchema);
-    if (!stored || (stored.value.user !== principal.user && !principal.admin)) {
-      throw new NotFoundError(`no token ${id}`);
-    }
-    await this.#store.commit([{ op: 'delete', key: stored.key }]);
-    return stored.value;
+  async deleteToken(principal: Principal, id: string, events: (record: TokenRecord) => ChangeEvent[]): Promise<void> {
+    await this.#mutations.commit(principal, async () => {
+      const stored = await this.#store.get(this.#keys.token(id), tokenRecordSchema);
+      if (!stored || (stored.value.user !== principal.user && !principal.admin)) {
+        throw new NotFoundError(`no token ${id}`);
+      }
+      return { ops: [{ op: 'delete', key: stored.key }], events: events(stored.value), result: () => undefined };
+    });
   }
 
-  /** Creates a local user. Returns undefined when the name is taken. */
-  async createUser(input: {
+  /** A local user's record, its password hashed, for the caller to create. */
+  async newUser(input: {
     username: string;
     password: string;
     email?: string | undefined;
     admin?: boolean | undefined;
-  }): Promise<{ user: UserRecord; modRevision: number } | undefined> {
+  }): Promise<UserRecord> {
     const now = new Date().toISOString();
     const user: UserRecord = {
       name: input.username,
@@ -217,14 +261,20 @@ export class AuthService {
       updatedAt: now,
     };
     if (input.email) user.email = input.email;
-    const res = await this.#store.commit([{ op: 'create', key: this.#keys.user(input.username), value: user }]);
-    return res.ok ? { user, modRevision: res.revision } : undefined;
+    return user;
   }
 
   /** The admin from config, created on first start only (a later password change is the admin's). */
   async bootstrapAdmin(username: string, password: string): Promise<void> {
-    const created = await this.createUser({ username, password, admin: true });
-    if (created) this.#logger.info({ user: username }, 'bootstrapped the admin user');
+    if (await this.#store.get(this.#keys.user(username), userRecordSchema)) return;
+    const user = await this.newUser({ username, password, admin: true });
+    try {
+      await this.#store.commit([{ op: 'create', key: this.#keys.user(username), value: user }]);
+      this.#logger.info({ user: username }, 'bootstrapped the admin user');
+    } catch (err) {
+      // Another API replica bootstrapped it first.
+      if (!(err instanceof CompareFailedError)) throw err;
+    }
   }
 
   async getUser(username: string): Promise<{ user: UserRecord; modRevision: number } | undefined> {

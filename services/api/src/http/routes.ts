@@ -9,20 +9,25 @@ import type { NextFunction, Request, Response, Router } from 'express';
 import type { z } from 'zod';
 import type { Principal, Scope } from '../auth/principal.ts';
 import { methodNotAllowed } from './allow.ts';
+import type { IdempotencyRequest } from './idempotency.ts';
 
 export type HttpMethod = 'get' | 'post' | 'put' | 'patch' | 'delete';
 
 /** Who may call a route: anyone, any signed-in caller (with a scope), or an admin. */
 export type Access = { kind: 'public' } | { kind: 'user'; scope: Scope } | { kind: 'admin' };
 
-export type RouteContext<P, Q, B> = {
+/** The caller a route of this access sees: always signed in, except on public routes. */
+export type PrincipalOf<A extends Access> = A extends { kind: 'public' } ? Principal | undefined : Principal;
+
+export type RouteContext<P, Q, B, A extends Access = Access> = {
   req: Request;
   res: Response;
   params: P;
   query: Q;
   body: B;
-  /** The signed-in caller; undefined only on public routes. */
-  principal: Principal | undefined;
+  principal: PrincipalOf<A>;
+  /** A POST's `Idempotency-Key`, hashed with the request it came with (./idempotency.ts). */
+  idempotency: IdempotencyRequest | undefined;
 };
 
 /** What a handler returns: a status, a body, optional headers (ETag, Location). */
@@ -36,6 +41,7 @@ export type RouteDef<
   P extends z.ZodObject = z.ZodObject,
   Q extends z.ZodObject = z.ZodObject,
   B extends z.ZodType = z.ZodType,
+  A extends Access = Access,
 > = {
   method: HttpMethod;
   /** Express-style path under /api/v1, e.g. `/apps/:app/versions`. */
@@ -43,7 +49,7 @@ export type RouteDef<
   operationId: string;
   summary: string;
   tags: string[];
-  access: Access;
+  access: A;
   params?: P;
   query?: Q;
   body?: B;
@@ -53,24 +59,38 @@ export type RouteDef<
   errors?: number[];
   /** Responses carry an ETag; PATCH/PUT/DELETE honour If-Match. */
   etag?: boolean;
-  handler: (ctx: RouteContext<z.output<P>, z.output<Q>, z.output<B>>) => Promise<RouteResult>;
+  /** POST only: `Idempotency-Key` is not honoured (login; the answer holds a secret that is never stored). */
+  idempotent?: false;
+  handler: (ctx: RouteContext<z.output<P>, z.output<Q>, z.output<B>, A>) => Promise<RouteResult>;
 };
 
 // biome-ignore lint/suspicious/noExplicitAny: a list of routes of any parameter types
-export type AnyRoute = RouteDef<any, any, any>;
+export type AnyRoute = RouteDef<any, any, any, any>;
 
-export function defineRoute<P extends z.ZodObject, Q extends z.ZodObject, B extends z.ZodType>(
-  route: RouteDef<P, Q, B>,
-): RouteDef<P, Q, B> {
+export function defineRoute<P extends z.ZodObject, Q extends z.ZodObject, B extends z.ZodType, const A extends Access>(
+  route: RouteDef<P, Q, B, A>,
+): RouteDef<P, Q, B, A> {
   return route;
 }
 
 export type Authenticator = (req: Request, access: Access) => Promise<Principal | undefined>;
 
+/** Answers a POST again from its stored record, or undefined when the key is new (./idempotency.ts). */
+export type IdempotencyGate = {
+  request(req: Request, principal: Principal | undefined, body: unknown): IdempotencyRequest | undefined;
+  replay(request: IdempotencyRequest): Promise<RouteResult | undefined>;
+};
+
 const BODY_METHODS = new Set<HttpMethod>(['post', 'put', 'patch']);
 
 /** Mounts routes on an express app under `base`. */
-export function mountRoutes(app: Router, base: string, routes: AnyRoute[], authenticate: Authenticator): void {
+export function mountRoutes(
+  app: Router,
+  base: string,
+  routes: AnyRoute[],
+  authenticate: Authenticator,
+  idempotency?: IdempotencyGate,
+): void {
   for (const route of routes) {
     app[route.method](`${base}${route.path}`, async (req: Request, res: Response, next: NextFunction) => {
       try {
@@ -84,7 +104,13 @@ export function mountRoutes(app: Router, base: string, routes: AnyRoute[], authe
           }
           body = parseWith(route.body, req.body ?? {}, 'request body');
         }
-        const result = await route.handler({ req, res, params, query, body, principal });
+        const keyed =
+          route.method === 'post' && route.idempotent !== false
+            ? idempotency?.request(req, principal, body)
+            : undefined;
+        const replayed = keyed ? await idempotency?.replay(keyed) : undefined;
+        const result =
+          replayed ?? (await route.handler({ req, res, params, query, body, principal, idempotency: keyed }));
         if (res.headersSent) return;
         for (const [k, v] of Object.entries(result.headers ?? {})) res.setHeader(k, v);
         if (result.body === undefined) res.status(result.status).end();

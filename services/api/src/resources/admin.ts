@@ -2,8 +2,10 @@
 import { ConflictError, NotFoundError, PreconditionFailedError } from '@berth/shared/errors';
 import { type Cell, cellSchema, type Region, regionSchema } from '@berth/shared/model';
 import { publicUser } from '../auth/records.ts';
+import { etag, ifMatchRevision } from '../http/conditional.ts';
+import { page } from '../http/paging.ts';
 import { defineRoute } from '../http/routes.ts';
-import { type ApiContext, checkIfMatch, etag, ifMatchRevision, now, page, recordEvent } from './context.ts';
+import { type ApiContext, now } from './context.ts';
 import { formatCpu, formatMemory, Quotas } from './quotas.ts';
 import {
   cellParams,
@@ -24,7 +26,7 @@ import {
 } from './schemas.ts';
 
 export function adminRoutes(ctx: ApiContext) {
-  const { store, keys, auth } = ctx;
+  const { store, keys, auth, mutations } = ctx;
   const quotas = new Quotas(ctx);
 
   async function requireRegion(name: string) {
@@ -52,16 +54,18 @@ export function adminRoutes(ctx: ApiContext) {
       responses: { 201: userResponse },
       errors: [409],
       etag: true,
-      handler: async ({ body, principal }) => {
-        const created = await auth.createUser(body);
-        if (!created) throw new ConflictError(`user "${body.username}" already exists`);
-        await recordEvent(ctx, principal!, {
-          kind: 'user',
-          resourceId: body.username,
-          action: 'created',
-          after: publicUser(created.user),
-        });
-        return { status: 201, body: publicUser(created.user), headers: { ETag: etag(created.modRevision) } };
+      handler: async ({ body, principal: p, idempotency }) => {
+        const user = await auth.newUser(body);
+        return mutations.answer(
+          p,
+          async () => ({
+            ops: [{ op: 'create', key: keys.user(user.name), value: user }],
+            events: [{ kind: 'user', resourceId: user.name, action: 'created', after: publicUser(user) }],
+            onFailed: () => new ConflictError(`user "${body.username}" already exists`),
+            result: (revision) => ({ status: 201, body: publicUser(user), headers: { ETag: etag(revision) } }),
+          }),
+          { idempotency },
+        );
       },
     }),
 
@@ -91,21 +95,22 @@ export function adminRoutes(ctx: ApiContext) {
       responses: { 201: regionResponse },
       errors: [409],
       etag: true,
-      handler: async ({ body, principal }) => {
+      handler: async ({ body, principal: p, idempotency }) => {
         const region: Region = { name: body.name, description: body.description ?? '', createdAt: now() };
-        const res = await store.commit([{ op: 'create', key: keys.region(region.name), value: region }]);
-        if (!res.ok) throw new ConflictError(`region "${region.name}" already exists`);
-        await recordEvent(ctx, principal!, {
-          kind: 'region',
-          resourceId: region.name,
-          action: 'created',
-          after: region,
-        });
-        return {
-          status: 201,
-          body: region,
-          headers: { ETag: etag(res.revision), Location: `/api/v1/regions/${region.name}` },
-        };
+        return mutations.answer(
+          p,
+          async () => ({
+            ops: [{ op: 'create', key: keys.region(region.name), value: region }],
+            events: [{ kind: 'region', resourceId: region.name, action: 'created', after: region }],
+            onFailed: () => new ConflictError(`region "${region.name}" already exists`),
+            result: (revision) => ({
+              status: 201,
+              body: region,
+              headers: { ETag: etag(revision), Location: `/api/v1/regions/${region.name}` },
+            }),
+          }),
+          { idempotency },
+        );
       },
     }),
     defineRoute({
@@ -134,21 +139,24 @@ export function adminRoutes(ctx: ApiContext) {
       responses: { 204: undefined },
       errors: [409, 412],
       etag: true,
-      handler: async ({ req, params, principal }) => {
-        const region = await requireRegion(params.region);
-        checkIfMatch(req, region.modRevision);
-        const cells = await store.childNames(keys.cells(params.region));
-        if (cells.length > 0) throw new ConflictError(`region "${params.region}" still has cells: ${cells.join(', ')}`);
-        const res = await store.commit([{ op: 'delete', key: region.key, modRevision: region.modRevision }]);
-        if (!res.ok) throw new PreconditionFailedError(`region "${params.region}" changed; read it again`);
-        await recordEvent(ctx, principal!, {
-          kind: 'region',
-          resourceId: params.region,
-          action: 'deleted',
-          before: region.value,
-        });
-        return { status: 204 };
-      },
+      handler: async ({ req, params, principal: p }) =>
+        mutations.commit(
+          p,
+          async () => {
+            const region = await requireRegion(params.region);
+            const cells = await store.childNames(keys.cells(params.region));
+            if (cells.length > 0) {
+              throw new ConflictError(`region "${params.region}" still has cells: ${cells.join(', ')}`);
+            }
+            return {
+              ops: [{ op: 'delete', key: region.key, modRevision: region.modRevision }],
+              pinned: region,
+              events: [{ kind: 'region', resourceId: params.region, action: 'deleted', before: region.value }],
+              result: () => ({ status: 204 }),
+            };
+          },
+          { req },
+        ),
     }),
 
     // ---- Cells ----
@@ -181,7 +189,7 @@ export function adminRoutes(ctx: ApiContext) {
       responses: { 201: cellResponse },
       errors: [409],
       etag: true,
-      handler: async ({ params, body, principal }) => {
+      handler: async ({ params, body, principal: p, idempotency }) => {
         const region = await requireRegion(params.region);
         const at = now();
         const cell: Cell = {
@@ -193,20 +201,26 @@ export function adminRoutes(ctx: ApiContext) {
           createdAt: at,
           updatedAt: at,
         };
-        const res = await store.commit([
-          { op: 'expect', key: region.key, modRevision: region.modRevision },
-          { op: 'create', key: keys.cell(params.region, cell.name), value: cell },
-        ]);
-        if (!res.ok) {
-          if (res.failedKeys.includes(region.key)) throw new NotFoundError(`no region "${params.region}"`);
-          throw new ConflictError(`region "${params.region}" already has a cell "${cell.name}"`);
-        }
-        await recordEvent(ctx, principal!, { kind: 'cell', resourceId: cell.name, action: 'created', after: cell });
-        return {
-          status: 201,
-          body: cell,
-          headers: { ETag: etag(res.revision), Location: `/api/v1/regions/${params.region}/cells/${cell.name}` },
-        };
+        return mutations.answer(
+          p,
+          async () => ({
+            ops: [
+              { op: 'expect', key: region.key, modRevision: region.modRevision },
+              { op: 'create', key: keys.cell(params.region, cell.name), value: cell },
+            ],
+            events: [{ kind: 'cell', resourceId: cell.name, action: 'created', after: cell }],
+            onFailed: (failed) =>
+              failed.includes(region.key)
+                ? new NotFoundError(`no region "${params.region}"`)
+                : new ConflictError(`region "${params.region}" already has a cell "${cell.name}"`),
+            result: (revision) => ({
+              status: 201,
+              body: cell,
+              headers: { ETag: etag(revision), Location: `/api/v1/regions/${params.region}/cells/${cell.name}` },
+            }),
+          }),
+          { idempotency },
+        );
       },
     }),
     defineRoute({
@@ -236,39 +250,33 @@ export function adminRoutes(ctx: ApiContext) {
       responses: { 200: cellResponse },
       errors: [412],
       etag: true,
-      handler: async ({ req, params, body, principal }) => {
-        const wanted = ifMatchRevision(req);
-        for (let attempt = 0; ; attempt++) {
-          const cell = await requireCell(params.region, params.cell);
-          checkIfMatch(req, cell.modRevision);
-          const next: Cell = {
-            ...cell.value,
-            ...(body.apiServer ? { apiServer: body.apiServer } : {}),
-            ...(body.state ? { state: body.state } : {}),
-            ...(body.labels ? { labels: body.labels } : {}),
-            updatedAt: now(),
-          };
-          const res = await store.commit([{ op: 'update', key: cell.key, value: next, modRevision: cell.modRevision }]);
-          if (res.ok) {
+      handler: async ({ req, params, body, principal: p }) =>
+        mutations.commit(
+          p,
+          async () => {
+            const cell = await requireCell(params.region, params.cell);
+            const next: Cell = {
+              ...cell.value,
+              ...(body.apiServer ? { apiServer: body.apiServer } : {}),
+              ...(body.state ? { state: body.state } : {}),
+              ...(body.labels ? { labels: body.labels } : {}),
+              updatedAt: now(),
+            };
             const action =
               body.state && body.state !== cell.value.state
                 ? body.state === 'cordoned'
                   ? 'cordoned'
                   : 'uncordoned'
                 : 'updated';
-            await recordEvent(ctx, principal!, {
-              kind: 'cell',
-              resourceId: params.cell,
-              action,
-              before: cell.value,
-              after: next,
-            });
-            return { status: 200, body: next, headers: { ETag: etag(res.revision) } };
-          }
-          if (wanted !== undefined || attempt >= 5)
-            throw new PreconditionFailedError(`cell "${params.cell}" changed; read it again`);
-        }
-      },
+            return {
+              ops: [{ op: 'update', key: cell.key, value: next, modRevision: cell.modRevision }],
+              pinned: cell,
+              events: [{ kind: 'cell', resourceId: params.cell, action, before: cell.value, after: next }],
+              result: (revision) => ({ status: 200, body: next, headers: { ETag: etag(revision) } }),
+            };
+          },
+          { req },
+        ),
     }),
     defineRoute({
       method: 'delete',
@@ -281,19 +289,20 @@ export function adminRoutes(ctx: ApiContext) {
       responses: { 204: undefined },
       errors: [412],
       etag: true,
-      handler: async ({ req, params, principal }) => {
-        const cell = await requireCell(params.region, params.cell);
-        checkIfMatch(req, cell.modRevision);
-        const res = await store.commit([{ op: 'delete', key: cell.key, modRevision: cell.modRevision }]);
-        if (!res.ok) throw new PreconditionFailedError(`cell "${params.cell}" changed; read it again`);
-        await recordEvent(ctx, principal!, {
-          kind: 'cell',
-          resourceId: params.cell,
-          action: 'deleted',
-          before: cell.value,
-        });
-        return { status: 204 };
-      },
+      handler: async ({ req, params, principal: p }) =>
+        mutations.commit(
+          p,
+          async () => {
+            const cell = await requireCell(params.region, params.cell);
+            return {
+              ops: [{ op: 'delete', key: cell.key, modRevision: cell.modRevision }],
+              pinned: cell,
+              events: [{ kind: 'cell', resourceId: params.cell, action: 'deleted', before: cell.value }],
+              result: () => ({ status: 204 }),
+            };
+          },
+          { req },
+        ),
     }),
 
     // ---- Quotas ----
@@ -309,38 +318,49 @@ export function adminRoutes(ctx: ApiContext) {
       responses: { 200: quotaResponse },
       errors: [412],
       etag: true,
-      handler: async ({ req, params, body, principal }) => {
+      handler: async ({ req, params, body, principal: p }) => {
         if (!(await auth.getUser(params.user))) throw new NotFoundError(`no user "${params.user}"`);
-        const current = await store.get(keys.quota(params.user), quotaRecordSchema);
-        // A user without a quota reads as ETag "0" (GET): If-Match "0" then means "still none".
-        const wanted = ifMatchRevision(req);
-        if (current) checkIfMatch(req, current.modRevision);
-        else if (wanted !== undefined && wanted !== 0)
-          throw new PreconditionFailedError(`"${params.user}" has no quota yet`, {
-            extensions: { currentETag: etag(0) },
-          });
-        const record = { user: params.user, ...body, updatedAt: now() };
-        const res = await store.commit([
-          current
-            ? { op: 'update', key: current.key, value: record, modRevision: current.modRevision }
-            : { op: 'create', key: keys.quota(params.user), value: record },
-        ]);
-        if (!res.ok) throw new PreconditionFailedError(`the quota of "${params.user}" changed; read it again`);
-        await recordEvent(ctx, principal!, {
-          kind: 'quota',
-          resourceId: params.user,
-          action: 'updated',
-          ...(current ? { before: current.value } : {}),
-          after: record,
-        });
+        const done = await mutations.commit(
+          p,
+          async () => {
+            const current = await store.get(keys.quota(params.user), quotaRecordSchema);
+            // A user without a quota reads as ETag "0" (GET): If-Match "0" then means "still none".
+            const wanted = ifMatchRevision(req);
+            if (!current && wanted !== undefined && wanted !== 0) {
+              throw new PreconditionFailedError(`"${params.user}" has no quota yet`, {
+                extensions: { currentETag: etag(0) },
+              });
+            }
+            const record = { user: params.user, ...body, updatedAt: now() };
+            return {
+              ops: [
+                current
+                  ? { op: 'update', key: current.key, value: record, modRevision: current.modRevision }
+                  : { op: 'create', key: keys.quota(params.user), value: record },
+              ],
+              pinned: { key: keys.quota(params.user), modRevision: current?.modRevision ?? 0 },
+              events: [
+                {
+                  kind: 'quota',
+                  resourceId: params.user,
+                  action: 'updated',
+                  ...(current ? { before: current.value } : {}),
+                  after: record,
+                },
+              ],
+              result: (revision) => ({ record, revision }),
+            };
+          },
+          { req },
+        );
         const usage = await quotas.usage(params.user);
         return {
           status: 200,
           body: {
-            ...record,
+            ...done.record,
             usage: { apps: usage.apps, cpu: formatCpu(usage.cpuMillis), memory: formatMemory(usage.memoryBytes) },
           },
-          headers: { ETag: etag(res.revision) },
+          headers: { ETag: etag(done.revision) },
         };
       },
     }),

@@ -1,5 +1,6 @@
 /** Apps: create, list (what the caller owns or is a member of), read, change, delete, status. */
-import { ConflictError, InputError, PreconditionFailedError } from '@berth/shared/errors';
+import { randomUUID } from 'node:crypto';
+import { ConflictError, InputError } from '@berth/shared/errors';
 import {
   type App,
   appSchema,
@@ -10,9 +11,11 @@ import {
   versionCellStatusSchema,
   versionSchema,
 } from '@berth/shared/model';
+import { etag } from '../http/conditional.ts';
+import { page } from '../http/paging.ts';
 import { defineRoute } from '../http/routes.ts';
-import { commitWithRetry, loadApp } from './access.ts';
-import { type ApiContext, checkIfMatch, etag, ifMatchRevision, now, page, recordEvent } from './context.ts';
+import { loadApp } from './app-access.ts';
+import { type ApiContext, now } from './context.ts';
 import { Quotas, versionUsage } from './quotas.ts';
 import {
   appParams,
@@ -25,7 +28,7 @@ import {
 } from './schemas.ts';
 
 export function appRoutes(ctx: ApiContext) {
-  const { store, keys } = ctx;
+  const { store, keys, mutations } = ctx;
   const quotas = new Quotas(ctx);
 
   return [
@@ -38,8 +41,7 @@ export function appRoutes(ctx: ApiContext) {
       access: { kind: 'user', scope: 'read' },
       query: listQuery,
       responses: { 200: listOf(appResponse) },
-      handler: async ({ query, principal }) => {
-        const p = principal!;
+      handler: async ({ query, principal: p }) => {
         const apps = await store.list(keys.apps(), appSchema, { directChildrenOnly: true });
         let visible: (App & { role?: Member['role'] })[];
         if (p.admin) {
@@ -47,10 +49,12 @@ export function appRoutes(ctx: ApiContext) {
         } else {
           // One keys-only scan finds every membership of the caller.
           const roles = new Map<string, Member['role']>();
-          const suffix = `/members/${p.user}`;
-          const memberships = await store.list(keys.apps(), memberSchema, { keyFilter: (k) => k.endsWith(suffix) });
+          const memberships = await store.list(keys.apps(), memberSchema, {
+            keyFilter: (k) => keys.parse('member', k)?.user === p.user,
+          });
           for (const m of memberships) {
-            roles.set(m.key.slice(keys.apps().length, -suffix.length), m.value.role);
+            const app = keys.parse('member', m.key)?.app;
+            if (app) roles.set(app, m.value.role);
           }
           visible = apps
             .filter((a) => roles.has(a.value.name))
@@ -71,13 +75,12 @@ export function appRoutes(ctx: ApiContext) {
       responses: { 201: appResponse },
       errors: [403, 409],
       etag: true,
-      handler: async ({ body, principal }) => {
-        const p = principal!;
+      handler: async ({ body, principal: p, idempotency }) => {
         const region = await store.get(keys.region(body.region), regionSchema);
         if (!region)
           throw new InputError(`no region "${body.region}"`, [{ path: '$.region', message: 'no such region' }]);
-        const created = await commitWithRetry(
-          ctx,
+        return mutations.answer(
+          p,
           async () => {
             const guard = await quotas.check(p.user, { apps: 1 });
             const at = now();
@@ -91,6 +94,7 @@ export function appRoutes(ctx: ApiContext) {
               minCells: body.minCells ?? 2,
               owner: p.user,
               lastVersion: 0,
+              incarnation: randomUUID(),
               createdAt: at,
               updatedAt: at,
             };
@@ -101,19 +105,20 @@ export function appRoutes(ctx: ApiContext) {
                 { op: 'put', key: keys.member(app.name, p.user), value: member },
                 guard,
               ],
+              events: [
+                { kind: 'app', resourceId: app.name, incarnation: app.incarnation, action: 'created', after: app },
+              ],
               onFailed: (failed) =>
                 failed.includes(keys.app(app.name)) ? new ConflictError(`app "${app.name}" already exists`) : undefined,
-              result: (revision) => ({ app, revision }),
+              result: (revision) => ({
+                status: 201,
+                body: { ...app, role: 'Owner' },
+                headers: { ETag: etag(revision), Location: `/api/v1/apps/${app.name}` },
+              }),
             };
           },
-          { serializeOn: `owner:${p.user}` },
+          { serializeOn: `owner:${p.user}`, idempotency },
         );
-        await recordEvent(ctx, p, { kind: 'app', resourceId: created.app.name, action: 'created', after: created.app });
-        return {
-          status: 201,
-          body: { ...created.app, role: 'Owner' },
-          headers: { ETag: etag(created.revision), Location: `/api/v1/apps/${created.app.name}` },
-        };
       },
     }),
 
@@ -128,7 +133,7 @@ export function appRoutes(ctx: ApiContext) {
       responses: { 200: appResponse },
       etag: true,
       handler: async ({ params, principal }) => {
-        const { app, role } = await loadApp(ctx, principal!, params.app, 'read');
+        const { app, role } = await loadApp(ctx, principal, params.app, 'read');
         return { status: 200, body: { ...app.value, role }, headers: { ETag: etag(app.modRevision) } };
       },
     }),
@@ -145,33 +150,30 @@ export function appRoutes(ctx: ApiContext) {
       responses: { 200: appResponse },
       errors: [403, 409, 412],
       etag: true,
-      handler: async ({ req, params, body, principal }) => {
-        const p = principal!;
-        const wanted = ifMatchRevision(req);
-        const done = await commitWithRetry(
-          ctx,
+      handler: async ({ req, params, body, principal: p }) =>
+        mutations.commit(
+          p,
           async () => {
             const { app, role } = await loadApp(ctx, p, params.app, 'deploy');
-            checkIfMatch(req, app.modRevision);
             const next: App = { ...app.value, ...stripUndefined(body), updatedAt: now() };
             return {
               ops: [{ op: 'update', key: app.key, value: next, modRevision: app.modRevision }],
-              onFailed: () =>
-                wanted !== undefined ? new PreconditionFailedError('the app changed; read it again') : undefined,
-              result: (revision) => ({ before: app.value, after: next, role, revision }),
+              pinned: app,
+              events: [
+                {
+                  kind: 'app',
+                  resourceId: params.app,
+                  incarnation: app.value.incarnation,
+                  action: 'updated',
+                  before: app.value,
+                  after: next,
+                },
+              ],
+              result: (revision) => ({ status: 200, body: { ...next, role }, headers: { ETag: etag(revision) } }),
             };
           },
-          { serializeOn: `app:${params.app}` },
-        );
-        await recordEvent(ctx, p, {
-          kind: 'app',
-          resourceId: params.app,
-          action: 'updated',
-          before: done.before,
-          after: done.after,
-        });
-        return { status: 200, body: { ...done.after, role: done.role }, headers: { ETag: etag(done.revision) } };
-      },
+          { req, serializeOn: `app:${params.app}` },
+        ),
     }),
 
     defineRoute({
@@ -185,14 +187,11 @@ export function appRoutes(ctx: ApiContext) {
       responses: { 204: undefined },
       errors: [403, 412],
       etag: true,
-      handler: async ({ req, params, principal }) => {
-        const p = principal!;
-        const wanted = ifMatchRevision(req);
-        const before = await commitWithRetry(
-          ctx,
+      handler: async ({ req, params, principal: p }) =>
+        mutations.commit(
+          p,
           async () => {
             const { app } = await loadApp(ctx, p, params.app, 'delete');
-            checkIfMatch(req, app.modRevision);
             const guard = await quotas.check(app.value.owner, { apps: -1 });
             return {
               ops: [
@@ -200,18 +199,21 @@ export function appRoutes(ctx: ApiContext) {
                 { op: 'delete-prefix', prefix: `${keys.app(params.app)}/` },
                 guard,
               ],
-              onFailed: (failed) =>
-                wanted !== undefined && failed.includes(app.key)
-                  ? new PreconditionFailedError('the app changed; read it again')
-                  : undefined,
-              result: () => app.value,
+              pinned: app,
+              events: [
+                {
+                  kind: 'app',
+                  resourceId: params.app,
+                  incarnation: app.value.incarnation,
+                  action: 'deleted',
+                  before: app.value,
+                },
+              ],
+              result: () => ({ status: 204 }),
             };
           },
-          { serializeOn: `app:${params.app}` },
-        );
-        await recordEvent(ctx, p, { kind: 'app', resourceId: params.app, action: 'deleted', before });
-        return { status: 204 };
-      },
+          { req, serializeOn: `app:${params.app}` },
+        ),
     }),
 
     defineRoute({
@@ -224,7 +226,7 @@ export function appRoutes(ctx: ApiContext) {
       params: appParams,
       responses: { 200: appStatusResponse },
       handler: async ({ params, principal }) => {
-        await loadApp(ctx, principal!, params.app, 'read');
+        await loadApp(ctx, principal, params.app, 'read');
         const [versions, placements, statuses] = await Promise.all([
           store.list(keys.versions(params.app), versionSchema),
           store.list(keys.appPlacements(params.app), placementSchema),

@@ -2,8 +2,9 @@
 
 import { InputError, NotFoundError } from '@berth/shared/errors';
 import { publicUser } from '../auth/records.ts';
+import { etag } from '../http/conditional.ts';
 import { defineRoute } from '../http/routes.ts';
-import { type ApiContext, etag, recordEvent } from './context.ts';
+import type { ApiContext } from './context.ts';
 import {
   createTokenBody,
   listOf,
@@ -31,9 +32,10 @@ export function authRoutes(ctx: ApiContext) {
       body: loginBody,
       responses: { 200: loginResponse },
       errors: [401, 429],
+      // A session token is a new secret each time: a repeat signs in again.
+      idempotent: false,
       handler: async ({ req, body }) => {
         const session = await auth.login(body.username, body.password, req.ip ?? 'unknown');
-        await recordEvent(ctx, session.user.name, { kind: 'user', resourceId: session.user.name, action: 'logged-in' });
         return { status: 200, body: { token: session.token, expiresAt: session.expiresAt } };
       },
     }),
@@ -48,7 +50,7 @@ export function authRoutes(ctx: ApiContext) {
       responses: { 200: userResponse },
       etag: true,
       handler: async ({ principal }) => {
-        const found = await auth.getUser(principal!.user);
+        const found = await auth.getUser(principal.user);
         if (!found) throw new NotFoundError('your user no longer exists');
         return { status: 200, body: publicUser(found.user), headers: { ETag: etag(found.modRevision) } };
       },
@@ -63,7 +65,7 @@ export function authRoutes(ctx: ApiContext) {
       access: { kind: 'user', scope: 'read' },
       responses: { 200: listOf(tokenResponse) },
       handler: async ({ principal }) => {
-        const tokens = await auth.listPersonalTokens(principal!.user);
+        const tokens = await auth.listPersonalTokens(principal.user);
         const items = tokens.map(({ id, name, scopes, createdAt, expiresAt }) => ({
           id,
           name,
@@ -86,9 +88,8 @@ export function authRoutes(ctx: ApiContext) {
       responses: { 201: tokenCreatedResponse },
       errors: [403],
       etag: true,
-      handler: async ({ body, principal }) => {
+      handler: async ({ body, principal: p, idempotency }) => {
         const dayMs = 86_400_000;
-        const p = principal!;
         // Default: 90 days, or when the calling personal token expires if that is sooner.
         const defaultExpiry = Math.min(
           Date.now() + DEFAULT_TOKEN_DAYS * dayMs,
@@ -100,18 +101,20 @@ export function authRoutes(ctx: ApiContext) {
             { path: '$.expiresAt', message: 'at most one year from now' },
           ]);
         }
-        const { token, record, modRevision } = await auth.createPersonalToken(principal!, {
-          name: body.name,
-          scopes: body.scopes,
-          expiresAt,
-        });
-        await recordEvent(ctx, principal!, {
-          kind: 'token',
-          resourceId: principal!.user,
-          resourceName: record.id,
-          action: 'created',
-          data: { name: record.name, scopes: record.scopes, expiresAt: record.expiresAt },
-        });
+        const { token, record, modRevision } = await auth.createPersonalToken(
+          p,
+          { name: body.name, scopes: body.scopes, expiresAt },
+          (r) => [
+            {
+              kind: 'token',
+              resourceId: p.user,
+              resourceName: r.id,
+              action: 'created',
+              data: { name: r.name, scopes: r.scopes, expiresAt: r.expiresAt },
+            },
+          ],
+          idempotency,
+        );
         const { id, name, scopes, createdAt } = record;
         return {
           status: 201,
@@ -131,13 +134,9 @@ export function authRoutes(ctx: ApiContext) {
       params: tokenParams,
       responses: { 204: undefined },
       handler: async ({ params, principal }) => {
-        const removed = await auth.deleteToken(principal!, params.id);
-        await recordEvent(ctx, principal!, {
-          kind: 'token',
-          resourceId: removed.user,
-          resourceName: removed.id,
-          action: 'revoked',
-        });
+        await auth.deleteToken(principal, params.id, (removed) => [
+          { kind: 'token', resourceId: removed.user, resourceName: removed.id, action: 'revoked' },
+        ]);
         return { status: 204 };
       },
     }),

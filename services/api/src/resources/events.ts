@@ -10,7 +10,7 @@
 import type { BerthEvent } from '@berth/shared/events';
 import { type EventSubjects, type JetStreamClient, readEvents, type StoredEvent } from '@berth/shared/nats';
 import { defineRoute } from '../http/routes.ts';
-import { loadApp } from './access.ts';
+import { loadApp } from './app-access.ts';
 import type { ApiContext } from './context.ts';
 import { appParams, eventResponse, eventsQuery, listOf, statsQuery, statsResponse } from './schemas.ts';
 
@@ -20,6 +20,7 @@ export async function readFeedNewestFirst(
   filter: string,
   limit: number,
   before: number | undefined,
+  keep: (event: BerthEvent) => boolean = () => true,
 ): Promise<{ items: StoredEvent[]; next: string | null }> {
   const jsm = await js.jetstreamManager();
   const info = await jsm.streams.info(subjects.eventsStream);
@@ -36,7 +37,7 @@ export async function readFeedNewestFirst(
       max: 100_000,
       appScopedOnly: true,
     });
-    collected = batch.concat(collected);
+    collected = batch.filter((e) => keep(e.event)).concat(collected);
     upper = from;
     window *= 2;
   }
@@ -66,14 +67,17 @@ export function eventRoutes(ctx: ApiContext) {
       query: eventsQuery,
       responses: { 200: listOf(eventResponse) },
       handler: async ({ params, query, principal }) => {
-        await loadApp(ctx, principal!, params.app, 'read');
-        const { js, subjects } = ctx.events();
+        const { app } = await loadApp(ctx, principal, params.app, 'read');
+        const { js, subjects } = ctx.events;
+        // Only this incarnation's events: a deleted app's history never reaches a new app of its name.
+        const incarnation = app.value.incarnation;
         const feed = await readFeedNewestFirst(
           js,
           subjects,
           subjects.resource(params.app),
           query.limit,
           query.cursor ? Number(query.cursor) : undefined,
+          (event) => event.incarnation === incarnation,
         );
         return { status: 200, body: { items: feed.items.map(view), next: feed.next } };
       },
@@ -89,7 +93,7 @@ export function eventRoutes(ctx: ApiContext) {
       query: statsQuery,
       responses: { 200: statsResponse },
       handler: async ({ query }) => {
-        const { js, subjects } = ctx.events();
+        const { js, subjects } = ctx.events;
         const dayMs = 86_400_000;
         const today = Math.floor(Date.now() / dayMs);
         const since = new Date((today - query.days + 1) * dayMs);

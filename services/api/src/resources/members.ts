@@ -1,17 +1,19 @@
 /** An app's members and roles, and transferring the app to a new owner. */
 import { InputError, NotFoundError, PreconditionFailedError } from '@berth/shared/errors';
 import { type App, type Member, memberSchema } from '@berth/shared/model';
+import type { Op } from '@berth/shared/store';
 import { userRecordSchema } from '../auth/records.ts';
+import { checkIfMatch, etag, ifMatchRevision } from '../http/conditional.ts';
+import { page } from '../http/paging.ts';
 import { defineRoute } from '../http/routes.ts';
 import { checkMemberChange } from '../rbac/index.ts';
-import type { WriteOp } from '../store/etcd-store.ts';
-import { commitWithRetry, loadApp } from './access.ts';
-import { type ApiContext, checkIfMatch, etag, ifMatchRevision, now, page, recordEvent } from './context.ts';
+import { loadApp } from './app-access.ts';
+import { type ApiContext, now } from './context.ts';
 import { Quotas } from './quotas.ts';
 import { appParams, listOf, listQuery, memberParams, memberResponse, putMemberBody, transferBody } from './schemas.ts';
 
 export function memberRoutes(ctx: ApiContext) {
-  const { store, keys } = ctx;
+  const { store, keys, mutations } = ctx;
   const quotas = new Quotas(ctx);
 
   async function members(app: string) {
@@ -36,7 +38,7 @@ export function memberRoutes(ctx: ApiContext) {
       query: listQuery,
       responses: { 200: listOf(memberResponse) },
       handler: async ({ params, query, principal }) => {
-        await loadApp(ctx, principal!, params.app, 'read');
+        await loadApp(ctx, principal, params.app, 'read');
         const all = (await members(params.app)).map((m) => m.value);
         return { status: 200, body: page(all, (m) => m.user, query.limit, query.cursor) };
       },
@@ -54,14 +56,12 @@ export function memberRoutes(ctx: ApiContext) {
       responses: { 200: memberResponse },
       errors: [403, 409, 412],
       etag: true,
-      handler: async ({ req, params, body, principal }) => {
-        const p = principal!;
+      handler: async ({ req, params, body, principal: p }) => {
         const wanted = ifMatchRevision(req);
-        const memberKey = keys.member(params.app, params.user);
-        const done = await commitWithRetry(
-          ctx,
+        return mutations.commit(
+          p,
           async () => {
-            const { role } = await loadApp(ctx, p, params.app, 'manageMembers');
+            const { app, role } = await loadApp(ctx, p, params.app, 'manageMembers');
             await requireUser(params.user, 'path:user');
             const all = await members(params.app);
             const current = all.find((m) => m.value.user === params.user);
@@ -74,7 +74,7 @@ export function memberRoutes(ctx: ApiContext) {
               addedAt: current?.value.addedAt ?? now(),
               addedBy: current?.value.addedBy ?? p.user,
             };
-            const ops: WriteOp[] = [
+            const ops: Op[] = [
               current
                 ? { op: 'update', key: current.key, value: member, modRevision: current.modRevision }
                 : { op: 'create', key: keys.member(params.app, params.user), value: member },
@@ -85,22 +85,27 @@ export function memberRoutes(ctx: ApiContext) {
             }
             return {
               ops,
+              pinned: current,
+              events: [
+                {
+                  kind: 'member',
+                  resourceId: params.app,
+                  incarnation: app.value.incarnation,
+                  resourceName: params.user,
+                  action: current ? 'updated' : 'added',
+                  ...(current ? { before: current.value } : {}),
+                  after: member,
+                },
+              ],
               onFailed: (failed) =>
-                wanted !== undefined && failed.includes(memberKey) ? stale(params.user) : undefined,
-              result: (revision) => ({ before: current?.value, member, revision }),
+                wanted !== undefined && failed.includes(keys.member(params.app, params.user))
+                  ? stale(params.user)
+                  : undefined,
+              result: (revision) => ({ status: 200, body: member, headers: { ETag: etag(revision) } }),
             };
           },
-          { serializeOn: `app:${params.app}` },
+          { req, serializeOn: `app:${params.app}` },
         );
-        await recordEvent(ctx, p, {
-          kind: 'member',
-          resourceId: params.app,
-          resourceName: params.user,
-          action: done.before ? 'updated' : 'added',
-          ...(done.before ? { before: done.before } : {}),
-          after: done.member,
-        });
-        return { status: 200, body: done.member, headers: { ETag: etag(done.revision) } };
       },
     }),
 
@@ -115,40 +120,37 @@ export function memberRoutes(ctx: ApiContext) {
       responses: { 204: undefined },
       errors: [403, 409, 412],
       etag: true,
-      handler: async ({ req, params, principal }) => {
-        const p = principal!;
-        const wanted = ifMatchRevision(req);
-        const removed = await commitWithRetry(
-          ctx,
+      handler: async ({ req, params, principal: p }) =>
+        mutations.commit(
+          p,
           async () => {
-            const { role } = await loadApp(ctx, p, params.app, 'manageMembers');
+            const { app, role } = await loadApp(ctx, p, params.app, 'manageMembers');
             const all = await members(params.app);
             const current = all.find((m) => m.value.user === params.user);
             if (!current) throw new NotFoundError(`"${params.user}" is not a member of "${params.app}"`);
-            checkIfMatch(req, current.modRevision);
             checkMemberChange(role, current.value.role, undefined, all.filter((m) => m.value.role === 'Owner').length);
-            const ops: WriteOp[] = [{ op: 'delete', key: current.key, modRevision: current.modRevision }];
+            const ops: Op[] = [{ op: 'delete', key: current.key, modRevision: current.modRevision }];
             for (const o of all.filter((m) => m.value.role === 'Owner' && m.key !== current.key)) {
               ops.push({ op: 'expect', key: o.key, modRevision: o.modRevision });
             }
             return {
               ops,
-              onFailed: (failed) =>
-                wanted !== undefined && failed.includes(current.key) ? stale(params.user) : undefined,
-              result: () => current.value,
+              pinned: current,
+              events: [
+                {
+                  kind: 'member',
+                  resourceId: params.app,
+                  incarnation: app.value.incarnation,
+                  resourceName: params.user,
+                  action: 'removed',
+                  before: current.value,
+                },
+              ],
+              result: () => ({ status: 204 }),
             };
           },
-          { serializeOn: `app:${params.app}` },
-        );
-        await recordEvent(ctx, p, {
-          kind: 'member',
-          resourceId: params.app,
-          resourceName: params.user,
-          action: 'removed',
-          before: removed,
-        });
-        return { status: 204 };
-      },
+          { req, serializeOn: `app:${params.app}` },
+        ),
     }),
 
     defineRoute({
@@ -163,10 +165,9 @@ export function memberRoutes(ctx: ApiContext) {
       responses: { 200: memberResponse },
       errors: [403, 409],
       etag: true,
-      handler: async ({ params, body, principal }) => {
-        const p = principal!;
-        const done = await commitWithRetry(
-          ctx,
+      handler: async ({ params, body, principal: p, idempotency }) =>
+        mutations.answer(
+          p,
           async () => {
             const { app } = await loadApp(ctx, p, params.app, 'transfer');
             await requireUser(body.owner, '$.owner');
@@ -189,7 +190,7 @@ export function memberRoutes(ctx: ApiContext) {
               addedBy: p.user,
             };
             const previous = all.find((m) => m.value.user === app.value.owner);
-            const ops: WriteOp[] = [
+            const ops: Op[] = [
               { op: 'update', key: app.key, value: nextApp, modRevision: app.modRevision },
               { op: 'put', key: keys.member(params.app, body.owner), value: newOwner },
               newOwnerGuard,
@@ -203,18 +204,22 @@ export function memberRoutes(ctx: ApiContext) {
                 modRevision: previous.modRevision,
               });
             }
-            return { ops, result: (revision) => ({ from: app.value.owner, member: newOwner, revision }) };
+            return {
+              ops,
+              events: [
+                {
+                  kind: 'app',
+                  resourceId: params.app,
+                  incarnation: app.value.incarnation,
+                  action: 'transferred',
+                  data: { from: app.value.owner, to: body.owner },
+                },
+              ],
+              result: (revision) => ({ status: 200, body: newOwner, headers: { ETag: etag(revision) } }),
+            };
           },
-          { serializeOn: `app:${params.app}` },
-        );
-        await recordEvent(ctx, p, {
-          kind: 'app',
-          resourceId: params.app,
-          action: 'transferred',
-          data: { from: done.from, to: body.owner },
-        });
-        return { status: 200, body: done.member, headers: { ETag: etag(done.revision) } };
-      },
+          { serializeOn: `app:${params.app}`, idempotency },
+        ),
     }),
   ];
 }

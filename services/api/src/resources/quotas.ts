@@ -6,8 +6,8 @@
  */
 import { ForbiddenError } from '@berth/shared/errors';
 import { appSchema, parseCpuMillis, parseMemoryBytes, versionSchema } from '@berth/shared/model';
+import type { Op } from '@berth/shared/store';
 import { z } from 'zod';
-import type { WriteOp } from '../store/etcd-store.ts';
 import { type ApiContext, now } from './context.ts';
 import { type QuotaRecord, quotaRecordSchema } from './schemas.ts';
 
@@ -16,20 +16,9 @@ export type UsageDelta = Partial<Usage>;
 
 const guardSchema = z.object({ bumpedAt: z.string() });
 
-export function formatCpu(millis: number): string {
-  return millis % 1000 === 0 ? String(millis / 1000) : `${millis}m`;
-}
+import { formatCpu, formatMemory } from '@berth/shared/model';
 
-export function formatMemory(bytes: number): string {
-  for (const [unit, size] of [
-    ['Gi', 2 ** 30],
-    ['Mi', 2 ** 20],
-    ['Ki', 2 ** 10],
-  ] as const) {
-    if (bytes % size === 0 && bytes >= size) return `${bytes / size}${unit}`;
-  }
-  return String(bytes);
-}
+export { formatCpu, formatMemory };
 
 /** cpu/memory of `replicas` replicas of a version. */
 export function versionUsage(v: { replicas: number; cpu: string; memory: string }): Usage {
@@ -80,7 +69,7 @@ export class Quotas {
    * Checks that `delta` fits the user's quota and returns the guard op to put in the same
    * transaction as the write. Throws ForbiddenError (403) with the numbers when it does not fit.
    */
-  async check(user: string, delta: UsageDelta): Promise<WriteOp> {
+  async check(user: string, delta: UsageDelta): Promise<Op> {
     const { store, keys } = this.#ctx;
     const stored = await store.get(keys.quota(user), quotaRecordSchema);
     const grows = (delta.apps ?? 0) > 0 || (delta.cpuMillis ?? 0) > 0 || (delta.memoryBytes ?? 0) > 0;
@@ -89,7 +78,7 @@ export class Quotas {
     if (!stored || !grows) return { op: 'expect', key: keys.quota(user), modRevision: stored?.modRevision ?? 0 };
     const quota = stored.value;
     const guard = await store.get(keys.quotaGuard(user), guardSchema);
-    const guardOp: WriteOp = guard
+    const guardOp: Op = guard
       ? { op: 'update', key: guard.key, value: { bumpedAt: now() }, modRevision: guard.modRevision }
       : { op: 'create', key: keys.quotaGuard(user), value: { bumpedAt: now() } };
     const usage = await this.usage(user);

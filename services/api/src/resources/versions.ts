@@ -3,11 +3,12 @@
  * leaves out from the newest version, so an upgrade can be just a new image tag. Only replicas
  * change afterwards (scale, rollback).
  */
-import { ConflictError, InputError, NotFoundError, PreconditionFailedError } from '@berth/shared/errors';
+import { ConflictError, InputError, NotFoundError } from '@berth/shared/errors';
 import { type Version, versionSchema } from '@berth/shared/model';
+import { etag } from '../http/conditional.ts';
 import { defineRoute } from '../http/routes.ts';
-import { commitWithRetry, loadApp } from './access.ts';
-import { type ApiContext, checkIfMatch, etag, ifMatchRevision, now, recordEvent } from './context.ts';
+import { loadApp } from './app-access.ts';
+import { type ApiContext, now } from './context.ts';
 import { Quotas, versionUsage } from './quotas.ts';
 import {
   appParams,
@@ -29,7 +30,7 @@ function byNumberDesc(a: Version, b: Version): number {
 }
 
 export function versionRoutes(ctx: ApiContext) {
-  const { store, keys } = ctx;
+  const { store, keys, mutations } = ctx;
   const quotas = new Quotas(ctx);
 
   async function listVersions(app: string): Promise<Version[]> {
@@ -57,7 +58,7 @@ export function versionRoutes(ctx: ApiContext) {
       query: listQuery,
       responses: { 200: listOf(versionResponse) },
       handler: async ({ params, query, principal }) => {
-        await loadApp(ctx, principal!, params.app, 'read');
+        await loadApp(ctx, principal, params.app, 'read');
         const versions = await listVersions(params.app);
         const after = query.cursor ? Number(query.cursor.replace(/^v/, '')) : Number.POSITIVE_INFINITY;
         const rest = versions.filter((v) => v.number < after);
@@ -79,10 +80,9 @@ export function versionRoutes(ctx: ApiContext) {
       responses: { 201: versionResponse },
       errors: [403, 409],
       etag: true,
-      handler: async ({ params, body, principal }) => {
-        const p = principal!;
-        const created = await commitWithRetry(
-          ctx,
+      handler: async ({ params, body, principal: p, idempotency }) =>
+        mutations.answer(
+          p,
           async () => {
             const { app } = await loadApp(ctx, p, params.app, 'deploy');
             const newest = await newestVersion(params.app, app.value.lastVersion);
@@ -122,27 +122,28 @@ export function versionRoutes(ctx: ApiContext) {
                 { op: 'create', key: keys.version(params.app, version.name), value: version },
                 guard,
               ],
-              result: (revision) => ({ version, revision }),
+              events: [
+                {
+                  kind: 'version',
+                  resourceId: params.app,
+                  incarnation: app.value.incarnation,
+                  resourceName: version.name,
+                  action: 'created',
+                  after: version,
+                },
+              ],
+              result: (revision) => ({
+                status: 201,
+                body: version,
+                headers: {
+                  ETag: etag(revision),
+                  Location: `/api/v1/apps/${params.app}/versions/${version.name}`,
+                },
+              }),
             };
           },
-          { serializeOn: `app:${params.app}` },
-        );
-        await recordEvent(ctx, p, {
-          kind: 'version',
-          resourceId: params.app,
-          resourceName: created.version.name,
-          action: 'created',
-          after: created.version,
-        });
-        return {
-          status: 201,
-          body: created.version,
-          headers: {
-            ETag: etag(created.revision),
-            Location: `/api/v1/apps/${params.app}/versions/${created.version.name}`,
-          },
-        };
-      },
+          { serializeOn: `app:${params.app}`, idempotency },
+        ),
     }),
 
     defineRoute({
@@ -156,7 +157,7 @@ export function versionRoutes(ctx: ApiContext) {
       responses: { 200: versionResponse },
       etag: true,
       handler: async ({ params, principal }) => {
-        await loadApp(ctx, principal!, params.app, 'read');
+        await loadApp(ctx, principal, params.app, 'read');
         const v = await store.get(keys.version(params.app, params.version), versionSchema);
         if (!v) throw new NotFoundError(`app "${params.app}" has no version ${params.version}`);
         return { status: 200, body: v.value, headers: { ETag: etag(v.modRevision) } };
@@ -174,26 +175,34 @@ export function versionRoutes(ctx: ApiContext) {
       responses: { 204: undefined },
       errors: [403, 409, 412],
       etag: true,
-      handler: async ({ req, params, principal }) => {
-        const p = principal!;
-        await loadApp(ctx, p, params.app, 'deploy');
-        const v = await store.get(keys.version(params.app, params.version), versionSchema);
-        if (!v) throw new NotFoundError(`app "${params.app}" has no version ${params.version}`);
-        checkIfMatch(req, v.modRevision);
-        if (v.value.replicas > 0) {
-          throw new ConflictError(`${params.version} runs ${v.value.replicas} replicas: scale it to 0 first`);
-        }
-        const res = await store.commit([{ op: 'delete', key: v.key, modRevision: v.modRevision }]);
-        if (!res.ok) throw new PreconditionFailedError(`${params.version} changed; read it again`);
-        await recordEvent(ctx, p, {
-          kind: 'version',
-          resourceId: params.app,
-          resourceName: params.version,
-          action: 'deleted',
-          before: v.value,
-        });
-        return { status: 204 };
-      },
+      handler: async ({ req, params, principal: p }) =>
+        mutations.commit(
+          p,
+          async () => {
+            const { app } = await loadApp(ctx, p, params.app, 'deploy');
+            const v = await store.get(keys.version(params.app, params.version), versionSchema);
+            if (!v) throw new NotFoundError(`app "${params.app}" has no version ${params.version}`);
+            if (v.value.replicas > 0) {
+              throw new ConflictError(`${params.version} runs ${v.value.replicas} replicas: scale it to 0 first`);
+            }
+            return {
+              ops: [{ op: 'delete', key: v.key, modRevision: v.modRevision }],
+              pinned: v,
+              events: [
+                {
+                  kind: 'version',
+                  resourceId: params.app,
+                  incarnation: app.value.incarnation,
+                  resourceName: params.version,
+                  action: 'deleted',
+                  before: v.value,
+                },
+              ],
+              result: () => ({ status: 204 }),
+            };
+          },
+          { req, serializeOn: `app:${params.app}` },
+        ),
     }),
 
     defineRoute({
@@ -208,16 +217,13 @@ export function versionRoutes(ctx: ApiContext) {
       responses: { 200: versionResponse },
       errors: [403, 409, 412],
       etag: true,
-      handler: async ({ req, params, body, principal }) => {
-        const p = principal!;
-        const wanted = ifMatchRevision(req);
-        const done = await commitWithRetry(
-          ctx,
+      handler: async ({ req, params, body, principal: p, idempotency }) =>
+        mutations.answer(
+          p,
           async () => {
             const { app } = await loadApp(ctx, p, params.app, 'deploy');
             const v = await store.get(keys.version(params.app, params.version), versionSchema);
             if (!v) throw new NotFoundError(`app "${params.app}" has no version ${params.version}`);
-            checkIfMatch(req, v.modRevision);
             const next: Version = { ...v.value, replicas: body.replicas, updatedAt: now() };
             const before = versionUsage(v.value);
             const after = versionUsage(next);
@@ -227,25 +233,23 @@ export function versionRoutes(ctx: ApiContext) {
             });
             return {
               ops: [{ op: 'update', key: v.key, value: next, modRevision: v.modRevision }, guard],
-              onFailed: (failed) =>
-                wanted !== undefined && failed.includes(v.key)
-                  ? new PreconditionFailedError(`${params.version} changed; read it again`)
-                  : undefined,
-              result: (revision) => ({ before: v.value, after: next, revision }),
+              pinned: v,
+              events: [
+                {
+                  kind: 'version',
+                  resourceId: params.app,
+                  incarnation: app.value.incarnation,
+                  resourceName: params.version,
+                  action: 'scaled',
+                  before: { replicas: v.value.replicas },
+                  after: { replicas: next.replicas },
+                },
+              ],
+              result: (revision) => ({ status: 200, body: next, headers: { ETag: etag(revision) } }),
             };
           },
-          { serializeOn: `app:${params.app}` },
-        );
-        await recordEvent(ctx, p, {
-          kind: 'version',
-          resourceId: params.app,
-          resourceName: params.version,
-          action: 'scaled',
-          before: { replicas: done.before.replicas },
-          after: { replicas: done.after.replicas },
-        });
-        return { status: 200, body: done.after, headers: { ETag: etag(done.revision) } };
-      },
+          { req, serializeOn: `app:${params.app}`, idempotency },
+        ),
     }),
 
     defineRoute({
@@ -260,10 +264,9 @@ export function versionRoutes(ctx: ApiContext) {
       body: rollbackBody,
       responses: { 200: rollbackResponse },
       errors: [403, 409],
-      handler: async ({ params, body, principal }) => {
-        const p = principal!;
-        const done = await commitWithRetry(
-          ctx,
+      handler: async ({ params, body, principal: p, idempotency }) =>
+        mutations.answer(
+          p,
           async () => {
             const { app } = await loadApp(ctx, p, params.app, 'deploy');
             const stored = await store.list(keys.versions(params.app), versionSchema);
@@ -299,20 +302,21 @@ export function versionRoutes(ctx: ApiContext) {
                 { op: 'update', key: current.key, value: nextCurrent, modRevision: current.modRevision },
                 guard,
               ],
-              result: () => ({ target: nextTarget, previous: nextCurrent }),
+              events: [
+                {
+                  kind: 'version',
+                  resourceId: params.app,
+                  incarnation: app.value.incarnation,
+                  resourceName: nextTarget.name,
+                  action: 'rolled-back',
+                  data: { from: nextCurrent.name, to: nextTarget.name, replicas: nextTarget.replicas },
+                },
+              ],
+              result: () => ({ status: 200, body: { target: nextTarget, previous: nextCurrent } }),
             };
           },
-          { serializeOn: `app:${params.app}` },
-        );
-        await recordEvent(ctx, p, {
-          kind: 'version',
-          resourceId: params.app,
-          resourceName: done.target.name,
-          action: 'rolled-back',
-          data: { from: done.previous.name, to: done.target.name, replicas: done.target.replicas },
-        });
-        return { status: 200, body: done };
-      },
+          { serializeOn: `app:${params.app}`, idempotency },
+        ),
     }),
   ];
 }
