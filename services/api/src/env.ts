@@ -4,6 +4,7 @@ import {
   envInt,
   envUrl,
   etcdEnv,
+  eventsEnv,
   natsEnv,
   redisEnv,
   secret,
@@ -17,6 +18,7 @@ export const apiEnv = z
     ...serviceEnv,
     ...etcdEnv,
     ...natsEnv,
+    ...eventsEnv,
     ...redisEnv,
     HTTP_ADDR: envHostPort('127.0.0.1:7070'),
     /** The admin created on first start when missing (with BERTH_ADMIN_PASSWORD). */
@@ -29,11 +31,6 @@ export const apiEnv = z
     LOGIN_RATE_LIMIT_PER_ADDRESS: envInt(100, { min: 1, max: 100_000 }),
     /** Largest accepted request body, in bytes. */
     BODY_LIMIT: envInt(256 * 1024, { min: 1024, max: 64 * 1024 * 1024 }),
-    /** Root of the NATS subjects and streams (tests use their own). */
-    EVENT_SUBJECT_ROOT: z
-      .string()
-      .regex(/^[a-z][a-z0-9_-]*$/, 'lowercase letters, digits, "_" and "-"')
-      .default('berth'),
     /** LDAP login: all of URL, bind DN, bind password and user base DN, or none. */
     LDAP_URL: envUrl(['ldap', 'ldaps']).optional(),
     LDAP_BIND_DN: z.string().min(1).optional(),

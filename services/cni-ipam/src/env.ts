@@ -6,6 +6,7 @@ import {
   envHostPort,
   envUrlList,
   etcdEnv,
+  eventsEnv,
   secret,
   serviceEnv,
 } from '@berth/shared/config';
@@ -28,10 +29,7 @@ export const ipamCheckerEnv = z.object({
   /** Where ipam.leak-detected events go; none when unset. */
   NATS_URL: envUrlList(['nats', 'tls']).optional(),
   NATS_TOKEN: secret(z.string().min(1).optional()),
-  EVENT_SUBJECT_ROOT: z
-    .string()
-    .regex(/^[a-z][a-z0-9_-]*$/)
-    .default('berth'),
+  ...eventsEnv,
 });
 
 export type IpamCheckerConfig = z.output<typeof ipamCheckerEnv>;

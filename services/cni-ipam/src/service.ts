@@ -38,10 +38,12 @@ export class IpamCheckerService {
       });
       runtime.health.add('nats', nats.ready);
       runtime.add(nats);
-      let publisher: EventPublisher | undefined;
-      publish = async (event) => {
-        publisher ??= new EventPublisher(nats.client.js, new EventSubjects(config.EVENT_SUBJECT_ROOT));
-        await publisher.publish({ ...event, actor: { type: 'service', name: 'cni-ipam' } } as EventInput);
+      const events = runtime.addEvents(nats, new EventSubjects(config.EVENT_SUBJECT_ROOT));
+      // Through the outbox: a leak reported while NATS is down reaches the feed when it is back.
+      publish = async (input) => {
+        const { op, event } = events.record({ ...input, actor: { type: 'service', name: 'cni-ipam' } } as EventInput);
+        await runtime.store.commit([op]);
+        events.flush([event]);
       };
     }
     const watcher = new LeakWatcher({

@@ -192,6 +192,14 @@ export const natsEnv = {
   NATS_TOKEN: secret(z.string().min(1).optional()),
 };
 
+/** Root of the NATS subjects and streams of events (tests use their own). Declared once, here. */
+export const eventsEnv = {
+  EVENT_SUBJECT_ROOT: z
+    .string()
+    .regex(/^[a-z][a-z0-9_-]*$/, 'lowercase letters, digits, "_" and "-"')
+    .default('berth'),
+};
+
 export const redisEnv = {
   REDIS_URL: envUrl(['redis', 'rediss']),
 };

@@ -6,6 +6,7 @@
  */
 import { EventEmitter } from 'node:events';
 import type { Etcd3, Lease } from 'etcd3';
+import { UnavailableError } from '../errors/index.ts';
 import { toBerthError } from './client.ts';
 
 export type EtcdLeaseOptions = {
@@ -35,7 +36,9 @@ export class EtcdLease extends EventEmitter<{ lost: [reason: Error] }> {
     this.#timer = setInterval(
       () => {
         if (Date.now() - this.#lastKeepAlive > lostAfterMs) {
-          this.#markLost(new Error(`no keep-alive for ${Math.round((Date.now() - this.#lastKeepAlive) / 1000)}s`));
+          this.#markLost(
+            new UnavailableError(`no keep-alive for ${Math.round((Date.now() - this.#lastKeepAlive) / 1000)}s`),
+          );
         }
       },
       Math.max(100, Math.min(1000, lostAfterMs / 4)),

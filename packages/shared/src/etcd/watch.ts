@@ -100,7 +100,7 @@ export async function openWatchStream(
       }
     });
     stream.on('error', (err) => (cancelled ? resolve() : reject(err)));
-    stream.on('end', () => (cancelled ? resolve() : reject(new Error('etcd watch stream ended'))));
+    stream.on('end', () => (cancelled ? resolve() : reject(new UnavailableError('etcd watch stream ended'))));
   });
   stream.write({
     create_request: {

@@ -8,6 +8,7 @@
  * change that an old reader could misread gets a new version.
  */
 import { z } from 'zod';
+import { InputError } from '../errors/index.ts';
 
 export const EVENT_SCHEMA_VERSION = 1 as const;
 
@@ -92,7 +93,7 @@ export class EventSubjects {
   readonly root: string;
 
   constructor(root = 'berth') {
-    if (!/^[a-z][a-z0-9_-]*$/.test(root)) throw new Error(`bad subject root "${root}"`);
+    if (!/^[a-z][a-z0-9_-]*$/.test(root)) throw new InputError(`bad subject root "${root}"`);
     this.root = root;
   }
 

@@ -10,6 +10,7 @@ import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import express, { type Express, type RequestHandler } from 'express';
 import { collectDefaultMetrics, Histogram, Registry } from 'prom-client';
+import { UnavailableError } from '../errors/index.ts';
 import type { Logger } from '../logging/index.ts';
 import { context, contextFromHeaders, SpanKind, SpanStatusCode, trace, tracer } from '../telemetry/index.ts';
 import { notFoundHandler, problemMiddleware } from './problem.ts';
@@ -41,7 +42,7 @@ export class HealthRegistry {
           await Promise.race([
             Promise.resolve().then(check),
             new Promise((_, reject) => {
-              timer = setTimeout(() => reject(new Error(`no answer in ${timeoutMs} ms`)), timeoutMs);
+              timer = setTimeout(() => reject(new UnavailableError(`no answer in ${timeoutMs} ms`)), timeoutMs);
             }),
           ]);
           return { name, ok: true, ms: Math.round(performance.now() - started) };
@@ -90,7 +91,7 @@ export class HttpServer {
   /** The bound address (the real port when configured with port 0). */
   get address(): { host: string; port: number } {
     const addr = this.#server?.address() as AddressInfo | null | undefined;
-    if (!addr) throw new Error('server not started');
+    if (!addr) throw new UnavailableError('server not started');
     return { host: addr.address, port: addr.port };
   }
 
@@ -108,7 +109,9 @@ export class HttpServer {
     await Promise.race([
       once(server, 'listening'),
       once(server, 'error').then(([err]) => {
-        throw new Error(`cannot listen on ${this.#options.host}:${this.#options.port}: ${(err as Error).message}`);
+        throw new UnavailableError(
+          `cannot listen on ${this.#options.host}:${this.#options.port}: ${(err as Error).message}`,
+        );
       }),
     ]);
     this.#server = server;

@@ -336,7 +336,7 @@ export class NatsComponent {
   }
 
   readonly ready = (): void => {
-    if (!this.#client?.connected) throw new Error('not connected to NATS');
+    if (!this.#client?.connected) throw new UnavailableError('not connected to NATS');
   };
 }
 export { EventsComponent, type EventsComponentOptions } from './events.ts';

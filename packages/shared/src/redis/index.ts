@@ -4,6 +4,7 @@
  * fail a command after a few retries so a caller can answer 503 instead of hanging.
  */
 import { Redis, type RedisOptions } from 'ioredis';
+import { UnavailableError } from '../errors/index.ts';
 import type { Logger } from '../logging/index.ts';
 
 export { Redis } from 'ioredis';
@@ -51,7 +52,7 @@ export function redisReady(redis: Redis): boolean {
 /** Readiness: a PING answered within the check's deadline. */
 export function redisReadiness(redis: Redis): () => Promise<void> {
   return async () => {
-    if (redis.status !== 'ready') throw new Error(`redis connection is ${redis.status}`);
+    if (redis.status !== 'ready') throw new UnavailableError(`redis connection is ${redis.status}`);
     await redis.ping();
   };
 }

@@ -10,6 +10,7 @@
 import type { Express } from 'express';
 import { Gauge, type Registry } from 'prom-client';
 import type { HostPort } from '../config/index.ts';
+import { UnavailableError } from '../errors/index.ts';
 import { createEtcdClient, type Etcd3, LeaderElection, pingEtcd } from '../etcd/index.ts';
 import type { EventSubjects } from '../events/index.ts';
 import { createMetricsRegistry, HealthRegistry, HttpServer } from '../http/index.ts';
@@ -76,7 +77,7 @@ export class ServiceRuntime {
     this.metrics = createMetricsRegistry(options.name);
     this.health.add('etcd', () => pingEtcd(this.etcd));
     this.health.add('started', () => {
-      if (!this.#started) throw new Error('still starting');
+      if (!this.#started) throw new UnavailableError('still starting');
     });
     this.http = new HttpServer({
       host: config.HTTP_ADDR.host,

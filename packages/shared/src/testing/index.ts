@@ -10,6 +10,7 @@ import { createServer, connect as netConnect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { BerthError, UnavailableError } from '../errors/index.ts';
 
 /** The repo's root directory. */
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../../..');
@@ -70,7 +71,7 @@ export async function waitFor<T>(
     }
     if (Date.now() >= deadline) {
       const why = lastError instanceof Error ? `: ${lastError.message}` : '';
-      throw new Error(`${options.message ?? 'condition'} not met within ${timeoutMs} ms${why}`);
+      throw new BerthError(`${options.message ?? 'condition'} not met within ${timeoutMs} ms${why}`);
     }
     await new Promise((r) => setTimeout(r, intervalMs));
   }
@@ -143,7 +144,7 @@ export async function startPrivateEtcd(): Promise<PrivateEtcd> {
     const started = child;
     await waitFor(
       async () => {
-        if (started.exitCode !== null) throw new Error(`etcd exited: ${output}`);
+        if (started.exitCode !== null) throw new UnavailableError(`etcd exited: ${output}`);
         const res = await fetch(`${endpoint}/health`);
         return res.ok;
       },
