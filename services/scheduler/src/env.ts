@@ -5,6 +5,7 @@ import {
   envHostPort,
   envInt,
   etcdEnv,
+  eventsEnv,
   natsEnv,
   serviceEnv,
 } from '@berth/shared/config';
@@ -14,6 +15,7 @@ export const schedulerEnv = z.object({
   ...serviceEnv,
   ...etcdEnv,
   ...natsEnv,
+  ...eventsEnv,
   ...cellsEnv,
   HTTP_ADDR: envHostPort('127.0.0.1:7071'),
   /** Candidate id in the leader election. */
@@ -32,11 +34,6 @@ export const schedulerEnv = z.object({
   SCHEDULER_WORKERS: envInt(8, { min: 1, max: 64 }),
   /** Seconds a container keeps serving after it is told to stop, so traffic drains first. */
   PRESTOP_DELAY_SECONDS: envInt(5, { min: 0, max: 300 }),
-  /** Root of the NATS subjects events are published on. */
-  EVENT_SUBJECT_ROOT: z
-    .string()
-    .regex(/^[a-z][a-z0-9_-]*$/)
-    .default('berth'),
 });
 
 export type SchedulerConfig = z.output<typeof schedulerEnv>;
