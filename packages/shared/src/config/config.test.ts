@@ -1,6 +1,10 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { z } from 'zod';
-import { envDuration, parseDuration } from './index.ts';
+import { ConfigError } from '../errors/index.ts';
+import { envDuration, envInt, etcdEnv, eventsEnv, parseDuration, parseEnv, secret, serviceEnv } from './index.ts';
 
 describe('parseDuration', () => {
   it('reads every unit into milliseconds', () => {
@@ -29,5 +33,47 @@ describe('envDuration', () => {
     const r = schema.safeParse({ TIMEOUT: '30' });
     expect(r.success).toBe(false);
     expect(r.error?.issues[0]?.message).toBe('expected a duration like 500ms, 30s, 5m, 1h (got "30")');
+  });
+});
+
+describe('parseEnv', () => {
+  const schema = z.object({
+    ...serviceEnv,
+    ...etcdEnv,
+    ...eventsEnv,
+    API_TOKEN: secret(z.string().min(40)),
+    WORKERS: envInt(4, { min: 1, max: 64 }),
+  });
+
+  it('names every bad variable on its own line, and never echoes a secret', () => {
+    let err: unknown;
+    try {
+      parseEnv(schema, {
+        ETCD_ENDPOINTS: 'ftp://nope',
+        WORKERS: '0',
+        API_TOKEN: 'short-secret-value',
+        EVENT_SUBJECT_ROOT: 'Bad Root',
+      });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(ConfigError);
+    const issues = (err as ConfigError).issues.map((i) => i.path).sort();
+    expect(issues).toEqual(['API_TOKEN', 'ETCD_ENDPOINTS', 'EVENT_SUBJECT_ROOT', 'WORKERS']);
+    expect((err as Error).message.split('\n').length).toBe(5);
+    expect((err as Error).message).not.toContain('short-secret-value');
+  });
+
+  it('says a required variable is not set, and reads a secret from NAME_FILE', () => {
+    expect(() => parseEnv(schema, { ETCD_ENDPOINTS: 'http://127.0.0.1:2379' })).toThrow(
+      /API_TOKEN: required but not set/,
+    );
+    const dir = mkdtempSync(join(tmpdir(), 'berth-env-'));
+    const file = join(dir, 'token');
+    writeFileSync(file, `${'x'.repeat(40)}\n`);
+    const config = parseEnv(schema, { ETCD_ENDPOINTS: 'http://127.0.0.1:2379', API_TOKEN_FILE: file });
+    expect(config.API_TOKEN).toBe('x'.repeat(40));
+    expect(config.WORKERS).toBe(4);
+    expect(config.EVENT_SUBJECT_ROOT).toBe('berth');
   });
 });
