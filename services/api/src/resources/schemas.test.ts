@@ -2,7 +2,7 @@ import { inputErrorFromZod } from '@berth/shared/errors';
 import { describe, expect, it } from 'vitest';
 import { buildOpenApi } from '../http/openapi.ts';
 import { defineRoute } from '../http/routes.ts';
-import { appResponse, createAppBody, createVersionBody } from './schemas.ts';
+import { appResponse, createAppBody, createUserBody, createVersionBody } from './schemas.ts';
 
 type Schema = {
   required?: string[];
@@ -99,6 +99,16 @@ describe('createVersionBody', () => {
     const body = createVersionBody.parse({ healthCheck: { port: 8080 } });
     expect(body.healthCheck).toMatchObject({ port: 8080 });
     expect(body.healthCheck?.path).toBeUndefined();
+  });
+});
+
+describe('createUserBody', () => {
+  it('refuses an e-mail address longer than RFC 5321 allows, as the document says', () => {
+    const user = { username: 'ann', password: 'long-enough' };
+    const ok = (email: string) => createUserBody.safeParse({ ...user, email }).success;
+    expect(ok(`${'a'.repeat(64)}@example.org`)).toBe(true);
+    expect(ok(`${'a'.repeat(65)}@example.org`)).toBe(false);
+    expect(ok(`ann@${'b'.repeat(64)}.org`)).toBe(false);
   });
 });
 
