@@ -76,9 +76,10 @@ describe('versions', () => {
     const refused = await api.call('DELETE', `/apps/${app}/versions/v1`, { token: alice });
     expect(refused.status).toBe(409);
     expect(refused.json.detail).toContain('scale it to 0');
-    expect(
-      (await api.call('PATCH', `/apps/${app}/versions/v1`, { token: alice, body: { imageTag: 'b' } })).status,
-    ).toBe(404);
+    // No PATCH on a version at all: 405, with Allow naming what the path takes.
+    const patched = await api.call('PATCH', `/apps/${app}/versions/v1`, { token: alice, body: { imageTag: 'b' } });
+    expect(patched.status).toBe(405);
+    expect(patched.headers.get('allow')).toBe('DELETE, GET, HEAD, OPTIONS');
   });
 
   it('rollback brings the older version back to the replicas the current one has and the current one to 0', async () => {
