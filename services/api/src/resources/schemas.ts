@@ -293,6 +293,7 @@ export const eventResponse = z.object({
   kind: z.string(),
   resourceId: z.string(),
   resourceName: z.string().optional(),
+  incarnation: z.string().optional(),
   action: z.string(),
   before: z.unknown().optional(),
   after: z.unknown().optional(),
