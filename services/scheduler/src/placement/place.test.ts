@@ -51,7 +51,7 @@ describe('placement', () => {
     const u = r.conditions.find((c) => c.type === 'Unschedulable');
     expect(u).toMatchObject({ status: 'True', reason: 'InsufficientCapacity' });
     expect(u?.message).toBe(
-      'placed 1 of 4 replicas: each needs 500m cpu and 512Mi memory; free in active cells: cell-a 500m cpu/512Mi, cell-b 0 cpu/0Ki',
+      'placed 1 of 4 replicas: each needs 500m cpu and 512Mi memory; free in active cells: cell-a 500m cpu/512Mi, cell-b 0 cpu/0',
     );
   });
 

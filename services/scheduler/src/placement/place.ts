@@ -17,6 +17,7 @@
  * scheduler already placed elsewhere in the same pass), so a failover spreads by live capacity
  * instead of piling onto one cell.
  */
+import { formatCpu, formatMemory } from '@berth/shared/model';
 
 export type CellHealth = 'ok' | 'suspect' | 'out';
 
@@ -111,13 +112,13 @@ function conditionsFor(
   if (total < input.replicas) {
     const free = cells
       .filter((c) => c.health === 'ok')
-      .map((c) => `${c.name} ${formatCpu(c.freeCpuMillis)} cpu/${formatBytes(c.freeMemoryBytes)}`)
+      .map((c) => `${c.name} ${formatCpu(c.freeCpuMillis)} cpu/${formatMemory(c.freeMemoryBytes)}`)
       .join(', ');
     conditions.push({
       type: 'Unschedulable',
       status: 'True',
       reason: 'InsufficientCapacity',
-      message: `placed ${total} of ${input.replicas} replicas: each needs ${formatCpu(input.request.cpuMillis)} cpu and ${formatBytes(
+      message: `placed ${total} of ${input.replicas} replicas: each needs ${formatCpu(input.request.cpuMillis)} cpu and ${formatMemory(
         input.request.memoryBytes,
       )} memory; free in active cells: ${free || 'none'}`,
     });
@@ -156,14 +157,4 @@ function pick<T>(items: T[], compare: (a: T, b: T) => number): T | undefined {
 /** -1 when only `a` holds, 1 when only `b` holds, else 0. */
 function rank(a: boolean, b: boolean): number {
   return a === b ? 0 : a ? -1 : 1;
-}
-
-export function formatCpu(millis: number): string {
-  return millis % 1000 === 0 ? String(millis / 1000) : `${Math.round(millis)}m`;
-}
-
-export function formatBytes(bytes: number): string {
-  if (bytes >= 2 ** 30) return `${(bytes / 2 ** 30).toFixed(bytes % 2 ** 30 === 0 ? 0 : 1)}Gi`;
-  if (bytes >= 2 ** 20) return `${Math.round(bytes / 2 ** 20)}Mi`;
-  return `${Math.round(bytes / 1024)}Ki`;
 }
