@@ -10,7 +10,7 @@ import {
   PrefixWatcher,
   type WatchChange,
 } from '../src/etcd/index.ts';
-import { Etcd3Backend, Store, updateKey } from '../src/store/index.ts';
+import { Etcd3Backend, type RetryOptions, Store, transact } from '../src/store/index.ts';
 import { regionEnv, startPrivateEtcd, uniquePrefix, waitFor } from '../src/testing/index.ts';
 
 let client: Etcd3;
@@ -41,6 +41,32 @@ function barrier(count: number): () => Promise<void> {
 
 async function freshList(prefix: string): Promise<Record<string, string>> {
   return client.getAll().prefix(prefix).strings();
+}
+
+/** Compare-and-swap of one key through the store's one retry loop. */
+function updateKey<T>(
+  st: Store,
+  key: string,
+  read: () => Promise<{ value: T; modRevision: number } | undefined>,
+  mutate: (current: T | undefined) => T,
+  options: RetryOptions = {},
+): Promise<T> {
+  return transact(
+    st,
+    async () => {
+      const current = await read();
+      const next = mutate(current?.value);
+      return {
+        ops: [
+          current
+            ? { op: 'update', key, value: next, modRevision: current.modRevision }
+            : { op: 'create', key, value: next },
+        ],
+        result: () => next,
+      };
+    },
+    options,
+  );
 }
 
 describe('the store on real etcd: compare-and-swap through the one retry loop', () => {

@@ -18,6 +18,5 @@ export {
   transact,
   UNCHANGED,
   type UpdateResult,
-  updateKey,
 } from './retry.ts';
 export { type Fence, type Op, Store, type Stored, type StoreOptions } from './store.ts';

@@ -9,5 +9,5 @@ export {
   type Write,
 } from './backend.ts';
 export { GatewayBackend } from './gateway-backend.ts';
-export { DELETE, type Plan, type RetryOptions, retryOnConflict, transact, UNCHANGED, updateKey } from './retry.ts';
+export { DELETE, type Plan, type RetryOptions, retryOnConflict, transact, UNCHANGED } from './retry.ts';
 export { type Fence, type Op, Store, type Stored } from './store.ts';

@@ -74,48 +74,13 @@ export async function transact<T>(
   }, options);
 }
 
-/** Returned by an update's mutator to leave the key as it is. */
+/** Returned by a mutator to leave the key as it is. */
 export const UNCHANGED: unique symbol = Symbol('unchanged');
-/** Returned by an update's mutator to delete the key. */
+/** Returned by a mutator to delete the key. */
 export const DELETE: unique symbol = Symbol('delete');
 
+/** What a compare-and-swap of one key did. */
 export type UpdateResult<T> =
   | { outcome: 'written'; value: T; modRevision: number }
   | { outcome: 'deleted'; modRevision: number }
   | { outcome: 'unchanged'; modRevision: number };
-
-/**
- * Compare-and-swap of one key: `mutate` sees the current value (from `known` first, when the
- * caller's watch has it, then from fresh reads) and returns the next one, UNCHANGED or DELETE.
- */
-export async function updateKey<T>(
-  store: Store,
-  key: string,
-  read: () => Promise<{ value: T; modRevision: number } | undefined>,
-  mutate: (current: T | undefined) => T | typeof UNCHANGED | typeof DELETE,
-  options: RetryOptions & { known?: { value: T; modRevision: number } | undefined; extra?: Op[] } = {},
-): Promise<UpdateResult<T>> {
-  let known = options.known;
-  return transact<UpdateResult<T>>(
-    store,
-    async (attempt) => {
-      const current = attempt === 1 && known ? known : await read();
-      known = undefined;
-      const next = mutate(current?.value);
-      const modRevision = current?.modRevision ?? 0;
-      if (next === UNCHANGED || (next === DELETE && !current)) return { done: { outcome: 'unchanged', modRevision } };
-      const extra = options.extra ?? [];
-      if (next === DELETE) {
-        return {
-          ops: [{ op: 'delete', key, modRevision }, ...extra],
-          result: (rev) => ({ outcome: 'deleted', modRevision: rev }),
-        };
-      }
-      return {
-        ops: [current ? { op: 'update', key, value: next, modRevision } : { op: 'create', key, value: next }, ...extra],
-        result: (rev) => ({ outcome: 'written', value: next, modRevision: rev }),
-      };
-    },
-    { what: key, ...options },
-  );
-}

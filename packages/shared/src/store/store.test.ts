@@ -8,7 +8,7 @@ import {
   UnavailableError,
 } from '../errors/index.ts';
 import { MemoryBackend } from './memory-backend.ts';
-import { DELETE, retryOnConflict, transact, UNCHANGED, updateKey } from './retry.ts';
+import { retryOnConflict, transact } from './retry.ts';
 import { Store } from './store.ts';
 
 const num = z.number();
@@ -116,31 +116,5 @@ describe('the one retry loop', () => {
       result: () => 0,
     }));
     await expect(mapped).rejects.toThrow('/n exists');
-  });
-
-  it('updateKey starts from what the caller knows, and re-reads only after a conflict', async () => {
-    const backend = new MemoryBackend();
-    const store = new Store(backend);
-    await store.commit([{ op: 'put', key: '/p', value: 5 }]);
-    const stored = await store.get('/p', num);
-    let reads = 0;
-    const read = async () => {
-      reads++;
-      return store.get('/p', num);
-    };
-    const out = await updateKey<number>(store, '/p', read, (c) => (c ?? 0) * 2, { known: stored });
-    expect(out.outcome).toBe('written');
-    expect(reads).toBe(0);
-
-    // Stale knowledge: one conflict, one read, then the write lands on the fresh value.
-    const stale = { value: 5, modRevision: stored?.modRevision ?? 0 };
-    const again = await updateKey<number>(store, '/p', read, (c) => (c ?? 0) + 1, { known: stale });
-    expect(again.outcome).toBe('written');
-    expect(reads).toBe(1);
-    expect((await store.get('/p', num))?.value).toBe(11);
-
-    expect((await updateKey<number>(store, '/p', read, () => UNCHANGED)).outcome).toBe('unchanged');
-    expect((await updateKey<number>(store, '/p', read, () => DELETE)).outcome).toBe('deleted');
-    expect(await store.get('/p', num)).toBeUndefined();
   });
 });

@@ -73,10 +73,11 @@ export class Mutations {
       transact<T>(
         this.#store,
         async (attempt) => {
+          // Only the committed attempt's events are published.
+          recorded = [];
           const change = await plan(attempt);
           if ('done' in change) return change;
           if (change.pinned && options.req) checkIfMatch(options.req, change.pinned.modRevision);
-          recorded = [];
           const ops = [...change.ops];
           if (keyed && recordAnswer) {
             ops.push(await this.#idempotency.recordOp(keyed, recordAnswer(change.result(RECORD_REVISION))));

@@ -302,6 +302,8 @@ export class Reconciler {
     const result = await transact<UpdateResult<Placement>>(
       this.#o.store,
       async (attempt) => {
+        // Only the committed attempt's events are published.
+        recorded = [];
         // First from what the watch knows (absent included: the create then fails if it is not);
         // after a conflict, from a fresh read.
         const current = attempt === 1 ? known : await this.#o.store.get(key, placementSchema);
