@@ -46,6 +46,7 @@ export class SchedulerService {
       recoveryHoldMs: config.RECOVERY_HOLD,
       resyncIntervalMs: config.RESYNC_INTERVAL,
       workers: config.SCHEDULER_WORKERS,
+      maxTxnOps: config.ETCD_MAX_TXN_OPS,
       metrics: runtime.metrics,
       logger,
       events,

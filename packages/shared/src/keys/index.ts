@@ -95,6 +95,7 @@ export class BerthKeys {
       member: t<'app' | 'user'>('apps/{app}/members/{user}'),
       placement: t<'app' | 'version'>('placements/{app}/{version}'),
       status: t<'app' | 'version' | 'cell'>('status/{app}/{version}/{cell}'),
+      availability: t<'app' | 'version'>('availability/{app}/{version}'),
       builder: t<'region' | 'agent'>('builders/{region}/{agent}'),
       ipamPool: t<'cell' | 'cidr'>('ipam/{cell}/pools/{cidr}'),
       ipamBlock: t<'cell' | 'cidr'>('ipam/{cell}/blocks/{cidr}'),
@@ -193,6 +194,17 @@ export class BerthKeys {
   }
   status(app: string, version: string, cell: string): string {
     return `${this.prefix}/status/${app}/${version}/${cell}`;
+  }
+
+  /** Whether each version runs what it asks for, over all cells (scheduler). */
+  availabilities(): string {
+    return `${this.prefix}/availability/`;
+  }
+  appAvailability(app: string): string {
+    return `${this.prefix}/availability/${app}/`;
+  }
+  availability(app: string, version: string): string {
+    return `${this.prefix}/availability/${app}/${version}`;
   }
 
   // Build machines (under a lease)

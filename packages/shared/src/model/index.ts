@@ -230,6 +230,21 @@ export const placementSchema = z.object({
 });
 export type Placement = z.infer<typeof placementSchema>;
 
+/**
+ * Whether a version runs every replica it asks for, over all cells: written by the scheduler at
+ * `/berth/availability/{app}/{version}`, apart from the placement, so a rollout's progress never
+ * rewrites (and races) the placement. The API shows it among the placement's conditions.
+ */
+export const availabilitySchema = z.object({
+  app: dnsLabelSchema,
+  version: versionNameSchema,
+  /** The `Available` condition: True when `available >= desired > 0`. */
+  condition: conditionSchema,
+  available: z.number().int().min(0),
+  desired: z.number().int().min(0),
+});
+export type Availability = z.infer<typeof availabilitySchema>;
+
 /** A version's state in one cell: written by the scheduler at `/berth/status/{app}/{version}/{cell}`. */
 export const versionCellStatusSchema = z.object({
   app: dnsLabelSchema,

@@ -4,6 +4,7 @@ import { ConflictError, InputError } from '@berth/shared/errors';
 import {
   type App,
   appSchema,
+  availabilitySchema,
   type Member,
   memberSchema,
   placementSchema,
@@ -227,10 +228,11 @@ export function appRoutes(ctx: ApiContext) {
       responses: { 200: appStatusResponse },
       handler: async ({ params, principal }) => {
         await loadApp(ctx, principal, params.app, 'read');
-        const [versions, placements, statuses] = await Promise.all([
+        const [versions, placements, statuses, availability] = await Promise.all([
           store.list(keys.versions(params.app), versionSchema),
           store.list(keys.appPlacements(params.app), placementSchema),
           store.list(keys.appStatus(params.app), versionCellStatusSchema),
+          store.list(keys.appAvailability(params.app), availabilitySchema),
         ]);
         const body = {
           app: params.app,
@@ -239,6 +241,9 @@ export function appRoutes(ctx: ApiContext) {
             .sort((a, b) => b.number - a.number)
             .map((v) => {
               const placement = placements.find((pl) => pl.value.version === v.name)?.value;
+              // Availability has its own key (the scheduler writes it apart from the placement);
+              // it shows among the placement's conditions.
+              const available = availability.find((a) => a.value.version === v.name)?.value.condition;
               const cells = statuses
                 .filter((s) => s.value.version === v.name)
                 .map(({ value: { app: _a, version: _v, ...cell } }) => cell);
@@ -246,7 +251,14 @@ export function appRoutes(ctx: ApiContext) {
                 name: v.name,
                 replicas: v.replicas,
                 placement: placement
-                  ? { cells: placement.cells, generation: placement.generation, conditions: placement.conditions }
+                  ? {
+                      cells: placement.cells,
+                      generation: placement.generation,
+                      conditions: [
+                        ...placement.conditions.filter((c) => c.type !== 'Available'),
+                        ...(available ? [available] : []),
+                      ],
+                    }
                   : null,
                 cells,
                 ready: cells.reduce((n, c) => n + c.ready, 0),

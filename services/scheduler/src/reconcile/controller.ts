@@ -1,7 +1,8 @@
 /**
  * The scheduler's control loop, run only by the leader: watches desired state in etcd and every
- * cell, decides each cell's health with a grace and hysteresis, and feeds app names to the
- * reconcile workers (on every change, on every health change, and a full resync on a timer).
+ * cell, decides each cell's health with a grace and hysteresis, and feeds app names to the placer
+ * (on every change of desired state, on every health change, and a full resync on a timer), which
+ * hands what it placed to the reconcile workers; a change in a cell goes to the workers directly.
  */
 import type { Etcd3 } from '@berth/shared/etcd';
 import type { BerthKeys } from '@berth/shared/keys';
@@ -16,6 +17,7 @@ import { CellRuntime } from '../cells/cell-runtime.ts';
 import { CellHealthTracker } from '../cells/health.ts';
 import type { CellHealth } from '../placement/place.ts';
 import { DesiredState } from '../state/desired-state.ts';
+import { Placer } from './placer.ts';
 import { WorkQueue } from './queue.ts';
 import { Reconciler } from './reconciler.ts';
 
@@ -33,6 +35,8 @@ export type ControllerOptions = {
   recoveryHoldMs: number;
   resyncIntervalMs: number;
   workers: number;
+  /** Operations etcd accepts in one transaction (`--max-txn-ops`). */
+  maxTxnOps: number;
   metrics: Registry;
   logger: Logger;
   events: EventRecorder;
@@ -44,11 +48,10 @@ export class SchedulerController {
   readonly #state: DesiredState;
   readonly #queue: WorkQueue;
   /**
-   * Placement alone (etcd only, milliseconds per app), ahead of the reconcile workers that wait on
-   * the cells' API servers: a new or scaled version's placement and its conditions (Unschedulable,
-   * MinCellsShortfall) are written at once even when the cells are slow to apply.
+   * Placement, once per change, for every app that changed together (etcd only, ahead of the
+   * reconcile workers that wait on the cells' API servers).
    */
-  readonly #placeQueue: WorkQueue;
+  readonly #placer: Placer;
   readonly #cells = new Map<string, CellRuntime>();
   readonly #health: CellHealthTracker;
   readonly #kubeEvents: KubeEventFeed;
@@ -69,6 +72,7 @@ export class SchedulerController {
       logger: options.logger,
       onAppChange: (app) => this.#enqueue(app),
       onCellsChange: () => this.#syncCells(),
+      isOwnWrite: (key, revision) => this.#placer.isOwnWrite(key, revision),
     });
     this.#health = new CellHealthTracker({ graceMs: options.failoverGraceMs, holdMs: options.recoveryHoldMs });
     this.#kubeEvents = new KubeEventFeed({
@@ -78,7 +82,26 @@ export class SchedulerController {
       logger: options.logger,
     });
     this.#queue = new WorkQueue({ concurrency: options.workers, logger: options.logger });
-    this.#placeQueue = new WorkQueue({ concurrency: 2, logger: options.logger });
+    const placementTxns = (options.metrics.getSingleMetric('berth_scheduler_placement_transactions_total') ??
+      new Counter({
+        name: 'berth_scheduler_placement_transactions_total',
+        help: 'etcd transactions that wrote placements (many apps each when they changed together)',
+        registers: [options.metrics],
+      })) as Counter;
+    this.#placer = new Placer({
+      store: options.store,
+      keys: options.keys,
+      state: this.#state,
+      cells: () => this.#cells,
+      health: (cell) => this.#health.health(cell) ?? 'out',
+      events: options.events,
+      logger: options.logger,
+      maxTxnOps: options.maxTxnOps,
+      onPlaced: (apps) => {
+        for (const app of apps) this.#queue.add(app);
+      },
+      transactions: placementTxns,
+    });
     const writes = (options.metrics.getSingleMetric('berth_scheduler_cell_writes_total') ??
       new Counter({
         name: 'berth_scheduler_cell_writes_total',
@@ -104,19 +127,21 @@ export class SchedulerController {
       store: options.store,
       keys: options.keys,
       state: this.#state,
+      placer: this.#placer,
       writer: new CellWriter(writes),
       cells: () => this.#cells,
       health: (cell) => this.#health.health(cell) ?? 'out',
       manifests: { registry: options.registry, preStopDelaySeconds: options.preStopDelaySeconds },
       events: options.events,
       logger: options.logger,
+      maxTxnOps: options.maxTxnOps,
     });
   }
 
   async start(): Promise<void> {
     if (this.#running) return;
     this.#running = true;
-    this.#reconciler.reset();
+    this.#placer.reset();
     await this.#state.start();
     this.#syncCells();
     // Wait (a little) for the cells' first lists, so the first decisions are made on real state.
@@ -125,7 +150,7 @@ export class SchedulerController {
       await new Promise((r) => setTimeout(r, 100));
     }
     this.#evaluateHealth();
-    this.#placeQueue.start((app) => this.#reconciler.placeApp(app));
+    this.#placer.start();
     this.#queue.start(async (app) => {
       const stop = this.#duration.startTimer();
       try {
@@ -145,7 +170,7 @@ export class SchedulerController {
     this.#running = false;
     clearInterval(this.#tick);
     clearInterval(this.#resync);
-    await Promise.all([this.#placeQueue.stop(), this.#queue.stop()]);
+    await Promise.all([this.#placer.stop(), this.#queue.stop()]);
     await Promise.all([...this.#cells.values()].map((c) => c.stop()));
     this.#cells.clear();
     this.#health.clear();
@@ -154,7 +179,8 @@ export class SchedulerController {
 
   /** Resolves when no app is waiting to be reconciled (tests, benchmarks). */
   idle(): Promise<void> {
-    return Promise.all([this.#placeQueue.idle(), this.#queue.idle()]).then(() => undefined);
+    // The placer hands its apps to the queue: wait for it first, then for the queue.
+    return this.#placer.idle().then(() => this.#queue.idle());
   }
 
   cellHealth(cell: string): CellHealth | undefined {
@@ -165,10 +191,9 @@ export class SchedulerController {
     for (const app of this.#state.appNames()) this.#enqueue(app);
   }
 
-  /** A change to an app's desired state: placed at once, then reconciled. */
+  /** A change to an app's desired state: placed (with every app that changed with it), then reconciled. */
   #enqueue(app: string): void {
-    this.#placeQueue.add(app);
-    this.#queue.add(app);
+    this.#placer.add(app);
   }
 
   /** Cell runtimes follow the cells registered for the region. */
