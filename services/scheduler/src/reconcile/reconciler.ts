@@ -25,9 +25,10 @@ import type { Op, Store } from '@berth/shared/store';
 import type { V1Deployment } from '@kubernetes/client-node';
 import type { EventRecorder } from '../activity/recorder.ts';
 import type { CellWriter } from '../apply/cell-writer.ts';
-import { deploymentFor, type ManifestOptions, namespaceFor, serviceFor } from '../apply/manifests.ts';
+import type { ManifestOptions } from '../apply/manifests.ts';
 import type { CellRuntime } from '../cells/cell-runtime.ts';
 import type { CellHealth } from '../placement/place.ts';
+import { type CellPlan, planApp, type Target } from '../plan/app-plan.ts';
 import type { DesiredState } from '../state/desired-state.ts';
 import { type Placer, versionEvent } from './placer.ts';
 
@@ -51,8 +52,6 @@ export type ReconcilerOptions = {
   /** Operations etcd accepts in one transaction. */
   maxTxnOps?: number;
 };
-
-type Target = { version: Version; cells: Record<string, number> };
 
 export class Reconciler {
   readonly #o: ReconcilerOptions;
@@ -78,13 +77,15 @@ export class Reconciler {
       if (cells) targets.push({ version, cells });
       else unplaced.add(version.name);
     }
-    const settled = this.#settled(app, targets);
+    const cells = [...this.#o.cells().values()];
+    // An unreachable cell cannot be written; a suspect one (back from an outage, within the hold)
+    // keeps what runs there untouched until it is trusted again: no churn on a flap.
+    const writable = new Set(
+      cells.filter((c) => c.reachable && this.#o.health(c.name) !== 'suspect').map((c) => c.name),
+    );
+    const plan = planApp({ app, targets, unplaced, cells, writable, manifests: this.#o.manifests });
     const results = await Promise.allSettled(
-      [...this.#o.cells().values()]
-        // An unreachable cell cannot be written; a suspect one (back from an outage, within the
-        // hold) keeps what runs there untouched until it is trusted again: no churn on a flap.
-        .filter((cell) => cell.reachable && this.#o.health(cell.name) !== 'suspect')
-        .map((cell) => this.#applyToCell(app, targets, unplaced, cell, settled)),
+      plan.cells.map((cellPlan) => this.#execute(this.#o.cells().get(cellPlan.cell) as CellRuntime, cellPlan)),
     );
     await this.#removeVersionsGone(app, versions);
     await this.#writeStatus(app, targets);
@@ -94,62 +95,11 @@ export class Reconciler {
 
   // ---- Apply ----------------------------------------------------------------------------------
 
-  /** True when every replica the app is bringing up is available: decreases may proceed. */
-  #settled(app: App, targets: Target[]): boolean {
-    for (const { version, cells } of targets) {
-      for (const [cellName, want] of Object.entries(cells)) {
-        const cell = this.#o.cells().get(cellName);
-        const dep = cell?.deployments.get(deploymentName(app.name, version.name), app.name);
-        if (
-          !dep ||
-          (dep.status?.availableReplicas ?? 0) < want ||
-          (dep.status?.observedGeneration ?? 0) < (dep.metadata?.generation ?? 0)
-        ) {
-          return false;
-        }
-      }
-    }
-    return true;
-  }
-
-  async #applyToCell(
-    app: App,
-    targets: Target[],
-    unplaced: Set<string>,
-    cell: CellRuntime,
-    settled: boolean,
-  ): Promise<void> {
-    const deployments = cell.deployments.list(app.name);
-    const wantsAny = targets.some((t) => (t.cells[cell.name] ?? 0) > 0) || deployments.length > 0;
-    if (!wantsAny) return;
-    const ns = namespaceFor(app);
-    await this.#o.writer.ensure(cell, ns, cell.namespaces.get(app.name));
-    const svc = serviceFor(app);
-    await this.#o.writer.ensure(cell, svc, cell.services.get(app.name, app.name));
-
-    const wanted = new Set<string>();
-    for (const { version, cells } of targets) {
-      const name = deploymentName(app.name, version.name);
-      const target = cells[cell.name] ?? 0;
-      const current = cell.deployments.get(name, app.name);
-      const running = current?.spec?.replicas ?? 0;
-      // Up at once; down only when everything coming up is available.
-      const replicas = target >= running || settled ? target : running;
-      if (replicas === 0) continue; // deleted below once settled; never created for nothing
-      wanted.add(name);
-      const desired = deploymentFor(app, version, replicas, this.#o.manifests);
-      await this.#o.writer.ensure(cell, desired, current);
-    }
-    for (const dep of deployments) {
-      const name = dep.metadata?.name as string;
-      if (wanted.has(name)) continue;
-      const version = dep.metadata?.labels?.[LABELS.version];
-      if (version && unplaced.has(version)) continue;
-      const stillTargeted = targets.some((t) => t.version.name === version);
-      // A version scaled to 0 here waits for the switch to settle; a deleted version goes at once.
-      if (stillTargeted && !settled) continue;
-      await this.#o.writer.delete(cell, withKind(dep, 'apps/v1', 'Deployment'));
-    }
+  /** Executes one cell's part of the plan: the Namespace and Service, then the Deployments, then deletes. */
+  async #execute(cell: CellRuntime, plan: CellPlan): Promise<void> {
+    for (const item of plan.first) await this.#o.writer.ensure(cell, item.desired, item.current);
+    await Promise.all(plan.deployments.map((item) => this.#o.writer.ensure(cell, item.desired, item.current)));
+    for (const dep of plan.delete) await this.#o.writer.delete(cell, withKind(dep, 'apps/v1', 'Deployment'));
   }
 
   // ---- Status ----------------------------------------------------------------------------------
