@@ -80,7 +80,7 @@ describe('the apply plan', () => {
   });
 
   it('a rollback brings the target up first and takes the other down only once the target is available', () => {
-    const targets = [
+    const targets: Target[] = [
       { version: version('v1', 2), cells: { 'cell-a': 2 } },
       { version: version('v2', 0), cells: {} },
     ];
@@ -99,7 +99,7 @@ describe('the apply plan', () => {
   });
 
   it('scales down in a cell only once what comes up elsewhere is available', () => {
-    const targets = [{ version: version('v1', 4), cells: { 'cell-a': 4, 'cell-b': 0 } }];
+    const targets: Target[] = [{ version: version('v1', 4), cells: { 'cell-a': 4, 'cell-b': 0 } }];
     const moving = plan(targets, [cell('cell-a', [running('v1', 4, 2)]), cell('cell-b', [running('v1', 2)])]);
     expect(replicasIn(moving, 'cell-b')).toEqual({ [deploymentName('shop', 'v1')]: 2 });
     const moved = plan(targets, [cell('cell-a', [running('v1', 4)]), cell('cell-b', [running('v1', 2)])]);
@@ -108,14 +108,14 @@ describe('the apply plan', () => {
   });
 
   it('leaves a version the placer has not placed yet as it runs; a deleted version goes at once', () => {
-    const targets = [{ version: version('v1', 2), cells: { 'cell-a': 2 } }];
+    const targets: Target[] = [{ version: version('v1', 2), cells: { 'cell-a': 2 } }];
     const cells = [cell('cell-a', [running('v1', 2, 0), running('v2', 3), running('v0', 1)])];
     const p = plan(targets, cells, { unplaced: ['v2'] });
     expect(p.cells[0]?.delete.map((d) => d.metadata?.name)).toEqual([deploymentName('shop', 'v0')]);
   });
 
   it('writes nothing to a cell it may not write (unreachable, suspect), which still counts for settling', () => {
-    const targets = [{ version: version('v1', 4), cells: { 'cell-a': 2, 'cell-b': 2 } }];
+    const targets: Target[] = [{ version: version('v1', 4), cells: { 'cell-a': 2, 'cell-b': 2 } }];
     const p = plan(targets, [cell('cell-a', [running('v1', 2)]), cell('cell-b', [running('v1', 2, 1)])], {
       writable: ['cell-a'],
     });
