@@ -37,6 +37,8 @@ export type StoreOptions = {
   fence?: Fence | undefined;
   /** What a value that fails its schema does: skipped with a warning (default) or thrown. */
   invalid?: 'skip' | 'throw';
+  /** Called once per transaction sent (for a service's commit counter). */
+  onCommit?: (() => void) | undefined;
 };
 
 export class Store {
@@ -50,9 +52,9 @@ export class Store {
     this.#logger = options.logger?.child({ component: 'store' });
   }
 
-  /** The same store, with `fence` compared in every transaction. */
-  fenced(fence: Fence): Store {
-    return new Store(this.backend, { ...this.#options, fence });
+  /** The same store, with `fence` compared in every transaction (and `onCommit` counting them). */
+  fenced(fence: Fence, options: Pick<StoreOptions, 'onCommit'> = {}): Store {
+    return new Store(this.backend, { ...this.#options, ...options, fence });
   }
 
   async get<S extends z.ZodType>(key: string, schema: S): Promise<Stored<z.output<S>> | undefined> {
@@ -134,6 +136,7 @@ export class Store {
           break;
       }
     }
+    this.#options.onCommit?.();
     const res = await this.backend.txn(compares, writes);
     if (res.succeeded) return res.revision;
     if (fence && res.failedKeys.includes(fence.key)) {

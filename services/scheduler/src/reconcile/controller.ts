@@ -17,6 +17,7 @@ import { CellRuntime } from '../cells/cell-runtime.ts';
 import { CellHealthTracker } from '../cells/health.ts';
 import type { CellHealth } from '../placement/place.ts';
 import { DesiredState } from '../state/desired-state.ts';
+import { StatusReporter } from '../status/reporter.ts';
 import { Placer } from './placer.ts';
 import { WorkQueue } from './queue.ts';
 import { Reconciler } from './reconciler.ts';
@@ -52,6 +53,7 @@ export class SchedulerController {
    * reconcile workers that wait on the cells' API servers).
    */
   readonly #placer: Placer;
+  readonly #status: StatusReporter;
   readonly #cells = new Map<string, CellRuntime>();
   readonly #health: CellHealthTracker;
   readonly #kubeEvents: KubeEventFeed;
@@ -123,11 +125,18 @@ export class SchedulerController {
         labelNames: ['cell', 'health'],
         registers: [options.metrics],
       })) as Gauge<'cell' | 'health'>;
+    this.#status = new StatusReporter({
+      store: options.store,
+      events: options.events,
+      logger: options.logger,
+      maxTxnOps: options.maxTxnOps,
+    });
     this.#reconciler = new Reconciler({
       store: options.store,
       keys: options.keys,
       state: this.#state,
       placer: this.#placer,
+      status: this.#status,
       writer: new CellWriter(writes),
       cells: () => this.#cells,
       health: (cell) => this.#health.health(cell) ?? 'out',
@@ -150,6 +159,7 @@ export class SchedulerController {
       await new Promise((r) => setTimeout(r, 100));
     }
     this.#evaluateHealth();
+    this.#status.start();
     this.#placer.start();
     this.#queue.start(async (app) => {
       const stop = this.#duration.startTimer();
@@ -171,6 +181,7 @@ export class SchedulerController {
     clearInterval(this.#tick);
     clearInterval(this.#resync);
     await Promise.all([this.#placer.stop(), this.#queue.stop()]);
+    await this.#status.stop();
     await Promise.all([...this.#cells.values()].map((c) => c.stop()));
     this.#cells.clear();
     this.#health.clear();
@@ -180,7 +191,10 @@ export class SchedulerController {
   /** Resolves when no app is waiting to be reconciled (tests, benchmarks). */
   idle(): Promise<void> {
     // The placer hands its apps to the queue: wait for it first, then for the queue.
-    return this.#placer.idle().then(() => this.#queue.idle());
+    return this.#placer
+      .idle()
+      .then(() => this.#queue.idle())
+      .then(() => this.#status.idle());
   }
 
   cellHealth(cell: string): CellHealth | undefined {

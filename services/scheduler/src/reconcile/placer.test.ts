@@ -15,6 +15,7 @@ import { describe, expect, it } from 'vitest';
 import type { EventRecorder } from '../activity/recorder.ts';
 import type { CellWriter } from '../apply/cell-writer.ts';
 import type { DesiredState, StoredValue } from '../state/desired-state.ts';
+import { StatusReporter } from '../status/reporter.ts';
 import { Placer } from './placer.ts';
 import { Reconciler } from './reconciler.ts';
 
@@ -197,6 +198,7 @@ describe('the placer', () => {
       keys,
       state,
       placer,
+      status: new StatusReporter({ store, events: recorder(), logger }),
       writer: {} as CellWriter,
       cells: () => new Map(),
       health: () => 'out',

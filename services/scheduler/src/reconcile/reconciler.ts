@@ -30,6 +30,7 @@ import type { CellRuntime } from '../cells/cell-runtime.ts';
 import type { CellHealth } from '../placement/place.ts';
 import { type CellPlan, planApp, type Target } from '../plan/app-plan.ts';
 import type { DesiredState } from '../state/desired-state.ts';
+import type { StatusReporter } from '../status/reporter.ts';
 import { type Placer, versionEvent } from './placer.ts';
 
 export type ReconcilerOptions = {
@@ -42,6 +43,8 @@ export type ReconcilerOptions = {
   keys: BerthKeys;
   state: DesiredState;
   placer: Placer;
+  /** Status rows and availability go out in batches across apps. */
+  status: StatusReporter;
   writer: CellWriter;
   cells: () => Map<string, CellRuntime>;
   health: (cell: string) => CellHealth;
@@ -88,7 +91,7 @@ export class Reconciler {
       plan.cells.map((cellPlan) => this.#execute(this.#o.cells().get(cellPlan.cell) as CellRuntime, cellPlan)),
     );
     await this.#removeVersionsGone(app, versions);
-    await this.#writeStatus(app, targets);
+    this.#writeStatus(app, targets);
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed) throw failed.reason;
   }
@@ -105,13 +108,11 @@ export class Reconciler {
   // ---- Status ----------------------------------------------------------------------------------
 
   /**
-   * Status rows per version and cell, and each version's availability, written in as few fenced
-   * transactions as they need; only rows that changed. The scheduler is their only writer, so they
-   * are plain puts (the fence keeps a deposed leader out).
+   * Status rows per version and cell, and each version's availability: the rows that changed go to
+   * the status reporter, which writes them with other apps' in batched, fenced transactions.
    */
-  async #writeStatus(app: App, targets: Target[]): Promise<void> {
-    const ops: Op[] = [];
-    const events: BerthEvent[] = [];
+  #writeStatus(app: App, targets: Target[]): void {
+    const reporter = this.#o.status;
     const keep = new Set<string>();
     for (const { version, cells } of targets) {
       let available = 0;
@@ -123,33 +124,32 @@ export class Reconciler {
         available += status.available;
         const key = this.#o.keys.status(app.name, version.name, cell.name);
         keep.add(key);
-        const stored = this.#o.state.status(app.name, version.name, cell.name)?.value;
-        if (stored && sameStatus(stored, status)) continue;
-        ops.push({ op: 'put', key, value: status });
+        const waiting = reporter.pending(key) as VersionCellStatus | null | undefined;
+        const latest = waiting === undefined ? this.#o.state.status(app.name, version.name, cell.name)?.value : waiting;
+        if (latest && sameStatus(latest, status)) continue;
+        reporter.put(key, status);
       }
       const availability = this.#availability(app, version, available);
-      if (availability) {
-        ops.push(availability.op);
-        for (const input of availability.events) {
-          const recorded = this.#o.events.record(input);
-          ops.push(recorded.op);
-          events.push(recorded.event);
-        }
-      }
+      if (availability) reporter.put(availability.key, availability.value, availability.events);
     }
     for (const key of this.#o.state.statusKeysOf(app.name)) {
-      if (!keep.has(key)) ops.push({ op: 'delete', key });
+      if (!keep.has(key) && reporter.pending(key) !== null) reporter.delete(key);
     }
-    await this.#commitInBatches(ops);
-    this.#o.events.flush(events);
   }
 
   /** The version's availability when it changed, and the available / degraded event it announces. */
-  #availability(app: App, version: Version, available: number): { op: Op; events: EventInput[] } | undefined {
+  #availability(
+    app: App,
+    version: Version,
+    available: number,
+  ): { key: string; value: Availability; events: EventInput[] } | undefined {
     const isAvailable = version.replicas > 0 && available >= version.replicas;
     const status = isAvailable ? 'True' : 'False';
     const reason = isAvailable ? 'ReplicasAvailable' : version.replicas === 0 ? 'ScaledToZero' : 'ReplicasUnavailable';
-    const before = this.#o.state.availability(app.name, version.name)?.value;
+    const key = this.#o.keys.availability(app.name, version.name);
+    const waiting = this.#o.status.pending(key) as Availability | null | undefined;
+    const before =
+      waiting ?? (waiting === null ? undefined : this.#o.state.availability(app.name, version.name)?.value);
     if (
       before?.condition.status === status &&
       before.condition.reason === reason &&
@@ -180,7 +180,7 @@ export class Reconciler {
     const events = announce
       ? [versionEvent(app, version, isAvailable ? 'available' : 'degraded', { available, desired: version.replicas })]
       : [];
-    return { op: { op: 'put', key: this.#o.keys.availability(app.name, version.name), value }, events };
+    return { key, value, events };
   }
 
   /** Fenced writes in transactions of at most maxTxnOps operations (one is the fence). */
@@ -204,6 +204,8 @@ export class Reconciler {
         c.deployments.get(deploymentName(app.name, name), app.name),
       );
       if (runs) continue;
+      this.#o.status.forget(this.#o.keys.versionStatus(app.name, name));
+      this.#o.status.forget(this.#o.keys.availability(app.name, name));
       ops.push({ op: 'delete', key: this.#o.keys.placement(app.name, name) });
       ops.push({ op: 'delete', key: this.#o.keys.availability(app.name, name) });
       this.#o.placer.forget(app.name, name);
@@ -230,6 +232,8 @@ export class Reconciler {
     if (pending) {
       throw new UnavailableError(`app ${name} is deleted but some of its cells cannot be reached; will retry`);
     }
+    this.#o.status.forget(this.#o.keys.appStatus(name));
+    this.#o.status.forget(this.#o.keys.appAvailability(name));
     await this.#commitInBatches([
       ...this.#o.state.statusKeysOf(name).map((key): Op => ({ op: 'delete', key })),
       ...this.#o.state.availabilityKeysOf(name).map((key): Op => ({ op: 'delete', key })),
