@@ -137,7 +137,7 @@ export class SchedulerController {
       state: this.#state,
       placer: this.#placer,
       status: this.#status,
-      writer: new CellWriter(writes),
+      writer: new CellWriter(writes, { metrics: options.metrics }),
       cells: () => this.#cells,
       health: (cell) => this.#health.health(cell) ?? 'out',
       manifests: { registry: options.registry, preStopDelaySeconds: options.preStopDelaySeconds },

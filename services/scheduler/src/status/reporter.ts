@@ -2,7 +2,8 @@
  * Status rows and availability, written in batches across apps: reconciles hand their changed rows
  * here, and the reporter writes the latest value of each key, every few milliseconds, in as few
  * fenced transactions as etcd allows. A rollout changes a row at every step of every Deployment;
- * written one transaction per app and step, those were most of the scheduler's etcd writes.
+ * written one transaction per app and step, those were most of the scheduler's etcd writes. A
+ * quarter of a second is late enough to gather a rollout's steps and early enough for a status page.
  *
  * The events a row announces (available, degraded) ride the transaction that writes it and are
  * published after it commits. A batch that fails (etcd away) is kept and written again; a deposed
@@ -20,7 +21,7 @@ export type StatusReporterOptions = {
   logger: Logger;
   /** Operations etcd accepts in one transaction (one is the fence). */
   maxTxnOps?: number;
-  /** How long rows gather before they are written. Default 50 ms. */
+  /** How long rows gather before they are written. Default 250 ms. */
   flushDelayMs?: number;
 };
 
@@ -88,7 +89,7 @@ export class StatusReporter {
     return new Promise((resolve) => this.#idleWaiters.push(resolve));
   }
 
-  #schedule(delayMs = this.#o.flushDelayMs ?? 50): void {
+  #schedule(delayMs = this.#o.flushDelayMs ?? 250): void {
     if (this.#stopped || this.#timer || this.#flushing) return;
     this.#timer = setTimeout(() => {
       this.#timer = undefined;
