@@ -43,6 +43,9 @@ export type ControllerOptions = {
   events: EventRecorder;
 };
 
+/** How long placement waits for a new cell's first list before placing without it. */
+const FIRST_LIST_WAIT_MS = 10_000;
+
 export class SchedulerController {
   readonly #o: ControllerOptions;
   readonly #logger: Logger;
@@ -55,6 +58,8 @@ export class SchedulerController {
   readonly #placer: Placer;
   readonly #status: StatusReporter;
   readonly #cells = new Map<string, CellRuntime>();
+  /** When each cell runtime was made (for how long placement waits for its first list). */
+  readonly #cellsSince = new Map<string, number>();
   readonly #health: CellHealthTracker;
   readonly #kubeEvents: KubeEventFeed;
   readonly #reconciler: Reconciler;
@@ -103,6 +108,7 @@ export class SchedulerController {
         for (const app of apps) this.#queue.add(app);
       },
       transactions: placementTxns,
+      cellsReady: () => this.#cellsListed(),
     });
     const writes = (options.metrics.getSingleMetric('berth_scheduler_cell_writes_total') ??
       new Counter({
@@ -184,6 +190,7 @@ export class SchedulerController {
     await this.#status.stop();
     await Promise.all([...this.#cells.values()].map((c) => c.stop()));
     this.#cells.clear();
+    this.#cellsSince.clear();
     this.#health.clear();
     await this.#state.stop();
   }
@@ -195,6 +202,19 @@ export class SchedulerController {
       .idle()
       .then(() => this.#queue.idle())
       .then(() => this.#status.idle());
+  }
+
+  /** Every cell's informers have listed once, or it had the time to (a dead cell must not stop placement). */
+  #cellsListed(): boolean {
+    const now = Date.now();
+    for (const [name, runtime] of this.#cells) {
+      if (runtime.synced) continue;
+      const since = this.#cellsSince.get(name) ?? now;
+      if (now - since < FIRST_LIST_WAIT_MS) return false;
+    }
+    // A cell that has just listed is ok on its first reachable look: look now, not at the next tick.
+    this.#evaluateHealth();
+    return true;
   }
 
   cellHealth(cell: string): CellHealth | undefined {
@@ -229,6 +249,7 @@ export class SchedulerController {
           },
         });
         this.#cells.set(name, runtime);
+        this.#cellsSince.set(name, Date.now());
         runtime.start();
       } catch (err) {
         this.#logger.error({ err, cell: name }, 'cell has no usable kubeconfig; treated as out');
@@ -237,6 +258,7 @@ export class SchedulerController {
     for (const [name, runtime] of this.#cells) {
       if (!wanted.has(name)) {
         this.#cells.delete(name);
+        this.#cellsSince.delete(name);
         this.#health.forget(name);
         void runtime.stop();
       }

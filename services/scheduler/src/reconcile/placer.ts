@@ -52,6 +52,11 @@ export type PlacerOptions = {
   onPlaced: (apps: string[]) => void;
   /** Placement transactions, for the benchmark's etcd writes per version. */
   transactions?: Counter | undefined;
+  /**
+   * False while a cell that was just added has not listed yet: placing then would find no room
+   * anywhere and announce the app Unschedulable for a moment. Placement waits (a little).
+   */
+  cellsReady?: () => boolean;
 };
 
 type Usage = Map<string, { cpu: number; memory: number }>;
@@ -158,6 +163,13 @@ export class Placer {
   }
 
   async #loop(): Promise<void> {
+    if (this.#o.cellsReady && !this.#o.cellsReady()) {
+      this.#retryTimer = setTimeout(() => {
+        this.#retryTimer = undefined;
+        this.#kick();
+      }, 100);
+      return;
+    }
     while (this.#pending.size > 0 && !this.#stopped) {
       const apps = [...this.#pending].sort().slice(0, MAX_APPS_PER_BATCH);
       for (const app of apps) this.#pending.delete(app);
