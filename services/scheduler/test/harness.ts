@@ -7,9 +7,10 @@
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { parseEnv } from '@berth/shared/config';
+import { UnavailableError } from '@berth/shared/errors';
 import { createEtcdClient, type Etcd3 } from '@berth/shared/etcd';
 import { BerthKeys } from '@berth/shared/keys';
-import { type CellClient, loadCellClient } from '@berth/shared/kube';
+import { type CellClient, kubeErrorStatus, loadCellClient } from '@berth/shared/kube';
 import { createLogger } from '@berth/shared/logging';
 import {
   type App,
@@ -172,7 +173,10 @@ export async function availableIn(app: string, version: string): Promise<Record<
     try {
       const d = await cell.apps.readNamespacedDeployment({ name: deploymentName(app, version), namespace: app });
       out[name] = d.status?.availableReplicas ?? 0;
-    } catch {
+    } catch (err) {
+      // Only "no such Deployment" is zero. A read that failed (a slow API server under load) says
+      // nothing about what runs: the cell is left out, and a caller skips the sample.
+      if (kubeErrorStatus(err) !== 404) throw new UnavailableError(`reading ${name}: ${(err as Error).message}`);
       out[name] = 0;
     }
   }
