@@ -87,12 +87,18 @@ describe('failover of an unreachable cell', () => {
 
     // From here on, the app must never have fewer than its 4 ready replicas.
     let lowest = Number.POSITIVE_INFINITY;
+    let lowestAt = '';
     let watching = true;
     const watcher = (async () => {
       while (watching) {
         // A failed read is no sample (it would count a running Deployment as none).
         const got = await availableIn(app, 'v1').catch(() => undefined);
-        if (got) lowest = Math.min(lowest, (got['cell-a'] ?? 0) + (got['cell-b'] ?? 0));
+        if (got) {
+          const total = (got['cell-a'] ?? 0) + (got['cell-b'] ?? 0);
+          if (total < lowest)
+            lowestAt = `${new Date().toISOString()} ${JSON.stringify(got)} placement ${JSON.stringify((await placement(w, app, 'v1'))?.cells)}`;
+          lowest = Math.min(lowest, total);
+        }
         await new Promise((r) => setTimeout(r, 200));
       }
     })();
@@ -132,7 +138,7 @@ describe('failover of an unreachable cell', () => {
     await waitAvailable(app, 'v1', { 'cell-a': 3, 'cell-b': 3 });
     watching = false;
     await watcher;
-    expect(lowest).toBeGreaterThanOrEqual(4);
+    expect(lowest, `lowest sample: ${lowestAt}`).toBeGreaterThanOrEqual(4);
     const healed = (await placement(w, app, 'v1'))?.conditions.find((c) => c.type === 'MinCellsShortfall');
     expect(healed?.status).toBe('False');
   });
