@@ -103,13 +103,16 @@ export function appRecord(name: string, extra: Partial<App> = {}): App {
     region: 'set-by-putApp',
     image: 'berth/sample-app',
     description: '',
+    // Ready at the first probe, and not unready for a moment of machine load: with 1 s timeouts
+    // and 3 failures, a kubelet starved during the full suite took a pod out of service and the
+    // tests that watch the ready count saw the app itself dip, not the scheduler's moves.
     healthCheck: {
       path: '/healthz',
       port: 8080,
       initialDelaySeconds: 0,
       periodSeconds: 1,
-      timeoutSeconds: 1,
-      failureThreshold: 3,
+      timeoutSeconds: 5,
+      failureThreshold: 10,
     },
     ports: [{ name: 'http', port: 8080, protocol: 'TCP' }],
     minCells: 2,
@@ -133,13 +136,16 @@ export function versionRecord(app: string, number: number, extra: Partial<Versio
     memory: '16Mi',
     env: {},
     ports: [{ name: 'http', port: 8080, protocol: 'TCP' }],
+    // Ready at the first probe, and not unready for a moment of machine load: with 1 s timeouts
+    // and 3 failures, a kubelet starved during the full suite took a pod out of service and the
+    // tests that watch the ready count saw the app itself dip, not the scheduler's moves.
     healthCheck: {
       path: '/healthz',
       port: 8080,
       initialDelaySeconds: 0,
       periodSeconds: 1,
-      timeoutSeconds: 1,
-      failureThreshold: 3,
+      timeoutSeconds: 5,
+      failureThreshold: 10,
     },
     command: [],
     createdAt: now,
