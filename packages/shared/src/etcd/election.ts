@@ -6,10 +6,10 @@
  * A leader steps down (onDeposed) when its lease is lost, when its key is deleted or taken, or on
  * stop(). One that lost its seat waits `recampaignDelayMs` before campaigning again, so the
  * standby takes the seat rather than the failing candidate winning it back. Writes that must not
- * happen after a leader lost its seat can be fenced with `guard()`: a transaction compare that
+ * happen after a leader lost its seat can be fenced with `fence()`: a transaction compare that
  * holds only while this candidate's key is still the election's key.
  */
-import type { Etcd3, ICompare } from 'etcd3';
+import type { Etcd3 } from 'etcd3';
 import { NotLeaderError } from '../errors/index.ts';
 import type { Logger } from '../logging/index.ts';
 import type { Compare } from '../store/backend.ts';
@@ -73,22 +73,9 @@ export class LeaderElection {
   }
 
   /**
-   * A compare for etcd transactions: true only while this candidate leads. Throws when it does
-   * not lead now.
-   */
-  guard(): ICompare {
-    if (!this.#leadership) throw new NotLeaderError(`${this.candidateId} does not lead ${this.key}`);
-    return {
-      key: Buffer.from(this.key),
-      target: 'Create',
-      result: 'Equal',
-      create_revision: this.#leadership.createRevision,
-    };
-  }
-
-  /**
-   * The same fence in the store's vocabulary: `store.fenced(() => election.fence())` compares it
-   * in every transaction. Throws NotLeaderError when this candidate does not lead now.
+   * A compare that holds only while this candidate leads (the seat's create revision), for
+   * `store.fenced(() => election.fence())`: every transaction of a deposed leader fails. Throws
+   * NotLeaderError when this candidate does not lead now.
    */
   fence(): Compare {
     if (!this.#leadership || this.#lease?.lost) {
