@@ -6,7 +6,12 @@ import { defineConfig } from 'vitest/config';
 // package's `test/` folder. `integration`: service tests against real servers and the
 // cross-service suites in test/; the global setup fails fast when the local region is not up
 // (`make test` brings it up). Tests isolate themselves by key prefix, subject root or namespace.
-// Run one tier with `vitest run --project unit` (or `integration`).
+// Run one tier with `vitest run --project unit` (or `integration`, then `integration-alone`).
+// Tests that stop cell-a's kubelet: its node goes NotReady, and every pod on it unready, for a
+// while. Run beside the scheduler's failover test, that took a test app from 4 ready replicas to 2
+// (a CI rehearsal). They run alone, after the other integration tests.
+const CELL_DISRUPTING = ['test/cells/**/*.test.ts', 'services/cni-ipam/test/cell-a.test.ts'];
+
 export default defineConfig({
   test: {
     exclude: ['**/node_modules/**', 'test/bench/**'],
@@ -27,6 +32,19 @@ export default defineConfig({
         test: {
           name: 'integration',
           include: ['packages/*/test/**/*.test.ts', 'services/*/test/**/*.test.ts', 'test/**/*.test.ts'],
+          exclude: [...CELL_DISRUPTING, 'test/bench/**', '**/node_modules/**'],
+          testTimeout: 60_000,
+          hookTimeout: 120_000,
+          globalSetup: ['./test/setup/global.ts'],
+        },
+      },
+      {
+        extends: true,
+        test: {
+          name: 'integration-alone',
+          include: CELL_DISRUPTING,
+          // One file at a time, after the rest (infra/test.sh runs this project second).
+          fileParallelism: false,
           testTimeout: 60_000,
           hookTimeout: 120_000,
           globalSetup: ['./test/setup/global.ts'],

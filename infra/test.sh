@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make test`: sets up what the tests need (reusing a running region), then lint, format, type and
 # shell checks, then the unit tests (vitest project `unit`), then the integration tests (project
-# `integration`: services against real servers, cross-service suites). Arguments go to both runs.
+# `integration`: services against real servers, cross-service suites; then `integration-alone`:
+# the tests that stop a cell's kubelet, one at a time). Arguments go to every run.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 bash "$BERTH_ROOT/infra/test-tools.sh"
@@ -21,3 +22,5 @@ log "unit tests"
 $PNPM exec vitest run --project unit "${filter[@]}" "$@"
 log "integration tests"
 $PNPM exec vitest run --project integration "${filter[@]}" "$@"
+log "integration tests that stop a cell's kubelet, one at a time"
+$PNPM exec vitest run --project integration-alone --passWithNoTests "$@"
