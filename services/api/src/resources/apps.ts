@@ -254,10 +254,11 @@ export function appRoutes(ctx: ApiContext) {
                   ? {
                       cells: placement.cells,
                       generation: placement.generation,
-                      conditions: [
-                        ...placement.conditions.filter((c) => c.type !== 'Available'),
-                        ...(available ? [available] : []),
-                      ],
+                      // The availability record, when the scheduler writes one, replaces the
+                      // placement's own Available condition.
+                      conditions: available
+                        ? [...placement.conditions.filter((c) => c.type !== 'Available'), available]
+                        : placement.conditions,
                     }
                   : null,
                 cells,
