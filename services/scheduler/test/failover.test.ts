@@ -20,6 +20,7 @@ import {
   KUBECONFIG_DIR,
   placement,
   putApp,
+  sampleAvailable,
   scale,
   startScheduler,
   versionRecord,
@@ -92,12 +93,10 @@ describe('failover of an unreachable cell', () => {
     const watcher = (async () => {
       while (watching) {
         // A failed read is no sample (it would count a running Deployment as none).
-        const got = await availableIn(app, 'v1').catch(() => undefined);
-        if (got) {
-          const total = (got['cell-a'] ?? 0) + (got['cell-b'] ?? 0);
-          if (total < lowest)
-            lowestAt = `${new Date().toISOString()} ${JSON.stringify(got)} placement ${JSON.stringify((await placement(w, app, 'v1'))?.cells)}`;
-          lowest = Math.min(lowest, total);
+        const got = await sampleAvailable(app, ['v1']);
+        if (got && got.total < lowest) {
+          lowest = got.total;
+          lowestAt = `${new Date().toISOString()} ${JSON.stringify(got.seen)} placement ${JSON.stringify((await placement(w, app, 'v1'))?.cells)}`;
         }
         await new Promise((r) => setTimeout(r, 200));
       }

@@ -175,18 +175,48 @@ export async function placement(w: World, app: string, version: string): Promise
 /** Available replicas of a version per cell, from the cells themselves. */
 export async function availableIn(app: string, version: string): Promise<Record<string, number>> {
   const out: Record<string, number> = {};
-  for (const [name, cell] of Object.entries(cells)) {
-    try {
-      const d = await cell.apps.readNamespacedDeployment({ name: deploymentName(app, version), namespace: app });
-      out[name] = d.status?.availableReplicas ?? 0;
-    } catch (err) {
-      // Only "no such Deployment" is zero. A read that failed (a slow API server under load) says
-      // nothing about what runs: the cell is left out, and a caller skips the sample.
-      if (kubeErrorStatus(err) !== 404) throw new UnavailableError(`reading ${name}: ${(err as Error).message}`);
-      out[name] = 0;
-    }
-  }
+  // Only "no such Deployment" is zero. A read that failed (a slow API server under load) says
+  // nothing about what runs: it throws, and a caller skips the sample.
+  for (const name of CELLS) out[name] = await availableOne(name, app, version);
   return out;
+}
+
+/**
+ * Available replicas of an app's versions summed over every cell, for tests that assert the app
+ * never drops below its ready count while replicas move. The reads are not one snapshot: reading
+ * cell-a (still coming up) before cell-b (already drained after cell-a came up) would add an old
+ * low value to a new low value and report a dip that never happened. So every Deployment is read
+ * twice, forward then in reverse, and each counts with its higher value: for any two Deployments,
+ * one's first read precedes the other's last, so a move that brings one up before it takes the
+ * other down is seen whole. A real dip lasts as long as a pod takes to start, and shows in both.
+ * Undefined when a read failed (no sample).
+ */
+export async function sampleAvailable(
+  app: string,
+  versions: string[],
+): Promise<{ total: number; seen: Record<string, number> } | undefined> {
+  const order = versions.flatMap((v) => CELLS.map((c) => [v, c] as const));
+  const seen: Record<string, number> = {};
+  try {
+    for (const [version, cell] of [...order, ...[...order].reverse()]) {
+      const n = await availableOne(cell, app, version);
+      const key = `${version}@${cell}`;
+      seen[key] = Math.max(seen[key] ?? 0, n);
+    }
+  } catch {
+    return undefined;
+  }
+  return { total: Object.values(seen).reduce((a, b) => a + b, 0), seen };
+}
+
+async function availableOne(cell: string, app: string, version: string): Promise<number> {
+  try {
+    const d = await cells[cell]?.apps.readNamespacedDeployment({ name: deploymentName(app, version), namespace: app });
+    return d?.status?.availableReplicas ?? 0;
+  } catch (err) {
+    if (kubeErrorStatus(err) !== 404) throw new UnavailableError(`reading ${cell}: ${(err as Error).message}`);
+    return 0;
+  }
 }
 
 /** Waits until the version runs `want` available replicas per cell (cells not named: none). */
