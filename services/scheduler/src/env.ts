@@ -30,8 +30,13 @@ export const schedulerEnv = z.object({
   RECOVERY_HOLD: envDuration('30s'),
   /** Every app is reconciled at least this often, whatever the watches said. */
   RESYNC_INTERVAL: envDuration('60s'),
-  /** Apps reconciled at once (each one's cells are written in parallel). */
-  SCHEDULER_WORKERS: envInt(8, { min: 1, max: 64 }),
+  /**
+   * Apps reconciled at once (each one's cells are written in parallel). The cells' own write
+   * limiters (AIMD, per cell) decide how many writes a cell takes at once, so this can be high.
+   */
+  SCHEDULER_WORKERS: envInt(32, { min: 1, max: 256 }),
+  /** Operations etcd accepts in one transaction: its `--max-txn-ops` (128 unless raised there). */
+  ETCD_MAX_TXN_OPS: envInt(128, { min: 8, max: 100_000 }),
   /** Seconds a container keeps serving after it is told to stop, so traffic drains first. */
   PRESTOP_DELAY_SECONDS: envInt(5, { min: 0, max: 300 }),
 });

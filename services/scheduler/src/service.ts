@@ -5,6 +5,7 @@ import { EventSubjects } from '@berth/shared/events';
 import type { Logger } from '@berth/shared/logging';
 import { NatsComponent } from '@berth/shared/nats';
 import { ServiceRuntime } from '@berth/shared/service';
+import { Counter } from 'prom-client';
 import type { SchedulerConfig } from './env.ts';
 import { SchedulerController } from './reconcile/controller.ts';
 
@@ -30,10 +31,18 @@ export class SchedulerService {
     const events = runtime.addEvents(nats, new EventSubjects(config.EVENT_SUBJECT_ROOT), { ensureStreams: true });
     let election: LeaderElection | undefined;
     // Every etcd write compares the leader key: a deposed leader cannot overwrite its successor.
-    const store = runtime.store.fenced(() => {
-      if (!election) throw new NotLeaderError('the scheduler has no leader election yet');
-      return election.fence();
+    const commits = new Counter({
+      name: 'berth_scheduler_store_commits_total',
+      help: 'etcd transactions the scheduler sent (placements, status rows, availability, events)',
+      registers: [runtime.metrics],
     });
+    const store = runtime.store.fenced(
+      () => {
+        if (!election) throw new NotLeaderError('the scheduler has no leader election yet');
+        return election.fence();
+      },
+      { onCommit: () => commits.inc() },
+    );
     const controller = new SchedulerController({
       etcd: runtime.etcd,
       store,
@@ -46,6 +55,7 @@ export class SchedulerService {
       recoveryHoldMs: config.RECOVERY_HOLD,
       resyncIntervalMs: config.RESYNC_INTERVAL,
       workers: config.SCHEDULER_WORKERS,
+      maxTxnOps: config.ETCD_MAX_TXN_OPS,
       metrics: runtime.metrics,
       logger,
       events,

@@ -2,21 +2,46 @@
  * Every write the scheduler makes to a cell goes through here: server-side apply with Berth's
  * field manager, deletes that refuse objects Berth did not create, and a counter per cell, kind
  * and verb (`berth_scheduler_cell_writes_total`), so "a restarted scheduler writes nothing" can be
- * measured.
+ * measured. Writes to a cell pass its CellWriteLimiter (as many at once as the API server's
+ * answers allow, one at a time per object) over the cell's keep-alive client.
  */
 import { BerthError } from '@berth/shared/errors';
 import { kubeErrorStatus } from '@berth/shared/kube';
 import { FIELD_MANAGER, LABELS, MANAGED_BY } from '@berth/shared/model';
 import { type KubernetesObject, PatchStrategy } from '@kubernetes/client-node';
-import type { Counter } from 'prom-client';
+import type { Counter, Registry } from 'prom-client';
 import type { CellRuntime } from '../cells/cell-runtime.ts';
+import { CellWriteLimiter, type CellWriteLimiterOptions } from './limiter.ts';
 import { hashOf } from './manifests.ts';
+
+export type CellWriterOptions = {
+  /** Where the per-cell limit and in-flight gauges go (the scheduler's `runtime.metrics`). */
+  metrics?: Registry;
+  /** Limiter settings shared by every cell (initial, max, slowFactor...). */
+  limits?: Omit<CellWriteLimiterOptions, 'cell' | 'metrics'>;
+};
+
+/** One object to keep in a cell: what Berth wants, and the informer's copy if it has one. */
+export type EnsureItem = { desired: KubernetesObject; current: KubernetesObject | undefined };
 
 export class CellWriter {
   readonly #writes: Counter<'cell' | 'kind' | 'verb'>;
+  readonly #options: CellWriterOptions;
+  readonly #limiters = new Map<string, CellWriteLimiter>();
 
-  constructor(writes: Counter<'cell' | 'kind' | 'verb'>) {
+  constructor(writes: Counter<'cell' | 'kind' | 'verb'>, options: CellWriterOptions = {}) {
     this.#writes = writes;
+    this.#options = options;
+  }
+
+  /** The write limiter of a cell (one per cell name, kept across runtimes: it describes the server). */
+  limiter(cell: string): CellWriteLimiter {
+    let limiter = this.#limiters.get(cell);
+    if (!limiter) {
+      limiter = new CellWriteLimiter({ ...this.#options.limits, cell, metrics: this.#options.metrics });
+      this.#limiters.set(cell, limiter);
+    }
+    return limiter;
   }
 
   /**
@@ -27,27 +52,62 @@ export class CellWriter {
   async ensure(cell: CellRuntime, desired: KubernetesObject, current: KubernetesObject | undefined): Promise<boolean> {
     const signature = `${hashOf(desired)}`;
     if (cell.lastWritten(desired) === signature) return false;
-    // Informers see only Berth's objects: one they do not have may still exist, made by someone
-    // else. Berth never takes over an object it did not create.
-    const existing = current ?? (await this.#read(cell, desired));
-    if (existing && existing.metadata?.labels?.[LABELS.managedBy] !== MANAGED_BY) {
-      throw new ForeignObjectError(desired, 'write');
-    }
-    if (existing && hashOf(existing) === signature && replicasOf(existing) === replicasOf(desired)) return false;
-    await this.apply(cell, desired);
-    cell.noteWritten(desired, signature);
-    return true;
+    return this.limiter(cell.name).run(objectKey(desired), async () => {
+      // Checked again: the write of this object this one waited for may have written it.
+      const last = cell.lastWritten(desired);
+      if (last === signature) return false;
+      const existing = current ?? (await this.#existing(cell, desired));
+      // Informers see only Berth's objects: one they do not have may still exist, made by someone
+      // else. Berth never takes over an object it did not create.
+      if (existing && existing.metadata?.labels?.[LABELS.managedBy] !== MANAGED_BY) {
+        throw new ForeignObjectError(desired, 'write');
+      }
+      // The informer's copy is the truth only when no write of ours is newer than it.
+      const same = existing && hashOf(existing) === signature && replicasOf(existing) === replicasOf(desired);
+      if (last === undefined && same) return false;
+      await this.#send(cell, desired);
+      if (desired.kind === 'Namespace' && !existing) cell.noteNamespaceCreated(desired.metadata?.name as string);
+      cell.noteWritten(desired, signature);
+      return true;
+    });
   }
 
-  async #read(cell: CellRuntime, obj: KubernetesObject): Promise<KubernetesObject | undefined> {
+  /**
+   * Ensures several objects of one cell, Namespaces first (an object sent before its Namespace
+   * exists fails with 404), then the rest at once (the limiter decides how many go together).
+   * Returns how many were written; the first failure is thrown after every write has finished.
+   */
+  async ensureAll(cell: CellRuntime, items: EnsureItem[]): Promise<number> {
+    const namespaces = items.filter((i) => i.desired.kind === 'Namespace');
+    const rest = items.filter((i) => i.desired.kind !== 'Namespace');
+    let written = 0;
+    for (const batch of [namespaces, rest]) {
+      const results = await Promise.allSettled(batch.map((i) => this.ensure(cell, i.desired, i.current)));
+      written += results.filter((r) => r.status === 'fulfilled' && r.value).length;
+      const failed = results.find((r) => r.status === 'rejected');
+      if (failed) throw (failed as PromiseRejectedResult).reason;
+    }
+    return written;
+  }
+
+  /**
+   * What the cell has of an object the informers do not show, read only when it cannot be known
+   * otherwise: a Namespace is looked up in the informer of every Namespace, and nothing can be in
+   * a Namespace this scheduler has just created.
+   */
+  async #existing(cell: CellRuntime, obj: KubernetesObject): Promise<KubernetesObject | undefined> {
+    const namespace = obj.metadata?.namespace;
+    if (obj.kind === 'Namespace') {
+      const known = cell.namespaceKnown(obj.metadata?.name as string);
+      if (known) return known.exists;
+    } else if (namespace && cell.createdRecently(namespace)) {
+      return undefined;
+    }
     try {
-      return await cell.client.objects.read({
+      return await cell.writes.objects.read({
         apiVersion: obj.apiVersion as string,
         kind: obj.kind as string,
-        metadata: {
-          name: obj.metadata?.name as string,
-          ...(obj.metadata?.namespace ? { namespace: obj.metadata.namespace } : {}),
-        },
+        metadata: { name: obj.metadata?.name as string, ...(namespace ? { namespace } : {}) },
       });
     } catch (err) {
       if (kubeErrorStatus(err) === 404) return undefined;
@@ -55,9 +115,14 @@ export class CellWriter {
     }
   }
 
+  /** Server-side applies `obj` as it is (no comparison), through the cell's limiter. */
   async apply(cell: CellRuntime, obj: KubernetesObject): Promise<void> {
+    await this.limiter(cell.name).run(objectKey(obj), () => this.#send(cell, obj));
+  }
+
+  async #send(cell: CellRuntime, obj: KubernetesObject): Promise<void> {
     this.#writes.inc({ cell: cell.name, kind: obj.kind ?? '?', verb: 'apply' });
-    await cell.client.objects.patch(obj, undefined, undefined, FIELD_MANAGER, true, PatchStrategy.ServerSideApply);
+    await cell.writes.objects.patch(obj, undefined, undefined, FIELD_MANAGER, true, PatchStrategy.ServerSideApply);
   }
 
   /** Deletes an object Berth created; one without Berth's label is left alone. Gone already is fine. */
@@ -66,24 +131,27 @@ export class CellWriter {
       throw new ForeignObjectError(obj, 'delete');
     }
     if (cell.lastWritten(obj) === 'deleted') return; // asked already; the informer has not caught up
-    this.#writes.inc({ cell: cell.name, kind: obj.kind ?? '?', verb: 'delete' });
-    try {
-      await cell.client.objects.delete(
-        {
-          apiVersion: obj.apiVersion,
-          kind: obj.kind,
-          metadata: { name: obj.metadata?.name, namespace: obj.metadata?.namespace },
-        },
-        undefined,
-        undefined,
-        undefined,
-        undefined,
-        'Background',
-      );
-    } catch (err) {
-      if (kubeErrorStatus(err) !== 404) throw err;
-    }
-    cell.noteWritten(obj, 'deleted');
+    await this.limiter(cell.name).run(objectKey(obj), async () => {
+      if (cell.lastWritten(obj) === 'deleted') return;
+      this.#writes.inc({ cell: cell.name, kind: obj.kind ?? '?', verb: 'delete' });
+      try {
+        await cell.writes.objects.delete(
+          {
+            apiVersion: obj.apiVersion,
+            kind: obj.kind,
+            metadata: { name: obj.metadata?.name, namespace: obj.metadata?.namespace },
+          },
+          undefined,
+          undefined,
+          undefined,
+          undefined,
+          'Background',
+        );
+      } catch (err) {
+        if (kubeErrorStatus(err) !== 404) throw err;
+      }
+      cell.noteWritten(obj, 'deleted');
+    });
   }
 }
 
@@ -103,4 +171,9 @@ export class ForeignObjectError extends BerthError {
 
 function replicasOf(obj: KubernetesObject): number | undefined {
   return (obj as { spec?: { replicas?: number } }).spec?.replicas;
+}
+
+/** The limiter's per-object key: namespace/kind/name. */
+function objectKey(obj: KubernetesObject): string {
+  return `${obj.metadata?.namespace ?? ''}/${obj.kind ?? '?'}/${obj.metadata?.name ?? ''}`;
 }

@@ -15,8 +15,15 @@ import type {
   V1Pod,
   V1Service,
 } from '@kubernetes/client-node';
+import { CellWriteClient } from '../apply/keep-alive.ts';
 
 const MANAGED = `${LABELS.managedBy}=${MANAGED_BY}`;
+
+/**
+ * How long after Berth created a Namespace an object missing from the informers is taken as
+ * absent without reading it: nobody else has had time to put one of the same name there.
+ */
+const FRESH_NAMESPACE_MS = 60_000;
 
 export type CellCapacity = {
   /** Sum of allocatable over Ready, schedulable nodes. */
@@ -45,6 +52,10 @@ export class CellRuntime {
   readonly services: ResilientInformer<V1Service>;
   readonly deployments: ResilientInformer<V1Deployment>;
   readonly events: ResilientInformer<CoreV1Event>;
+  /** Every Namespace, Berth's or not: tells the writer whether a Namespace it creates is free. */
+  readonly allNamespaces: ResilientInformer<V1Namespace>;
+  /** What the writer writes with: one keep-alive connection pool per cell. */
+  readonly writes: CellWriteClient;
   readonly #all: ResilientInformer<KubernetesObject>[];
   /**
    * What this scheduler wrote to an object and its informers have not shown yet (kind/ns/name →
@@ -52,6 +63,8 @@ export class CellRuntime {
    * Any event about the object makes the informer's copy the truth again.
    */
   readonly #written = new Map<string, string>();
+  /** Namespaces this scheduler created (name → when), see FRESH_NAMESPACE_MS. */
+  readonly #created = new Map<string, number>();
   #started = false;
 
   constructor(options: CellRuntimeOptions) {
@@ -122,6 +135,16 @@ export class CellRuntime {
         if (event !== 'delete' && this.events.synced) options.onWarningEvent?.(e);
       },
     });
+    this.allNamespaces = new ResilientInformer<V1Namespace>({
+      ...common,
+      name: `${this.name}/all-namespaces`,
+      path: '/api/v1/namespaces',
+      list: (s) => client.core.listNamespace(s),
+      onEvent: (event, ns) => {
+        if (event === 'delete') this.#created.delete(ns.metadata?.name ?? '');
+      },
+    });
+    this.writes = new CellWriteClient(client.kubeConfig);
     this.#all = [
       this.nodes,
       this.pods,
@@ -129,6 +152,7 @@ export class CellRuntime {
       this.services,
       this.deployments,
       this.events,
+      this.allNamespaces,
     ] as ResilientInformer<KubernetesObject>[];
   }
 
@@ -142,6 +166,7 @@ export class CellRuntime {
   async stop(): Promise<void> {
     this.#started = false;
     await Promise.all(this.#all.map((i) => i.stop()));
+    this.writes.close();
   }
 
   /** Records a write of an object with its `kind` set (`what`: a signature of the content, or 'deleted'). */
@@ -152,6 +177,26 @@ export class CellRuntime {
   /** The signature of the last write not yet seen by the informers, if any. */
   lastWritten(obj: KubernetesObject): string | undefined {
     return this.#written.get(objectKey(obj.kind, obj));
+  }
+
+  /**
+   * Whether the cell has a Namespace of this name, Berth's or not, as far as a synced informer
+   * knows; undefined when it cannot tell (not listed yet, or disconnected).
+   */
+  namespaceKnown(name: string): { exists: V1Namespace | undefined } | undefined {
+    if (!this.allNamespaces.synced || this.allNamespaces.stale) return undefined;
+    return { exists: this.allNamespaces.get(name) };
+  }
+
+  /** Records that this scheduler created the Namespace (it did not exist before its apply). */
+  noteNamespaceCreated(name: string, now = Date.now()): void {
+    this.#created.set(name, now);
+  }
+
+  /** The Namespace was created by this scheduler within FRESH_NAMESPACE_MS. */
+  createdRecently(namespace: string, now = Date.now()): boolean {
+    const at = this.#created.get(namespace);
+    return at !== undefined && now - at < FRESH_NAMESPACE_MS;
   }
 
   #forget(kind: string, obj: KubernetesObject): void {

@@ -1,7 +1,8 @@
 /**
  * The scheduler's control loop, run only by the leader: watches desired state in etcd and every
- * cell, decides each cell's health with a grace and hysteresis, and feeds app names to the
- * reconcile workers (on every change, on every health change, and a full resync on a timer).
+ * cell, decides each cell's health with a grace and hysteresis, and feeds app names to the placer
+ * (on every change of desired state, on every health change, and a full resync on a timer), which
+ * hands what it placed to the reconcile workers; a change in a cell goes to the workers directly.
  */
 import type { Etcd3 } from '@berth/shared/etcd';
 import type { BerthKeys } from '@berth/shared/keys';
@@ -16,6 +17,8 @@ import { CellRuntime } from '../cells/cell-runtime.ts';
 import { CellHealthTracker } from '../cells/health.ts';
 import type { CellHealth } from '../placement/place.ts';
 import { DesiredState } from '../state/desired-state.ts';
+import { StatusReporter } from '../status/reporter.ts';
+import { Placer } from './placer.ts';
 import { WorkQueue } from './queue.ts';
 import { Reconciler } from './reconciler.ts';
 
@@ -33,10 +36,15 @@ export type ControllerOptions = {
   recoveryHoldMs: number;
   resyncIntervalMs: number;
   workers: number;
+  /** Operations etcd accepts in one transaction (`--max-txn-ops`). */
+  maxTxnOps: number;
   metrics: Registry;
   logger: Logger;
   events: EventRecorder;
 };
+
+/** How long placement waits for a new cell's first list before placing without it. */
+const FIRST_LIST_WAIT_MS = 10_000;
 
 export class SchedulerController {
   readonly #o: ControllerOptions;
@@ -44,12 +52,14 @@ export class SchedulerController {
   readonly #state: DesiredState;
   readonly #queue: WorkQueue;
   /**
-   * Placement alone (etcd only, milliseconds per app), ahead of the reconcile workers that wait on
-   * the cells' API servers: a new or scaled version's placement and its conditions (Unschedulable,
-   * MinCellsShortfall) are written at once even when the cells are slow to apply.
+   * Placement, once per change, for every app that changed together (etcd only, ahead of the
+   * reconcile workers that wait on the cells' API servers).
    */
-  readonly #placeQueue: WorkQueue;
+  readonly #placer: Placer;
+  readonly #status: StatusReporter;
   readonly #cells = new Map<string, CellRuntime>();
+  /** When each cell runtime was made (for how long placement waits for its first list). */
+  readonly #cellsSince = new Map<string, number>();
   readonly #health: CellHealthTracker;
   readonly #kubeEvents: KubeEventFeed;
   readonly #reconciler: Reconciler;
@@ -69,6 +79,7 @@ export class SchedulerController {
       logger: options.logger,
       onAppChange: (app) => this.#enqueue(app),
       onCellsChange: () => this.#syncCells(),
+      isOwnWrite: (key, revision) => this.#placer.isOwnWrite(key, revision),
     });
     this.#health = new CellHealthTracker({ graceMs: options.failoverGraceMs, holdMs: options.recoveryHoldMs });
     this.#kubeEvents = new KubeEventFeed({
@@ -78,7 +89,27 @@ export class SchedulerController {
       logger: options.logger,
     });
     this.#queue = new WorkQueue({ concurrency: options.workers, logger: options.logger });
-    this.#placeQueue = new WorkQueue({ concurrency: 2, logger: options.logger });
+    const placementTxns = (options.metrics.getSingleMetric('berth_scheduler_placement_transactions_total') ??
+      new Counter({
+        name: 'berth_scheduler_placement_transactions_total',
+        help: 'etcd transactions that wrote placements (many apps each when they changed together)',
+        registers: [options.metrics],
+      })) as Counter;
+    this.#placer = new Placer({
+      store: options.store,
+      keys: options.keys,
+      state: this.#state,
+      cells: () => this.#cells,
+      health: (cell) => this.#health.health(cell) ?? 'out',
+      events: options.events,
+      logger: options.logger,
+      maxTxnOps: options.maxTxnOps,
+      onPlaced: (apps) => {
+        for (const app of apps) this.#queue.add(app);
+      },
+      transactions: placementTxns,
+      cellsReady: () => this.#cellsListed(),
+    });
     const writes = (options.metrics.getSingleMetric('berth_scheduler_cell_writes_total') ??
       new Counter({
         name: 'berth_scheduler_cell_writes_total',
@@ -100,23 +131,32 @@ export class SchedulerController {
         labelNames: ['cell', 'health'],
         registers: [options.metrics],
       })) as Gauge<'cell' | 'health'>;
+    this.#status = new StatusReporter({
+      store: options.store,
+      events: options.events,
+      logger: options.logger,
+      maxTxnOps: options.maxTxnOps,
+    });
     this.#reconciler = new Reconciler({
       store: options.store,
       keys: options.keys,
       state: this.#state,
-      writer: new CellWriter(writes),
+      placer: this.#placer,
+      status: this.#status,
+      writer: new CellWriter(writes, { metrics: options.metrics }),
       cells: () => this.#cells,
       health: (cell) => this.#health.health(cell) ?? 'out',
       manifests: { registry: options.registry, preStopDelaySeconds: options.preStopDelaySeconds },
       events: options.events,
       logger: options.logger,
+      maxTxnOps: options.maxTxnOps,
     });
   }
 
   async start(): Promise<void> {
     if (this.#running) return;
     this.#running = true;
-    this.#reconciler.reset();
+    this.#placer.reset();
     await this.#state.start();
     this.#syncCells();
     // Wait (a little) for the cells' first lists, so the first decisions are made on real state.
@@ -125,7 +165,8 @@ export class SchedulerController {
       await new Promise((r) => setTimeout(r, 100));
     }
     this.#evaluateHealth();
-    this.#placeQueue.start((app) => this.#reconciler.placeApp(app));
+    this.#status.start();
+    this.#placer.start();
     this.#queue.start(async (app) => {
       const stop = this.#duration.startTimer();
       try {
@@ -145,16 +186,35 @@ export class SchedulerController {
     this.#running = false;
     clearInterval(this.#tick);
     clearInterval(this.#resync);
-    await Promise.all([this.#placeQueue.stop(), this.#queue.stop()]);
+    await Promise.all([this.#placer.stop(), this.#queue.stop()]);
+    await this.#status.stop();
     await Promise.all([...this.#cells.values()].map((c) => c.stop()));
     this.#cells.clear();
+    this.#cellsSince.clear();
     this.#health.clear();
     await this.#state.stop();
   }
 
   /** Resolves when no app is waiting to be reconciled (tests, benchmarks). */
   idle(): Promise<void> {
-    return Promise.all([this.#placeQueue.idle(), this.#queue.idle()]).then(() => undefined);
+    // The placer hands its apps to the queue: wait for it first, then for the queue.
+    return this.#placer
+      .idle()
+      .then(() => this.#queue.idle())
+      .then(() => this.#status.idle());
+  }
+
+  /** Every cell's informers have listed once, or it had the time to (a dead cell must not stop placement). */
+  #cellsListed(): boolean {
+    const now = Date.now();
+    for (const [name, runtime] of this.#cells) {
+      if (runtime.synced) continue;
+      const since = this.#cellsSince.get(name) ?? now;
+      if (now - since < FIRST_LIST_WAIT_MS) return false;
+    }
+    // A cell that has just listed is ok on its first reachable look: look now, not at the next tick.
+    this.#evaluateHealth();
+    return true;
   }
 
   cellHealth(cell: string): CellHealth | undefined {
@@ -165,10 +225,9 @@ export class SchedulerController {
     for (const app of this.#state.appNames()) this.#enqueue(app);
   }
 
-  /** A change to an app's desired state: placed at once, then reconciled. */
+  /** A change to an app's desired state: placed (with every app that changed with it), then reconciled. */
   #enqueue(app: string): void {
-    this.#placeQueue.add(app);
-    this.#queue.add(app);
+    this.#placer.add(app);
   }
 
   /** Cell runtimes follow the cells registered for the region. */
@@ -190,6 +249,7 @@ export class SchedulerController {
           },
         });
         this.#cells.set(name, runtime);
+        this.#cellsSince.set(name, Date.now());
         runtime.start();
       } catch (err) {
         this.#logger.error({ err, cell: name }, 'cell has no usable kubeconfig; treated as out');
@@ -198,6 +258,7 @@ export class SchedulerController {
     for (const [name, runtime] of this.#cells) {
       if (!wanted.has(name)) {
         this.#cells.delete(name);
+        this.#cellsSince.delete(name);
         this.#health.forget(name);
         void runtime.stop();
       }

@@ -14,7 +14,9 @@ import type { BerthKeys } from '@berth/shared/keys';
 import type { Logger } from '@berth/shared/logging';
 import {
   type App,
+  type Availability,
   appSchema,
+  availabilitySchema,
   type Cell,
   cellSchema,
   type Placement,
@@ -37,6 +39,11 @@ export type DesiredStateOptions = {
   onAppChange: (app: string) => void;
   /** The set or state of cells changed. */
   onCellsChange: () => void;
+  /**
+   * True for a change this scheduler wrote itself (the key at the revision its own commit made):
+   * its own placement coming back through the watch triggers no second pass.
+   */
+  isOwnWrite?: (key: string, modRevision: number) => boolean;
 };
 
 /** Under `/apps/`: an app, one of its versions, or something the scheduler does not read (members). */
@@ -56,6 +63,7 @@ export class DesiredState {
   readonly #cells: PrefixWatcher<Cell>;
   readonly #placements: PrefixWatcher<Placement>;
   readonly #statuses: PrefixWatcher<VersionCellStatus>;
+  readonly #availability: PrefixWatcher<Availability>;
   /** app → version name → version. */
   readonly #versions = new Map<string, Map<string, Version>>();
   /** app → version name → placement. */
@@ -111,6 +119,7 @@ export class DesiredState {
         else byVersion.delete(version);
         if (byVersion.size > 0) this.#placementsByApp.set(app, byVersion);
         else this.#placementsByApp.delete(app);
+        if (change.type === 'put' && options.isOwnWrite?.(change.key, change.modRevision)) return;
         options.onAppChange(app);
       },
     });
@@ -129,6 +138,13 @@ export class DesiredState {
         else this.#statusKeys.delete(app);
       },
     });
+    this.#availability = new PrefixWatcher({
+      client: etcd,
+      prefix: keys.availabilities(),
+      codec: schemaCodec(availabilitySchema),
+      logger,
+      onChange: () => undefined,
+    });
     this.#cells = new PrefixWatcher({
       client: etcd,
       prefix: keys.cells(options.region),
@@ -142,11 +158,23 @@ export class DesiredState {
   }
 
   async start(): Promise<void> {
-    await Promise.all([this.#apps.start(), this.#cells.start(), this.#placements.start(), this.#statuses.start()]);
+    await Promise.all([
+      this.#apps.start(),
+      this.#cells.start(),
+      this.#placements.start(),
+      this.#statuses.start(),
+      this.#availability.start(),
+    ]);
   }
 
   async stop(): Promise<void> {
-    await Promise.all([this.#apps.stop(), this.#cells.stop(), this.#placements.stop(), this.#statuses.stop()]);
+    await Promise.all([
+      this.#apps.stop(),
+      this.#cells.stop(),
+      this.#placements.stop(),
+      this.#statuses.stop(),
+      this.#availability.stop(),
+    ]);
   }
 
   /** Apps to reconcile: the region's apps, and every app this scheduler has placed (to remove them). */
@@ -202,5 +230,18 @@ export class DesiredState {
 
   statusKeysOf(app: string): string[] {
     return [...(this.#statusKeys.get(app) ?? [])];
+  }
+
+  availability(app: string, version: string): StoredValue<Availability> | undefined {
+    const entry = this.#availability.get(this.#keys.availability(app, version));
+    return entry ? { value: entry.value, modRevision: entry.modRevision } : undefined;
+  }
+
+  /** The availability keys of an app's versions (for removal). */
+  availabilityKeysOf(app: string): string[] {
+    const prefix = this.#keys.appAvailability(app);
+    const out: string[] = [];
+    for (const key of this.#availability.view.keys()) if (key.startsWith(prefix)) out.push(key);
+    return out;
   }
 }

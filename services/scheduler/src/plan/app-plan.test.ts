@@ -1,0 +1,130 @@
+/** The apply plan's decisions on plain data: spread, safe switches, what is left alone. */
+import { type App, deploymentName, LABELS, type Version } from '@berth/shared/model';
+import type { V1Deployment } from '@kubernetes/client-node';
+import { describe, expect, it } from 'vitest';
+import { type CellView, planApp, type Target } from './app-plan.ts';
+
+const app = {
+  name: 'shop',
+  region: 'r1',
+  image: 'team/shop',
+  minCells: 2,
+  ports: [],
+  owner: 'alice',
+} as unknown as App;
+function version(name: string, replicas: number): Version {
+  return {
+    app: 'shop',
+    name,
+    number: Number(name.slice(1)),
+    imageTag: name,
+    replicas,
+    cpu: '100m',
+    memory: '64Mi',
+    env: {},
+    ports: [{ name: 'http', port: 8080 }],
+    healthCheck: { path: '/healthz', port: 8080 },
+    command: [],
+  } as unknown as Version;
+}
+
+/** A Deployment as the informer shows it: `available` of `replicas` up, observed. */
+function running(v: string, replicas: number, available = replicas): V1Deployment {
+  return {
+    metadata: { name: deploymentName('shop', v), namespace: 'shop', generation: 1, labels: { [LABELS.version]: v } },
+    spec: { replicas } as V1Deployment['spec'],
+    status: { availableReplicas: available, observedGeneration: 1 },
+  };
+}
+
+function cell(name: string, deployments: V1Deployment[] = []): CellView {
+  return {
+    name,
+    deployments: {
+      get: (n) => deployments.find((d) => d.metadata?.name === n),
+      list: () => deployments,
+    },
+    namespaces: { get: () => undefined },
+    services: { get: () => undefined },
+  };
+}
+
+const manifests = { registry: 'registry.local', preStopDelaySeconds: 5 };
+const plan = (targets: Target[], cells: CellView[], options: { unplaced?: string[]; writable?: string[] } = {}) =>
+  planApp({
+    app,
+    targets,
+    unplaced: new Set(options.unplaced ?? []),
+    cells,
+    writable: new Set(options.writable ?? cells.map((c) => c.name)),
+    manifests,
+  });
+const replicasIn = (p: ReturnType<typeof plan>, c: string) =>
+  Object.fromEntries(
+    (p.cells.find((x) => x.cell === c)?.deployments ?? []).map((d) => [
+      d.desired.metadata?.name,
+      (d.desired as V1Deployment).spec?.replicas,
+    ]),
+  );
+
+describe('the apply plan', () => {
+  it('spreads a new version as placed, Namespace and Service first in every cell', () => {
+    const p = plan(
+      [{ version: version('v1', 4), cells: { 'cell-a': 2, 'cell-b': 2 } }],
+      [cell('cell-a'), cell('cell-b')],
+    );
+    expect(p.cells.map((c) => c.cell)).toEqual(['cell-a', 'cell-b']);
+    for (const c of p.cells) expect(c.first.map((i) => i.desired.kind)).toEqual(['Namespace', 'Service']);
+    expect(replicasIn(p, 'cell-a')).toEqual({ [deploymentName('shop', 'v1')]: 2 });
+    expect(replicasIn(p, 'cell-b')).toEqual({ [deploymentName('shop', 'v1')]: 2 });
+  });
+
+  it('a rollback brings the target up first and takes the other down only once the target is available', () => {
+    const targets: Target[] = [
+      { version: version('v1', 2), cells: { 'cell-a': 2 } },
+      { version: version('v2', 0), cells: {} },
+    ];
+    // v2 runs 2; v1 comes back, not available yet: v2 stays as it is.
+    const coming = plan(targets, [cell('cell-a', [running('v2', 2), running('v1', 2, 0)])]);
+    expect(coming.settled).toBe(false);
+    expect(replicasIn(coming, 'cell-a')).toEqual({
+      [deploymentName('shop', 'v1')]: 2,
+      [deploymentName('shop', 'v2')]: 2,
+    });
+    expect(coming.cells[0]?.delete).toEqual([]);
+    // v1 available: v2 goes.
+    const done = plan(targets, [cell('cell-a', [running('v2', 2), running('v1', 2)])]);
+    expect(done.settled).toBe(true);
+    expect(done.cells[0]?.delete.map((d) => d.metadata?.name)).toEqual([deploymentName('shop', 'v2')]);
+  });
+
+  it('scales down in a cell only once what comes up elsewhere is available', () => {
+    const targets: Target[] = [{ version: version('v1', 4), cells: { 'cell-a': 4, 'cell-b': 0 } }];
+    const moving = plan(targets, [cell('cell-a', [running('v1', 4, 2)]), cell('cell-b', [running('v1', 2)])]);
+    expect(replicasIn(moving, 'cell-b')).toEqual({ [deploymentName('shop', 'v1')]: 2 });
+    const moved = plan(targets, [cell('cell-a', [running('v1', 4)]), cell('cell-b', [running('v1', 2)])]);
+    expect(replicasIn(moved, 'cell-b')).toEqual({});
+    expect(moved.cells.find((c) => c.cell === 'cell-b')?.delete).toHaveLength(1);
+  });
+
+  it('leaves a version the placer has not placed yet as it runs; a deleted version goes at once', () => {
+    const targets: Target[] = [{ version: version('v1', 2), cells: { 'cell-a': 2 } }];
+    const cells = [cell('cell-a', [running('v1', 2, 0), running('v2', 3), running('v0', 1)])];
+    const p = plan(targets, cells, { unplaced: ['v2'] });
+    expect(p.cells[0]?.delete.map((d) => d.metadata?.name)).toEqual([deploymentName('shop', 'v0')]);
+  });
+
+  it('writes nothing to a cell it may not write (unreachable, suspect), which still counts for settling', () => {
+    const targets: Target[] = [{ version: version('v1', 4), cells: { 'cell-a': 2, 'cell-b': 2 } }];
+    const p = plan(targets, [cell('cell-a', [running('v1', 2)]), cell('cell-b', [running('v1', 2, 1)])], {
+      writable: ['cell-a'],
+    });
+    expect(p.cells.map((c) => c.cell)).toEqual(['cell-a']);
+    expect(p.settled).toBe(false);
+  });
+
+  it('plans nothing for a cell that runs none of the app and is given none of it', () => {
+    const p = plan([{ version: version('v1', 2), cells: { 'cell-a': 2 } }], [cell('cell-a'), cell('cell-b')]);
+    expect(p.cells.map((c) => c.cell)).toEqual(['cell-a']);
+  });
+});
