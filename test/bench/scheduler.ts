@@ -11,7 +11,8 @@
  *     (Berth's and the floor's, from the API servers' apiserver_request_total).
  * Run (needs `make up`): node test/bench/scheduler.ts
  *   small form: BENCH_APPS=10 BENCH_CELLS=2 BENCH_NODES=5 node test/bench/scheduler.ts
- * Env: BENCH_APPS (500), BENCH_VERSIONS_PER_APP (2), BENCH_REPLICAS (2), BENCH_CELLS (10), BENCH_NODES (100)
+ * Env: BENCH_APPS (500), BENCH_VERSIONS_PER_APP (2), BENCH_REPLICAS (2), BENCH_CELLS (10), BENCH_NODES (100),
+ *   BENCH_SCHEDULER_NODE_OPTIONS (NODE_OPTIONS of the scheduler, e.g. "--cpu-prof --cpu-prof-dir=DIR")
  * It starts its own KWOK cells after the region's (cell-c… beside cell-a and cell-b), and at the
  * end, also on failure or Ctrl-C, deletes what it made and stops the cells it started.
  */
@@ -243,6 +244,8 @@ try {
       EVENT_SUBJECT_ROOT: `bench${id}`,
       PRESTOP_DELAY_SECONDS: '0',
       LOG_LEVEL: 'warn',
+      // e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof" to see where the scheduler's CPU goes.
+      ...(process.env.BENCH_SCHEDULER_NODE_OPTIONS ? { NODE_OPTIONS: process.env.BENCH_SCHEDULER_NODE_OPTIONS } : {}),
     },
     stdio: ['ignore', 'ignore', 'inherit'],
   });

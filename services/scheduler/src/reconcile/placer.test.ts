@@ -5,106 +5,15 @@
  * conflict re-plans only the app that lost it; a deposed leader writes nothing. No cells: the
  * apply path needs real API servers (services/scheduler/test).
  */
-import { NotLeaderError } from '@berth/shared/errors';
-import type { BerthEvent, EventInput } from '@berth/shared/events';
 import { BerthKeys } from '@berth/shared/keys';
-import { createLogger } from '@berth/shared/logging';
-import { type App, type Placement, placementSchema, type Version } from '@berth/shared/model';
-import { MemoryBackend, type Op, Store } from '@berth/shared/store';
+import { placementSchema } from '@berth/shared/model';
 import { describe, expect, it } from 'vitest';
-import type { EventRecorder } from '../activity/recorder.ts';
 import type { CellWriter } from '../apply/cell-writer.ts';
-import type { DesiredState, StoredValue } from '../state/desired-state.ts';
 import { StatusReporter } from '../status/reporter.ts';
-import { Placer } from './placer.ts';
+import { appNamed, logger, now, recorder, setupPlacer as setup } from './placer-fixture.ts';
 import { Reconciler } from './reconciler.ts';
 
 const keys = new BerthKeys('/t');
-const logger = createLogger({ service: 'test', level: 'silent' });
-const now = '2026-11-29T12:00:00.000Z';
-
-function appNamed(name: string): App {
-  return { name, region: 'r1', incarnation: '6f1c2f8e-3c55-4a3a-9d59-0b1b3c1c2f00', minCells: 2 } as App;
-}
-function v1(app: string): Version {
-  return { app, name: 'v1', number: 1, replicas: 2, cpu: '100m', memory: '64Mi' } as Version;
-}
-
-/** The watch's view, as a test sets it: apps by name, and etcd's placements once `catchUp` ran. */
-function fakeState(apps: Map<string, App>, placements: Map<string, Map<string, StoredValue<Placement>>>) {
-  return {
-    app: (name: string) => apps.get(name),
-    versions: (name: string) => (apps.has(name) ? [v1(name)] : []),
-    version: (name: string, v: string) => (apps.has(name) && v === 'v1' ? v1(name) : undefined),
-    cells: () => [],
-    placement: (a: string, v: string) => placements.get(a)?.get(v),
-    placementsOf: (a: string) => placements.get(a) ?? new Map(),
-    *placements() {
-      for (const [a, byVersion] of placements)
-        for (const [v, stored] of byVersion) yield { app: a, version: v, stored };
-    },
-    status: () => undefined,
-    statusKeysOf: () => [],
-    availability: () => undefined,
-    availabilityKeysOf: () => [],
-  } as unknown as DesiredState;
-}
-
-function recorder(): EventRecorder & { flushed: BerthEvent[] } {
-  let n = 0;
-  const flushed: BerthEvent[] = [];
-  return {
-    flushed,
-    record(input: EventInput): { op: Op; event: BerthEvent } {
-      const id = `00000000-0000-4000-8000-${String(n++).padStart(12, '0')}`;
-      const event = { ...input, v: 1, id, time: now } as BerthEvent;
-      return { op: { op: 'put', key: keys.outbox(event.id), value: event }, event };
-    },
-    flush(events) {
-      flushed.push(...events);
-    },
-  };
-}
-
-function setup(names: string[], options: { leading?: () => boolean; maxTxnOps?: number } = {}) {
-  const backend = new MemoryBackend();
-  // The fence as the election gives it; here a compare that holds (the key is absent).
-  const store = new Store(backend).fenced(() => {
-    if (options.leading && !options.leading()) throw new NotLeaderError('deposed');
-    return { key: keys.election('scheduler'), modRevision: 0 };
-  });
-  const apps = new Map(names.map((n) => [n, appNamed(n)]));
-  const placements = new Map<string, Map<string, StoredValue<Placement>>>();
-  const state = fakeState(apps, placements);
-  const events = recorder();
-  const placed: string[] = [];
-  const placer = new Placer({
-    store,
-    keys,
-    state,
-    cells: () => new Map(),
-    health: () => 'out',
-    events,
-    logger,
-    maxTxnOps: options.maxTxnOps ?? 128,
-    onPlaced: (a) => placed.push(...a),
-  });
-  placer.start();
-  const place = async (...which: string[]) => {
-    for (const a of which) placer.add(a);
-    await placer.idle();
-  };
-  /** Makes the watch's view what etcd holds (the watch caught up). */
-  const catchUp = async () => {
-    placements.clear();
-    for (const stored of await store.list(keys.placements(), placementSchema)) {
-      const byVersion = placements.get(stored.value.app) ?? new Map();
-      byVersion.set(stored.value.version, { value: stored.value, modRevision: stored.modRevision });
-      placements.set(stored.value.app, byVersion);
-    }
-  };
-  return { backend, store, placer, events, placed, place, catchUp, apps, placements, state };
-}
 
 describe('the placer', () => {
   it('writes a placement and the events of the problems it starts in one transaction, then publishes them', async () => {
@@ -198,12 +107,12 @@ describe('the placer', () => {
       keys,
       state,
       placer,
-      status: new StatusReporter({ store, events: recorder(), logger }),
+      status: new StatusReporter({ store, events: recorder(keys), logger }),
       writer: {} as CellWriter,
       cells: () => new Map(),
       health: () => 'out',
       manifests: { registry: 'registry', preStopDelaySeconds: 0 },
-      events: recorder(),
+      events: recorder(keys),
       logger,
     });
     await reconciler.reconcileApp('shop');
