@@ -28,6 +28,8 @@ export const EVENT_KINDS = [
   'image',
   'builder',
   'domain',
+  'traffic',
+  'lb-group',
   'lb-agent',
   'ipam',
 ] as const;
@@ -38,7 +40,15 @@ export type EventKind = (typeof EVENT_KINDS)[number];
  * e.g. the version `v3`, is in `resourceName`), so one app's activity feed is one subject filter,
  * `berth.events.*.{app}.*`.
  */
-export const APP_SCOPED_KINDS: readonly EventKind[] = ['app', 'version', 'member', 'placement', 'pod'];
+export const APP_SCOPED_KINDS: readonly EventKind[] = [
+  'app',
+  'version',
+  'member',
+  'placement',
+  'pod',
+  'domain',
+  'traffic',
+];
 
 /** A subject token: no `.`, `*`, `>` or whitespace. */
 const TOKEN = /^[^.*>\s]+$/;

@@ -5,8 +5,13 @@
  * Berth's own state lives under a configurable prefix (default `/berth`). Every leaf key has a
  * KeyTemplate that prints it and parses it back: `keys.parse('version', key)`.
  *
- * Names in keys are DNS-1123 labels (region, cell, app, node, group) or Berth's own ids; CIDRs
- * are written with `-` for `/` (`198.18.0.0-16`), because `/` separates levels.
+ * Names in keys are DNS-1123 labels (region, cell, app, node, group), domain names, host names or
+ * Berth's own ids; CIDRs are written with `-` for `/` (`198.18.0.0-16`), because `/` separates
+ * levels.
+ *
+ * The load-balancer tree that lb-agents watch (LeEngine's `/slb/{group}/…`) lives under the same
+ * prefix as everything else, at `{prefix}/slb/{group}/…` (`/berth/slb/public/domains/shop.example.test`
+ * by default): one installation is one prefix, for tests, etcd roles and backups alike.
  */
 import { InputError } from '../errors/index.ts';
 
@@ -104,6 +109,14 @@ export class BerthKeys {
       ipamAffinity: t<'cell' | 'node' | 'cidr'>('ipam/{cell}/affinity/{node}/{cidr}'),
       outbox: t<'id'>('outbox/{id}'),
       idempotency: t<'user' | 'hash'>('idempotency/{user}/{hash}'),
+      lbGroup: t<'group'>('lb-groups/{group}'),
+      domainClaim: t<'domain'>('domains/{domain}'),
+      traffic: t<'app'>('apps/{app}/traffic'),
+      lbGuard: t<'app'>('apps/{app}/lb-guard'),
+      slbDomain: t<'group' | 'domain'>('slb/{group}/domains/{domain}'),
+      slbTraffic: t<'group' | 'app'>('slb/{group}/traffic/{app}'),
+      slbUpstream: t<'group' | 'app'>('slb/{group}/upstreams/{app}'),
+      lbAgent: t<'group' | 'host'>('slb/{group}/agents/{host}'),
     } as const;
   }
 
@@ -270,6 +283,58 @@ export class BerthKeys {
   }
   idempotency(user: string, hash: string): string {
     return `${this.prefix}/idempotency/${user}/${hash}`;
+  }
+
+  // Load balancing: LB groups, domain claims, an app's traffic (API-owned), and the tree lb-agents
+  // watch, one directory per group (docs/traffic.md).
+  lbGroups(): string {
+    return `${this.prefix}/lb-groups/`;
+  }
+  lbGroup(group: string): string {
+    return this.templates.lbGroup.format({ group });
+  }
+  /** Which app holds a domain, installation-wide: a bind creates it, so a second app gets a conflict. */
+  domainClaims(): string {
+    return `${this.prefix}/domains/`;
+  }
+  domainClaim(domain: string): string {
+    return this.templates.domainClaim.format({ domain });
+  }
+  /** An app's traffic split as the API keeps it; copied to each group the app has a domain in. */
+  traffic(app: string): string {
+    return this.templates.traffic.format({ app });
+  }
+  /** Bumped by every domain or traffic write of an app, so two of them never interleave. */
+  lbGuard(app: string): string {
+    return this.templates.lbGuard.format({ app });
+  }
+  /** Everything one group's lb-agents watch. */
+  slbGroup(group: string): string {
+    return `${this.prefix}/slb/${group}/`;
+  }
+  slbDomains(group: string): string {
+    return `${this.prefix}/slb/${group}/domains/`;
+  }
+  slbDomain(group: string, domain: string): string {
+    return this.templates.slbDomain.format({ group, domain });
+  }
+  slbTraffics(group: string): string {
+    return `${this.prefix}/slb/${group}/traffic/`;
+  }
+  slbTraffic(group: string, app: string): string {
+    return this.templates.slbTraffic.format({ group, app });
+  }
+  slbUpstreams(group: string): string {
+    return `${this.prefix}/slb/${group}/upstreams/`;
+  }
+  slbUpstream(group: string, app: string): string {
+    return this.templates.slbUpstream.format({ group, app });
+  }
+  lbAgents(group: string): string {
+    return `${this.prefix}/slb/${group}/agents/`;
+  }
+  lbAgent(group: string, host: string): string {
+    return this.templates.lbAgent.format({ group, host });
   }
 
   // Leader elections (scheduler, discovery): one key per election, held under the leader's lease.

@@ -23,6 +23,18 @@ describe('keys that round-trip', () => {
       node: 'n1',
       cidr: '198.18.0.0/28',
     });
+    expect(keys.parse('slbDomain', keys.slbDomain('public', 'shop.example.test'))).toEqual({
+      group: 'public',
+      domain: 'shop.example.test',
+    });
+    expect(keys.slbDomain('public', 'shop.example.test')).toBe('/berth/slb/public/domains/shop.example.test');
+    expect(keys.parse('slbTraffic', keys.slbTraffic('public', 'shop'))).toEqual({ group: 'public', app: 'shop' });
+    expect(keys.parse('lbAgent', keys.lbAgent('public', 'lb-1.example.test'))).toEqual({
+      group: 'public',
+      host: 'lb-1.example.test',
+    });
+    expect(keys.parse('domainClaim', keys.domainClaim('shop.example.test'))).toEqual({ domain: 'shop.example.test' });
+    expect(keys.parse('traffic', keys.traffic('shop'))).toEqual({ app: 'shop' });
     for (const [kind, template] of Object.entries(keys.templates)) {
       const parts = template.parse(
         template.format({
@@ -39,6 +51,9 @@ describe('keys that round-trip', () => {
           hash: 'x',
           token: 't',
           agent: 'g',
+          group: 'public',
+          domain: 'shop.example.test',
+          host: 'lb-1.example.test',
         } as never),
       );
       expect(parts, kind).toBeDefined();
@@ -52,5 +67,10 @@ describe('keys that round-trip', () => {
     expect(keys.parse('member', `${keys.versions('shop')}v1`)).toBeUndefined();
     expect(keys.parse('app', `${keys.apps()}`)).toBeUndefined();
     expect(new BerthKeys('/t-1').parse('app', keys.app('shop'))).toBeUndefined();
+    // An app's traffic record is neither a member nor a version, and a group's traffic is no domain.
+    expect(keys.parse('member', keys.traffic('shop'))).toBeUndefined();
+    expect(keys.parse('version', keys.traffic('shop'))).toBeUndefined();
+    expect(keys.parse('slbDomain', keys.slbTraffic('public', 'shop'))).toBeUndefined();
+    expect(keys.parse('lbAgent', `${keys.lbAgents('public')}h/deeper`)).toBeUndefined();
   });
 });

@@ -260,6 +260,202 @@ export const versionCellStatusSchema = z.object({
 });
 export type VersionCellStatus = z.infer<typeof versionCellStatusSchema>;
 
+// ---- Load balancing ---------------------------------------------------------------------------
+//
+// LB groups (Nginx clusters), the domains bound to apps, the traffic split of an app over its
+// versions, and what each lb-agent reports. The API writes groups, domains and traffic; discovery
+// writes upstreams; each lb-agent writes its own status. Where each lives: docs/architecture.md
+// (key table) and docs/traffic.md. Every string here that reaches an nginx config is constrained
+// so that it can only be one token or one quoted string there (../nginx renders them and refuses
+// anything else again); the one exception is a domain's `options.raw`, which only admins write.
+
+/**
+ * A domain name as users point DNS at it: lowercase labels of letters, digits and `-` (neither
+ * first nor last), at least two labels, 253 characters in all, and a last label that starts with
+ * a letter (so an IP address is not a domain). No wildcards yet.
+ */
+export const domainNameSchema = z
+  .string()
+  .min(4)
+  .max(253)
+  .regex(
+    /^(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?$/,
+    'expected a lowercase DNS name like shop.example.test: labels of letters, digits and "-", at most 63 characters each',
+  );
+
+/** An HTTP header (or cookie) name: an RFC 9110 token, at most 64 characters. */
+export const headerNameSchema = z
+  .string()
+  .min(1)
+  .max(64)
+  .regex(/^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/, "expected a header name: letters, digits and !#$%&'*+.^_`|~-");
+
+/**
+ * A header value Berth writes into nginx as a quoted string: printable ASCII and spaces only (no
+ * control characters, so no line breaks) and no `$` (nginx would expand it as a variable, which
+ * could echo a request's secrets back); quotes and backslashes are escaped when rendered.
+ */
+export const headerValueSchema = z
+  .string()
+  .max(1024)
+  .regex(/^[\x20-\x23\x25-\x7e]*$/, 'expected printable ASCII without "$" or control characters');
+
+/** An nginx size: `10m`, `512k`, `1g`, `0` (no limit). */
+export const nginxSizeSchema = z
+  .string()
+  .max(16)
+  .regex(/^[0-9]{1,9}[kKmMgG]?$/, 'expected a size like 512k, 10m or 1g');
+
+/** An nginx time: `60s`, `500ms`, `5m`, `1h`, `30` (seconds). */
+export const nginxTimeSchema = z
+  .string()
+  .max(16)
+  .regex(/^[0-9]{1,7}(ms|s|m|h)?$/, 'expected a time like 500ms, 60s, 5m or 1h');
+
+/**
+ * A location path: starts with `/`, then URL path characters only (RFC 3986 unreserved, `%`
+ * escapes and `/`); nothing nginx would read as syntax.
+ */
+export const locationPathSchema = z
+  .string()
+  .min(1)
+  .max(1024)
+  .regex(/^\/[A-Za-z0-9._~%/-]*$/, 'expected a path like / or /api/: "/" then letters, digits and ._~%/-');
+
+/** An lb-agent's host name, as it names its own status key. */
+export const lbHostSchema = z
+  .string()
+  .min(1)
+  .max(253)
+  .regex(/^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$/, 'expected a host name');
+
+/** An IP address (v4 or v6) users point DNS at. */
+export const vipSchema = z.union([z.ipv4(), z.ipv6()]);
+
+// LB groups
+
+/**
+ * An LB group: one Nginx cluster (several hosts running lb-agent), e.g. `public` or `internal`.
+ * `vips` and `cname` are what users point DNS at; every domain bound to the group shows them.
+ */
+export const lbGroupSchema = z.object({
+  name: dnsLabelSchema,
+  description: z.string().max(500).default(''),
+  vips: z.array(vipSchema).max(64).default([]),
+  cname: domainNameSchema.nullable().default(null),
+  createdAt: z.iso.datetime(),
+  updatedAt: z.iso.datetime(),
+});
+export type LbGroup = z.infer<typeof lbGroupSchema>;
+
+// Domains
+
+export const domainOptionsSchema = z.object({
+  /** nginx `client_max_body_size`; nginx's default (1m) when unset. */
+  clientMaxBodySize: nginxSizeSchema.optional(),
+  /** nginx `proxy_read_timeout`; nginx's default (60s) when unset. */
+  readTimeout: nginxTimeSchema.optional(),
+  /** Response headers added to every answer of the domain (`add_header … always`). */
+  headers: z.record(headerNameSchema, headerValueSchema).default({}),
+  /**
+   * Raw nginx directives inside the domain's server block, as LeEngine allowed. Only admins
+   * write it; a broken one fails `nginx -t` and the agent keeps the last good config.
+   */
+  raw: z.string().max(16_384).optional(),
+});
+export type DomainOptions = z.infer<typeof domainOptionsSchema>;
+
+/**
+ * A domain bound to an app, at `/slb/{group}/domains/{domain}`: what the group's lb-agents
+ * render into one server block. A change needs an nginx reload.
+ */
+export const domainSchema = z.object({
+  domain: domainNameSchema,
+  app: dnsLabelSchema,
+  group: dnsLabelSchema,
+  /** The name of the app's port requests go to (`http`). */
+  port: dnsLabelSchema.max(15),
+  /** Location prefixes routed to the app; `/` routes everything. */
+  paths: z.array(locationPathSchema).min(1).max(32),
+  options: domainOptionsSchema,
+  createdAt: z.iso.datetime(),
+  createdBy: userNameSchema,
+  updatedAt: z.iso.datetime(),
+});
+export type Domain = z.infer<typeof domainSchema>;
+
+/**
+ * Which app holds a domain, installation-wide (`/berth/domains/{domain}`): created with the
+ * domain in the same transaction, so a second app binding the same name fails the create.
+ */
+export const domainClaimSchema = z.object({
+  domain: domainNameSchema,
+  app: dnsLabelSchema,
+  group: dnsLabelSchema,
+});
+export type DomainClaim = z.infer<typeof domainClaimSchema>;
+
+// Traffic
+
+/** How a user keeps landing on the same version: a cookie's or a header's value, hashed. */
+export const stickinessSchema = z.union([
+  z.object({ cookie: headerNameSchema }).strict(),
+  z.object({ header: headerNameSchema }).strict(),
+]);
+export type Stickiness = z.infer<typeof stickinessSchema>;
+
+/** Share of requests per version: non-negative integers, relative to their sum. */
+export const trafficWeightsSchema = z.record(versionNameSchema, z.number().int().min(0).max(1_000_000));
+
+/**
+ * An app's traffic split, region-wide: at `/berth/apps/{app}/traffic` (the API's record) and a
+ * copy at `/slb/{group}/traffic/{app}` for every group the app has a domain in (what lb-agents
+ * read). `weights: null` means "by ready replicas" (the default). A change needs no reload.
+ */
+export const trafficSchema = z.object({
+  app: dnsLabelSchema,
+  weights: trafficWeightsSchema.nullable(),
+  stickiness: stickinessSchema.nullable(),
+  updatedAt: z.iso.datetime(),
+  updatedBy: userNameSchema,
+});
+export type Traffic = z.infer<typeof trafficSchema>;
+
+/** What routing does when an app has no traffic record, or one with `weights: null`. */
+export const DEFAULT_TRAFFIC_MODE = 'by-ready-replicas' as const;
+
+// lb-agent status
+
+export const failedDomainSchema = z.object({
+  domain: domainNameSchema,
+  /** `nginx -t`'s message for the config with this domain's change. */
+  message: z.string().max(4096),
+  /** The generation whose change of this domain failed. */
+  generation: z.number().int().min(0),
+  since: z.iso.datetime(),
+});
+export type FailedDomain = z.infer<typeof failedDomainSchema>;
+
+/**
+ * One lb-agent's report, at `/slb/{group}/agents/{host}` under the agent's lease (gone when the
+ * agent is). A generation is the etcd revision of the group's `domains/` tree a config was
+ * rendered from, so agents of one group compare directly.
+ */
+export const lbAgentStatusSchema = z.object({
+  host: lbHostSchema,
+  group: dnsLabelSchema,
+  /** The generation nginx serves now (confirmed live after the reload). */
+  appliedGeneration: z.number().int().min(0),
+  /** The newest generation that passed `nginx -t`. */
+  lastGoodGeneration: z.number().int().min(0),
+  /** Domains whose newest change failed `nginx -t`: they keep serving their last good config. */
+  failedDomains: z.array(failedDomainSchema).default([]),
+  /** Anything else that went wrong on the last sync (nginx not running, etcd errors); null when fine. */
+  lastError: z.string().max(4096).nullable().default(null),
+  reportedAt: z.iso.datetime(),
+});
+export type LbAgentStatus = z.infer<typeof lbAgentStatusSchema>;
+
 // ---- Kubernetes naming ------------------------------------------------------------------------
 
 /** Labels Berth puts on every object it creates in a cell, and selects by. */
