@@ -78,7 +78,9 @@ export function buildOpenApi(routes: AnyRoute[], base: string, version: string):
       responses[status] = {
         description: STATUS_TEXT[Number(status)] ?? 'OK',
         ...(headers ? { headers } : {}),
-        ...(schema ? { content: { 'application/json': { schema: jsonSchema(schema, 'output') } } } : {}),
+        ...(schema
+          ? { content: { [route.contentType ?? 'application/json']: { schema: jsonSchema(schema, 'output') } } }
+          : {}),
       };
     }
     const errors = new Set<number>([400, 503, ...(route.errors ?? [])]);
@@ -114,7 +116,7 @@ export function buildOpenApi(routes: AnyRoute[], base: string, version: string):
       title: 'Berth API',
       version,
       description:
-        'Apps, versions, members and roles, regions and cells, quotas and activity of a Berth installation. Errors are RFC 9457 problem+json.',
+        'Apps, versions, members and roles, domains and traffic, regions, cells and LB groups, quotas and activity of a Berth installation. Errors are RFC 9457 problem+json.',
     },
     servers: [{ url: '/' }],
     security: [{ bearer: [] }],

@@ -55,6 +55,8 @@ export type RouteDef<
   body?: B;
   /** Success responses: status → schema (undefined for no body). */
   responses: Record<number, z.ZodType | undefined>;
+  /** The success responses' media type when it is not JSON (`text/plain`): the handler's body is a string. */
+  contentType?: string;
   /** Error statuses this route can answer besides the common ones (401, 403 for admin, 404 …). */
   errors?: number[];
   /** Responses carry an ETag; PATCH/PUT/DELETE honour If-Match. */
@@ -114,7 +116,9 @@ export function mountRoutes(
         if (res.headersSent) return;
         for (const [k, v] of Object.entries(result.headers ?? {})) res.setHeader(k, v);
         if (result.body === undefined) res.status(result.status).end();
-        else res.status(result.status).json(result.body);
+        else if (route.contentType && typeof result.body === 'string') {
+          res.status(result.status).type(route.contentType).send(result.body);
+        } else res.status(result.status).json(result.body);
       } catch (err) {
         next(err);
       }
