@@ -16,8 +16,11 @@ import { adminRoutes } from './resources/admin.ts';
 import { appRoutes } from './resources/apps.ts';
 import { authRoutes } from './resources/auth.ts';
 import type { ApiContext } from './resources/context.ts';
+import { domainRoutes } from './resources/domains.ts';
 import { eventRoutes } from './resources/events.ts';
+import { lbGroupRoutes } from './resources/lb-groups.ts';
 import { memberRoutes } from './resources/members.ts';
+import { trafficRoutes } from './resources/traffic.ts';
 import { versionRoutes } from './resources/versions.ts';
 
 export const API_BASE = '/api/v1';
@@ -108,6 +111,9 @@ export class ApiService {
       ...appRoutes(ctx),
       ...versionRoutes(ctx),
       ...memberRoutes(ctx),
+      ...lbGroupRoutes(ctx),
+      ...domainRoutes(ctx),
+      ...trafficRoutes(ctx),
       ...eventRoutes(ctx),
     ];
     mountRoutes(router, API_BASE, routes, (req, access) => auth.authenticate(req, access), idempotency);

@@ -9,19 +9,32 @@ import {
   cellSchema,
   conditionSchema,
   cpuQuantitySchema,
+  DEFAULT_TRAFFIC_MODE,
   dnsLabelSchema,
+  domainNameSchema,
+  domainSchema,
   envVarsSchema,
+  headerNameSchema,
+  headerValueSchema,
   healthCheckSchema,
   imageRepositorySchema,
   imageTagSchema,
+  lbAgentStatusSchema,
+  lbGroupSchema,
+  locationPathSchema,
   memberSchema,
   memoryQuantitySchema,
+  nginxSizeSchema,
+  nginxTimeSchema,
   portSchema,
   ROLES,
   regionSchema,
+  stickinessSchema,
+  trafficWeightsSchema,
   userNameSchema,
   versionNameSchema,
   versionSchema,
+  vipSchema,
 } from '@berth/shared/model';
 import { z } from 'zod';
 import { SCOPES } from '../auth/principal.ts';
@@ -272,6 +285,101 @@ export type QuotaRecord = z.infer<typeof quotaRecordSchema>;
 
 export const usageSchema = z.object({ apps: z.number().int(), cpu: z.string(), memory: z.string() });
 export const quotaResponse = quotaRecordSchema.extend({ usage: usageSchema });
+
+// ---- LB groups, domains, traffic --------------------------------------------------------------
+
+export const lbGroupParams = z.object({ group: dnsLabelSchema }).strict();
+export const domainParams = z.object({ app: dnsLabelSchema, domain: domainNameSchema }).strict();
+
+export const createLbGroupBody = z
+  .object({
+    name: dnsLabelSchema,
+    description: z.string().max(500).optional(),
+    vips: z.array(vipSchema).max(64).optional().describe('Addresses users point DNS at'),
+    cname: domainNameSchema.nullable().optional().describe('A name users point DNS at with a CNAME'),
+  })
+  .strict();
+export const patchLbGroupBody = createLbGroupBody.omit({ name: true });
+export const lbGroupResponse = lbGroupSchema;
+export const lbAgentResponse = lbAgentStatusSchema;
+
+const MAX_HEADERS = 32;
+const headersInput = z
+  .record(headerNameSchema, headerValueSchema)
+  .refine((h) => Object.keys(h).length <= MAX_HEADERS, `at most ${MAX_HEADERS} headers`);
+const pathsInput = z
+  .array(locationPathSchema)
+  .min(1)
+  .max(32)
+  .superRefine((paths, ctx) => {
+    paths.forEach((p, i) => {
+      if (paths.indexOf(p) !== i) ctx.addIssue({ code: 'custom', path: [i], message: 'duplicate path' });
+    });
+  });
+
+export const domainOptionsInput = z
+  .object({
+    clientMaxBodySize: nginxSizeSchema.optional().describe('nginx client_max_body_size, e.g. 10m'),
+    readTimeout: nginxTimeSchema.optional().describe('nginx proxy_read_timeout, e.g. 60s'),
+    headers: headersInput.optional().describe('Response headers added to every answer'),
+    raw: z.string().max(16_384).optional().describe('Raw nginx directives in the server block (admins only)'),
+  })
+  .strict();
+
+export const createDomainBody = z
+  .object({
+    domain: domainNameSchema,
+    group: dnsLabelSchema.describe('The LB group (Nginx cluster) that serves the domain'),
+    port: dnsLabelSchema.max(15).optional().describe("The name of the app's port; default its first"),
+    paths: pathsInput.optional().describe('Location prefixes routed to the app; default ["/"]'),
+    options: domainOptionsInput.optional(),
+  })
+  .strict();
+
+/** Every field optional; in `options`, a field sent replaces the stored one and null removes it. */
+export const patchDomainBody = z
+  .object({
+    group: dnsLabelSchema.optional(),
+    port: dnsLabelSchema.max(15).optional(),
+    paths: pathsInput.optional(),
+    options: z
+      .object({
+        clientMaxBodySize: nginxSizeSchema.nullable().optional(),
+        readTimeout: nginxTimeSchema.nullable().optional(),
+        headers: headersInput.optional(),
+        raw: z.string().max(16_384).nullable().optional(),
+      })
+      .strict()
+      .optional(),
+  })
+  .strict();
+
+export const domainResponse = domainSchema.extend({
+  /** Where users point DNS: the LB group's addresses and CNAME. */
+  lb: z.object({ vips: z.array(z.string()), cname: z.string().nullable() }),
+});
+
+export const putTrafficBody = z
+  .object({
+    weights: trafficWeightsSchema
+      .nullable()
+      .describe('Share of requests per version, e.g. {"v1":90,"v2":10}; null: by ready replicas'),
+    stickiness: stickinessSchema
+      .nullable()
+      .optional()
+      .describe('Keep a user on one version by a cookie or a header; null or absent: none'),
+  })
+  .strict();
+
+export const trafficResponse = z.object({
+  app: z.string(),
+  weights: trafficWeightsSchema.nullable(),
+  stickiness: stickinessSchema.nullable(),
+  /** `weights`: the shares above; `by-ready-replicas`: no weights set, each version by its ready replicas. */
+  mode: z.enum(['weights', DEFAULT_TRAFFIC_MODE]),
+  updatedAt: z.iso.datetime().nullable(),
+  updatedBy: z.string().nullable(),
+});
 
 // ---- Events and stats -------------------------------------------------------------------------
 
