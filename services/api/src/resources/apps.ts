@@ -16,6 +16,7 @@ import { etag } from '../http/conditional.ts';
 import { page } from '../http/paging.ts';
 import { defineRoute } from '../http/routes.ts';
 import { loadApp } from './app-access.ts';
+import { AppLb } from './app-lb.ts';
 import { type ApiContext, now } from './context.ts';
 import { Quotas, versionUsage } from './quotas.ts';
 import {
@@ -31,6 +32,7 @@ import {
 export function appRoutes(ctx: ApiContext) {
   const { store, keys, mutations } = ctx;
   const quotas = new Quotas(ctx);
+  const lb = new AppLb(ctx);
 
   return [
     defineRoute({
@@ -181,7 +183,8 @@ export function appRoutes(ctx: ApiContext) {
       method: 'delete',
       path: '/apps/:app',
       operationId: 'deleteApp',
-      summary: 'Delete an app, its versions and members (Owner); the scheduler removes it from every cell',
+      summary:
+        'Delete an app, its versions, members, domains and traffic (Owner); the scheduler removes it from every cell',
       tags: ['apps'],
       access: { kind: 'user', scope: 'write' },
       params: appParams,
@@ -194,8 +197,12 @@ export function appRoutes(ctx: ApiContext) {
           async () => {
             const { app } = await loadApp(ctx, p, params.app, 'delete');
             const guard = await quotas.check(app.value.owner, { apps: -1 });
+            // Its domains leave their groups (and their claims free the names) in the same step.
+            const routing = await lb.read(params.app);
+            const domains = routing.claims.map((c) => c.value.domain);
             return {
               ops: [
+                ...lb.removeAllOps(routing),
                 { op: 'delete', key: app.key, modRevision: app.modRevision },
                 { op: 'delete-prefix', prefix: `${keys.app(params.app)}/` },
                 guard,
@@ -208,6 +215,7 @@ export function appRoutes(ctx: ApiContext) {
                   incarnation: app.value.incarnation,
                   action: 'deleted',
                   before: app.value,
+                  ...(domains.length > 0 ? { data: { domains } } : {}),
                 },
               ],
               result: () => ({ status: 204 }),

@@ -5,9 +5,12 @@
  */
 import { ConflictError, InputError, NotFoundError } from '@berth/shared/errors';
 import { type Version, versionSchema } from '@berth/shared/model';
+import type { Op } from '@berth/shared/store';
 import { etag } from '../http/conditional.ts';
+import type { ChangeEvent } from '../http/mutation.ts';
 import { defineRoute } from '../http/routes.ts';
 import { loadApp } from './app-access.ts';
+import { AppLb } from './app-lb.ts';
 import { type ApiContext, now } from './context.ts';
 import { Quotas, versionUsage } from './quotas.ts';
 import {
@@ -21,6 +24,7 @@ import {
   versionParams,
   versionResponse,
 } from './schemas.ts';
+import { trafficChange } from './traffic.ts';
 
 /** Defaults of an app's first version for what the request leaves out (besides the image tag). */
 const FIRST_VERSION_DEFAULTS = { replicas: 2, cpu: '500m', memory: '512Mi' } as const;
@@ -32,6 +36,7 @@ function byNumberDesc(a: Version, b: Version): number {
 export function versionRoutes(ctx: ApiContext) {
   const { store, keys, mutations } = ctx;
   const quotas = new Quotas(ctx);
+  const lb = new AppLb(ctx);
 
   async function listVersions(app: string): Promise<Version[]> {
     return (await store.list(keys.versions(app), versionSchema)).map((v) => v.value).sort(byNumberDesc);
@@ -185,8 +190,30 @@ export function versionRoutes(ctx: ApiContext) {
             if (v.value.replicas > 0) {
               throw new ConflictError(`${params.version} runs ${v.value.replicas} replicas: scale it to 0 first`);
             }
+            // Traffic may name the version only with weight 0, which goes with it; a share above 0
+            // is the user's to move first.
+            const state = await lb.read(params.app);
+            const weights = state.traffic?.value.weights;
+            const ops: Op[] = [{ op: 'delete', key: v.key, modRevision: v.modRevision }];
+            const events: ChangeEvent[] = [];
+            if (state.traffic && weights && params.version in weights) {
+              if ((weights[params.version] ?? 0) > 0) {
+                throw new ConflictError(
+                  `${params.version} has a traffic weight of ${weights[params.version]}: change the app's traffic first`,
+                );
+              }
+              const { [params.version]: _gone, ...rest } = weights;
+              const next = { ...state.traffic.value, weights: rest, updatedAt: now(), updatedBy: p.user };
+              const change = trafficChange(ctx, lb, state, next, app.value.incarnation, {
+                reason: `version ${params.version} deleted`,
+              });
+              ops.push(...change.ops);
+              events.push(change.event);
+            } else {
+              ops.push(lb.guardOp(state));
+            }
             return {
-              ops: [{ op: 'delete', key: v.key, modRevision: v.modRevision }],
+              ops,
               pinned: v,
               events: [
                 {
@@ -197,6 +224,7 @@ export function versionRoutes(ctx: ApiContext) {
                   action: 'deleted',
                   before: v.value,
                 },
+                ...events,
               ],
               result: () => ({ status: 204 }),
             };
@@ -296,11 +324,25 @@ export function versionRoutes(ctx: ApiContext) {
                 versionUsage(current.value).memoryBytes,
             };
             const guard = await quotas.check(app.value.owner, delta);
+            // Traffic follows a rollback: when weights are set, the target gets all of it.
+            const state = await lb.read(params.app);
+            const traffic = state.traffic?.value;
+            const moved = traffic?.weights
+              ? trafficChange(
+                  ctx,
+                  lb,
+                  state,
+                  { ...traffic, weights: { [nextTarget.name]: 100 }, updatedAt: at, updatedBy: p.user },
+                  app.value.incarnation,
+                  { reason: 'rollback', from: nextCurrent.name, to: nextTarget.name },
+                )
+              : undefined;
             return {
               ops: [
                 { op: 'update', key: target.key, value: nextTarget, modRevision: target.modRevision },
                 { op: 'update', key: current.key, value: nextCurrent, modRevision: current.modRevision },
                 guard,
+                ...(moved ? moved.ops : [lb.guardOp(state)]),
               ],
               events: [
                 {
@@ -311,6 +353,7 @@ export function versionRoutes(ctx: ApiContext) {
                   action: 'rolled-back',
                   data: { from: nextCurrent.name, to: nextTarget.name, replicas: nextTarget.replicas },
                 },
+                ...(moved ? [moved.event] : []),
               ],
               result: () => ({ status: 200, body: { target: nextTarget, previous: nextCurrent } }),
             };
