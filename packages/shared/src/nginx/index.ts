@@ -17,7 +17,7 @@
  * breaks and other control characters are refused. The one exception is `options.raw`, which only
  * admins may write: it is copied into the server block as it is, and `nginx -t` guards the reload.
  */
-import { InputError } from '../errors/index.ts';
+import { InputError, jsonPath } from '../errors/index.ts';
 import type { Domain } from '../model/index.ts';
 
 export type RenderOptions = {
@@ -87,7 +87,7 @@ export function renderServer(domain: Domain, options: RenderOptions = {}): strin
     lines.push(`    client_max_body_size ${token(o.clientMaxBodySize, PATTERNS.size, '$.options.clientMaxBodySize')};`);
   }
   for (const [header, value] of Object.entries(o.headers ?? {})) {
-    const path = `$.options.headers.${header}`;
+    const path = jsonPath(['options', 'headers', header]);
     lines.push(`    add_header ${token(header, PATTERNS.headerName, path)} ${quote(value, path)} always;`);
   }
   const seen = new Set<string>();

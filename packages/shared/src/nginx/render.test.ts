@@ -101,8 +101,8 @@ describe('user data never becomes a directive', () => {
   });
 
   it.each([
-    ['a header name with a space', { headers: { 'X A': 'b' } }, '$.options.headers.X A'],
-    ['a header name with ";"', { headers: { 'X;return': 'b' } }, '$.options.headers.X;return'],
+    ['a header name with a space', { headers: { 'X A': 'b' } }, '$.options.headers["X A"]'],
+    ['a header name with ";"', { headers: { 'X;return': 'b' } }, '$.options.headers["X;return"]'],
     ['a body size with a directive', { clientMaxBodySize: '10m; return 200' }, '$.options.clientMaxBodySize'],
     ['a timeout with a line break', { readTimeout: '60s\nreturn 200;' }, '$.options.readTimeout'],
   ])('%s is refused, naming the field', (_what, options, path) => {
