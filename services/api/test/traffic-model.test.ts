@@ -177,6 +177,20 @@ describe('domains', () => {
     expect((await bind(second, owner, { domain })).status).toBe(201);
   });
 
+  it('two apps binding one name at once: exactly one gets it', async () => {
+    const apps = await Promise.all([fixture(), fixture(), fixture()]);
+    const domain = `race${counter}.example.test`;
+    const results = await Promise.all(
+      apps.map((app, i) => bind(app, owner, { domain, group: i % 2 ? 'internal' : 'public' })),
+    );
+    expect(results.map((r) => r.status).sort()).toEqual([201, 409, 409]);
+    const winner = apps[results.findIndex((r) => r.status === 201)];
+    const claim = await store().keys(keys().domainClaim(domain));
+    expect(claim).toHaveLength(1);
+    const bound = await Promise.all(apps.map((app) => api.call('GET', `/apps/${app}/domains`, { token: owner })));
+    expect(bound.map((b) => b.json.items.length)).toEqual(apps.map((app) => (app === winner ? 1 : 0)));
+  });
+
   it.each([
     ['an uppercase name', { domain: 'Shop.Example.test' }, '$.domain'],
     ['a single label', { domain: 'localhost' }, '$.domain'],
