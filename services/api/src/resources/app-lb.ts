@@ -76,6 +76,11 @@ export class AppLb {
       : { op: 'update', key, value, modRevision: state.guardRevision };
   }
 
+  /** For a write that reads the app's traffic but does not change it: it must still be as read. */
+  guardExpect(state: AppLbState): Op {
+    return { op: 'expect', key: this.#ctx.keys.lbGuard(state.app), modRevision: state.guardRevision };
+  }
+
   /**
    * Ops that make the per-group traffic copies match after a change: `traffic` is the app's
    * traffic after it (undefined: none), `before` and `after` the groups the app has domains in.
@@ -110,7 +115,7 @@ export class AppLb {
    */
   removeAllOps(state: AppLbState): Op[] {
     const { keys } = this.#ctx;
-    const ops: Op[] = [{ op: 'expect', key: keys.lbGuard(state.app), modRevision: state.guardRevision }];
+    const ops: Op[] = [this.guardExpect(state)];
     for (const claim of state.claims) {
       ops.push({ op: 'delete', key: claim.key, modRevision: claim.modRevision });
       ops.push({ op: 'delete', key: keys.slbDomain(claim.value.group, claim.value.domain) });

@@ -210,7 +210,7 @@ export function versionRoutes(ctx: ApiContext) {
               ops.push(...change.ops);
               events.push(change.event);
             } else {
-              ops.push(lb.guardOp(state));
+              ops.push(lb.guardExpect(state));
             }
             return {
               ops,
@@ -342,7 +342,7 @@ export function versionRoutes(ctx: ApiContext) {
                 { op: 'update', key: target.key, value: nextTarget, modRevision: target.modRevision },
                 { op: 'update', key: current.key, value: nextCurrent, modRevision: current.modRevision },
                 guard,
-                ...(moved ? moved.ops : [lb.guardOp(state)]),
+                ...(moved ? moved.ops : [lb.guardExpect(state)]),
               ],
               events: [
                 {
