@@ -27,18 +27,17 @@ function fakeCell(options: { namespaces?: V1Namespace[] | 'unknown'; objects?: K
         ? undefined
         : { exists: (options.namespaces ?? []).find((n) => n.metadata?.name === name) },
     writes: {
+      apply: async (o: KubernetesObject) => {
+        calls.push(`apply ${key(o)}`);
+        await answer();
+        calls.push(`applied ${key(o)}`);
+      },
       objects: {
         read: async (o: KubernetesObject) => {
           calls.push(`read ${key(o)}`);
           const found = stored.find((s) => key(s) === key(o));
           if (!found) throw Object.assign(new Error('not found'), { code: 404 });
           return found;
-        },
-        patch: async (o: KubernetesObject) => {
-          calls.push(`apply ${key(o)}`);
-          await answer();
-          calls.push(`applied ${key(o)}`);
-          return o;
         },
         delete: async (o: KubernetesObject) => {
           calls.push(`delete ${key(o)}`);

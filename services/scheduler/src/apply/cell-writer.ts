@@ -8,7 +8,7 @@
 import { BerthError } from '@berth/shared/errors';
 import { kubeErrorStatus } from '@berth/shared/kube';
 import { FIELD_MANAGER, LABELS, MANAGED_BY } from '@berth/shared/model';
-import { type KubernetesObject, PatchStrategy } from '@kubernetes/client-node';
+import type { KubernetesObject } from '@kubernetes/client-node';
 import type { Counter, Registry } from 'prom-client';
 import type { CellRuntime } from '../cells/cell-runtime.ts';
 import { CellWriteLimiter, type CellWriteLimiterOptions } from './limiter.ts';
@@ -51,8 +51,16 @@ export class CellWriter {
    */
   async ensure(cell: CellRuntime, desired: KubernetesObject, current: KubernetesObject | undefined): Promise<boolean> {
     const signature = `${hashOf(desired)}`;
-    if (cell.lastWritten(desired) === signature) return false;
-    return this.limiter(cell.name).run(objectKey(desired), async () => {
+    const pending = cell.lastWritten(desired);
+    if (pending === signature) return false;
+    // The common case, settled: the informer has what Berth wants, and no write of ours is newer
+    // or on its way.
+    const limiter = this.limiter(cell.name);
+    const key = objectKey(desired);
+    if (pending === undefined && current && !limiter.busy(key) && sameObject(current, desired, signature)) {
+      return false;
+    }
+    return limiter.run(key, async () => {
       // Checked again: the write of this object this one waited for may have written it.
       const last = cell.lastWritten(desired);
       if (last === signature) return false;
@@ -63,7 +71,7 @@ export class CellWriter {
         throw new ForeignObjectError(desired, 'write');
       }
       // The informer's copy is the truth only when no write of ours is newer than it.
-      const same = existing && hashOf(existing) === signature && replicasOf(existing) === replicasOf(desired);
+      const same = existing && sameObject(existing, desired, signature);
       if (last === undefined && same) return false;
       await this.#send(cell, desired);
       if (desired.kind === 'Namespace' && !existing) cell.noteNamespaceCreated(desired.metadata?.name as string);
@@ -122,7 +130,7 @@ export class CellWriter {
 
   async #send(cell: CellRuntime, obj: KubernetesObject): Promise<void> {
     this.#writes.inc({ cell: cell.name, kind: obj.kind ?? '?', verb: 'apply' });
-    await cell.writes.objects.patch(obj, undefined, undefined, FIELD_MANAGER, true, PatchStrategy.ServerSideApply);
+    await cell.writes.apply(obj, FIELD_MANAGER);
   }
 
   /** Deletes an object Berth created; one without Berth's label is left alone. Gone already is fine. */
@@ -171,6 +179,11 @@ export class ForeignObjectError extends BerthError {
 
 function replicasOf(obj: KubernetesObject): number | undefined {
   return (obj as { spec?: { replicas?: number } }).spec?.replicas;
+}
+
+/** The cell's object carries the spec hash Berth wants (and, for a Deployment, its replicas). */
+function sameObject(existing: KubernetesObject, desired: KubernetesObject, signature: string): boolean {
+  return hashOf(existing) === signature && replicasOf(existing) === replicasOf(desired);
 }
 
 /** The limiter's per-object key: namespace/kind/name. */

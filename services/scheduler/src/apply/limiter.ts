@@ -100,6 +100,11 @@ export class CellWriteLimiter {
     return this.#usualMs;
   }
 
+  /** The object `key` has a write in flight or waiting. */
+  busy(key: string): boolean {
+    return this.#objects.has(key);
+  }
+
   /**
    * Runs `write` for the object `key` (namespace/kind/name) when the object has no write in flight
    * and the cell has a free slot. A write queued behind an in-flight one is replaced by a later

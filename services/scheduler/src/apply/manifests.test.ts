@@ -1,6 +1,6 @@
 import { type App, appSchema, type Version, versionSchema } from '@berth/shared/model';
 import { describe, expect, it } from 'vitest';
-import { deploymentFor } from './manifests.ts';
+import { deploymentFor, hashOf, namespaceFor, serviceFor } from './manifests.ts';
 
 const at = new Date(0).toISOString();
 const app: App = appSchema.parse({
@@ -50,5 +50,28 @@ describe('the health probe', () => {
     expect(readiness).toMatchObject({ httpGet: { path: '/healthz', port: 3000 } });
     expect(readiness?.tcpSocket).toBeUndefined();
     expect(liveness).toMatchObject({ httpGet: { path: '/healthz', port: 3000 } });
+  });
+});
+
+describe('the objects of an unchanged app', () => {
+  const options = { registry: 'registry.local', preStopDelaySeconds: 0 };
+
+  it('are built once per app, version and size, and anew when any of them changes', () => {
+    const v = version({ port: 8080 });
+    const first = deploymentFor(app, v, 2, options);
+    expect(deploymentFor(app, v, 2, options)).toBe(first);
+    const three = deploymentFor(app, v, 3, options);
+    expect(three.spec?.replicas).toBe(3);
+    expect(hashOf(three)).not.toBe(hashOf(first));
+    // A changed version arrives as a new object (desired state never mutates one).
+    const scaledEnv = deploymentFor(app, { ...v, env: { MODE: 'blue' } }, 2, options);
+    expect(scaledEnv).not.toBe(first);
+    expect(hashOf(scaledEnv)).not.toBe(hashOf(first));
+    const renamedImage = deploymentFor({ ...app, image: 'team/other' }, v, 2, options);
+    expect(renamedImage.spec?.template.spec?.containers[0]?.image).toBe('registry.local/team/other:main');
+    expect(namespaceFor(app)).toBe(namespaceFor(app));
+    expect(serviceFor(app)).toBe(serviceFor(app));
+    // The same content built from other objects hashes the same: no write for a mere re-read.
+    expect(hashOf(deploymentFor({ ...app }, { ...v }, 2, options))).toBe(hashOf(first));
   });
 });

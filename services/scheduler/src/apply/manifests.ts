@@ -32,11 +32,55 @@ export function hashOf(obj: KubernetesObject | undefined): string | undefined {
   return obj?.metadata?.annotations?.[SPEC_HASH];
 }
 
+/*
+ * The reconcile builds an app's objects on every pass; building and hashing them was a large part
+ * of the scheduler's CPU. Desired state keeps one App and one Version object per change (they are
+ * replaced, never mutated), so the objects are remembered per App and Version object. Callers
+ * must not mutate what these functions return.
+ */
+const namespaces = new WeakMap<App, V1Namespace>();
+const services = new WeakMap<App, V1Service>();
+const deployments = new WeakMap<
+  Version,
+  { app: App; options: ManifestOptions; byReplicas: Map<number, V1Deployment> }
+>();
+
+function remembered<K extends object, V>(cache: WeakMap<K, V>, key: K, build: () => V): V {
+  let value = cache.get(key);
+  if (value === undefined) {
+    value = build();
+    cache.set(key, value);
+  }
+  return value;
+}
+
 export function namespaceFor(app: App): V1Namespace {
-  return withHash({ apiVersion: 'v1', kind: 'Namespace', metadata: { name: app.name, labels: labels(app) } });
+  return remembered(namespaces, app, () => buildNamespace(app));
 }
 
 export function serviceFor(app: App): V1Service {
+  return remembered(services, app, () => buildService(app));
+}
+
+export function deploymentFor(app: App, version: Version, replicas: number, options: ManifestOptions): V1Deployment {
+  let entry = deployments.get(version);
+  if (!entry || entry.app !== app || entry.options !== options) {
+    entry = { app, options, byReplicas: new Map() };
+    deployments.set(version, entry);
+  }
+  let dep = entry.byReplicas.get(replicas);
+  if (!dep) {
+    dep = buildDeployment(app, version, replicas, options);
+    entry.byReplicas.set(replicas, dep);
+  }
+  return dep;
+}
+
+function buildNamespace(app: App): V1Namespace {
+  return withHash({ apiVersion: 'v1', kind: 'Namespace', metadata: { name: app.name, labels: labels(app) } });
+}
+
+function buildService(app: App): V1Service {
   return withHash({
     apiVersion: 'v1',
     kind: 'Service',
@@ -48,7 +92,7 @@ export function serviceFor(app: App): V1Service {
   });
 }
 
-export function deploymentFor(app: App, version: Version, replicas: number, options: ManifestOptions): V1Deployment {
+function buildDeployment(app: App, version: Version, replicas: number, options: ManifestOptions): V1Deployment {
   const hc = version.healthCheck;
   const probe = {
     // No path: a TCP connect, for apps without a health endpoint (the API's default check).

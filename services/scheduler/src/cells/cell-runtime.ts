@@ -63,6 +63,7 @@ export class CellRuntime {
    * Any event about the object makes the informer's copy the truth again.
    */
   readonly #written = new Map<string, string>();
+  readonly #restarts = new PodRestarts();
   /** Namespaces this scheduler created (name → when), see FRESH_NAMESPACE_MS. */
   readonly #created = new Map<string, number>();
   #started = false;
@@ -89,7 +90,12 @@ export class CellRuntime {
       list: (s) => client.core.listPodForAllNamespaces(s),
       onEvent: (event, pod) => {
         options.onPodEvent?.(event, pod);
-        if (pod.metadata?.labels?.[LABELS.managedBy] === MANAGED_BY) options.onChange(appOf(pod));
+        // A pod's readiness reaches the reconcile through its Deployment's status; what only a pod
+        // tells is its restarts (the status rows' count). A rollout sends several events per pod:
+        // the app is reconciled only when its restarts changed, not on every one of them.
+        if (pod.metadata?.labels?.[LABELS.managedBy] === MANAGED_BY && this.#restarts.changed(event, pod)) {
+          options.onChange(appOf(pod));
+        }
       },
     });
     this.namespaces = new ResilientInformer<V1Namespace>({
@@ -257,6 +263,29 @@ export class CellRuntime {
 
 function objectKey(kind: string | undefined, obj: KubernetesObject): string {
   return `${kind ?? '?'}/${obj.metadata?.namespace ?? ''}/${obj.metadata?.name ?? ''}`;
+}
+
+/** Restarts of each pod as last seen: tells which pod events change a status row. */
+export class PodRestarts {
+  readonly #seen = new Map<string, number>();
+
+  /** Records the event; true when the pod's restarts differ from what was seen before. */
+  changed(event: InformerEvent, pod: V1Pod): boolean {
+    const key = `${pod.metadata?.namespace}/${pod.metadata?.name}`;
+    const before = this.#seen.get(key) ?? 0;
+    if (event === 'delete') {
+      this.#seen.delete(key);
+      return before > 0;
+    }
+    const now = restartsOf(pod);
+    this.#seen.set(key, now);
+    return now !== before;
+  }
+}
+
+/** Restarts of every container of a pod. */
+export function restartsOf(pod: V1Pod): number {
+  return (pod.status?.containerStatuses ?? []).reduce((n, c) => n + (c.restartCount ?? 0), 0);
 }
 
 function safe(n: number): number {

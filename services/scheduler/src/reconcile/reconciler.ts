@@ -25,7 +25,7 @@ import type { V1Deployment } from '@kubernetes/client-node';
 import type { EventRecorder } from '../activity/recorder.ts';
 import type { CellWriter } from '../apply/cell-writer.ts';
 import type { ManifestOptions } from '../apply/manifests.ts';
-import type { CellRuntime } from '../cells/cell-runtime.ts';
+import { type CellRuntime, restartsOf } from '../cells/cell-runtime.ts';
 import type { CellHealth } from '../placement/place.ts';
 import { type CellPlan, planApp, type Target } from '../plan/app-plan.ts';
 import type { DesiredState } from '../state/desired-state.ts';
@@ -255,9 +255,7 @@ function statusOf(
   dep: V1Deployment | undefined,
   desired: number,
 ): VersionCellStatus {
-  const restarts = cell
-    .podsOf(app, version)
-    .reduce((n, p) => n + (p.status?.containerStatuses ?? []).reduce((m, c) => m + (c.restartCount ?? 0), 0), 0);
+  const restarts = cell.podsOf(app, version).reduce((n, p) => n + restartsOf(p), 0);
   return {
     app,
     version,
