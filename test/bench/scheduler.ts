@@ -42,6 +42,7 @@ import {
   stopCells,
   upCells,
   WRITE_VERBS,
+  wipeCells,
 } from './scheduler/cells.ts';
 import { DeploymentWatch } from './scheduler/deployments.ts';
 import { type AppObjects, applyFloor } from './scheduler/floor.ts';
@@ -168,11 +169,14 @@ function cleanup(): Promise<void> {
       scheduler.kill('SIGTERM');
       await exited(scheduler);
     }
+    // Cells this run started are stopped and wiped below: nothing to delete in them. In cells that
+    // were running, the run's namespaces are deleted and waited for.
+    const kept = clients.filter((c) => alreadyRunning.includes(c.cell));
     const selector = `${LABELS.owner} in (${owner},${floorOwner})`;
     const namespaces = async () =>
       (
         await Promise.all(
-          clients.map(async (c) => {
+          kept.map(async (c) => {
             const list = await c.core.listNamespace({ labelSelector: selector }).catch(() => ({ items: [] }));
             return list.items.map((ns) => ({ c, ns }));
           }),
@@ -184,7 +188,6 @@ function cleanup(): Promise<void> {
     );
     if (left.length > 0) {
       console.log(`deleting ${left.length} namespaces (their pods go first)…`);
-      // Gone before the cells stop, so a stopped cell keeps no deletion to finish on its next start.
       await waitFor(async () => (await namespaces()).length === 0, {
         timeoutMs: 600_000,
         intervalMs: 1000,
@@ -195,8 +198,9 @@ function cleanup(): Promise<void> {
     etcd.close();
     const started = cellNames.filter((c) => !alreadyRunning.includes(c));
     if (started.length > 0) {
-      console.log(`stopping the cells this run started: ${started.join(' ')}`);
+      console.log(`stopping and wiping the cells this run started: ${started.join(' ')}`);
       stopCells(started);
+      await wipeCells(started);
     }
   })();
   return cleaning;
@@ -214,6 +218,8 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
 try {
   const cellsStarted = Date.now();
   console.log(`bringing up ${KWOK_CELLS} KWOK cells × ${NODES} nodes: ${cellNames.join(' ')} (infra/cells.sh up)…`);
+  // A cell this run starts starts empty, whatever an earlier run (or a crash) left in it.
+  await wipeCells(cellNames.filter((c) => !alreadyRunning.includes(c)));
   upCells(cellNames, NODES);
   console.log(`cells up in ${seconds(Date.now() - cellsStarted)}`);
   clients = cellNames.map((c) => loadCellClient(kubeconfigDir, c));
@@ -410,6 +416,8 @@ try {
   const idle = (from: number, to: number) => ((to - from) / idleMs) * windowMs;
   const cpuNet = end.cpu - writeStart.cpu - idle(idleStart.cpu, writeStart.cpu);
   const cpuPerVersionMs = (cpuNet / VERSIONS) * 1000;
+  // Gross: everything the scheduler used over the run, its idle work included (an upper bound).
+  const cpuGrossPerVersionMs = ((end.cpu - writeStart.cpu) / VERSIONS) * 1000;
   const benchPuts = APPS + VERSIONS;
   const etcdTxns = end.etcd.txns - writeStart.etcd.txns - idle(idleStart.etcd.txns, writeStart.etcd.txns);
   const etcdPuts = end.etcd.puts - writeStart.etcd.puts - idle(idleStart.etcd.puts, writeStart.etcd.puts) - benchPuts;
@@ -444,6 +452,7 @@ try {
   console.log(`| last write → all versions available | ${seconds(available - lastWrite)} |`);
   console.log(
     `| scheduler CPU (user+system, net of ${(((writeStart.cpu - idleStart.cpu) / idleMs) * 1e5).toFixed(1)}% idle) | ${cpuNet.toFixed(2)} s, ${cpuPerVersionMs.toFixed(1)} ms per version, ${((cpuNet / (windowMs / 1000)) * 100).toFixed(0)}% of one core over ${seconds(windowMs)} |`,
+    `| scheduler CPU, gross (idle work included) | ${(end.cpu - writeStart.cpu).toFixed(2)} s, ${cpuGrossPerVersionMs.toFixed(1)} ms per version |`,
   );
   console.log(
     `| scheduler etcd write transactions per version (${txnSource}) | ${txnsPerVersion.toFixed(2)} (${Math.round(storeTxns ?? etcdTxns)} txns) |`,
@@ -470,7 +479,14 @@ try {
       full ? yes(placeMs < 5000 * (VERSIONS / 1000)) : 'full run only',
     ],
     ['placements per second', rate.toFixed(0), '≥ 200', yes(rate >= 200)],
-    ['scheduler CPU per version', `${cpuPerVersionMs.toFixed(1)} ms`, '< 5 ms', yes(cpuPerVersionMs < 5)],
+    [
+      'scheduler CPU per version (net; gross)',
+      `${cpuPerVersionMs.toFixed(1)} ms; ${cpuGrossPerVersionMs.toFixed(1)} ms`,
+      '< 5 ms',
+      // A negative net means the idle sample was busier than the run (the cells were still doing
+      // something else): only the gross figure says anything then.
+      cpuPerVersionMs > 0 ? yes(cpuPerVersionMs < 5) : `net unusable; gross ${yes(cpuGrossPerVersionMs < 5)}`,
+    ],
     [
       'apply time / cells’ write floor',
       `${ratio.toFixed(2)}× (${seconds(applyMs)} / ${seconds(floorMs)})`,
