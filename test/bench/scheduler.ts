@@ -452,6 +452,8 @@ try {
   console.log(`| last write → all versions available | ${seconds(available - lastWrite)} |`);
   console.log(
     `| scheduler CPU (user+system, net of ${(((writeStart.cpu - idleStart.cpu) / idleMs) * 1e5).toFixed(1)}% idle) | ${cpuNet.toFixed(2)} s, ${cpuPerVersionMs.toFixed(1)} ms per version, ${((cpuNet / (windowMs / 1000)) * 100).toFixed(0)}% of one core over ${seconds(windowMs)} |`,
+  );
+  console.log(
     `| scheduler CPU, gross (idle work included) | ${(end.cpu - writeStart.cpu).toFixed(2)} s, ${cpuGrossPerVersionMs.toFixed(1)} ms per version |`,
   );
   console.log(
