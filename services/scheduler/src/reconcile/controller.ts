@@ -215,6 +215,8 @@ export class SchedulerController {
    * burst of 1000 versions was placed 14.6 s after its last write.
    */
   async #placementFirst(): Promise<void> {
+    // A placer pausing after a failure is not waited for (nor does each reconcile leave a waiter).
+    if (!this.#placer.placing) return;
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([
       this.#placer.idle(),

@@ -5,8 +5,19 @@
  * conflict re-plans only the app that lost it; a deposed leader writes nothing. No cells: the
  * apply path needs real API servers (services/scheduler/test).
  */
+import { UnavailableError } from '@berth/shared/errors';
 import { BerthKeys } from '@berth/shared/keys';
 import { placementSchema } from '@berth/shared/model';
+import {
+  type Compare,
+  type KeyValue,
+  type KvBackend,
+  MemoryBackend,
+  type RangeOptions,
+  type TxnResult,
+  type Write,
+} from '@berth/shared/store';
+import { waitFor } from '@berth/shared/testing';
 import { describe, expect, it } from 'vitest';
 import type { CellWriter } from '../apply/cell-writer.ts';
 import { StatusReporter } from '../status/reporter.ts';
@@ -14,6 +25,29 @@ import { appNamed, logger, now, recorder, setupPlacer as setup } from './placer-
 import { Reconciler } from './reconciler.ts';
 
 const keys = new BerthKeys('/t');
+
+/** A test double for a fault not caused for real here: etcd refusing transactions until `up`. */
+class UnreachableEtcdDouble implements KvBackend {
+  up = false;
+  refused = 0;
+  readonly #inner: KvBackend;
+  constructor(inner: KvBackend) {
+    this.#inner = inner;
+  }
+  get(key: string): Promise<KeyValue | undefined> {
+    return this.#inner.get(key);
+  }
+  range(prefix: string, options?: RangeOptions): Promise<KeyValue[]> {
+    return this.#inner.range(prefix, options);
+  }
+  txn(compares: readonly Compare[], writes: readonly Write[]): Promise<TxnResult> {
+    if (!this.up) {
+      this.refused++;
+      return Promise.reject(new UnavailableError('etcd unreachable (test double)'));
+    }
+    return this.#inner.txn(compares, writes);
+  }
+}
 
 describe('the placer', () => {
   it('writes a placement and the events of the problems it starts in one transaction, then publishes them', async () => {
@@ -85,6 +119,22 @@ describe('the placer', () => {
         .map((e) => e.resourceId)
         .sort(),
     ).toEqual(['a-shop', 'b-shop']);
+  });
+
+  it('is "placing" while it works, and not while it waits out an etcd failure (reconciles do not wait for it then)', async () => {
+    const down = new UnreachableEtcdDouble(new MemoryBackend());
+    const { placer, store } = setup(['shop'], { backend: down });
+    expect(placer.placing).toBe(false);
+    placer.add('shop');
+    expect(placer.placing).toBe(true);
+    await waitFor(() => down.refused > 0 && !placer.placing, { timeoutMs: 5000, message: 'placer pausing' });
+    down.up = true;
+    await waitFor(async () => (await store.get(keys.placement('shop', 'v1'), placementSchema)) !== undefined, {
+      timeoutMs: 5000,
+      message: 'placed once etcd answers',
+    });
+    await placer.idle();
+    expect(placer.placing).toBe(false);
   });
 
   it('a deposed leader writes nothing: no placement, no outbox entry, nothing published', async () => {

@@ -120,6 +120,15 @@ export class Placer {
   }
 
   /** Resolves when no app waits to be placed. */
+  /**
+   * Working through apps now (not stopped, not waiting out a retry pause after an etcd failure,
+   * not waiting for a new cell's first list).
+   */
+  get placing(): boolean {
+    if (this.#stopped || this.#retryTimer) return false;
+    return this.#running !== undefined || this.#pending.size > 0;
+  }
+
   idle(): Promise<void> {
     if (!this.#running && this.#pending.size === 0) return Promise.resolve();
     return new Promise((resolve) => this.#idleWaiters.push(resolve));
