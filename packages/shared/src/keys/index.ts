@@ -308,6 +308,10 @@ export class BerthKeys {
   lbGuard(app: string): string {
     return this.templates.lbGuard.format({ app });
   }
+  /** The load-balancer tree of every group (discovery lists the upstream keys it wrote). */
+  slbRoot(): string {
+    return `${this.prefix}/slb/`;
+  }
   /** Everything one group's lb-agents watch. */
   slbGroup(group: string): string {
     return `${this.prefix}/slb/${group}/`;

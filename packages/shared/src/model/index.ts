@@ -456,6 +456,48 @@ export const lbAgentStatusSchema = z.object({
 });
 export type LbAgentStatus = z.infer<typeof lbAgentStatusSchema>;
 
+// Upstreams (discovery)
+
+/** One pod address an lb-agent may route to, as the cell's EndpointSlices report it. */
+export const upstreamEndpointSchema = z.object({
+  address: z.union([z.ipv4(), z.ipv6()]),
+  /** The app's ports by name (`{"http": 8080}`), as the EndpointSlice lists them. */
+  ports: z.record(z.string().max(15), z.number().int().min(1).max(65535)),
+  ready: z.boolean(),
+  serving: z.boolean(),
+  terminating: z.boolean(),
+  node: z.string().nullable(),
+  pod: z.string().nullable(),
+});
+export type UpstreamEndpoint = z.infer<typeof upstreamEndpointSchema>;
+
+/** What discovery knows of one cell's part of an app's upstreams. */
+export const upstreamCellSchema = z.object({
+  /**
+   * True while the cell's API server is unreachable (or not listed yet since discovery's leader
+   * started): its endpoints are the last known ones, kept, never emptied. lb-agents try them last.
+   */
+  stale: z.boolean(),
+  /** When discovery last (re)listed this cell successfully; null when it never has. */
+  syncedAt: z.iso.datetime().nullable(),
+  /** The newest resourceVersion among the app's EndpointSlices in the cell (opaque; '' when none). */
+  revision: z.string(),
+});
+export type UpstreamCell = z.infer<typeof upstreamCellSchema>;
+
+/**
+ * An app's routable endpoints, at `/slb/{group}/upstreams/{app}` for every group the app has a
+ * domain in (written by discovery; a change needs no reload). `versions[v][cell]` holds the ready
+ * endpoints of version v in that cell, or, when v has no ready endpoint in any cell, its serving
+ * and terminating ones. `cells` says, for every cell listed under a version, whether it is stale.
+ */
+export const upstreamsSchema = z.object({
+  app: dnsLabelSchema,
+  cells: z.record(dnsLabelSchema, upstreamCellSchema),
+  versions: z.record(versionNameSchema, z.record(dnsLabelSchema, z.array(upstreamEndpointSchema))),
+});
+export type Upstreams = z.infer<typeof upstreamsSchema>;
+
 // ---- Kubernetes naming ------------------------------------------------------------------------
 
 /** Labels Berth puts on every object it creates in a cell, and selects by. */
