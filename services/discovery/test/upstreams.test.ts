@@ -1,0 +1,171 @@
+/**
+ * Discovery on the real cells: a real scheduler runs an app's versions in cell-a (kubelet, real
+ * pod addresses) and cell-b (KWOK); discovery reaches cell-b through a proxy the test can take
+ * down. The tests run in order on one app: its upstreams by version and cell, scaling, a cell
+ * outage (endpoints kept and marked stale, replaced on return), and a leader failover that never
+ * writes an empty set.
+ */
+
+import { CuttableProxy, kubeconfigDirWith } from '@berth/shared/kube/testing';
+import type { Upstreams } from '@berth/shared/model';
+import { uniqueId, waitFor } from '@berth/shared/testing';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  addressesOf,
+  appRecord,
+  CELLS,
+  cells,
+  claim,
+  countsOf,
+  deleteNamespaces,
+  KUBECONFIG_DIR,
+  putApp,
+  scale,
+  startDiscovery,
+  startScheduler,
+  unclaim,
+  upstreams,
+  versionRecord,
+  type World,
+  world,
+} from './harness.ts';
+
+const app = `disc-${uniqueId(6)}`;
+const domain = `${app}.example.test`;
+let w: World;
+let proxy: CuttableProxy;
+let cellsDir: string;
+let scheduler: Awaited<ReturnType<typeof startScheduler>>;
+let first: Awaited<ReturnType<typeof startDiscovery>>;
+let second: Awaited<ReturnType<typeof startDiscovery>> | undefined;
+
+beforeAll(async () => {
+  w = await world();
+  const cellB = cells['cell-b'];
+  if (!cellB) throw new Error('no cell-b');
+  proxy = CuttableProxy.forKubeConfig(cellB.kubeConfig);
+  await proxy.listen();
+  cellsDir = kubeconfigDirWith(KUBECONFIG_DIR, [...CELLS], { 'cell-b': proxy });
+  scheduler = await startScheduler(w);
+  first = await startDiscovery(w, { KUBECONFIG_DIR: cellsDir });
+  await waitFor(() => first.service.election.isLeader, { timeoutMs: 10_000, message: 'first discovery leads' });
+});
+
+afterAll(async () => {
+  await second?.service.stop();
+  await first?.service.stop();
+  await scheduler?.service.stop();
+  await proxy?.close();
+  await deleteNamespaces(app);
+  await w?.close();
+});
+
+/** Waits until the public group's upstreams satisfy `check`, and returns them. */
+async function upstreamsWhen(check: (up: Upstreams) => boolean, message: string, timeoutMs = 90_000) {
+  return waitFor(
+    async () => {
+      const up = await upstreams(w, 'public', app);
+      return up && check(up) ? up : undefined;
+    },
+    { timeoutMs, intervalMs: 200, message },
+  );
+}
+
+const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
+
+describe('discovery', () => {
+  it('writes an app with a domain its ready endpoints in both cells, by version, to each group it has a domain in', {
+    timeout: 150_000,
+  }, async () => {
+    await claim(w, domain, app, 'public');
+    await putApp(w, appRecord(app), [versionRecord(app, 1, { replicas: 4 })]);
+    const up = await upstreamsWhen((u) => same(countsOf(u, 'v1'), { 'cell-a': 2, 'cell-b': 2 }), 'v1 2+2');
+    for (const e of up.versions.v1?.['cell-a'] ?? []) {
+      expect(e.address).toMatch(/^198\.18\./);
+      expect(e).toMatchObject({ ready: true, terminating: false, ports: { http: 8080 }, node: 'cell-a-node0' });
+      expect(e.pod).toMatch(new RegExp(`^${app}-v1-`));
+    }
+    for (const e of up.versions.v1?.['cell-b'] ?? []) expect(e.address).toMatch(/^198\.19\./);
+    expect(up.cells['cell-a']).toMatchObject({ stale: false });
+    expect(up.cells['cell-b']?.syncedAt).not.toBeNull();
+
+    // A domain in a second group: the same upstreams there; its removal deletes that key only.
+    await claim(w, `api.${domain}`, app, 'internal');
+    await waitFor(async () => same(await upstreams(w, 'internal', app), await upstreams(w, 'public', app)), {
+      timeoutMs: 10_000,
+      message: 'upstreams copied to the internal group',
+    });
+    await unclaim(w, `api.${domain}`);
+    await waitFor(async () => (await upstreams(w, 'internal', app)) === undefined, {
+      timeoutMs: 10_000,
+      message: 'internal upstreams deleted',
+    });
+    expect(await upstreams(w, 'public', app)).toBeDefined();
+  });
+
+  it('follows scaling and a new version', { timeout: 150_000 }, async () => {
+    await putApp(w, appRecord(app, { lastVersion: 2 }), [
+      versionRecord(app, 1, { replicas: 6 }),
+      versionRecord(app, 2, { replicas: 2 }),
+    ]);
+    await upstreamsWhen(
+      (u) =>
+        same(countsOf(u, 'v1'), { 'cell-a': 3, 'cell-b': 3 }) && same(countsOf(u, 'v2'), { 'cell-a': 1, 'cell-b': 1 }),
+      'v1 3+3 and v2 1+1',
+    );
+  });
+
+  it("keeps an unreachable cell's endpoints, marked stale, and replaces them when it is back", {
+    timeout: 150_000,
+  }, async () => {
+    const before = await upstreams(w, 'public', app);
+    const cellBBefore = addressesOf(before, 'v1')['cell-b'];
+    proxy.takeDown();
+    const stale = await upstreamsWhen((u) => u.cells['cell-b']?.stale === true, 'cell-b marked stale', 30_000);
+    expect(addressesOf(stale, 'v1')['cell-b']).toEqual(cellBBefore);
+
+    // cell-a changes meanwhile (the scheduler reaches cell-b directly and scales it down too):
+    // discovery follows cell-a and keeps what it last knew of cell-b.
+    await scale(w, app, 'v1', 2);
+    const shrunk = await upstreamsWhen((u) => countsOf(u, 'v1')['cell-a'] === 1, 'cell-a v1 down to 1');
+    expect(addressesOf(shrunk, 'v1')['cell-b']).toEqual(cellBBefore);
+    expect(shrunk.cells['cell-b']?.stale).toBe(true);
+
+    proxy.up();
+    const back = await upstreamsWhen(
+      (u) => u.cells['cell-b']?.stale === false && same(countsOf(u, 'v1'), { 'cell-a': 1, 'cell-b': 1 }),
+      'cell-b relisted',
+      60_000,
+    );
+    expect(Date.parse(back.cells['cell-b']?.syncedAt ?? '')).toBeGreaterThan(
+      Date.parse(before?.cells['cell-b']?.syncedAt ?? ''),
+    );
+  });
+
+  it('a leader failover never writes an empty set', { timeout: 150_000 }, async () => {
+    const seen: Upstreams[] = [];
+    const watcher = await w.etcd.watch().key(w.keys.slbUpstream('public', app)).create();
+    watcher.on('put', (kv) => seen.push(JSON.parse(kv.value.toString()) as Upstreams));
+    watcher.on('delete', () => seen.push({ app, cells: {}, versions: {} }));
+    try {
+      second = await startDiscovery(w, { KUBECONFIG_DIR: cellsDir });
+      expect(second.service.election.isLeader).toBe(false);
+      await first.service.stop();
+      await waitFor(() => second?.service.election.isLeader === true, {
+        timeoutMs: 15_000,
+        message: 'second discovery leads',
+      });
+      await scale(w, app, 'v1', 4);
+      await upstreamsWhen((u) => same(countsOf(u, 'v1'), { 'cell-a': 2, 'cell-b': 2 }), 'v1 2+2 after failover');
+      await second.service.controller.idle();
+    } finally {
+      await watcher.cancel();
+    }
+    expect(seen.length).toBeGreaterThan(0);
+    for (const up of seen) {
+      const v1 = countsOf(up, 'v1');
+      expect(v1['cell-a'] ?? 0, JSON.stringify(up)).toBeGreaterThan(0);
+      expect(v1['cell-b'] ?? 0, JSON.stringify(up)).toBeGreaterThan(0);
+    }
+  });
+});
