@@ -142,23 +142,37 @@ describe('discovery', () => {
     );
   });
 
-  it('a leader failover never writes an empty set', { timeout: 150_000 }, async () => {
+  it('a leader failover never writes an empty set, even with a cell the new leader cannot reach', {
+    timeout: 150_000,
+  }, async () => {
     const seen: Upstreams[] = [];
     const watcher = await w.etcd.watch().key(w.keys.slbUpstream('public', app)).create();
     watcher.on('put', (kv) => seen.push(JSON.parse(kv.value.toString()) as Upstreams));
     watcher.on('delete', () => seen.push({ app, cells: {}, versions: {} }));
     try {
-      second = await startDiscovery(w, { KUBECONFIG_DIR: cellsDir });
+      second = await startDiscovery(w, { KUBECONFIG_DIR: cellsDir, DISCOVERY_FIRST_LIST_WAIT: '2s' });
       expect(second.service.election.isLeader).toBe(false);
+      const before = await upstreams(w, 'public', app);
+      // The new leader starts while cell-b is unreachable: it has only etcd's word for cell-b.
+      proxy.takeDown();
       await first.service.stop();
       await waitFor(() => second?.service.election.isLeader === true, {
         timeoutMs: 15_000,
         message: 'second discovery leads',
       });
+      const carried = await upstreamsWhen(
+        (u) => u.cells['cell-b']?.stale === true && u.cells['cell-a']?.syncedAt !== before?.cells['cell-a']?.syncedAt,
+        'cell-b carried forward, stale',
+        30_000,
+      );
+      expect(addressesOf(carried, 'v1')['cell-b']).toEqual(addressesOf(before, 'v1')['cell-b']);
+      proxy.up();
+      await upstreamsWhen((u) => u.cells['cell-b']?.stale === false, 'cell-b listed by the new leader', 60_000);
       await scale(w, app, 'v1', 4);
       await upstreamsWhen((u) => same(countsOf(u, 'v1'), { 'cell-a': 2, 'cell-b': 2 }), 'v1 2+2 after failover');
       await second.service.controller.idle();
     } finally {
+      proxy.up();
       await watcher.cancel();
     }
     expect(seen.length).toBeGreaterThan(0);
