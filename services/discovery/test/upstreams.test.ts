@@ -73,6 +73,12 @@ async function upstreamsWhen(check: (up: Upstreams) => boolean, message: string,
 
 const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
 
+/** A metric of a discovery instance, summed over its labels. */
+async function metric(d: Awaited<ReturnType<typeof startDiscovery>>, name: string): Promise<number> {
+  const m = await d.service.runtime.metrics.getSingleMetric(name)?.get();
+  return (m?.values ?? []).reduce((n, v) => n + v.value, 0);
+}
+
 describe('discovery', () => {
   it('writes an app with a domain its ready endpoints in both cells, by version, to each group it has a domain in', {
     timeout: 150_000,
@@ -123,6 +129,7 @@ describe('discovery', () => {
     proxy.takeDown();
     const stale = await upstreamsWhen((u) => u.cells['cell-b']?.stale === true, 'cell-b marked stale', 30_000);
     expect(addressesOf(stale, 'v1')['cell-b']).toEqual(cellBBefore);
+    expect(await metric(first, 'berth_discovery_stale_cells')).toBe(1);
 
     // cell-a changes meanwhile (the scheduler reaches cell-b directly and scales it down too):
     // discovery follows cell-a and keeps what it last knew of cell-b.
@@ -137,6 +144,11 @@ describe('discovery', () => {
       'cell-b relisted',
       60_000,
     );
+    await waitFor(async () => (await metric(first, 'berth_discovery_stale_cells')) === 0, {
+      timeoutMs: 10_000,
+      message: 'no stale cell in the metrics',
+    });
+    expect(await metric(first, 'berth_discovery_upstream_writes_total')).toBeGreaterThan(0);
     expect(Date.parse(back.cells['cell-b']?.syncedAt ?? '')).toBeGreaterThan(
       Date.parse(before?.cells['cell-b']?.syncedAt ?? ''),
     );
