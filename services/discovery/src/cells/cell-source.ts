@@ -91,12 +91,25 @@ export class CellSource {
     return this.#syncedAt;
   }
 
-  /** Every app with EndpointSlices in the cell, its endpoints by version. */
-  endpoints(): Map<string, AppEndpoints> {
-    return endpointsByApp(this.slices.list(), (namespace, pod) => {
-      const p = this.pods.get(pod, namespace);
-      return p?.metadata?.labels?.[LABELS.version];
-    });
+  /**
+   * One app's endpoints in the cell by version, or undefined when it has none. The scheduler puts
+   * an app's Service in the Namespace named after the app, so only that Namespace's slices are
+   * read (the informer indexes by Namespace); the app label must still match.
+   */
+  endpointsOf(app: string): AppEndpoints | undefined {
+    const slices = this.slices.list(app).filter((s) => s.metadata?.labels?.[LABELS.app] === app);
+    if (slices.length === 0) return undefined;
+    return endpointsByApp(
+      slices,
+      (namespace, pod) => this.pods.get(pod, namespace)?.metadata?.labels?.[LABELS.version],
+    ).get(app);
+  }
+
+  /** Endpoints of every Berth slice in the cell (for the gauge; no version lookups). */
+  endpointCount(): number {
+    let n = 0;
+    for (const slice of this.slices.list()) n += slice.endpoints?.length ?? 0;
+    return n;
   }
 
   #evaluate(): void {

@@ -20,7 +20,7 @@ import type { Op, Store } from '@berth/shared/store';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import type { z } from 'zod';
 import { CellSource } from '../cells/cell-source.ts';
-import { type AppEndpoints, buildUpstreams, type CellPart, partsOf, upstreamsJson } from './build.ts';
+import { buildUpstreams, type CellPart, partsOf, upstreamsJson } from './build.ts';
 
 export type DiscoveryControllerOptions = {
   etcd: Etcd3;
@@ -262,25 +262,20 @@ export class DiscoveryController {
   async #flush(): Promise<void> {
     const apps = [...this.#dirty];
     this.#dirty.clear();
-    const byCell = new Map<string, Map<string, AppEndpoints>>();
-    let stale = 0;
-    for (const [name, source] of this.#sources) {
-      if (!source.listed) continue;
-      const endpoints = source.endpoints();
-      byCell.set(name, endpoints);
-      let n = 0;
-      for (const app of endpoints.values()) for (const eps of app.byVersion.values()) n += eps.length;
-      this.#endpointsGauge.set({ cell: name }, n);
-    }
     const cells = [...this.#cells.view.keys()]
       .map((k) => this.#o.keys.parse('cell', k)?.cell)
       .filter((c): c is string => c !== undefined);
-    for (const cell of cells) if (!this.#sources.get(cell)?.reachable) stale++;
+    let stale = 0;
+    for (const cell of cells) {
+      const source = this.#sources.get(cell);
+      if (!source?.reachable) stale++;
+      if (source?.listed) this.#endpointsGauge.set({ cell }, source.endpointCount());
+    }
     this.#staleGauge.set(stale);
     for (const app of apps) {
       if (!this.#running) return;
       try {
-        await this.#writeApp(app, cells, byCell);
+        await this.#writeApp(app, cells);
         this.#failures.delete(app);
       } catch (err) {
         if (err instanceof NotLeaderError) {
@@ -297,13 +292,12 @@ export class DiscoveryController {
   }
 
   /** Builds one app's upstreams from every cell and writes what changed to each of its groups. */
-  async #writeApp(app: string, cells: string[], byCell: Map<string, Map<string, AppEndpoints>>): Promise<void> {
+  async #writeApp(app: string, cells: string[]): Promise<void> {
     const parts: CellPart[] = [];
     for (const cell of cells) {
       const source = this.#sources.get(cell);
-      const listed = byCell.get(cell);
-      if (source && listed) {
-        const mine = listed.get(app);
+      if (source?.listed) {
+        const mine = source.endpointsOf(app);
         if (!mine) continue;
         parts.push({
           cell,
