@@ -122,8 +122,19 @@ export class DiscoveryController {
     if (this.#running) return;
     this.#running = true;
     this.#writesAllowed = false;
-    await this.#loadWritten();
-    await Promise.all([this.#claims.start(), this.#cells.start()]);
+    try {
+      await this.#loadWritten();
+      // Deposed meanwhile: stop() has run, nothing may start after it.
+      if (!this.#running) return;
+      await Promise.all([this.#claims.start(), this.#cells.start()]);
+    } catch (err) {
+      await this.stop();
+      throw err;
+    }
+    if (!this.#running) {
+      await Promise.all([this.#claims.stop(), this.#cells.stop()]);
+      return;
+    }
     this.#syncCells();
     // The first writes wait (a little) for the cells' first lists, so a cell that is merely slow
     // to list is not written as stale; one that is down keeps its carried endpoints.
