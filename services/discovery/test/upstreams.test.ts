@@ -2,12 +2,12 @@
  * Discovery on the real cells: a real scheduler runs an app's versions in cell-a (kubelet, real
  * pod addresses) and cell-b (KWOK); discovery reaches cell-b through a proxy the test can take
  * down. The tests run in order on one app: its upstreams by version and cell, scaling, a cell
- * outage (endpoints kept and marked stale, replaced on return), and a leader failover that never
- * writes an empty set.
+ * outage (endpoints kept and marked stale, replaced on return), a leader failover that never
+ * writes an empty set, and dropped connections that miss no change.
  */
 
 import { CuttableProxy, kubeconfigDirWith } from '@berth/shared/kube/testing';
-import type { Upstreams } from '@berth/shared/model';
+import { LABELS, type Upstreams } from '@berth/shared/model';
 import { uniqueId, waitFor } from '@berth/shared/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -193,5 +193,36 @@ describe('discovery', () => {
       expect(v1['cell-a'] ?? 0, JSON.stringify(up)).toBeGreaterThan(0);
       expect(v1['cell-b'] ?? 0, JSON.stringify(up)).toBeGreaterThan(0);
     }
+  });
+
+  it('a dropped connection misses no change: cell-b matches a fresh list of its EndpointSlices', {
+    timeout: 120_000,
+  }, async () => {
+    const cellB = cells['cell-b'];
+    if (!cellB) throw new Error('no cell-b');
+    // Every connection to cell-b drops while the app scales: the watch breaks mid-change.
+    proxy.cut();
+    await scale(w, app, 'v1', 6);
+    proxy.cut();
+    const fresh = async () => {
+      const list = await cellB.discovery.listNamespacedEndpointSlice({ namespace: app });
+      const pods = await cellB.core.listNamespacedPod({ namespace: app });
+      const v1Pods = new Set(
+        pods.items.filter((p) => p.metadata?.labels?.[LABELS.version] === 'v1').map((p) => p.metadata?.name),
+      );
+      return list.items
+        .flatMap((sl) => sl.endpoints ?? [])
+        .filter((e) => e.conditions?.ready !== false && v1Pods.has(e.targetRef?.name))
+        .map((e) => e.addresses[0])
+        .sort();
+    };
+    await waitFor(
+      async () => {
+        const up = await upstreams(w, 'public', app);
+        const want = await fresh();
+        return want.length === 3 && up?.cells['cell-b']?.stale === false && same(addressesOf(up, 'v1')['cell-b'], want);
+      },
+      { timeoutMs: 90_000, intervalMs: 250, message: "cell-b's v1 endpoints equal a fresh list" },
+    );
   });
 });
