@@ -3,12 +3,10 @@
  * app alone; a scheduler killed with SIGKILL in the middle of placing and applying a batch leaves
  * nothing the next leader does not converge.
  */
-import { spawn } from 'node:child_process';
-import { join } from 'node:path';
 import { createEtcdClient } from '@berth/shared/etcd';
 import { deploymentName, LABELS, MANAGED_BY, placementSchema, versionCellStatusSchema } from '@berth/shared/model';
 import { Etcd3Backend } from '@berth/shared/store';
-import { REPO_ROOT, uniqueId, waitFor } from '@berth/shared/testing';
+import { uniqueId, waitFor } from '@berth/shared/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { now, setupPlacer } from '../src/reconcile/placer-fixture.ts';
 import {
@@ -17,9 +15,9 @@ import {
   cordon,
   deleteNamespaces,
   env,
-  KUBECONFIG_DIR,
   placement,
   putApp,
+  spawnScheduler,
   startScheduler,
   versionRecord,
   type World,
@@ -88,26 +86,7 @@ describe('a scheduler killed mid-batch', () => {
   }, async () => {
     for (const app of apps) await putApp(w, appRecord(app, { minCells: 1 }), [versionRecord(app, 1, { replicas: 2 })]);
 
-    const doomed = spawn(process.execPath, [join(REPO_ROOT, 'services/scheduler/src/index.ts')], {
-      env: {
-        PATH: process.env.PATH,
-        HTTP_ADDR: '127.0.0.1:0',
-        ETCD_ENDPOINTS: env.ETCD_ENDPOINTS,
-        NATS_URL: env.NATS_URL,
-        ETCD_PREFIX: w.prefix,
-        BERTH_REGION: w.region,
-        KUBECONFIG_DIR,
-        EVENT_SUBJECT_ROOT: w.subjectRoot,
-        PRESTOP_DELAY_SECONDS: '0',
-        LEADER_TTL_SECONDS: '3',
-        BERTH_INSTANCE_ID: 'doomed-batch-leader',
-        LOG_LEVEL: 'info',
-      },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let output = '';
-    doomed.stdout?.on('data', (d) => (output = (output + d).slice(-20_000)));
-    doomed.stderr?.on('data', (d) => (output = (output + d).slice(-20_000)));
+    const { process: doomed, output } = spawnScheduler(w, 'doomed-batch-leader');
     const ours = new Set(apps.map((a) => deploymentName(a, 'v1')));
     const applied = async () => {
       const list = await cells['cell-b']?.apps.listDeploymentForAllNamespaces({
@@ -124,7 +103,7 @@ describe('a scheduler killed mid-batch', () => {
         intervalMs: 20,
         message: 'the first Deployment applied',
       }).catch((err: Error) => {
-        throw new Error(`${err.message}; its output:\n${output}`);
+        throw new Error(`${err.message}; its output:\n${output()}`);
       });
     } finally {
       doomed.kill('SIGKILL');

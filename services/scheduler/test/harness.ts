@@ -4,6 +4,7 @@
  * API writes them, with names unique to the test.
  */
 
+import { type ChildProcess, spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { parseEnv } from '@berth/shared/config';
@@ -94,6 +95,34 @@ export async function startScheduler(
   const service = SchedulerService.create(config, logger);
   await service.start();
   return { service, logs: () => logs };
+}
+
+/**
+ * A scheduler as a real process (for tests that kill it with SIGKILL: it cannot resign, its lease
+ * must expire), on the world's prefix and region; `output()` is the tail of what it printed.
+ */
+export function spawnScheduler(w: World, instanceId: string): { process: ChildProcess; output: () => string } {
+  const child = spawn(process.execPath, [join(REPO_ROOT, 'services/scheduler/src/index.ts')], {
+    env: {
+      PATH: process.env.PATH,
+      HTTP_ADDR: '127.0.0.1:0',
+      ETCD_ENDPOINTS: env.ETCD_ENDPOINTS,
+      NATS_URL: env.NATS_URL,
+      ETCD_PREFIX: w.prefix,
+      BERTH_REGION: w.region,
+      KUBECONFIG_DIR,
+      EVENT_SUBJECT_ROOT: w.subjectRoot,
+      PRESTOP_DELAY_SECONDS: '0',
+      LEADER_TTL_SECONDS: '3',
+      BERTH_INSTANCE_ID: instanceId,
+      LOG_LEVEL: 'info',
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  child.stdout?.on('data', (d) => (output = (output + d).slice(-20_000)));
+  child.stderr?.on('data', (d) => (output = (output + d).slice(-20_000)));
+  return { process: child, output: () => output };
 }
 
 export function appRecord(name: string, extra: Partial<App> = {}): App {

@@ -1,7 +1,5 @@
-import { spawn } from 'node:child_process';
-import { join } from 'node:path';
 import { EventSubjects, NatsClient, readEvents } from '@berth/shared/nats';
-import { REPO_ROOT, uniqueId, waitFor } from '@berth/shared/testing';
+import { uniqueId, waitFor } from '@berth/shared/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   appRecord,
@@ -11,11 +9,11 @@ import {
   deleteNamespaces,
   deploymentsIn,
   env,
-  KUBECONFIG_DIR,
   placement,
   putApp,
   sampleAvailable,
   scale,
+  spawnScheduler,
   startScheduler,
   versionRecord,
   type World,
@@ -245,32 +243,13 @@ describe('restarts and leadership', () => {
     const phase = (what: string) => console.log(`[handover] ${what} at ${((Date.now() - t0) / 1000).toFixed(1)} s`);
     // The leader is a real process, killed with SIGKILL: it cannot resign, its lease must expire.
     await scheduler.service.stop();
-    const leader = spawn(process.execPath, [join(REPO_ROOT, 'services/scheduler/src/index.ts')], {
-      env: {
-        PATH: process.env.PATH,
-        HTTP_ADDR: '127.0.0.1:0',
-        ETCD_ENDPOINTS: env.ETCD_ENDPOINTS,
-        NATS_URL: env.NATS_URL,
-        ETCD_PREFIX: w.prefix,
-        BERTH_REGION: w.region,
-        KUBECONFIG_DIR,
-        EVENT_SUBJECT_ROOT: w.subjectRoot,
-        PRESTOP_DELAY_SECONDS: '0',
-        LEADER_TTL_SECONDS: '3',
-        BERTH_INSTANCE_ID: 'doomed-leader',
-        LOG_LEVEL: 'info',
-      },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let output = '';
-    leader.stdout?.on('data', (d) => (output = (output + d).slice(-20_000)));
-    leader.stderr?.on('data', (d) => (output = (output + d).slice(-20_000)));
+    const { process: leader, output } = spawnScheduler(w, 'doomed-leader');
     try {
       await waitFor(async () => (await w.etcd.get(w.keys.election('scheduler')).string()) === 'doomed-leader', {
         timeoutMs: 30_000,
         message: 'the process leads',
       }).catch((err: Error) => {
-        throw new Error(`${err.message}; its output:\n${output}`);
+        throw new Error(`${err.message}; its output:\n${output()}`);
       });
       phase('the process leads');
       scheduler = await startScheduler(w); // the standby

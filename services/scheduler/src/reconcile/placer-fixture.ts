@@ -77,22 +77,29 @@ export function recorder(keys: BerthKeys): EventRecorder & { flushed: BerthEvent
   };
 }
 
-/** Counts the transactions it passes on to the backend it wraps. */
-export class CountingBackend implements KvBackend {
-  txns = 0;
-  readonly #inner: KvBackend;
+/** Passes every call on to the backend it wraps; tests override what they watch or break. */
+export class ForwardingBackend implements KvBackend {
+  readonly inner: KvBackend;
   constructor(inner: KvBackend) {
-    this.#inner = inner;
+    this.inner = inner;
   }
   get(key: string): Promise<KeyValue | undefined> {
-    return this.#inner.get(key);
+    return this.inner.get(key);
   }
   range(prefix: string, options?: RangeOptions): Promise<KeyValue[]> {
-    return this.#inner.range(prefix, options);
+    return this.inner.range(prefix, options);
   }
   txn(compares: readonly Compare[], writes: readonly Write[]): Promise<TxnResult> {
+    return this.inner.txn(compares, writes);
+  }
+}
+
+/** Counts the transactions it passes on to the backend it wraps. */
+export class CountingBackend extends ForwardingBackend {
+  txns = 0;
+  override txn(compares: readonly Compare[], writes: readonly Write[]): Promise<TxnResult> {
     this.txns++;
-    return this.#inner.txn(compares, writes);
+    return super.txn(compares, writes);
   }
 }
 

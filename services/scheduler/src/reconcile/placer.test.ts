@@ -8,44 +8,26 @@
 import { UnavailableError } from '@berth/shared/errors';
 import { BerthKeys } from '@berth/shared/keys';
 import { placementSchema } from '@berth/shared/model';
-import {
-  type Compare,
-  type KeyValue,
-  type KvBackend,
-  MemoryBackend,
-  type RangeOptions,
-  type TxnResult,
-  type Write,
-} from '@berth/shared/store';
+import { type Compare, MemoryBackend, type TxnResult, type Write } from '@berth/shared/store';
 import { waitFor } from '@berth/shared/testing';
 import { describe, expect, it } from 'vitest';
 import type { CellWriter } from '../apply/cell-writer.ts';
 import { StatusReporter } from '../status/reporter.ts';
-import { appNamed, logger, now, recorder, setupPlacer as setup } from './placer-fixture.ts';
+import { appNamed, ForwardingBackend, logger, now, recorder, setupPlacer as setup } from './placer-fixture.ts';
 import { Reconciler } from './reconciler.ts';
 
 const keys = new BerthKeys('/t');
 
 /** A test double for a fault not caused for real here: etcd refusing transactions until `up`. */
-class UnreachableEtcdDouble implements KvBackend {
+class UnreachableEtcdDouble extends ForwardingBackend {
   up = false;
   refused = 0;
-  readonly #inner: KvBackend;
-  constructor(inner: KvBackend) {
-    this.#inner = inner;
-  }
-  get(key: string): Promise<KeyValue | undefined> {
-    return this.#inner.get(key);
-  }
-  range(prefix: string, options?: RangeOptions): Promise<KeyValue[]> {
-    return this.#inner.range(prefix, options);
-  }
-  txn(compares: readonly Compare[], writes: readonly Write[]): Promise<TxnResult> {
+  override txn(compares: readonly Compare[], writes: readonly Write[]): Promise<TxnResult> {
     if (!this.up) {
       this.refused++;
       return Promise.reject(new UnavailableError('etcd unreachable (test double)'));
     }
-    return this.#inner.txn(compares, writes);
+    return super.txn(compares, writes);
   }
 }
 
