@@ -65,6 +65,21 @@ export async function world(): Promise<World> {
   return { prefix, region, keys, etcd, subjectRoot: `t${id}`, close: async () => etcd.close() };
 }
 
+/** A scheduler's environment on the world's prefix, region and event subjects. */
+function schedulerEnvOf(w: World): Record<string, string | undefined> {
+  return {
+    HTTP_ADDR: '127.0.0.1:0',
+    ETCD_ENDPOINTS: env.ETCD_ENDPOINTS,
+    NATS_URL: env.NATS_URL,
+    ETCD_PREFIX: w.prefix,
+    BERTH_REGION: w.region,
+    KUBECONFIG_DIR,
+    EVENT_SUBJECT_ROOT: w.subjectRoot,
+    PRESTOP_DELAY_SECONDS: '0',
+    LEADER_TTL_SECONDS: '3',
+  };
+}
+
 export async function startScheduler(
   w: World,
   extra: Record<string, string> = {},
@@ -80,18 +95,7 @@ export async function startScheduler(
       },
     }),
   });
-  const config = parseEnv(schedulerEnv, {
-    HTTP_ADDR: '127.0.0.1:0',
-    ETCD_ENDPOINTS: env.ETCD_ENDPOINTS,
-    NATS_URL: env.NATS_URL,
-    ETCD_PREFIX: w.prefix,
-    BERTH_REGION: w.region,
-    KUBECONFIG_DIR,
-    EVENT_SUBJECT_ROOT: w.subjectRoot,
-    PRESTOP_DELAY_SECONDS: '0',
-    LEADER_TTL_SECONDS: '3',
-    ...extra,
-  });
+  const config = parseEnv(schedulerEnv, { ...schedulerEnvOf(w), ...extra });
   const service = SchedulerService.create(config, logger);
   await service.start();
   return { service, logs: () => logs };
@@ -103,20 +107,7 @@ export async function startScheduler(
  */
 export function spawnScheduler(w: World, instanceId: string): { process: ChildProcess; output: () => string } {
   const child = spawn(process.execPath, [join(REPO_ROOT, 'services/scheduler/src/index.ts')], {
-    env: {
-      PATH: process.env.PATH,
-      HTTP_ADDR: '127.0.0.1:0',
-      ETCD_ENDPOINTS: env.ETCD_ENDPOINTS,
-      NATS_URL: env.NATS_URL,
-      ETCD_PREFIX: w.prefix,
-      BERTH_REGION: w.region,
-      KUBECONFIG_DIR,
-      EVENT_SUBJECT_ROOT: w.subjectRoot,
-      PRESTOP_DELAY_SECONDS: '0',
-      LEADER_TTL_SECONDS: '3',
-      BERTH_INSTANCE_ID: instanceId,
-      LOG_LEVEL: 'info',
-    },
+    env: { PATH: process.env.PATH, ...schedulerEnvOf(w), BERTH_INSTANCE_ID: instanceId, LOG_LEVEL: 'info' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let output = '';
