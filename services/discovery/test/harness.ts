@@ -14,6 +14,7 @@ import { DiscoveryService } from '../src/service.ts';
 export {
   appRecord,
   CELLS,
+  cellBBehindProxy,
   cells,
   deleteNamespaces,
   env,

@@ -6,19 +6,18 @@
  * writes an empty set, and dropped connections that miss no change.
  */
 
-import { CuttableProxy, kubeconfigDirWith } from '@berth/shared/kube/testing';
+import type { CuttableProxy } from '@berth/shared/kube/testing';
 import { LABELS, type Upstreams } from '@berth/shared/model';
 import { uniqueId, waitFor } from '@berth/shared/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   addressesOf,
   appRecord,
-  CELLS,
+  cellBBehindProxy,
   cells,
   claim,
   countsOf,
   deleteNamespaces,
-  KUBECONFIG_DIR,
   putApp,
   scale,
   startDiscovery,
@@ -41,11 +40,7 @@ let second: Awaited<ReturnType<typeof startDiscovery>> | undefined;
 
 beforeAll(async () => {
   w = await world();
-  const cellB = cells['cell-b'];
-  if (!cellB) throw new Error('no cell-b');
-  proxy = CuttableProxy.forKubeConfig(cellB.kubeConfig);
-  await proxy.listen();
-  cellsDir = kubeconfigDirWith(KUBECONFIG_DIR, [...CELLS], { 'cell-b': proxy });
+  ({ proxy, kubeconfigDir: cellsDir } = await cellBBehindProxy());
   scheduler = await startScheduler(w);
   first = await startDiscovery(w, { KUBECONFIG_DIR: cellsDir });
   await waitFor(() => first.service.election.isLeader, { timeoutMs: 10_000, message: 'first discovery leads' });

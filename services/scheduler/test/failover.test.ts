@@ -6,18 +6,16 @@
  * the replicas spread back without the app dropping below its ready count.
  */
 
-import { CuttableProxy, kubeconfigDirWith } from '@berth/shared/kube/testing';
+import type { CuttableProxy } from '@berth/shared/kube/testing';
 import { EventSubjects, NatsClient, readEvents } from '@berth/shared/nats';
 import { uniqueId, waitFor } from '@berth/shared/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   appRecord,
   availableIn,
-  CELLS,
-  cells,
+  cellBBehindProxy,
   deleteNamespaces,
   env,
-  KUBECONFIG_DIR,
   placement,
   putApp,
   sampleAvailable,
@@ -43,12 +41,10 @@ const app = `fail-${uniqueId(6)}`;
 
 beforeAll(async () => {
   w = await world();
-  const cellB = cells['cell-b'];
-  if (!cellB) throw new Error('no cell-b');
-  proxy = CuttableProxy.forKubeConfig(cellB.kubeConfig);
-  await proxy.listen();
+  const cut = await cellBBehindProxy();
+  proxy = cut.proxy;
   scheduler = await startScheduler(w, {
-    KUBECONFIG_DIR: kubeconfigDirWith(KUBECONFIG_DIR, [...CELLS], { 'cell-b': proxy }),
+    KUBECONFIG_DIR: cut.kubeconfigDir,
     FAILOVER_GRACE: `${GRACE_MS}ms`,
     RECOVERY_HOLD: `${HOLD_MS}ms`,
   });

@@ -12,6 +12,7 @@ import { UnavailableError } from '@berth/shared/errors';
 import { createEtcdClient, type Etcd3 } from '@berth/shared/etcd';
 import { BerthKeys } from '@berth/shared/keys';
 import { type CellClient, kubeErrorStatus, loadCellClient } from '@berth/shared/kube';
+import { CuttableProxy, kubeconfigDirWith } from '@berth/shared/kube/testing';
 import { createLogger } from '@berth/shared/logging';
 import {
   type App,
@@ -33,6 +34,18 @@ export const CELLS = ['cell-a', 'cell-b'] as const;
 export const cells: Record<string, CellClient> = Object.fromEntries(
   CELLS.map((c) => [c, loadCellClient(KUBECONFIG_DIR, c)]),
 );
+
+/**
+ * cell-b behind a proxy the test can cut: the listening proxy, and a kubeconfig directory in which
+ * cell-b goes through it (the other cells as they are).
+ */
+export async function cellBBehindProxy(): Promise<{ proxy: CuttableProxy; kubeconfigDir: string }> {
+  const cellB = cells['cell-b'];
+  if (!cellB) throw new Error('no cell-b');
+  const proxy = CuttableProxy.forKubeConfig(cellB.kubeConfig);
+  await proxy.listen();
+  return { proxy, kubeconfigDir: kubeconfigDirWith(KUBECONFIG_DIR, [...CELLS], { 'cell-b': proxy }) };
+}
 
 export type World = {
   prefix: string;
