@@ -41,11 +41,12 @@ async function writeConfig(name: string, listen: string, files: Record<string, s
   await mkdir(join(prefix, 'conf.d'), { recursive: true });
   await mkdir(join(prefix, 'lua', 'berth'), { recursive: true });
   await mkdir(join(prefix, 'logs'), { recursive: true });
-  // The lb-agent's Lua module, reduced to the contract: balance(app, port) sets the peer.
+  // The lb-agent's Lua module, reduced to the contract: route(app, port) in the access phase
+  // (a no-op here), balance(app, port) sets the peer.
   await writeFile(
     join(prefix, 'lua', 'berth', 'balancer.lua'),
     `local b = require("ngx.balancer")
-return { balance = function(app, port)
+return { route = function(app, port) end, balance = function(app, port)
   assert(app == "shop" and port == "http", "balance() got " .. tostring(app) .. "/" .. tostring(port))
   assert(b.set_current_peer("127.0.0.1", ${backendPort}))
 end }

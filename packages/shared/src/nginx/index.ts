@@ -99,6 +99,8 @@ export function renderServer(domain: Domain, options: RenderOptions = {}): strin
     lines.push(
       '',
       `    location ${path} {`,
+      // The access phase picks the version (forced, weighted or sticky) and may answer 503 itself.
+      `        access_by_lua_block { require("berth.balancer").route("${domain.app}", "${domain.port}") }`,
       `        proxy_pass http://${upstream};`,
       '        proxy_http_version 1.1;',
       '        proxy_set_header Connection "";',

@@ -41,6 +41,10 @@ describe('a domain rendered into nginx config', () => {
     expect(lines).toContain('client_max_body_size 10m;');
     expect(lines).toContain('add_header X-Frame-Options "DENY" always;');
     expect(lines.filter((l) => l === 'proxy_pass http://berth_shop_http;')).toHaveLength(2);
+    // Every location picks its version in the access phase, where it may answer 503 itself.
+    expect(
+      lines.filter((l) => l === 'access_by_lua_block { require("berth.balancer").route("shop", "http") }'),
+    ).toHaveLength(2);
     expect(lines.filter((l) => l === 'proxy_read_timeout 60s;')).toHaveLength(2);
     expect(lines).toContain('location / {');
     expect(lines).toContain('location /api/ {');
