@@ -9,7 +9,7 @@ source "$BERTH_ROOT/infra/node.sh"
 # by the packages' own init scripts (see policy-rc.d below).
 REGION_PACKAGES=(
   etcd-server etcd-client nats-server redis-server redis-tools docker.io docker-registry
-  nginx libnginx-mod-http-lua lua-resty-core containerd containernetworking-plugins
+  nginx libnginx-mod-http-lua lua-resty-core lua-cjson luajit containerd containernetworking-plugins
   iproute2 iptables curl ca-certificates procps psmisc util-linux openssl jq gcc libc6-dev
   python3-venv slapd ldap-utils iputils-ping shellcheck
 )
