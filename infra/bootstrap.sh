@@ -6,10 +6,11 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 source "$BERTH_ROOT/infra/node.sh"
 
 # Everything the region, the cells and the tests run. Servers are started by our scripts, never
-# by the packages' own init scripts (see policy-rc.d below).
+# by the packages' own init scripts (see policy-rc.d below). luajit2 is OpenResty's LuaJIT, the one
+# nginx's Lua module links (Debian's `luajit` conflicts with it and would remove the module).
 REGION_PACKAGES=(
   etcd-server etcd-client nats-server redis-server redis-tools docker.io docker-registry
-  nginx libnginx-mod-http-lua lua-resty-core lua-cjson luajit containerd containernetworking-plugins
+  nginx libnginx-mod-http-lua lua-resty-core lua-cjson luajit2 containerd containernetworking-plugins
   iproute2 iptables curl ca-certificates procps psmisc util-linux openssl jq gcc libc6-dev
   python3-venv slapd ldap-utils iputils-ping shellcheck
 )
