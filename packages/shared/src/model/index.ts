@@ -406,6 +406,7 @@ export type Stickiness = z.infer<typeof stickinessSchema>;
 
 /** Share of requests per version: non-negative integers, relative to their sum. */
 export const trafficWeightsSchema = z.record(versionNameSchema, z.number().int().min(0).max(1_000_000));
+export type TrafficWeights = z.infer<typeof trafficWeightsSchema>;
 
 /**
  * An app's traffic split, region-wide: at `/berth/apps/{app}/traffic` (the API's record) and a
