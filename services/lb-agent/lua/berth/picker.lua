@@ -9,7 +9,7 @@
 --   p:fail(peer); p:pick_other(v, { [peer.id] = true }) -- a retry
 local bit = require("bit")
 
-local band, bxor = bit.band, bit.bxor
+local bxor, rshift = bit.bxor, bit.rshift
 
 local M = {}
 M.__index = M
@@ -18,18 +18,25 @@ local MAX_FAILS = 3
 local FAIL_TIMEOUT = 10 -- seconds
 local TWO32 = 4294967296
 
--- FNV-1a, 32 bits. The multiplication by the FNV prime 16777619 = 2^24 + 403 is split so every
--- intermediate stays exact in a double: h * 403 < 2^41, and h * 2^24 mod 2^32 = (h mod 256) * 2^24.
-local function fnv1a(s)
-  local h = 2166136261
-  for i = 1, #s do
-    h = bxor(h, s:byte(i))
-    if h < 0 then h = h + TWO32 end -- bit ops return signed 32-bit numbers
-    h = (h * 403 + band(h, 0xFF) * 16777216) % TWO32
-  end
-  return h
+-- a * b mod 2^32 for a, b < 2^32, exact in doubles: a's low half times b stays below 2^48, and of
+-- a's high half only its product with b's low half survives the modulo.
+local function mul32(a, b)
+  local a_lo, a_hi = a % 65536, (a - a % 65536) / 65536
+  return (a_lo * b + (a_hi * (b % 65536)) % 65536 * 65536) % TWO32
 end
-M.hash = fnv1a
+
+local function u32(x) return x < 0 and x + TWO32 or x end -- bit ops return signed 32-bit numbers
+
+-- The sticky hash: FNV-1a (32 bits) then murmur3's finaliser. FNV-1a alone barely moves the high
+-- bits for the last byte ("u1", "u2"... land close together), and the high bits pick the version.
+local function hash(s)
+  local h = 2166136261
+  for i = 1, #s do h = mul32(u32(bxor(h, s:byte(i))), 16777619) end
+  h = mul32(u32(bxor(h, rshift(h, 16))), 0x85ebca6b)
+  h = mul32(u32(bxor(h, rshift(h, 13))), 0xc2b2ae35)
+  return u32(bxor(h, rshift(h, 16)))
+end
+M.hash = hash
 
 -- "v12" -> 12; versions sort by number, not as strings (v10 is newer than v9).
 local function version_number(name)
@@ -126,7 +133,7 @@ function M:choose_version(forced, key)
   if forced and self.by_name[forced] then return forced end
   if #self.versions == 0 then return nil end
   if key and key ~= "" then
-    local x = fnv1a(key) / TWO32
+    local x = hash(key) / TWO32
     for _, v in ipairs(self.versions) do
       if x < v.upto and v.weight > 0 then return v.name end
     end

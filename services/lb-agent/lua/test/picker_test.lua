@@ -31,10 +31,16 @@ local function count_versions(p, n)
   return counts
 end
 
-test("hash is FNV-1a 32 bits", function()
-  eq(picker.hash(""), 2166136261, "fnv1a('')")
-  eq(picker.hash("a"), 0xe40c292c, "fnv1a('a')")
-  eq(picker.hash("foobar"), 0xbf9cf968, "fnv1a('foobar')")
+test("hash is FNV-1a with murmur3's finaliser, spreading short keys", function()
+  eq(picker.hash(""), 0xab3e7c0b, "hash('')")
+  eq(picker.hash("a"), 0x1a80b1b3, "hash('a')")
+  eq(picker.hash("foobar"), 0x0c0da6dc, "hash('foobar')")
+  -- Keys differing in their last character spread over the whole range, not one narrow band.
+  local low = 0
+  for k = 0, 99 do
+    if picker.hash("u" .. k) < 2147483648 then low = low + 1 end
+  end
+  assert(low > 35 and low < 65, low .. " of 100 short keys in the lower half")
 end)
 
 test("weights split requests exactly over a cycle", function()
