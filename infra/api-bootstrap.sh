@@ -50,3 +50,8 @@ for cell in "${cells[@]}"; do
   api POST "/regions/$region/cells" "{\"name\":\"$cell\",\"apiServer\":\"$server\"}" >/dev/null || die "cannot register cell $cell"
   log "registered cell $cell ($server)"
 done
+
+# The region's nginx is LB group `local` (its lb-agent serves it; docs/traffic.md).
+api GET /lb-groups/local >/dev/null 2>&1 ||
+  api POST /lb-groups '{"name":"local","description":"the nginx of make up (BERTH_LB_URL)","vips":["127.0.0.1"]}' >/dev/null ||
+  die "cannot create LB group local"

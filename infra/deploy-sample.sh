@@ -30,6 +30,22 @@ until available; do
   ((SECONDS < deadline)) || die "the sample app is not available after 120s: see make status and $(logfile berth-scheduler)"
   sleep 1
 done
+# Its domain, through the region's nginx (LB group local): discovery writes the endpoints, the
+# lb-agent renders the domain and pushes the routes.
+DOMAIN=sample.berth.test
+LB=${BERTH_LB_URL:-http://127.0.0.1:8080}
+if ! curl -fsS -m 10 -o /dev/null -H "$AUTH" "$API/apps/$APP/domains/$DOMAIN" 2>/dev/null; then
+  curl -fsS -m 10 -o /dev/null -H "$AUTH" -H 'Content-Type: application/json' -X POST "$API/apps/$APP/domains" \
+    -d "{\"domain\": \"$DOMAIN\", \"group\": \"local\", \"port\": \"http\"}" || die "cannot bind $DOMAIN to the sample app"
+  log "bound $DOMAIN to app $APP (LB group local)"
+fi
+served() { curl -fsS -m 5 -H "Host: $DOMAIN" "$LB/" | jq -e '.app == "sample-app"' >/dev/null 2>&1; }
+deadline=$((SECONDS + 60))
+until served; do
+  ((SECONDS < deadline)) || die "$DOMAIN is not served through $LB after 60s: see $(logfile berth-lb-agent) and $(logfile berth-discovery)"
+  sleep 1
+done
+log "sample app served through nginx: curl -H 'Host: $DOMAIN' $LB/"
 # shellcheck disable=SC2015 # no address (either step failing) is fine: the log says "?"
 ip=$(curl -fsS -m 5 -H "$AUTH" "$API/apps/$APP/status" >/dev/null && "$BERTH_BIN_DIR/kubectl" --kubeconfig "$BERTH_LOCAL/cells/cell-a.kubeconfig" -n "$APP" get pods -o jsonpath='{.items[0].status.podIP}' 2>/dev/null || true)
 log "sample app available; in cell-a at http://${ip:-?}:8080/"

@@ -32,6 +32,7 @@ import {
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import type { NginxConfigManager } from './nginx/config-manager.ts';
 import type { ControlClient } from './nginx/control-client.ts';
+import { LuaRouteApplier, type RouteApplier } from './routing/applier.ts';
 import { buildRoutingDocument } from './routing/document.ts';
 
 export type LbAgentOptions = {
@@ -40,6 +41,8 @@ export type LbAgentOptions = {
   group: string;
   host: string;
   control: ControlClient;
+  /** How documents reach nginx. Default: Lua, through `control` (no reload). */
+  applier?: RouteApplier;
   config: NginxConfigManager;
   logger: Logger;
   metrics: Registry;
@@ -60,6 +63,7 @@ export class LbAgent {
   readonly #o: LbAgentOptions;
   readonly #log: Logger;
   readonly #watcher: PrefixWatcher<unknown>;
+  readonly #applier: RouteApplier;
   readonly #root: string;
   readonly #domains = new Map<string, Entry<Domain>>();
   readonly #traffic = new Map<string, Entry<Traffic>>();
@@ -94,6 +98,7 @@ export class LbAgent {
     this.#o = options;
     this.#log = options.logger.child({ component: 'lb-agent' });
     this.#root = `${options.keys.prefix}/slb/${options.group}/`;
+    this.#applier = options.applier ?? new LuaRouteApplier(options.control);
     this.#status = {
       host: options.host,
       group: options.group,
@@ -308,19 +313,20 @@ export class LbAgent {
     const force = this.#forceAll;
     if (!upstreams && !traffic) {
       if (!this.#pushed.has(app)) return;
-      const r = await this.#o.control.remove(app, revision, { force });
+      const r = await this.#applier.remove(app, revision, { force });
       if (!r.ok) throw new Error(`${r.status} ${r.error}`);
       this.#pushed.delete(app);
       this.#m.updates.inc({ result: 'removed' });
       return;
     }
-    const body = JSON.stringify(buildRoutingDocument(app, upstreams, traffic, revision));
+    const doc = buildRoutingDocument(app, upstreams, traffic, revision);
+    const body = JSON.stringify(doc);
     const last = this.#pushed.get(app);
     if (last?.body === body) return;
-    let r = await this.#o.control.push(app, body, { force });
+    let r = await this.#applier.push(doc, body, { force });
     if (!r.ok && r.status === 409 && (r.revision ?? 0) > this.#watcher.revision) {
       // Lua holds a revision etcd never reached: etcd went backwards under us.
-      r = await this.#o.control.push(app, body, { force: true });
+      r = await this.#applier.push(doc, body, { force: true });
     }
     if (!r.ok) {
       if (r.status === 409) {
@@ -348,7 +354,7 @@ export class LbAgent {
   async #digest(): Promise<void> {
     if (!this.#running) return;
     try {
-      const lua = await this.#o.control.routes();
+      const lua = await this.#applier.routes();
       this.#m.dictFree.set({ dict: 'berth_routes' }, lua.free);
       if (this.#boot !== undefined && lua.boot !== this.#boot) {
         this.#log.warn({ boot: lua.boot }, 'nginx restarted (its shared dict is new); pushing every document');

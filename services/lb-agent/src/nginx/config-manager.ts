@@ -41,6 +41,14 @@ export type ConfigManagerOptions = {
   control: ControlClient;
   logger: Logger;
   render?: RenderOptions;
+  /**
+   * What renders each file; default the shared renderer (Lua picks peers). The benchmark's
+   * reload-per-change baseline renders upstreams with their servers instead.
+   */
+  renderers?: {
+    upstream(app: string, port: string, options?: RenderOptions): string;
+    server(domain: Domain, options?: RenderOptions): string;
+  };
   /** How long a reload may take to show its generation on the control socket. Default 10 s. */
   confirmTimeoutMs?: number;
   /** Old generation directories kept besides the live one. Default 3. */
@@ -160,10 +168,10 @@ export class NginxConfigManager {
     const rendered: Domain[] = [];
     for (const d of [...domains.values()].sort((a, b) => (a.domain < b.domain ? -1 : 1))) {
       try {
-        const server = renderServer(d, this.#o.render);
+        const server = (this.#o.renderers?.server ?? renderServer)(d, this.#o.render);
         const key = `${d.app}-${d.port}`;
         if (!upstreams.has(key)) {
-          files.push([`10-upstream-${key}.conf`, renderUpstream(d.app, d.port, this.#o.render)]);
+          files.push([`10-upstream-${key}.conf`, (this.#o.renderers?.upstream ?? renderUpstream)(d.app, d.port, this.#o.render)]);
           upstreams.add(key);
         }
         files.push([`20-domain-${d.domain}.conf`, server]);
