@@ -115,6 +115,48 @@ async function stats(): Promise<Record<string, VersionStats>> {
   return ((res.json.apps as Record<string, Record<string, VersionStats>>).shop ?? {}) as Record<string, VersionStats>;
 }
 
+/**
+ * The main config per the contract, answering `generation` on /generation as the agent's
+ * rendered config does. berth_routes is small so that a large document overflows it.
+ */
+async function writeMainConfig(generation: number): Promise<void> {
+  await writeFile(
+    join(prefix, 'nginx.conf'),
+    `load_module /usr/lib/nginx/modules/ndk_http_module.so;
+load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
+daemon off;
+worker_processes 1;
+pid ${prefix}/nginx.pid;
+error_log ${prefix}/logs/error.log warn;
+events { worker_connections 256; }
+http {
+  lua_package_path "${LUA_DIR}/?.lua;/usr/share/lua/5.1/?.lua;;";
+  lua_package_cpath "/usr/lib/x86_64-linux-gnu/lua/5.1/?.so;;";
+  lua_shared_dict berth_routes 1m;
+  lua_shared_dict berth_stats 1m;
+  init_by_lua_block { require("berth.stats").init() }
+  log_by_lua_block { require("berth.stats").log() }
+  access_log off;
+  client_body_temp_path ${prefix}/tmp-body;
+  proxy_temp_path ${prefix}/tmp-proxy;
+  server {
+    listen ${listen} default_server;
+    location = /healthz { content_by_lua_block { ngx.print("ok ", "lua") } }
+    location / { return 404; }
+  }
+  server {
+    listen unix:${prefix}/control.sock;
+    client_max_body_size 16m;
+    client_body_buffer_size 16m;
+    location = /generation { return 200 "${generation}"; }
+    location / { content_by_lua_block { require("berth.control").handle() } }
+  }
+  include ${prefix}/conf.d/*.conf;
+}
+`,
+  );
+}
+
 const domain: Domain = {
   domain: HOST,
   app: 'shop',
@@ -146,42 +188,7 @@ beforeAll(async () => {
     );
   }
   await writeFile(join(prefix, 'conf.d', `domain-${HOST}.conf`), server);
-  // The main config per the contract; berth_routes is small so a large document overflows it.
-  await writeFile(
-    join(prefix, 'nginx.conf'),
-    `load_module /usr/lib/nginx/modules/ndk_http_module.so;
-load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
-daemon off;
-worker_processes 1;
-pid ${prefix}/nginx.pid;
-error_log ${prefix}/logs/error.log warn;
-events { worker_connections 256; }
-http {
-  lua_package_path "${LUA_DIR}/?.lua;/usr/share/lua/5.1/?.lua;;";
-  lua_package_cpath "/usr/lib/x86_64-linux-gnu/lua/5.1/?.so;;";
-  lua_shared_dict berth_routes 1m;
-  lua_shared_dict berth_stats 1m;
-  init_by_lua_block { require("berth.stats").init() }
-  log_by_lua_block { require("berth.stats").log() }
-  access_log off;
-  client_body_temp_path ${prefix}/tmp-body;
-  proxy_temp_path ${prefix}/tmp-proxy;
-  server {
-    listen ${listen} default_server;
-    location = /healthz { content_by_lua_block { ngx.print("ok ", "lua") } }
-    location / { return 404; }
-  }
-  server {
-    listen unix:${prefix}/control.sock;
-    client_max_body_size 16m;
-    client_body_buffer_size 16m;
-    location = /generation { return 200 "1"; }
-    location / { content_by_lua_block { require("berth.control").handle() } }
-  }
-  include ${prefix}/conf.d/*.conf;
-}
-`,
-  );
+  await writeMainConfig(1);
   nginx = spawn('/usr/sbin/nginx', ['-p', prefix, '-c', join(prefix, 'nginx.conf')], {
     stdio: ['ignore', 'ignore', 'pipe'],
   });
@@ -279,12 +286,27 @@ describe('the lb-agent Lua in a real nginx', () => {
       for (const name of Object.keys(counts)) seen.add(name);
     }
     expect([...seen].sort()).toEqual(['a1', 'b1']);
+
+    // The same by a header.
+    await push({
+      revision: 12,
+      weights: { v1: 50, v2: 50 },
+      stickiness: { header: 'X-User' },
+      versions: { v1: [peer('a1')], v2: [peer('b1')] },
+    });
+    seen.clear();
+    for (let user = 0; user < 20; user++) {
+      const counts = await burst(5, { 'x-user': `u${user}` });
+      expect(Object.values(counts), JSON.stringify(counts)).toEqual([5]);
+      for (const name of Object.keys(counts)) seen.add(name);
+    }
+    expect([...seen].sort()).toEqual(['a1', 'b1']);
   });
 
   it('refuses an older document unless forced, and a body that is not a document', async () => {
     const stale = await push({ revision: 9, versions: { v1: [peer('a1')] } });
     expect(stale.status).toBe(409);
-    expect(stale.json).toEqual({ error: 'stale', revision: 11 });
+    expect(stale.json).toEqual({ error: 'stale', revision: 12 });
 
     const bad = await control('PUT', '/routes/shop', '{"app":"shop","revision":12,"versions":{"v1":[{"ports":{}}]}}');
     expect(bad.status).toBe(400);
@@ -340,6 +362,24 @@ describe('the lb-agent Lua in a real nginx', () => {
     expect((await control('GET', '/routes')).json.apps).toEqual({});
     // The deleted revision stays: an older push in flight does not bring the app back.
     expect((await push({ revision: 23, versions: { v1: [peer('a1')] } })).status).toBe(409);
+  });
+
+  it('keeps the documents and the boot id across a reload (HUP)', async () => {
+    expect((await push({ revision: 25, versions: { v1: [peer('a1')] } })).status).toBe(200);
+    const before = await control('GET', '/routes');
+    await writeMainConfig(2);
+    nginx?.kill('SIGHUP');
+    await waitFor(
+      async () => (await send({ socketPath: join(prefix, 'control.sock'), path: '/generation' })).body === '2',
+      {
+        timeoutMs: 10_000,
+        message: 'the reloaded worker answering generation 2',
+      },
+    );
+    const after = await control('GET', '/routes');
+    expect(after.json.boot).toBe(before.json.boot);
+    expect(after.json.apps).toEqual(before.json.apps);
+    expect(await burst(10)).toEqual({ a1: 10 });
   });
 
   it('answers 507 when a document does not fit, keeping the others', async () => {

@@ -41,11 +41,9 @@ local function get_picker(app, port)
   return p
 end
 
--- A header's value (the first one when repeated).
+-- A request header's value through nginx's $http_* variable (no table of every header built).
 local function header(name)
-  local value = ngx.req.get_headers()[name]
-  if type(value) == "table" then value = value[1] end
-  return value
+  return ngx.var["http_" .. (name:lower():gsub("-", "_"))]
 end
 
 local function unavailable()
