@@ -1,7 +1,7 @@
 /**
- * The Lua picker's unit tests (services/lb-agent/lua/test/*_test.lua), run by Debian's luajit,
- * the same LuaJIT 2.1 as nginx's Lua module: weights, renormalisation, forced versions, sticky
- * hashing, smooth weighted round-robin, stale peers, passive health and retries.
+ * The Lua picker's unit tests (services/lb-agent/lua/test/*_test.lua), run by luajit from Debian's
+ * luajit2 (OpenResty's LuaJIT, as in nginx's Lua module): weights, renormalisation, forced
+ * versions, sticky hashing, smooth weighted round-robin, stale peers, passive health, retries.
  */
 import { execFile } from 'node:child_process';
 import { readdirSync } from 'node:fs';

@@ -1,7 +1,8 @@
 -- Picks a version and a peer for one app port from a decoded routing document (docs/traffic.md,
--- "The lb-agent and its nginx"). Pure Lua (LuaJIT's `bit` only, no ngx): unit-tested with
--- Debian's luajit (lua/test/picker_test.lua). One picker per worker, app and port; the balancer
--- builds a new one when the app's document changes, carrying the passive health state over.
+-- "The lb-agent and its nginx"). Pure Lua (LuaJIT's `bit` only, no ngx), unit-tested with
+-- luajit2, the OpenResty LuaJIT that nginx's module runs (lua/test/picker_test.lua). One picker
+-- per worker, app and port; the balancer builds a new one when the app's document changes,
+-- carrying the passive health state over.
 --
 --   local p = picker.new(doc, { port = "http", now = ngx.now })
 --   local v = p:choose_version(forced, sticky_key)   -- nil: no peer at all

@@ -1,5 +1,6 @@
--- Unit tests of berth.picker, run by Debian's luajit: `luajit services/lb-agent/lua/test/picker_test.lua`
--- (services/lb-agent/src/lua.test.ts runs it). Prints one line per test; exits 1 when one fails.
+-- Unit tests of berth.picker: `luajit services/lb-agent/lua/test/picker_test.lua` (Debian's luajit2,
+-- OpenResty's LuaJIT as in nginx; services/lb-agent/src/lua.test.ts runs it). Prints one line per
+-- test; exits 1 when one fails.
 local here = arg[0]:match("^(.*)/test/[^/]*$") or "."
 package.path = here .. "/?.lua;" .. package.path
 local picker = require("berth.picker")
