@@ -31,7 +31,7 @@ import {
 } from '@berth/shared/model';
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import type { NginxConfigManager } from './nginx/config-manager.ts';
-import type { ControlClient } from './nginx/control-client.ts';
+import type { ControlClient, LuaStats } from './nginx/control-client.ts';
 import { LuaRouteApplier, type RouteApplier } from './routing/applier.ts';
 import { buildRoutingDocument } from './routing/document.ts';
 
@@ -155,6 +155,7 @@ export class LbAgent {
         help: 'nginx restarts seen (a new boot id in the shared dict), each followed by a full push',
         registers: r,
       }),
+      ...luaMetrics(() => this.#o.control.stats(), r),
       dictFree: new Gauge({
         name: 'berth_lb_shared_dict_free_bytes',
         help: 'Free bytes in the Lua shared dicts, as of the last digest check',
@@ -244,7 +245,10 @@ export class LbAgent {
   #onSync(revision: number): void {
     if (revision < this.#lastSyncRevision) {
       // etcd was restored from an older state: Lua holds newer revisions than anything etcd has.
-      this.#log.warn({ revision, previous: this.#lastSyncRevision }, "etcd's revision went backwards; pushing everything with force");
+      this.#log.warn(
+        { revision, previous: this.#lastSyncRevision },
+        "etcd's revision went backwards; pushing everything with force",
+      );
       this.#forceAll = true;
       for (const app of this.#apps()) {
         this.#appRevision.set(app, revision);
@@ -379,7 +383,10 @@ export class LbAgent {
       this.#boot = lua.boot;
       const generation = await this.#o.control.generation();
       if (generation !== this.#o.config.servedGeneration && this.#o.config.servedGeneration >= 0) {
-        this.#log.warn({ generation, served: this.#o.config.servedGeneration }, 'nginx serves another generation; reloading');
+        this.#log.warn(
+          { generation, served: this.#o.config.servedGeneration },
+          'nginx serves another generation; reloading',
+        );
         this.#scheduleConfig();
       }
     } catch (err) {
@@ -439,7 +446,10 @@ export class LbAgent {
       this.#m.failedDomains.set(failedDomains.length);
       for (const f of failedDomains) {
         if (before.get(f.domain)?.message === f.message) continue;
-        this.#log.warn({ domain: f.domain, message: f.message }, "domain's change fails nginx -t; its last good config keeps serving");
+        this.#log.warn(
+          { domain: f.domain, message: f.message },
+          "domain's change fails nginx -t; its last good config keeps serving",
+        );
         void this.#announce(f);
       }
     } catch (err) {
@@ -507,4 +517,67 @@ export class LbAgent {
 
 function md5(text: string): string {
   return createHash('md5').update(text).digest('hex');
+}
+
+/**
+ * Lua's per app and version counters (since nginx started) as gauges, read from the control
+ * socket at scrape time; one read serves every gauge of a scrape. The autoscaler reads these.
+ */
+function luaMetrics(read: () => Promise<LuaStats>, registers: Registry[]) {
+  let cached: { at: number; stats: Promise<LuaStats | undefined> } | undefined;
+  const stats = () => {
+    if (!cached || performance.now() - cached.at > 500) {
+      cached = { at: performance.now(), stats: read().catch(() => undefined) };
+    }
+    return cached.stats;
+  };
+  const each = async (f: (app: string, version: string, v: LuaStats['apps'][string][string]) => void) => {
+    const s = await stats();
+    for (const [app, versions] of Object.entries(s?.apps ?? {})) {
+      for (const [version, v] of Object.entries(versions)) f(app, version, v);
+    }
+  };
+  return {
+    luaRequests: new Gauge({
+      name: 'berth_lb_app_requests',
+      help: 'Requests per app, version and status class, counted by Lua since nginx started',
+      labelNames: ['app', 'version', 'class'],
+      registers,
+      async collect() {
+        this.reset();
+        await each((app, version, v) => {
+          for (const [klass, n] of Object.entries(v.status)) this.set({ app, version, class: klass }, n);
+        });
+      },
+    }),
+    luaLatencySum: new Gauge({
+      name: 'berth_lb_app_upstream_seconds_sum',
+      help: 'Upstream response time per app and version, summed by Lua since nginx started',
+      labelNames: ['app', 'version'],
+      registers,
+      async collect() {
+        this.reset();
+        await each((app, version, v) => this.set({ app, version }, v.upstreamLatencySum));
+      },
+    }),
+    luaLatencyCount: new Gauge({
+      name: 'berth_lb_app_upstream_seconds_count',
+      help: 'Upstream responses per app and version timed by Lua since nginx started',
+      labelNames: ['app', 'version'],
+      registers,
+      async collect() {
+        this.reset();
+        await each((app, version, v) => this.set({ app, version }, v.upstreamLatencyCount));
+      },
+    }),
+    statsDictFree: new Gauge({
+      name: 'berth_lb_stats_dict_free_bytes',
+      help: 'Free bytes in the berth_stats shared dict',
+      registers,
+      async collect() {
+        const s = await stats();
+        if (s?.free.berth_stats !== undefined) this.set(s.free.berth_stats);
+      },
+    }),
+  };
 }

@@ -107,6 +107,16 @@ describe('lb-agent', () => {
     const reply = await get(url, 'shop.example.test');
     expect(reply.headers['x-berth-version']).toMatch(/^v[12]$/);
     expect(await nginx.pids()).toEqual(before);
+    // Lua's per version counters reach the agent's /metrics.
+    const metrics = await agent.service.runtime.metrics.metrics();
+    const served = (version: string) =>
+      Number(
+        new RegExp(`berth_lb_app_requests\\{app="shop",version="${version}",class="2xx"[^}]*\\} (\\d+)`).exec(
+          metrics,
+        )?.[1],
+      );
+    expect(served('v1') + served('v2')).toBeGreaterThanOrEqual(1000);
+    expect(served('v2')).toBeGreaterThan(50);
   });
 
   it('answers 503 with Retry-After when an app has no endpoint', async () => {
@@ -123,16 +133,15 @@ describe('lb-agent', () => {
   });
 
   it('keeps a broken domain on its last good config, serves every other domain, and reports it', async () => {
-    await w.domain(
+    const good = await w.domain(
       domainRecord('raw.example.test', 'shop', group, {
         options: { headers: {}, raw: 'add_header X-Raw good always;' },
       }),
     );
-    await waitFor(async () => (await get(url, 'raw.example.test')).headers['x-raw'] === 'good', {
-      message: 'raw.example.test serving its raw directive',
-    });
-    const good = (await status()).appliedGeneration;
+    // The generation is the revision of the newest domain change; it is reported once live.
+    await waitFor(async () => (await status()).appliedGeneration === good, { message: `generation ${good} applied` });
     expect((await status()).lastGoodGeneration).toBe(good);
+    expect((await get(url, 'raw.example.test')).headers['x-raw']).toBe('good');
 
     await w.domain(
       domainRecord('raw.example.test', 'shop', group, {
@@ -163,7 +172,9 @@ describe('lb-agent', () => {
 
     // Fixing it clears the failure.
     await w.domain(
-      domainRecord('raw.example.test', 'shop', group, { options: { headers: {}, raw: 'add_header X-Raw fixed always;' } }),
+      domainRecord('raw.example.test', 'shop', group, {
+        options: { headers: {}, raw: 'add_header X-Raw fixed always;' },
+      }),
     );
     await waitFor(async () => (await get(url, 'raw.example.test')).headers['x-raw'] === 'fixed', {
       message: 'the fixed raw directive served',
