@@ -1,21 +1,25 @@
 #!/usr/bin/env bash
 # The region's Kubernetes cells (docs/cells.md):
-#   cell-a          a real cell: API server, controller manager, scheduler, its own containerd and
-#                   a kubelet node running real containers on the bridge berth-cell-a0 (198.18.0.0/16)
-#   cell-b, cell-c… KWOK cells: API server, controller manager, scheduler and kwok simulating nodes
+#   cell-a, cell-b  real cells: API server, controller manager, scheduler, and a kubelet node on the
+#                   cell's own containerd running real containers on its own bridge:
+#                   cell-a berth-cell-a0 (198.18.0.0/16), cell-b berth-cell-b0 (198.19.32.0/21)
+#   cell-c, cell-d… KWOK cells (BERTH_KWOK_CELLS of them): API server, controller manager,
+#                   scheduler and kwok simulating nodes
 # All API servers keep their state in one etcd (127.0.0.1:2381), each under its own prefix.
 #
 #   infra/cells.sh up       start what is not running, wait until every cell is ready
 #   infra/cells.sh up cell-a   the same for the named cells only (a test restarting cell-a's kubelet)
-#   infra/cells.sh down     stop every process of every cell, the kubelet's containers too, and free
-#                           the network devices; data (etcd, images, certificates) stays
+#   infra/cells.sh down     stop every process of every cell, the kubelets' containers too, and free
+#                           the network devices and cgroups; data (etcd, images, certificates) stays
 #   infra/cells.sh status   one row per component
-# Env: BERTH_KWOK_CELLS (default 1), BERTH_KWOK_NODES (default 3), BERTH_KWOK_NODE_CPU (32),
-#      BERTH_KWOK_NODE_MEMORY (128Gi), BERTH_KWOK_NODE_PODS (110).
+# Env: BERTH_KWOK_CELLS (default 0: KWOK cells after the real ones), BERTH_KWOK_NODES (default 3),
+#      BERTH_KWOK_NODE_CPU (32), BERTH_KWOK_NODE_MEMORY (128Gi), BERTH_KWOK_NODE_PODS (110),
+#      BERTH_CELL_A_IPAM, BERTH_CELL_B_IPAM (the IPAM section of a real cell's CNI conf; by default
+#      what infra/ipam.sh wrote into .local/env.d/15-ipam.sh, else host-local).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 source "$BERTH_ROOT/infra/k8s/pki.sh"
 
-KWOK_CELLS=${BERTH_KWOK_CELLS:-1}
+KWOK_CELLS=${BERTH_KWOK_CELLS:-0}
 KWOK_NODES=${BERTH_KWOK_NODES:-3}
 KWOK_NODE_CPU=${BERTH_KWOK_NODE_CPU:-32}
 KWOK_NODE_MEMORY=${BERTH_KWOK_NODE_MEMORY:-128Gi}
@@ -26,15 +30,18 @@ KWOK_NODE_PODS=${BERTH_KWOK_NODE_PODS:-110}
 CELLS_DIR=$BERTH_LOCAL/cells
 ETCD_URL=http://127.0.0.1:2381
 SERVICE_CIDR=198.19.64.0/18
-POD_CIDR_A=198.18.0.0/16
-BRIDGE_A=berth-cell-a0
-NODE_IP_A=198.18.0.1 # the host's address on cell-a's bridge: the kubelet's node IP
-NODE_A="cell-a-node0"
+# The real cells, by index (cell-a is 0): each one's pod range, on its own bridge, whose first
+# address is the host's side of the bridge and the kubelet's node IP. cell-b's /21 sits between
+# docker's networks (198.19.16.0/20) and the IPAM tests' pools (198.19.40.0/21); docs/cells.md.
+REAL_POD_CIDRS=(198.18.0.0/16 198.19.32.0/21)
+REAL_NODE_IPS=(198.18.0.1 198.19.32.1)
+REAL_CELLS=${#REAL_POD_CIDRS[@]}
+LAST_CELL=$((REAL_CELLS + 16 - 1)) # cell-r: at most 16 KWOK cells after the real ones
 REGISTRY=${BERTH_REGISTRY:-127.0.0.1:5000}
 PAUSE_IMAGE=$REGISTRY/berth/pause:3.10.1
-CONTAINERD_SOCK_A=$BERTH_RUN_DIR/cell-a-containerd.sock
 DOCKER_HOST=${DOCKER_HOST:-unix://$BERTH_RUN_DIR/docker.sock}
 CNI_BIN_DIR=/usr/lib/cni
+CGROUP_FS=/sys/fs/cgroup
 IPT_CHAIN=BERTH-CELLS
 # Ranges nothing on this machine answers: make traffic to them fail here instead of leaving by
 # the default route (the network rule: 198.18.0.0/15 only, and only what we created).
@@ -44,18 +51,33 @@ eval "$("$BERTH_ROOT/infra/k8s/build.sh" --print-env)"
 
 cell_name() { printf 'cell-%b\n' "\\x$(printf %x $((97 + $1)))"; }
 cell_index() { local c=${1#cell-}; echo $(($(printf %d "'$c") - 97)); }
+is_real() { (($1 < REAL_CELLS)); }
 apiserver_port() { echo $((6443 + $1)); }
 controller_manager_port() { echo $((10257 + 100 * $1)); }
 scheduler_port() { echo $((10259 + 100 * $1)); }
 kwok_port() { echo $((10247 + 100 * $1)); }
-# KWOK cell i (i >= 1) owns the /21 number i-1 of 198.19.128.0/17 for its pods.
-kwok_pod_cidr() { echo "198.19.$((128 + 8 * ($1 - 1))).0/21"; }
-# The address an API server writes into its `kubernetes` Service; never bound except for cell-a.
-advertise_address() { if (($1 == 0)); then echo "$NODE_IP_A"; else echo "198.19.48.$1"; fi; }
+# KWOK cell i owns the /21 number i-REAL_CELLS of 198.19.128.0/17 for its pods.
+kwok_pod_cidr() { echo "198.19.$((128 + 8 * ($1 - REAL_CELLS))).0/21"; }
+# The address an API server writes into its `kubernetes` Service: a real cell's node IP (bound),
+# 198.19.48.i for a KWOK cell (never bound). Nothing dials it (no kube-proxy): a cell-b API server
+# certificate made when cell-b was a KWOK cell names 198.19.48.1 instead, and that is harmless.
+advertise_address() { if is_real "$1"; then node_ip "$1"; else echo "198.19.48.$1"; fi; }
+
+# Real cell i's node: name, IP, pod range, bridge, containerd socket, kubelet healthz port, cgroup root.
+node_name() { echo "$(cell_name "$1")-node0"; }
+node_ip() { echo "${REAL_NODE_IPS[$1]}"; }
+pod_cidr() { echo "${REAL_POD_CIDRS[$1]}"; }
+bridge_name() { echo "berth-$(cell_name "$1")0"; }
+containerd_sock() { echo "$BERTH_RUN_DIR/$(cell_name "$1")-containerd.sock"; }
+kubelet_healthz_port() { echo $((10248 + 100 * $1)); }
+# Each kubelet has a cgroup root of its own: a kubelet treats every pod cgroup under its root that
+# it does not know as orphaned and kills its processes, so two kubelets under one root would kill
+# each other's pods.
+cgroup_root() { echo "/berth-$(cell_name "$1")"; }
 
 configured_cells() {
   local i
-  for ((i = 0; i <= KWOK_CELLS; i++)); do cell_name "$i"; done
+  for ((i = 0; i < REAL_CELLS + KWOK_CELLS; i++)); do cell_name "$i"; done
 }
 # The configured cells and any other cell with a process (down and status must see the cells a
 # benchmark started with a larger BERTH_KWOK_CELLS).
@@ -105,9 +127,12 @@ make_cell_pki() {
   write_kubeconfig "$CELLS_DIR/$cell.kubeconfig" "$cell" "$server" "$pki/ca.crt" "$pki/admin.crt" "$pki/admin.key"
   write_kubeconfig "$CELLS_DIR/$cell/controller-manager.kubeconfig" "$cell" "$server" "$pki/ca.crt" "$pki/controller-manager.crt" "$pki/controller-manager.key"
   write_kubeconfig "$CELLS_DIR/$cell/scheduler.kubeconfig" "$cell" "$server" "$pki/ca.crt" "$pki/scheduler.crt" "$pki/scheduler.key"
-  if ((i == 0)); then
-    pki_cert "$pki" kubelet "system:node:$NODE_A" system:nodes client
-    pki_cert "$pki" kubelet-serving "$NODE_A" "" server "IP:$NODE_IP_A,IP:127.0.0.1,DNS:$NODE_A"
+  if is_real "$i"; then
+    local node ip
+    node=$(node_name "$i")
+    ip=$(node_ip "$i")
+    pki_cert "$pki" kubelet "system:node:$node" system:nodes client
+    pki_cert "$pki" kubelet-serving "$node" "" server "IP:$ip,IP:127.0.0.1,DNS:$node"
     write_kubeconfig "$CELLS_DIR/$cell/kubelet.kubeconfig" "$cell" "$server" "$pki/ca.crt" "$pki/kubelet.crt" "$pki/kubelet.key"
   else
     # kwok writes the status and leases of many nodes; it is not one node, so NodeRestriction's
@@ -127,38 +152,63 @@ leaderElection:
 EOF
 }
 
-# The one file that says how cell-a's pods get their network. The IPAM section is host-local for
-# now; Berth's berth-ipam plugin replaces it (services/cni-ipam).
-write_cni_config_a() {
-  local dir=$CELLS_DIR/cell-a/cni/net.d ipam
-  mkdir -p "$dir"
-  # BERTH_CELL_A_IPAM (a JSON object) replaces the IPAM section, e.g. with Berth's berth-ipam.
-  ipam=${BERTH_CELL_A_IPAM:-'{
+# ipam_section I: the IPAM section of real cell I's CNI conf: BERTH_CELL_<X>_IPAM (a JSON
+# object; infra/ipam.sh writes Berth's berth-ipam section into .local/env.d/15-ipam.sh, read when
+# the variable is not set), else host-local over the cell's pod range.
+ipam_section() {
+  local i=$1 cell var value
+  cell=$(cell_name "$i")
+  var=BERTH_$(tr '[:lower:]-' '[:upper:]_' <<<"$cell")_IPAM
+  value=${!var-}
+  if [[ -z $value && -f $BERTH_LOCAL/env.d/15-ipam.sh ]]; then
+    # shellcheck source=/dev/null # written by infra/ipam.sh
+    value=$(source "$BERTH_LOCAL/env.d/15-ipam.sh" && echo "${!var-}")
+  fi
+  if [[ -n $value ]]; then
+    echo "$value"
+    return 0
+  fi
+  cat <<EOF
+{
         "type": "host-local",
-        "dataDir": "'"$BERTH_DATA_DIR/cell-a/cni-host-local"'",
-        "ranges": [[{ "subnet": "'"$POD_CIDR_A"'", "rangeStart": "198.18.1.0", "gateway": "'"$NODE_IP_A"'" }]],
+        "dataDir": "$BERTH_DATA_DIR/$cell/cni-host-local",
+        "ranges": [[{ "subnet": "$(pod_cidr "$i")", "gateway": "$(node_ip "$i")" }]],
         "routes": [{ "dst": "0.0.0.0/0" }]
-      }'}
-  write_file "$dir/10-berth-cell-a.conflist" <<EOF
+      }
+EOF
+}
+
+# The one file that says how a real cell's pods get their network: the bridge plugin on the
+# cell's own bridge, with the IPAM section above (Berth's berth-ipam in the region).
+write_cni_config() {
+  local i=$1 cell dir
+  cell=$(cell_name "$i")
+  dir=$CELLS_DIR/$cell/cni/net.d
+  mkdir -p "$dir"
+  write_file "$dir/10-berth-$cell.conflist" <<EOF
 {
   "cniVersion": "1.0.0",
-  "name": "berth-cell-a",
+  "name": "berth-$cell",
   "plugins": [
     {
       "type": "bridge",
-      "bridge": "$BRIDGE_A",
+      "bridge": "$(bridge_name "$i")",
       "isGateway": true,
       "ipMasq": false,
       "hairpinMode": true,
-      "ipam": $ipam
+      "ipam": $(ipam_section "$i")
     }
   ]
 }
 EOF
 }
 
-write_containerd_config_a() {
-  local dir=$CELLS_DIR/cell-a data=$BERTH_DATA_DIR/cell-a/containerd
+write_containerd_config() {
+  local i=$1 cell dir data sock
+  cell=$(cell_name "$i")
+  dir=$CELLS_DIR/$cell
+  data=$BERTH_DATA_DIR/$cell/containerd
+  sock=$(containerd_sock "$i")
   mkdir -p "$dir/certs.d/$REGISTRY" "$data"
   write_file "$dir/certs.d/$REGISTRY/hosts.toml" <<EOF
 # The region's registry speaks plain http on loopback.
@@ -168,17 +218,17 @@ server = "http://$REGISTRY"
   capabilities = ["pull", "resolve", "push"]
 EOF
   write_file "$dir/containerd.toml" <<EOF
-# cell-a's own containerd (Debian's 1.6): its own root, state and socket; CRI for the kubelet.
+# $cell's own containerd (Debian's 1.6): its own root, state and socket; CRI for the kubelet.
 version = 2
 root = "$data"
-state = "$BERTH_RUN_DIR/cell-a-containerd"
+state = "$BERTH_RUN_DIR/$cell-containerd"
 disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs", "io.containerd.tracing.processor.v1.otlp"]
 
 [grpc]
-  address = "$CONTAINERD_SOCK_A"
+  address = "$sock"
 
 [ttrpc]
-  address = "$CONTAINERD_SOCK_A.ttrpc"
+  address = "$sock.ttrpc"
 
 [debug]
   address = ""
@@ -212,17 +262,20 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
 EOF
 }
 
-write_kubelet_config_a() {
-  local dir=$CELLS_DIR/cell-a data=$BERTH_DATA_DIR/cell-a
+write_kubelet_config() {
+  local i=$1 cell dir data
+  cell=$(cell_name "$i")
+  dir=$CELLS_DIR/$cell
+  data=$BERTH_DATA_DIR/$cell
   mkdir -p "$data/kubelet" "$data/pod-logs"
   write_file "$dir/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
-address: $NODE_IP_A
+address: $(node_ip "$i")
 port: 10250
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
-healthzPort: 10248
+healthzPort: $(kubelet_healthz_port "$i")
 tlsCertFile: $dir/pki/kubelet-serving.crt
 tlsPrivateKeyFile: $dir/pki/kubelet-serving.key
 authentication:
@@ -231,12 +284,14 @@ authentication:
   x509: { clientCAFile: $dir/pki/ca.crt }
 authorization:
   mode: Webhook
-containerRuntimeEndpoint: unix://$CONTAINERD_SOCK_A
+containerRuntimeEndpoint: unix://$(containerd_sock "$i")
 # This machine: cgroup v1, no systemd, no swap accounting.
 cgroupDriver: cgroupfs
 failCgroupV1: false
 failSwapOn: false
 memorySwap: {}
+# Every kubelet on this machine has its own cgroup root (pods under $(cgroup_root "$i")/kubepods).
+cgroupRoot: $(cgroup_root "$i")
 # No cluster DNS and no host resolv.conf: pods resolve nothing outside (network rule).
 resolvConf: ""
 clusterDomain: cluster.local
@@ -259,42 +314,87 @@ EOF
 
 # ---------------------------------------------------------------- host network and mounts
 
-prepare_host_a() {
+# prepare_host: what every real cell needs of the host: shared mounts, /dev/kmsg, the unreachable
+# routes, and the BERTH-CELLS chain covering every real cell's bridge (also those not up yet).
+prepare_host() {
   # The kubelet and containerd need mount propagation from the host into pods (kind does the same).
   if [[ $(findmnt -no PROPAGATION /) != shared ]]; then as_root mount --make-rshared /; fi
   [[ -e /dev/kmsg ]] || as_root mknod /dev/kmsg c 1 11
-  # The bridge exists before the kubelet so that its node IP is on a host interface; the CNI
-  # bridge plugin finds it and adds pods' veths to it.
-  if ! ip link show "$BRIDGE_A" >/dev/null 2>&1; then
-    as_root ip link add "$BRIDGE_A" type bridge
-  fi
-  ip -4 addr show dev "$BRIDGE_A" | grep -q "inet $NODE_IP_A/16" || as_root ip addr add "$NODE_IP_A/16" dev "$BRIDGE_A"
-  as_root ip link set "$BRIDGE_A" up
-  local r
+  local r i bridge
   for r in "${UNREACHABLE_ROUTES[@]}"; do as_root ip route replace unreachable "$r"; done
   # dockerd sets FORWARD's policy to DROP; pod-to-pod traffic crosses FORWARD when br_netfilter
-  # is loaded. Accept the bridge's own traffic and the benchmark range; refuse the rest.
+  # is loaded. Accept each bridge's own traffic and the benchmark range; refuse the rest.
   as_root iptables -w -N "$IPT_CHAIN" 2>/dev/null || true
   as_root iptables -w -F "$IPT_CHAIN"
-  as_root iptables -w -A "$IPT_CHAIN" -i "$BRIDGE_A" -o "$BRIDGE_A" -j ACCEPT
-  as_root iptables -w -A "$IPT_CHAIN" -i "$BRIDGE_A" -d 198.18.0.0/15 -j ACCEPT
-  as_root iptables -w -A "$IPT_CHAIN" -o "$BRIDGE_A" -s 198.18.0.0/15 -j ACCEPT
-  as_root iptables -w -A "$IPT_CHAIN" -i "$BRIDGE_A" -j REJECT --reject-with icmp-net-prohibited
+  for ((i = 0; i < REAL_CELLS; i++)); do
+    bridge=$(bridge_name "$i")
+    as_root iptables -w -A "$IPT_CHAIN" -i "$bridge" -o "$bridge" -j ACCEPT
+    as_root iptables -w -A "$IPT_CHAIN" -i "$bridge" -d 198.18.0.0/15 -j ACCEPT
+    as_root iptables -w -A "$IPT_CHAIN" -o "$bridge" -s 198.18.0.0/15 -j ACCEPT
+    as_root iptables -w -A "$IPT_CHAIN" -i "$bridge" -j REJECT --reject-with icmp-net-prohibited
+  done
   as_root iptables -w -C FORWARD -j "$IPT_CHAIN" 2>/dev/null || as_root iptables -w -I FORWARD 1 -j "$IPT_CHAIN"
 }
 
-release_host_a() {
+release_host() {
   local r
   if as_root iptables -w -C FORWARD -j "$IPT_CHAIN" 2>/dev/null; then as_root iptables -w -D FORWARD -j "$IPT_CHAIN"; fi
   as_root iptables -w -F "$IPT_CHAIN" 2>/dev/null || true
   as_root iptables -w -X "$IPT_CHAIN" 2>/dev/null || true
   for r in "${UNREACHABLE_ROUTES[@]}"; do as_root ip route del unreachable "$r" 2>/dev/null || true; done
+}
+
+# cgroup_dirs I: real cell I's cgroup root in every cgroup v1 hierarchy of this machine.
+cgroup_dirs() {
+  local root h
+  root=$(cgroup_root "$1")
+  for h in "$CGROUP_FS"/*/; do
+    h=${h%/}
+    [[ ${h##*/} != unified && -f $h/cgroup.procs && ! -L $h ]] && echo "$h$root"
+  done
+}
+
+# prepare_node_host I: real cell I's bridge, with the node IP on it (before the kubelet, so that
+# its node IP is on a host interface; the CNI bridge plugin finds it and adds pods' veths to it),
+# and its cgroup root (the kubelet refuses a cgroupRoot that does not exist).
+prepare_node_host() {
+  local i=$1 bridge ip prefix d
+  bridge=$(bridge_name "$i")
+  ip=$(node_ip "$i")
+  prefix=$(pod_cidr "$i")
+  prefix=${prefix#*/}
+  if ! ip link show "$bridge" >/dev/null 2>&1; then
+    as_root ip link add "$bridge" type bridge
+  fi
+  ip -4 addr show dev "$bridge" | grep -q "inet $ip/$prefix" || as_root ip addr add "$ip/$prefix" dev "$bridge"
+  as_root ip link set "$bridge" up
+  for d in $(cgroup_dirs "$i"); do
+    [[ -d $d ]] && continue
+    as_root mkdir -p "$d"
+    # A new cpuset cgroup has no CPUs or memory nodes: take the parent's, or nothing can join it.
+    if [[ -f $d/cpuset.cpus ]]; then
+      as_root tee "$d/cpuset.cpus" <"$(dirname "$d")/cpuset.cpus" >/dev/null
+      as_root tee "$d/cpuset.mems" <"$(dirname "$d")/cpuset.mems" >/dev/null
+    fi
+  done
+}
+
+# release_node_host I: real cell I's bridge and its leftover ports, and its (empty) cgroups.
+release_node_host() {
+  local i=$1 bridge port d sub
+  bridge=$(bridge_name "$i")
   # Pods' veths went with their network namespaces; any left over are the bridge's ports.
-  local port
-  for port in $(ip -o link show master "$BRIDGE_A" 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do
+  for port in $(ip -o link show master "$bridge" 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do
     as_root ip link del "$port" 2>/dev/null || true
   done
-  as_root ip link del "$BRIDGE_A" 2>/dev/null || true
+  as_root ip link del "$bridge" 2>/dev/null || true
+  # The kubelet leaves its QoS and pod cgroups behind; with every process gone they are empty.
+  for d in $(cgroup_dirs "$i"); do
+    [[ -d $d ]] || continue
+    find "$d" -depth -type d -print0 2>/dev/null | while IFS= read -r -d '' sub; do
+      as_root rmdir "$sub" 2>/dev/null || true
+    done
+  done
 }
 
 # unmount_under DIR...: unmount everything mounted below DIR, deepest first.
@@ -428,28 +528,37 @@ ready_nodes() { # ready_nodes CELL SELECTOR: how many nodes are Ready
     -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' 2>/dev/null | grep -c '^True$'
 }
 kwok_nodes_ready() { [[ $(ready_nodes "$1" type=kwok) -ge $KWOK_NODES ]]; }
-kubelet_node_ready() { [[ $(ready_nodes cell-a "kubernetes.io/hostname=$NODE_A") -ge 1 ]]; }
-kubelet_healthy() { curl -fsS -m 3 http://127.0.0.1:10248/healthz >/dev/null; }
-containerd_healthy() { [[ -S $CONTAINERD_SOCK_A ]] && ctr --connect-timeout 2s --address "$CONTAINERD_SOCK_A" version >/dev/null 2>&1; }
+kubelet_node_ready() { [[ $(ready_nodes "$(cell_name "$1")" "kubernetes.io/hostname=$(node_name "$1")") -ge 1 ]]; }
+kubelet_healthy() { curl -fsS -m 3 "http://127.0.0.1:$(kubelet_healthz_port "$1")/healthz" >/dev/null; }
+containerd_healthy() {
+  local sock
+  sock=$(containerd_sock "$1")
+  [[ -S $sock ]] && ctr --connect-timeout 2s --address "$sock" version >/dev/null 2>&1
+}
 
-start_containerd_a() {
-  start_component cell-a-containerd containerd --config "$CELLS_DIR/cell-a/containerd.toml"
-  wait_until cell-a-containerd 60 containerd_healthy
+start_containerd() {
+  local i=$1 cell sock
+  cell=$(cell_name "$i")
+  sock=$(containerd_sock "$i")
+  start_component "$cell-containerd" containerd --config "$CELLS_DIR/$cell/containerd.toml"
+  wait_until "$cell-containerd" 60 containerd_healthy "$i"
   # The sandbox image comes from this machine, not from a pull: import it once.
-  if [[ -z $(ctr --address "$CONTAINERD_SOCK_A" -n k8s.io images ls -q "name==$PAUSE_IMAGE") ]]; then
+  if [[ -z $(ctr --address "$sock" -n k8s.io images ls -q "name==$PAUSE_IMAGE") ]]; then
     local tar
     tar=$("$BERTH_ROOT/infra/images.sh" pause-tar)
-    ctr --address "$CONTAINERD_SOCK_A" -n k8s.io images import --no-unpack "$tar" >/dev/null
-    log "imported $PAUSE_IMAGE into cell-a's containerd"
+    ctr --address "$sock" -n k8s.io images import --no-unpack "$tar" >/dev/null
+    log "imported $PAUSE_IMAGE into $cell's containerd"
   fi
 }
 
-start_kubelet_a() {
-  local data=$BERTH_DATA_DIR/cell-a
-  start_component cell-a-kubelet "$K8S_BIN/kubelet" --config="$CELLS_DIR/cell-a/kubelet.yaml" \
-    --kubeconfig="$CELLS_DIR/cell-a/kubelet.kubeconfig" --root-dir="$data/kubelet" \
-    --cert-dir="$data/kubelet/pki" --hostname-override="$NODE_A" --node-ip="$NODE_IP_A" \
-    --node-labels="berth.dev/cell=cell-a"
+start_kubelet() {
+  local i=$1 cell data
+  cell=$(cell_name "$i")
+  data=$BERTH_DATA_DIR/$cell
+  start_component "$cell-kubelet" "$K8S_BIN/kubelet" --config="$CELLS_DIR/$cell/kubelet.yaml" \
+    --kubeconfig="$CELLS_DIR/$cell/kubelet.kubeconfig" --root-dir="$data/kubelet" \
+    --cert-dir="$data/kubelet/pki" --hostname-override="$(node_name "$i")" --node-ip="$(node_ip "$i")" \
+    --node-labels="berth.dev/cell=$cell"
 }
 
 write_env() {
@@ -478,29 +587,35 @@ write_env() {
 
 # ---------------------------------------------------------------- up / down / status
 
-# stop_node_a: cell-a's kubelet, its pods (through CRI, so CNI frees their addresses and veths),
-# containerd, the shims it leaves behind, the mounts under its directories, its bridge and rules.
-stop_node_a() {
-  stop_daemon cell-a-kubelet 30
-  if containerd_healthy && [[ -x $K8S_BIN/berth-cri ]]; then
-    "$K8S_BIN/berth-cri" -endpoint "unix://$CONTAINERD_SOCK_A" remove-pods >>"$(logfile cell-a-containerd)" 2>&1 ||
-      log "some of cell-a's pods were not removed through CRI; see $(logfile cell-a-containerd)"
+# stop_node I: real cell I's kubelet, its pods (through CRI, so CNI frees their addresses and
+# veths), containerd, the shims it leaves behind, the mounts under its directories, its bridge
+# and its cgroups.
+stop_node() {
+  local i=$1 cell sock
+  cell=$(cell_name "$i")
+  sock=$(containerd_sock "$i")
+  stop_daemon "$cell-kubelet" 30
+  if containerd_healthy "$i" && [[ -x $K8S_BIN/berth-cri ]]; then
+    "$K8S_BIN/berth-cri" -endpoint "unix://$sock" remove-pods >>"$(logfile "$cell-containerd")" 2>&1 ||
+      log "some of $cell's pods were not removed through CRI; see $(logfile "$cell-containerd")"
   fi
-  stop_daemon cell-a-containerd 30
+  stop_daemon "$cell-containerd" 30
   # Shims outlive containerd; any left belong to this containerd (its socket is in their args).
   local pid
-  for pid in $(pgrep -f "containerd-shim-runc-v2 .*-address $CONTAINERD_SOCK_A" || true); do
+  for pid in $(pgrep -f "containerd-shim-runc-v2 .*-address $sock( |$)" || true); do
     as_root kill -KILL "$pid" 2>/dev/null || true
   done
-  unmount_under "$BERTH_DATA_DIR/cell-a/kubelet" "$BERTH_RUN_DIR/cell-a-containerd" "$BERTH_DATA_DIR/cell-a/containerd"
-  release_host_a
+  unmount_under "$BERTH_DATA_DIR/$cell/kubelet" "$BERTH_RUN_DIR/$cell-containerd" "$BERTH_DATA_DIR/$cell/containerd"
+  release_node_host "$i"
 }
 
 # stop_cell CELL: every process of CELL. Each takes a second or two to shut down gracefully, and
-# none needs another to stop, so they stop side by side.
+# none needs another to stop, so they stop side by side. kwok too for a real cell: cell-b was a
+# KWOK cell once.
 stop_cell() {
-  local cell=$1 name
-  [[ $cell == cell-a ]] && stop_node_a &
+  local cell=$1 i name
+  i=$(cell_index "$cell")
+  if is_real "$i"; then stop_node "$i" & fi
   for name in kwok scheduler controller-mgr apiserver; do stop_daemon "$cell-$name" & done
   wait
 }
@@ -510,9 +625,9 @@ finish_cell() {
   local cell=$1 i=$2
   wait_until "$cell-controller-mgr" 60 controller_manager_healthy "$i"
   wait_until "$cell-scheduler" 60 scheduler_healthy "$i"
-  if ((i == 0)); then
-    wait_until cell-a-kubelet 120 kubelet_healthy
-    wait_until cell-a-kubelet 120 kubelet_node_ready
+  if is_real "$i"; then
+    wait_until "$cell-kubelet" 120 kubelet_healthy "$i"
+    wait_until "$cell-kubelet" 120 kubelet_node_ready "$i"
   else
     wait_until "$cell-kwok" 60 kwok_healthy "$i"
     apply_kwok_nodes "$cell"
@@ -523,10 +638,12 @@ finish_cell() {
 # cmd_up [CELL...]: bring up every configured cell, or only the named ones (then cells beyond
 # BERTH_KWOK_CELLS are left alone and the env file is not rewritten).
 cmd_up() {
-  local t0=$SECONDS cell i cells
+  local t0=$SECONDS cell i cells real=()
   cells=$(if (($#)); then printf '%s\n' "$@"; else configured_cells; fi)
   for cell in $cells; do
-    [[ $cell =~ ^cell-[a-q]$ ]] || die "unknown cell $cell (cell-a … cell-q)"
+    if ! [[ $cell =~ ^cell-[a-z]$ ]] || (($(cell_index "$cell") > LAST_CELL)); then
+      die "unknown cell $cell (cell-a … $(cell_name "$LAST_CELL"))"
+    fi
   done
   ensure_packages containerd runc containernetworking-plugins iptables iproute2 openssl curl gcc libc6-dev
   if ! "$BERTH_ROOT/infra/k8s/build.sh" --status >/dev/null; then
@@ -535,7 +652,7 @@ cmd_up() {
   fi
   # Cells beyond BERTH_KWOK_CELLS (left by a benchmark) stop.
   (($#)) || for cell in $(known_cells); do
-    if (($(cell_index "$cell") > KWOK_CELLS)); then
+    if (($(cell_index "$cell") >= REAL_CELLS + KWOK_CELLS)); then
       log "stopping $cell (BERTH_KWOK_CELLS=$KWOK_CELLS)"
       stop_cell "$cell" &
     fi
@@ -543,30 +660,51 @@ cmd_up() {
   wait
 
   mkdir -p "$CELLS_DIR"
-  for cell in $cells; do make_cell_pki "$cell" "$(cell_index "$cell")"; done
-  local with_a=0
-  grep -qx cell-a <<<"$cells" && with_a=1
-  if ((with_a)); then
-    write_cni_config_a
-    write_containerd_config_a
-    write_kubelet_config_a
-    prepare_host_a
+  for cell in $cells; do
+    i=$(cell_index "$cell")
+    make_cell_pki "$cell" "$i"
+    if is_real "$i"; then real+=("$i"); fi
+  done
+  if ((${#real[@]})); then
+    prepare_host
+    for i in "${real[@]}"; do
+      write_cni_config "$i"
+      write_containerd_config "$i"
+      write_kubelet_config "$i"
+      prepare_node_host "$i"
+    done
   fi
 
   log "starting etcd-cells, then the API servers of ${cells//$'\n'/ }"
   start_etcd
   for cell in $cells; do start_apiserver "$cell" "$(cell_index "$cell")"; done
-  ((with_a == 0)) || start_containerd_a
-  log "waiting for the API servers; then controller managers, schedulers, kubelet and kwok"
+  # Side by side. Waited for by pid: a bare `wait` would also wait for the API servers and etcd,
+  # which this shell started and which never exit.
+  local starting=() pid
+  for i in "${real[@]}"; do
+    start_containerd "$i" &
+    starting+=($!)
+  done
+  for pid in "${starting[@]}"; do wait "$pid" || true; done
+  for i in "${real[@]}"; do containerd_healthy "$i" || die "$(cell_name "$i")'s containerd did not start"; done
+  log "waiting for the API servers; then controller managers, schedulers, kubelets and kwok"
   for cell in $cells; do
     i=$(cell_index "$cell")
     wait_until "$cell-apiserver" 120 apiserver_ready "$i"
     start_controller_manager "$cell" "$i"
     start_scheduler "$cell" "$i"
-    if ((i == 0)); then start_kubelet_a; else start_kwok "$cell" "$i"; fi
+    if is_real "$i"; then
+      # Simulated nodes of the cell's KWOK days would take its pods: they go.
+      if ! is_running "$cell-kubelet"; then
+        kubectl_cell "$cell" delete nodes -l type=kwok --wait=false >/dev/null 2>&1 || true
+      fi
+      start_kubelet "$i"
+    else
+      start_kwok "$cell" "$i"
+    fi
   done
   # Each cell's remaining waits (and its KWOK nodes) side by side.
-  local pids=() failed=0 pid
+  local pids=() failed=0
   for cell in $cells; do
     finish_cell "$cell" "$(cell_index "$cell")" &
     pids+=($!)
@@ -588,6 +726,7 @@ cmd_down() {
   local t0=$SECONDS
   for cell in $(known_cells); do stop_cell "$cell" & done
   wait
+  release_host
   stop_daemon etcd-cells
   log "cells stopped in $((SECONDS - t0))s"
 }
@@ -600,9 +739,9 @@ cmd_status() {
     status_line "$cell-apiserver" "https://127.0.0.1:$(apiserver_port "$i")" apiserver_ready "$i"
     status_line "$cell-controller-mgr" "https://127.0.0.1:$(controller_manager_port "$i")" controller_manager_healthy "$i"
     status_line "$cell-scheduler" "https://127.0.0.1:$(scheduler_port "$i")" scheduler_healthy "$i"
-    if ((i == 0)); then
-      status_line cell-a-containerd ".local/run/cell-a-containerd.sock" containerd_healthy
-      status_line cell-a-kubelet "https://$NODE_IP_A:10250 ($NODE_A)" kubelet_node_ready
+    if is_real "$i"; then
+      status_line "$cell-containerd" ".local/run/$cell-containerd.sock" containerd_healthy "$i"
+      status_line "$cell-kubelet" "https://$(node_ip "$i"):10250 ($(node_name "$i"))" kubelet_node_ready "$i"
     else
       status_line "$cell-kwok" "127.0.0.1:$(kwok_port "$i"), pods $(kwok_pod_cidr "$i")" kwok_healthy "$i"
     fi

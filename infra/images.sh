@@ -5,7 +5,7 @@
 #
 #   infra/images.sh              build and push every image that is missing or out of date
 #   infra/images.sh pause-tar    build the pause image as an OCI/docker archive; print its path
-#                                (cells.sh imports it into cell-a's containerd without a registry)
+#                                (cells.sh imports it into each real cell's containerd, no registry)
 #   infra/images.sh status       one line per image: pushed | missing
 # Needs the region's Docker Engine and registry (infra/region.sh) except for pause-tar.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"

@@ -2,17 +2,17 @@
 # Berth's IPAM on this machine (docs/ipam.md):
 #   infra/ipam.sh install   bundle the berth-ipam plugin (one JS file: no TypeScript stripping or
 #                           module resolution at every pod start), install it into .local/bin and
-#                           the CNI bin dir cell-a uses, install cnictl, add cell-a's pool, and
-#                           export the IPAM section of cell-a's CNI conf (.local/env.d/15-ipam.sh).
+#                           the CNI bin dir the real cells use, install cnictl, add each real
+#                           cell's pool (cell-a 198.18.0.0/16, cell-b 198.19.32.0/21), and export
+#                           the IPAM section of each one's CNI conf (.local/env.d/15-ipam.sh).
 # Idempotent: rebuilds only when the plugin's sources changed.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 source "$BERTH_ROOT/infra/node.sh"
 
 CNI_BIN_DIR=/usr/lib/cni
-CELL=cell-a
-POOL=198.18.0.0/16
-GATEWAY=198.18.0.1
-NODE_NAME=cell-a-node0
+# The real cells of infra/cells.sh (REAL_POD_CIDRS, REAL_NODE_IPS there): "CELL POOL GATEWAY",
+# the gateway being the host's side of the cell's bridge. The node is <cell>-node0.
+REAL_CELLS=("cell-a 198.18.0.0/16 198.18.0.1" "cell-b 198.19.32.0/21 198.19.32.1")
 LIB=$BERTH_LOCAL/lib
 SRC=$BERTH_ROOT/services/cni-ipam/src
 ESBUILD=$BERTH_ROOT/services/cni-ipam/node_modules/.bin/esbuild
@@ -57,27 +57,37 @@ LAUNCHER
   mv "$BERTH_BIN_DIR/cnictl.tmp" "$BERTH_BIN_DIR/cnictl"
 }
 
-ensure_pool() {
+ensure_pool() { # ensure_pool CELL POOL
+  local cell=$1 pool=$2
   export ETCD_ENDPOINTS=${ETCD_ENDPOINTS:-http://127.0.0.1:2379}
-  if ! "$BERTH_BIN_DIR/cnictl" --cell "$CELL" --json pool list | jq -e --arg p "$POOL" 'any(.[]; .cidr == $p)' >/dev/null; then
-    "$BERTH_BIN_DIR/cnictl" --cell "$CELL" pool add "$POOL" >/dev/null || die "cannot add pool $POOL to $CELL"
-    log "added IP pool $POOL to $CELL"
+  if ! "$BERTH_BIN_DIR/cnictl" --cell "$cell" --json pool list | jq -e --arg p "$pool" 'any(.[]; .cidr == $p)' >/dev/null; then
+    "$BERTH_BIN_DIR/cnictl" --cell "$cell" pool add "$pool" >/dev/null || die "cannot add pool $pool to $cell"
+    log "added IP pool $pool to $cell"
   fi
 }
 
 write_env() {
+  local entry cell pool gateway var
   mkdir -p "$BERTH_LOCAL/env.d"
-  cat >"$BERTH_LOCAL/env.d/15-ipam.sh" <<ENV
-# cell-a's pods get their addresses from Berth's pools (infra/cells.sh reads this).
-export BERTH_CELL_A_IPAM='{"type": "berth-ipam", "etcdEndpoints": "http://127.0.0.1:2379", "cell": "$CELL", "node": "$NODE_NAME", "gateway": "$GATEWAY", "routes": [{"dst": "0.0.0.0/0"}]}'
-ENV
+  {
+    echo "# The real cells' pods get their addresses from Berth's pools (infra/cells.sh reads this)."
+    for entry in "${REAL_CELLS[@]}"; do
+      read -r cell pool gateway <<<"$entry"
+      var=BERTH_$(tr '[:lower:]-' '[:upper:]_' <<<"$cell")_IPAM
+      echo "export $var='{\"type\": \"berth-ipam\", \"etcdEndpoints\": \"http://127.0.0.1:2379\", \"cell\": \"$cell\", \"node\": \"$cell-node0\", \"gateway\": \"$gateway\", \"routes\": [{\"dst\": \"0.0.0.0/0\"}]}'"
+    done
+  } >"$BERTH_LOCAL/env.d/15-ipam.sh.tmp"
+  mv "$BERTH_LOCAL/env.d/15-ipam.sh.tmp" "$BERTH_LOCAL/env.d/15-ipam.sh"
 }
 
 case ${1:-} in
   install)
     install_plugin
     install_cnictl
-    ensure_pool
+    for entry in "${REAL_CELLS[@]}"; do
+      read -r cell pool _ <<<"$entry"
+      ensure_pool "$cell" "$pool"
+    done
     write_env
     ;;
   *) die "usage: infra/ipam.sh install" ;;

@@ -11,20 +11,25 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # region_ports [--no-services]: "PORT COMPONENT" for every port a component of `make up` listens on.
-# The cells' ports follow infra/cells.sh (cell i, cell-a is 0; BERTH_KWOK_CELLS KWOK cells) and
-# the services' follow infra/services.sh.
+# The cells' ports follow infra/cells.sh (cell i, cell-a is 0; cell-a and cell-b are real cells
+# with a kubelet each, on its node IP:10250 and healthz 127.0.0.1:(10248+100i); then
+# BERTH_KWOK_CELLS KWOK cells) and the services' follow infra/services.sh.
 region_ports() {
-  local with_services=1 kwok_cells=${BERTH_KWOK_CELLS:-1} i cell
+  local with_services=1 real_cells=2 kwok_cells=${BERTH_KWOK_CELLS:-0} i cell
   [[ ${1:-} == --no-services ]] && with_services=0
   printf '%s\n' '2379 etcd (region)' '2380 etcd (region, peer)' '2381 etcd-cells' '2382 etcd-cells (peer)' \
-    '4222 nats' '8222 nats (monitor)' '6379 redis' '5000 registry' '8080 nginx' \
-    '10250 cell-a-kubelet' '10248 cell-a-kubelet (healthz)'
-  for ((i = 0; i <= kwok_cells; i++)); do
+    '4222 nats' '8222 nats (monitor)' '6379 redis' '5000 registry' '8080 nginx'
+  for ((i = 0; i < real_cells + kwok_cells; i++)); do
     cell=cell-$(printf '%b' "\\x$(printf %x $((97 + i)))")
     echo "$((6443 + i)) $cell-apiserver"
     echo "$((10257 + 100 * i)) $cell-controller-mgr"
     echo "$((10259 + 100 * i)) $cell-scheduler"
-    ((i == 0)) || echo "$((10247 + 100 * i)) $cell-kwok"
+    if ((i < real_cells)); then
+      echo "10250 $cell-kubelet"
+      echo "$((10248 + 100 * i)) $cell-kubelet (healthz)"
+    else
+      echo "$((10247 + 100 * i)) $cell-kwok"
+    fi
   done
   if ((with_services)); then
     printf '%s\n' '7070 berth-api' '7071 berth-scheduler' '7072 berth-builder-agent' '7073 berth-lb-agent' \

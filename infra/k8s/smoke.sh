@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # A quick end-to-end check of running cells with kubectl only (test/cells/cells.test.ts is the full
-# suite): cell-a's node is Ready on containerd, a sample Deployment becomes Available there and its
-# pods answer on their pod IPs; a Deployment in cell-b becomes Available on KWOK nodes; both
-# Services list ready endpoints. Works in a namespace of its own and deletes it.
+# suite): cell-a's node is Ready on containerd, a sample Deployment becomes Available in cell-a and
+# in cell-b (each a real kubelet) and their pods answer on their pod IPs; both Services list ready
+# endpoints. Works in a namespace of its own and deletes it.
 #   infra/k8s/smoke.sh [IMAGE]      (default $BERTH_SAMPLE_IMAGE or 127.0.0.1:5000/berth/sample-app:v1)
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 eval "$("$BERTH_ROOT/infra/k8s/build.sh" --print-env)"
@@ -32,11 +32,13 @@ for cell in cell-a cell-b; do
   ok
 done
 
-check "cell-a: pods answer HTTP on their pod IPs"
-for ip in $(k cell-a -n "$NS" get pods -l app=sample -o jsonpath='{.items[*].status.podIP}'); do
-  curl -fsS -m 3 "http://$ip:8080/" | grep -q '"hostname"' || die "pod $ip did not answer"
+for cell in cell-a cell-b; do
+  check "$cell: pods answer HTTP on their pod IPs"
+  for ip in $(k "$cell" -n "$NS" get pods -l app=sample -o jsonpath='{.items[*].status.podIP}'); do
+    curl -fsS -m 3 "http://$ip:8080/" | grep -q '"hostname"' || die "pod $ip did not answer"
+  done
+  ok
 done
-ok
 
 for cell in cell-a cell-b; do
   check "$cell: EndpointSlice lists 2 ready endpoints"

@@ -1,8 +1,9 @@
 /**
  * The local region's Kubernetes cells (infra/cells.sh, docs/cells.md), through
  * @kubernetes/client-node as Berth's services use them: cell-a runs real containers on a kubelet
- * with containerd, cell-b runs a real control plane on KWOK's simulated nodes. Each run works in
- * a namespace of its own in each cell and deletes it afterwards.
+ * with containerd, and so does cell-b, with a kubelet, a containerd, a bridge and an IP pool of its
+ * own beside cell-a's on the same host (KWOK cells, from cell-c on, are for benchmarks). Each run
+ * works in a namespace of its own in each cell and deletes it afterwards.
  */
 import { execFile } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
@@ -266,21 +267,44 @@ describe('cell-a, a real cell', () => {
   });
 });
 
-describe('cell-b, a KWOK cell', () => {
-  it('runs a Deployment until it is Available on simulated nodes', async () => {
+describe('cell-b, a second real cell on the same host', () => {
+  it('has a Ready node of its own on containerd, and no simulated nodes', async () => {
+    const nodes = (await cellB.core.listNode()).items;
+    expect(nodes.map((n) => n.metadata?.name)).toEqual(['cell-b-node0']);
+    const node = nodes[0];
+    expect(node?.metadata?.labels?.['berth.dev/cell']).toBe('cell-b');
+    expect(node?.status?.conditions?.find((c) => c.type === 'Ready')?.status).toBe('True');
+    expect(node?.status?.nodeInfo?.containerRuntimeVersion).toMatch(/^containerd:\/\//);
+    expect(node?.status?.addresses?.find((a) => a.type === 'InternalIP')?.address).toBe('198.19.32.1');
+  });
+
+  it("runs a Deployment until it is Available, its pods answer HTTP on cell-b's addresses, and cell-a's pods are untouched", async () => {
+    const podsOfA = async () =>
+      (await readyPods(cellA))
+        .map((p) => `${p.metadata?.uid}:${p.status?.containerStatuses?.[0]?.restartCount}`)
+        .sort();
+    const aBefore = await podsOfA();
+    const started = Date.now();
     await cellB.apps.createNamespacedDeployment({ namespace: NAMESPACE, body: sampleDeployment(3) });
     await waitFor(() => deploymentAvailable(cellB, 3), {
-      timeoutMs: 60_000,
+      timeoutMs: 90_000,
       intervalMs: 250,
       message: 'the sample Deployment in cell-b to be Available',
     });
-    const kwokNodes = (await cellB.core.listNode({ labelSelector: 'type=kwok' })).items.map((n) => n.metadata?.name);
+    console.log(`[cell-b] 3 real pods Available in ${Date.now() - started} ms`);
     const pods = await readyPods(cellB);
     expect(pods).toHaveLength(3);
     for (const pod of pods) {
-      expect(kwokNodes).toContain(pod.spec?.nodeName);
-      expect(pod.status?.podIP).toMatch(/^198\.19\.(12[89]|1[3-9]\d|2[0-5]\d)\./); // inside 198.19.128.0/17
+      expect(pod.spec?.nodeName).toBe('cell-b-node0');
+      expect(pod.status?.podIP).toMatch(/^198\.19\.(3[2-9])\./); // inside cell-b's pool 198.19.32.0/21
+      const hello = await getText(`http://${pod.status?.podIP}:8080/`);
+      expect(JSON.parse(hello.body)).toMatchObject({ app: 'sample-app', hostname: pod.metadata?.name });
     }
+    const logs = await cellB.core.readNamespacedPodLog({ name: pods[0]?.metadata?.name ?? '', namespace: NAMESPACE });
+    expect(logs).toContain('listening on :8080');
+    // Two kubelets on one host, each under its own cgroup root: cell-b's kubelet neither kills
+    // nor restarts cell-a's containers.
+    expect(await podsOfA()).toEqual(aBefore);
   });
 });
 

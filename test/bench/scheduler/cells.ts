@@ -10,7 +10,7 @@ import { createEtcdClient } from '@berth/shared/etcd';
 import type { CellClient } from '@berth/shared/kube';
 import { REPO_ROOT } from '@berth/shared/testing';
 
-const LAST_CELL = 16; // cell-q: infra/cells.sh gives each KWOK cell one /21 of 198.19.128.0/17
+const LAST_CELL = 17; // cell-r: infra/cells.sh gives 16 KWOK cells after cell-a and cell-b one /21 each
 
 const cellName = (index: number) => `cell-${String.fromCharCode(97 + index)}`;
 
@@ -19,7 +19,7 @@ export function benchCellNames(regionCells: string | undefined, count: number): 
   const indexes = (regionCells || 'cell-a,cell-b').split(',').map((c) => c.trim().charCodeAt(5) - 97);
   const first = Math.max(...indexes) + 1;
   if (first + count - 1 > LAST_CELL) {
-    throw new RangeError(`${count} benchmark cells after ${cellName(first - 1)} go beyond cell-q`);
+    throw new RangeError(`${count} benchmark cells after ${cellName(first - 1)} go beyond ${cellName(LAST_CELL)}`);
   }
   return Array.from({ length: count }, (_, i) => cellName(first + i));
 }
