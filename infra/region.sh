@@ -161,7 +161,7 @@ export REDIS_URL=redis://127.0.0.1:6379
 export REGISTRY_ADDR=127.0.0.1:5000
 export DOCKER_HOST=unix://$DOCKER_SOCK
 export BERTH_REGION=local
-# Where the region's nginx takes traffic: curl -H 'Host: sample.berth.test' $BERTH_LB_URL/
+# Where the region's nginx takes traffic: curl -H 'Host: sample.berth.test' \$BERTH_LB_URL/
 export BERTH_LB_URL=http://127.0.0.1:8080
 export BERTH_NGINX_PREFIX=$NGINX_PREFIX
 ENV
