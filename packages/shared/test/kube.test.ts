@@ -1,5 +1,5 @@
 /**
- * The informer wrapper against a real API server (KWOK cell-b): it recovers from a killed API
+ * The informer wrapper against a real API server (cell-b's): it recovers from a killed API
  * server, from a dropped connection and from a stalled one, with no missed change (its cache is
  * compared with a fresh list).
  */

@@ -1,5 +1,5 @@
 /**
- * Discovery against the real cells of the local region (cell-a with its kubelet, cell-b on KWOK).
+ * Discovery against the real cells of the local region (cell-a and cell-b, a kubelet each).
  * A real scheduler (its own test harness: a unique etcd prefix and region) puts real Deployments,
  * Services and so EndpointSlices in the cells; discovery runs under the same prefix and region.
  */

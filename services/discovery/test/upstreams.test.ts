@@ -1,7 +1,7 @@
 /**
- * Discovery on the real cells: a real scheduler runs an app's versions in cell-a (kubelet, real
- * pod addresses) and cell-b (KWOK); discovery reaches cell-b through a proxy the test can take
- * down. The tests run in order on one app: its upstreams by version and cell, scaling, a cell
+ * Discovery on the real cells: a real scheduler runs an app's versions in cell-a and cell-b (each
+ * a kubelet of its own with real pods on its own bridge and pool); discovery reaches cell-b
+ * through a proxy the test can take down. The tests run in order on one app: its upstreams by version and cell, scaling, a cell
  * outage (endpoints kept and marked stale, replaced on return), a leader failover that never
  * writes an empty set, and dropped connections that miss no change.
  */
@@ -86,7 +86,10 @@ describe('discovery', () => {
       expect(e).toMatchObject({ ready: true, terminating: false, ports: { http: 8080 }, node: 'cell-a-node0' });
       expect(e.pod).toMatch(new RegExp(`^${app}-v1-`));
     }
-    for (const e of up.versions.v1?.['cell-b'] ?? []) expect(e.address).toMatch(/^198\.19\./);
+    for (const e of up.versions.v1?.['cell-b'] ?? []) {
+      expect(e.address).toMatch(/^198\.19\.3[2-9]\./); // cell-b's pool, 198.19.32.0/21
+      expect(e).toMatchObject({ ready: true, terminating: false, ports: { http: 8080 }, node: 'cell-b-node0' });
+    }
     expect(up.cells['cell-a']).toMatchObject({ stale: false });
     expect(up.cells['cell-b']?.syncedAt).not.toBeNull();
 

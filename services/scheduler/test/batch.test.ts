@@ -70,7 +70,8 @@ describe('a scheduler killed mid-batch', () => {
 
   beforeAll(async () => {
     w = await world();
-    // KWOK's simulated cell alone: 40 apps' pods would crowd cell-a's one real kubelet.
+    // cell-b alone, one replica per app: 40 real pods on one kubelet, not 80 over two, and a
+    // placement that cannot differ between leaders.
     await cordon(w, 'cell-a', 'cordoned');
   });
 
@@ -84,7 +85,7 @@ describe('a scheduler killed mid-batch', () => {
   it('leaves no half-written state: the next leader places, applies and reports every app exactly once', {
     timeout: 180_000,
   }, async () => {
-    for (const app of apps) await putApp(w, appRecord(app, { minCells: 1 }), [versionRecord(app, 1, { replicas: 2 })]);
+    for (const app of apps) await putApp(w, appRecord(app, { minCells: 1 }), [versionRecord(app, 1, { replicas: 1 })]);
 
     const { process: doomed, output } = spawnScheduler(w, 'doomed-batch-leader');
     const ours = new Set(apps.map((a) => deploymentName(a, 'v1')));
@@ -116,7 +117,7 @@ describe('a scheduler killed mid-batch', () => {
       async () => {
         for (const app of apps) {
           const p = await placement(w, app, 'v1');
-          if (JSON.stringify(p?.cells) !== '{"cell-b":2}') return undefined;
+          if (JSON.stringify(p?.cells) !== '{"cell-b":1}') return undefined;
         }
         return (await applied()) === apps.length ? true : undefined;
       },
@@ -125,7 +126,7 @@ describe('a scheduler killed mid-batch', () => {
     // Exactly one Deployment per app, at the placed size, and nothing in the cordoned cell.
     for (const app of apps) {
       const deps = await cells['cell-b']?.apps.listNamespacedDeployment({ namespace: app });
-      expect(deps?.items.map((d) => [d.metadata?.name, d.spec?.replicas])).toEqual([[deploymentName(app, 'v1'), 2]]);
+      expect(deps?.items.map((d) => [d.metadata?.name, d.spec?.replicas])).toEqual([[deploymentName(app, 'v1'), 1]]);
       const inA = await cells['cell-a']?.apps.listNamespacedDeployment({ namespace: app }).catch(() => undefined);
       expect(inA?.items ?? []).toEqual([]);
     }
@@ -134,7 +135,7 @@ describe('a scheduler killed mid-batch', () => {
       async () => {
         for (const app of apps) {
           const raw = await w.etcd.get(w.keys.status(app, 'v1', 'cell-b')).string();
-          if (!raw || versionCellStatusSchema.parse(JSON.parse(raw)).desired !== 2) return undefined;
+          if (!raw || versionCellStatusSchema.parse(JSON.parse(raw)).desired !== 1) return undefined;
         }
         return true;
       },

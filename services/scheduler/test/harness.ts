@@ -1,6 +1,6 @@
 /**
- * Schedulers against the real cells of the local region (cell-a with its kubelet, cell-b on
- * KWOK), isolated by a unique etcd prefix and region name; apps are written to etcd the way the
+ * Schedulers against the real cells of the local region (cell-a and cell-b, a kubelet each),
+ * isolated by a unique etcd prefix and region name; apps are written to etcd the way the
  * API writes them, with names unique to the test.
  */
 

@@ -77,11 +77,42 @@ describe('placement and apply', () => {
   it('gives a cell with too little free memory fewer replicas, and reports Unschedulable with numbers when nothing fits', async () => {
     const node = (await cells['cell-a']?.core.listNode())?.items[0];
     const allocKi = Number((node?.status?.allocatable?.memory ?? '0Ki').replace('Ki', ''));
-    // One replica fits in cell-a's memory, two do not; cell-b's simulated nodes have plenty.
-    const memoryMi = Math.floor(allocKi / 1024 / 2) + 64;
+    // cell-a and cell-b are alike (one real node each, on this host): a pod outside Berth takes
+    // half of cell-a's memory, so one replica fits in what is left of cell-a, three in cell-b.
+    const ballast = appName('ballast');
+    await cells['cell-a']?.core.createNamespace({ body: { metadata: { name: ballast } } });
+    await cells['cell-a']?.core.createNamespacedPod({
+      namespace: ballast,
+      body: {
+        metadata: { name: 'ballast' },
+        spec: {
+          nodeName: node?.metadata?.name,
+          terminationGracePeriodSeconds: 0,
+          containers: [
+            {
+              name: 'ballast',
+              image: env.BERTH_SAMPLE_IMAGE ?? '127.0.0.1:5000/berth/sample-app:v1',
+              resources: { requests: { memory: `${Math.floor(allocKi / 2)}Ki` } },
+            },
+          ],
+        },
+      },
+    });
+    const memoryMi = Math.floor(allocKi / 1024 / 4) + 64;
     const app = appName('tight');
-    await putApp(w, appRecord(app), [versionRecord(app, 1, { replicas: 4, memory: `${memoryMi}Mi` })]);
-    await waitFor(async () => (await placement(w, app, 'v1'))?.cells, { message: 'placed' });
+    try {
+      // Running: the scheduler's watch of cell-a's pods saw it (bound at creation) long before.
+      await waitFor(
+        async () =>
+          (await cells['cell-a']?.core.readNamespacedPod({ name: 'ballast', namespace: ballast }))?.status?.phase ===
+          'Running',
+        { timeoutMs: 60_000, message: 'the ballast pod Running in cell-a' },
+      );
+      await putApp(w, appRecord(app), [versionRecord(app, 1, { replicas: 4, memory: `${memoryMi}Mi` })]);
+      await waitFor(async () => (await placement(w, app, 'v1'))?.cells, { message: 'placed' });
+    } finally {
+      await cells['cell-a']?.core.deleteNamespacedPod({ name: 'ballast', namespace: ballast, gracePeriodSeconds: 0 });
+    }
     const p = await placement(w, app, 'v1');
     expect(p?.cells['cell-a'] ?? 0).toBeLessThan(p?.cells['cell-b'] ?? 0);
     expect((p?.cells['cell-a'] ?? 0) + (p?.cells['cell-b'] ?? 0)).toBe(4);
