@@ -37,7 +37,9 @@ export type TestNginx = {
 };
 
 /** A private nginx with the lb-agent's main config, `workers` worker processes. */
-export async function startNginx(options: { workers?: number } = {}): Promise<TestNginx> {
+export async function startNginx(
+  options: { workers?: number; routesDictSize?: string; statsDictSize?: string } = {},
+): Promise<TestNginx> {
   const prefix = await mkdtemp(join(tmpdir(), 'berth-lb-'));
   const port = await freePort();
   const main: MainConfOptions = {
@@ -46,6 +48,8 @@ export async function startNginx(options: { workers?: number } = {}): Promise<Te
     pidFile: join(prefix, 'nginx.pid'),
     errorLog: join(prefix, 'error.log'),
     workerProcesses: options.workers ?? 2,
+    ...(options.routesDictSize ? { routesDictSize: options.routesDictSize } : {}),
+    ...(options.statsDictSize ? { statsDictSize: options.statsDictSize } : {}),
     ...(process.getuid?.() === 0 ? { user: 'root' } : {}),
   };
   await writeMainConfig(main);
@@ -259,7 +263,11 @@ export function upstreamsRecord(
   return { app, cells, versions };
 }
 
-export function trafficRecord(app: string, weights: Traffic['weights'], stickiness: Traffic['stickiness'] = null): Traffic {
+export function trafficRecord(
+  app: string,
+  weights: Traffic['weights'],
+  stickiness: Traffic['stickiness'] = null,
+): Traffic {
   return { app, weights, stickiness, updatedAt: new Date().toISOString(), updatedBy: 'admin' };
 }
 
@@ -284,7 +292,10 @@ export class SlbWriter {
     return this.#put(this.keys.templates.slbDomain.format({ group: this.#group, domain: d.domain }), d);
   }
   async deleteDomain(domain: string): Promise<void> {
-    await this.#etcd.delete().key(this.keys.templates.slbDomain.format({ group: this.#group, domain })).exec();
+    await this.#etcd
+      .delete()
+      .key(this.keys.templates.slbDomain.format({ group: this.#group, domain }))
+      .exec();
   }
   upstreams(u: Upstreams): Promise<number> {
     return this.#put(this.keys.templates.slbUpstream.format({ group: this.#group, app: u.app }), u);

@@ -5,27 +5,24 @@
  * loopback answer their name. Routing documents go in through the control socket as the agent's
  * would; requests go through nginx's traffic port.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import { Agent, createServer, type IncomingHttpHeaders, type RequestOptions, request, type Server } from 'node:http';
-import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import type { Domain } from '@berth/shared/model';
 import { renderServer, renderUpstream } from '@berth/shared/nginx';
-import { exited, freePort, waitFor } from '@berth/shared/testing';
+import { freePort, waitFor } from '@berth/shared/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { paths, renderGenerationFile } from '../src/nginx/main-conf.ts';
+import { removeNginx, startNginx, type TestNginx } from './harness.ts';
 
-const LUA_DIR = resolve(dirname(fileURLToPath(import.meta.url)), '../lua');
 const HOST = 'shop.example.test';
 
 type Reply = { status: number; headers: IncomingHttpHeaders; body: string };
 
-let dir: string;
+let nginx: TestNginx;
 let prefix: string;
 let listen: string;
-let nginx: ChildProcess | undefined;
 const backends: Server[] = [];
 const ports: Record<string, number> = {};
 const agent = new Agent({ keepAlive: true, maxSockets: 4 });
@@ -68,7 +65,7 @@ async function control(
   headers: Record<string, string> = {},
 ): Promise<{ status: number; json: Record<string, unknown> }> {
   const res = await send(
-    { socketPath: join(prefix, 'control.sock'), method, path, headers: { host: 'berth-control', ...headers } },
+    { socketPath: paths(prefix).controlSocket, method, path, headers: { host: 'berth-control', ...headers } },
     body,
   );
   return { status: res.status, json: JSON.parse(res.body) };
@@ -115,45 +112,17 @@ async function stats(): Promise<Record<string, VersionStats>> {
   return ((res.json.apps as Record<string, Record<string, VersionStats>>).shop ?? {}) as Record<string, VersionStats>;
 }
 
-/**
- * The main config per the contract, answering `generation` on /generation as the agent's
- * rendered config does. berth_routes is small so that a large document overflows it.
- */
-async function writeMainConfig(generation: number): Promise<void> {
-  await writeFile(
-    join(prefix, 'nginx.conf'),
-    `load_module /usr/lib/nginx/modules/ndk_http_module.so;
-load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
-daemon off;
-worker_processes 1;
-pid ${prefix}/nginx.pid;
-error_log ${prefix}/logs/error.log warn;
-events { worker_connections 256; }
-http {
-  lua_package_path "${LUA_DIR}/?.lua;/usr/share/lua/5.1/?.lua;;";
-  lua_package_cpath "/usr/lib/x86_64-linux-gnu/lua/5.1/?.so;;";
-  lua_shared_dict berth_routes 1m;
-  lua_shared_dict berth_stats 1m;
-  init_by_lua_block { require("berth.stats").init() }
-  log_by_lua_block { require("berth.stats").log() }
-  access_log off;
-  client_body_temp_path ${prefix}/tmp-body;
-  proxy_temp_path ${prefix}/tmp-proxy;
-  server {
-    listen ${listen} default_server;
-    location = /healthz { content_by_lua_block { ngx.print("ok ", "lua") } }
-    location / { return 404; }
-  }
-  server {
-    listen unix:${prefix}/control.sock;
-    client_max_body_size 16m;
-    client_body_buffer_size 16m;
-    location = /generation { return 200 "${generation}"; }
-    location / { content_by_lua_block { require("berth.control").handle() } }
-  }
-  include ${prefix}/conf.d/*.conf;
-}
-`,
+/** Reloads nginx (HUP) and waits until a worker answers `generation` on the control socket. */
+async function reload(generation: number): Promise<void> {
+  await writeFile(join(paths(prefix).generation(0), '00-generation.conf'), renderGenerationFile(generation));
+  process.kill((await nginx.pids()).master, 'SIGHUP');
+  await waitFor(
+    async () =>
+      (await send({ socketPath: paths(prefix).controlSocket, path: '/generation' })).body === String(generation),
+    {
+      timeoutMs: 10_000,
+      message: `the reloaded worker answering generation ${generation}`,
+    },
   );
 }
 
@@ -172,56 +141,27 @@ const domain: Domain = {
 beforeAll(async () => {
   for (const name of ['a1', 'a2', 'b1']) ports[name] = await startBackend(name);
   ports.dead = await freePort(); // nothing listens there
-  dir = await mkdtemp(join(tmpdir(), 'berth-lb-lua-'));
-  await chmod(dir, 0o755);
-  prefix = join(dir, 'nginx');
-  await mkdir(join(prefix, 'logs'), { recursive: true });
-  await mkdir(join(prefix, 'conf.d'), { recursive: true });
-  listen = `127.0.0.1:${await freePort()}`;
-  await writeFile(join(prefix, 'conf.d', 'upstream-shop-http.conf'), renderUpstream('shop', 'http'));
-  let server = renderServer(domain, { listen: [listen] });
-  if (!server.includes('access_by_lua_block')) {
-    // Older renderer: add the access-phase call the contract asks of every location.
-    server = server.replace(
-      /(location [^{]+\{\n)/g,
-      '$1        access_by_lua_block { require("berth.balancer").route("shop", "http") }\n',
-    );
-  }
-  await writeFile(join(prefix, 'conf.d', `domain-${HOST}.conf`), server);
-  await writeMainConfig(1);
-  nginx = spawn('/usr/sbin/nginx', ['-p', prefix, '-c', join(prefix, 'nginx.conf')], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  let stderr = '';
-  nginx.stderr?.on('data', (d) => {
-    stderr += d;
-  });
-  await waitFor(
-    async () => {
-      if (nginx?.exitCode !== null) throw new Error(`nginx exited: ${stderr}`);
-      const [hostname, port] = listen.split(':');
-      const res = await send({ hostname, port: Number(port), path: '/healthz', headers: { host: 'x' } });
-      return res.body === 'ok lua';
-    },
-    { timeoutMs: 10_000, message: 'nginx answering /healthz' },
-  );
+  // The agent's main config, with a small berth_routes so that a large document overflows it.
+  nginx = await startNginx({ workers: 1, routesDictSize: '1m', statsDictSize: '1m' });
+  prefix = nginx.prefix;
+  listen = nginx.main.listen;
+  // The rendered upstream and domain, in the live generation (the agent's config manager's job).
+  const live = paths(prefix).generation(0);
+  await writeFile(join(live, '10-upstream-shop-http.conf'), renderUpstream('shop', 'http'));
+  await writeFile(join(live, `20-domain-${HOST}.conf`), renderServer(domain, { listen: [listen] }));
+  await reload(1);
 });
 
 afterAll(async () => {
   agent.destroy();
-  if (nginx?.pid && nginx.exitCode === null) {
-    nginx.kill('SIGQUIT');
-    await exited(nginx);
-  }
   for (const server of backends) await new Promise((r) => server.close(r));
-  if (dir) {
+  if (nginx) {
     // Lua errors show here (the dead peer's refused connections are expected).
-    const log = await readFile(join(prefix, 'logs', 'error.log'), 'utf8').catch(() => '');
-    const errors = log
+    const errors = (await nginx.errorLog())
       .split('\n')
       .filter((l) => /\[(error|crit|alert|emerg)\]/.test(l) && !l.includes('connect() failed'));
     if (errors.length > 0) console.log(`nginx error log:\n${errors.join('\n')}`);
-    await rm(dir, { recursive: true, force: true });
+    await removeNginx(nginx);
   }
 });
 
@@ -328,7 +268,7 @@ describe('the lb-agent Lua in a real nginx', () => {
     expect(await burst(100)).toEqual({ a1: 100 });
     // Passive health: after max_fails (3) the dead peer is skipped, not tried every other request
     // (a few more attempts may have picked it before the third failure came back).
-    const log = await readFile(join(prefix, 'logs', 'error.log'), 'utf8');
+    const log = await nginx.errorLog();
     const attempts = log.split('\n').filter((l) => l.includes(`peer 127.0.0.1:${ports.dead} failed`)).length;
     expect(attempts).toBeGreaterThanOrEqual(3);
     expect(attempts).toBeLessThanOrEqual(6);
@@ -367,15 +307,7 @@ describe('the lb-agent Lua in a real nginx', () => {
   it('keeps the documents and the boot id across a reload (HUP)', async () => {
     expect((await push({ revision: 25, versions: { v1: [peer('a1')] } })).status).toBe(200);
     const before = await control('GET', '/routes');
-    await writeMainConfig(2);
-    nginx?.kill('SIGHUP');
-    await waitFor(
-      async () => (await send({ socketPath: join(prefix, 'control.sock'), path: '/generation' })).body === '2',
-      {
-        timeoutMs: 10_000,
-        message: 'the reloaded worker answering generation 2',
-      },
-    );
+    await reload(2);
     const after = await control('GET', '/routes');
     expect(after.json.boot).toBe(before.json.boot);
     expect(after.json.apps).toEqual(before.json.apps);
