@@ -1,9 +1,9 @@
+import { UnavailableError } from '@berth/shared/errors';
 import type { EventInput } from '@berth/shared/events';
 import { EventSubjects } from '@berth/shared/events';
 import type { Logger } from '@berth/shared/logging';
 import { NatsComponent } from '@berth/shared/nats';
 import { ServiceRuntime } from '@berth/shared/service';
-import { UnavailableError } from '@berth/shared/errors';
 import { LbAgent } from './agent.ts';
 import type { LbAgentConfig } from './env.ts';
 import { NginxConfigManager } from './nginx/config-manager.ts';
@@ -47,7 +47,12 @@ export class LbAgentService {
     });
     let publish: ((event: Omit<EventInput, 'actor'>) => Promise<void>) | undefined;
     if (config.NATS_URL) {
-      const nats = new NatsComponent({ servers: config.NATS_URL, token: config.NATS_TOKEN, name: 'lb-agent', logger: log });
+      const nats = new NatsComponent({
+        servers: config.NATS_URL,
+        token: config.NATS_TOKEN,
+        name: 'lb-agent',
+        logger: log,
+      });
       runtime.add(nats);
       const events = runtime.addEvents(nats, new EventSubjects(config.EVENT_SUBJECT_ROOT));
       // Through the outbox: a failure seen while NATS is down reaches the feed when it is back.
@@ -89,4 +94,3 @@ export class LbAgentService {
     return this.runtime.stop();
   }
 }
-

@@ -109,7 +109,9 @@ export class NginxConfigManager {
         trial.set(d.domain, d);
         const trialFailures = new Map<string, string>();
         const trialDir = await this.#write(generation, trial, trialFailures, 'try');
-        const r = trialFailures.size ? { ok: false, message: trialFailures.get(d.domain) ?? '' } : await this.#test(trialDir);
+        const r = trialFailures.size
+          ? { ok: false, message: trialFailures.get(d.domain) ?? '' }
+          : await this.#test(trialDir);
         await rm(trialDir, { recursive: true, force: true });
         if (!r.ok) failed.set(d.domain, r.message);
       }
@@ -122,7 +124,9 @@ export class NginxConfigManager {
       await rm(dir, { recursive: true, force: true });
       const renderFailures = new Map<string, string>();
       dir = await this.#write(generation, candidate, renderFailures);
-      test = renderFailures.size ? { ok: false, message: [...renderFailures.values()].join('; ') } : await this.#test(dir);
+      test = renderFailures.size
+        ? { ok: false, message: [...renderFailures.values()].join('; ') }
+        : await this.#test(dir);
       if (!test.ok) {
         // The failures interact: keep serving exactly what is served, every change counted failed.
         this.#o.logger.warn({ message: test.message }, 'changes fail together; keeping the served config');
@@ -171,7 +175,10 @@ export class NginxConfigManager {
         const server = (this.#o.renderers?.server ?? renderServer)(d, this.#o.render);
         const key = `${d.app}-${d.port}`;
         if (!upstreams.has(key)) {
-          files.push([`10-upstream-${key}.conf`, (this.#o.renderers?.upstream ?? renderUpstream)(d.app, d.port, this.#o.render)]);
+          files.push([
+            `10-upstream-${key}.conf`,
+            (this.#o.renderers?.upstream ?? renderUpstream)(d.app, d.port, this.#o.render),
+          ]);
           upstreams.add(key);
         }
         files.push([`20-domain-${d.domain}.conf`, server]);

@@ -59,7 +59,12 @@ export class ControlClient {
   }
 
   async remove(app: string, revision: number, options: { force?: boolean } = {}): Promise<PushResult> {
-    const res = await this.#call('DELETE', `/routes/${encodeURIComponent(app)}?revision=${revision}`, undefined, options.force);
+    const res = await this.#call(
+      'DELETE',
+      `/routes/${encodeURIComponent(app)}?revision=${revision}`,
+      undefined,
+      options.force,
+    );
     if (res.status === 200 || res.status === 404) return { ok: true };
     return { ok: false, status: res.status, error: res.body.slice(0, 200) };
   }
@@ -81,7 +86,8 @@ export class ControlClient {
 
   async #json<T>(path: string): Promise<T> {
     const res = await this.#call('GET', path);
-    if (res.status !== 200) throw new ControlError(`GET ${path} answered ${res.status}: ${res.body.slice(0, 200)}`, res.status);
+    if (res.status !== 200)
+      throw new ControlError(`GET ${path} answered ${res.status}: ${res.body.slice(0, 200)}`, res.status);
     const parsed = safeJson(res.body);
     if (parsed === undefined) throw new ControlError(`GET ${path} answered no JSON`, res.status);
     return parsed as T;
@@ -101,8 +107,12 @@ export class ControlClient {
         res.on('end', () => resolvePromise({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString() }));
         res.on('error', reject);
       });
-      req.on('timeout', () => req.destroy(new ControlError(`${method} ${path}: no answer in ${this.timeoutMs} ms`, undefined)));
-      req.on('error', (err) => reject(err instanceof ControlError ? err : new ControlError(`${method} ${path}: ${err.message}`, undefined)));
+      req.on('timeout', () =>
+        req.destroy(new ControlError(`${method} ${path}: no answer in ${this.timeoutMs} ms`, undefined)),
+      );
+      req.on('error', (err) =>
+        reject(err instanceof ControlError ? err : new ControlError(`${method} ${path}: ${err.message}`, undefined)),
+      );
       req.end(body);
     });
   }
