@@ -344,13 +344,14 @@ release_host() {
   for r in "${UNREACHABLE_ROUTES[@]}"; do as_root ip route del unreachable "$r" 2>/dev/null || true; done
 }
 
-# cgroup_dirs I: real cell I's cgroup root in every cgroup v1 hierarchy of this machine.
+# cgroup_dirs I: real cell I's cgroup root in every cgroup hierarchy of this machine (the v1
+# controllers, and the hybrid `unified` v2 tree, where runc also makes its cgroups).
 cgroup_dirs() {
   local root h
   root=$(cgroup_root "$1")
   for h in "$CGROUP_FS"/*/; do
     h=${h%/}
-    [[ ${h##*/} != unified && -f $h/cgroup.procs && ! -L $h ]] && echo "$h$root"
+    if [[ -f $h/cgroup.procs && ! -L $h ]]; then echo "$h$root"; fi
   done
 }
 
