@@ -41,9 +41,7 @@ export class IpamCheckerService {
       const events = runtime.addEvents(nats, new EventSubjects(config.EVENT_SUBJECT_ROOT));
       // Through the outbox: a leak reported while NATS is down reaches the feed when it is back.
       publish = async (input) => {
-        const { op, event } = events.record({ ...input, actor: { type: 'service', name: 'cni-ipam' } } as EventInput);
-        await runtime.store.commit([op]);
-        events.flush([event]);
+        await events.emit({ ...input, actor: { type: 'service', name: 'cni-ipam' } } as EventInput);
       };
     }
     const watcher = new LeakWatcher({

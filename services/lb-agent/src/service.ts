@@ -57,9 +57,7 @@ export class LbAgentService {
       const events = runtime.addEvents(nats, new EventSubjects(config.EVENT_SUBJECT_ROOT));
       // Through the outbox: a failure seen while NATS is down reaches the feed when it is back.
       publish = async (input) => {
-        const { op, event } = events.record({ ...input, actor: { type: 'service', name: 'lb-agent' } } as EventInput);
-        await runtime.store.commit([op]);
-        events.flush([event]);
+        await events.emit({ ...input, actor: { type: 'service', name: 'lb-agent' } } as EventInput);
       };
     }
     const agent = new LbAgent({

@@ -111,6 +111,17 @@ export class EventsComponent {
     return { op: { op: 'put', key, value: event }, event };
   }
 
+  /**
+   * An event that records no change of its own (a service reporting what it saw): written to the
+   * outbox alone, then published. While NATS is down it reaches the feed through the relay.
+   */
+  async emit(input: EventInput): Promise<BerthEvent> {
+    const { op, event } = this.record(input);
+    await this.#o.store.commit([op]);
+    this.flush([event]);
+    return event;
+  }
+
   /** Publishes committed events now; never throws (what fails stays for the relay). */
   flush(events: readonly BerthEvent[]): void {
     if (events.length === 0) return;
