@@ -70,6 +70,21 @@ async function podsByCell(): Promise<Record<string, string[]>> {
   return out;
 }
 
+/** Until the app runs `n` pods of v1, over both cells (terminating ones included). */
+async function v1PodsAre(n: number): Promise<void> {
+  await waitFor(
+    async () =>
+      Object.values(await podsByCell())
+        .flat()
+        .filter((p) => p.includes('-v1-')).length === n,
+    {
+      timeoutMs: 120_000,
+      intervalMs: 250,
+      message: `${n} pods of v1`,
+    },
+  );
+}
+
 /** Until `check` holds for 20 answers in a row. */
 async function settle(check: (a: Answer & { status: number }) => boolean, message: string, headers = {}) {
   await waitFor(
@@ -205,34 +220,14 @@ describe('traffic through nginx to two real cells', () => {
       await setTraffic({ v1: 0, v2: 100 });
       await settle((a) => a.version === 'v2', 'everything on v2');
       await scale(w, app, 'v1', 0);
-      await waitFor(
-        async () =>
-          Object.values(await podsByCell())
-            .flat()
-            .filter((p) => p.includes('-v1-')).length === 0,
-        {
-          timeoutMs: 120_000,
-          intervalMs: 250,
-          message: 'v1 pods gone',
-        },
-      );
+      await v1PodsAre(0);
       // Rollback: v1 back, traffic back to it.
       await scale(w, app, 'v1', 2);
       await setTraffic({ v1: 100, v2: 0 });
       await settle((a) => a.version === 'v1', 'everything on v1 again');
       // Scale-down of the serving version: its endpoint leaves nginx before the container stops.
       await scale(w, app, 'v1', 1);
-      await waitFor(
-        async () =>
-          Object.values(await podsByCell())
-            .flat()
-            .filter((p) => p.includes('-v1-')).length === 1,
-        {
-          timeoutMs: 120_000,
-          intervalMs: 250,
-          message: 'v1 down to one pod',
-        },
-      );
+      await v1PodsAre(1);
       await scale(w, app, 'v1', 2);
       await settle((a) => a.version === 'v1', 'v1 serving');
       // A container killed with SIGKILL: nginx retries its requests on the other peer.
