@@ -317,7 +317,12 @@ export class LbAgent {
     const force = this.#forceAll;
     if (!upstreams && !traffic) {
       if (!this.#pushed.has(app)) return;
-      const r = await this.#applier.remove(app, revision, { force });
+      let r = await this.#applier.remove(app, revision, { force });
+      if (!r.ok && r.status === 409) {
+        // Lua holds a newer revision: etcd went backwards under us, or a newer push overtook
+        // this removal (then the app is gone for good anyway). Remove it either way.
+        r = await this.#applier.remove(app, revision, { force: true });
+      }
       if (!r.ok) throw new Error(`${r.status} ${r.error}`);
       this.#pushed.delete(app);
       this.#m.updates.inc({ result: 'removed' });

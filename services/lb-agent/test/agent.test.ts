@@ -132,6 +132,15 @@ describe('lb-agent', () => {
     expect(reply.headers['retry-after']).toBeDefined();
   });
 
+  it("removes an app's routes from Lua when its upstreams and traffic are gone", async () => {
+    await w.upstreams(upstreamsRecord('gone', { v1: { 'cell-a': [endpoint(b.a1 as Backend)] } }));
+    await w.domain(domainRecord('gone.example.test', 'gone', group));
+    await waitFor(async () => (await get(url, 'gone.example.test')).status === 200, { message: 'gone served' });
+    await w.deleteUpstreams('gone');
+    await waitFor(async () => (await get(url, 'gone.example.test')).status === 503, { message: 'gone answering 503' });
+    expect(Object.keys((await nginx.control.routes()).apps)).not.toContain('gone');
+  });
+
   it('keeps a broken domain on its last good config, serves every other domain, and reports it', async () => {
     const good = await w.domain(
       domainRecord('raw.example.test', 'shop', group, {

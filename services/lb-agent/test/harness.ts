@@ -300,6 +300,12 @@ export class SlbWriter {
   upstreams(u: Upstreams): Promise<number> {
     return this.#put(this.keys.templates.slbUpstream.format({ group: this.#group, app: u.app }), u);
   }
+  async deleteUpstreams(app: string): Promise<void> {
+    await this.#etcd
+      .delete()
+      .key(this.keys.templates.slbUpstream.format({ group: this.#group, app }))
+      .exec();
+  }
   traffic(t: Traffic): Promise<number> {
     return this.#put(this.keys.templates.slbTraffic.format({ group: this.#group, app: t.app }), t);
   }
