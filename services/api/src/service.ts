@@ -18,6 +18,7 @@ import { authRoutes } from './resources/auth.ts';
 import type { ApiContext } from './resources/context.ts';
 import { domainRoutes } from './resources/domains.ts';
 import { eventRoutes } from './resources/events.ts';
+import { imageGroupRoutes } from './resources/image-groups.ts';
 import { lbGroupRoutes } from './resources/lb-groups.ts';
 import { memberRoutes } from './resources/members.ts';
 import { trafficRoutes } from './resources/traffic.ts';
@@ -115,6 +116,7 @@ export class ApiService {
       ...domainRoutes(ctx),
       ...trafficRoutes(ctx),
       ...eventRoutes(ctx),
+      ...imageGroupRoutes(ctx),
     ];
     mountRoutes(router, API_BASE, routes, (req, access) => auth.authenticate(req, access), idempotency);
 

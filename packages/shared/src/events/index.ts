@@ -32,6 +32,8 @@ export const EVENT_KINDS = [
   'lb-group',
   'lb-agent',
   'ipam',
+  'image-group',
+  'image-group-member',
 ] as const;
 export type EventKind = (typeof EVENT_KINDS)[number];
 

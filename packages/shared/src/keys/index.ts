@@ -117,6 +117,8 @@ export class BerthKeys {
       slbTraffic: t<'group' | 'app'>('slb/{group}/traffic/{app}'),
       slbUpstream: t<'group' | 'app'>('slb/{group}/upstreams/{app}'),
       lbAgent: t<'group' | 'host'>('slb/{group}/agents/{host}'),
+      imageGroup: t<'group'>('image-groups/{group}'),
+      imageGroupMember: t<'group' | 'user'>('image-groups/{group}/members/{user}'),
     } as const;
   }
 
@@ -339,6 +341,20 @@ export class BerthKeys {
   }
   lbAgent(group: string, host: string): string {
     return this.templates.lbAgent.format({ group, host });
+  }
+
+  // Image groups (registry namespaces) and their members (API-owned; the token server reads them).
+  imageGroups(): string {
+    return `${this.prefix}/image-groups/`;
+  }
+  imageGroup(group: string): string {
+    return this.templates.imageGroup.format({ group });
+  }
+  imageGroupMembers(group: string): string {
+    return `${this.prefix}/image-groups/${group}/members/`;
+  }
+  imageGroupMember(group: string, user: string): string {
+    return this.templates.imageGroupMember.format({ group, user });
   }
 
   // Leader elections (scheduler, discovery): one key per election, held under the leader's lease.

@@ -203,6 +203,28 @@ export const memberSchema = z.object({
 });
 export type Member = z.infer<typeof memberSchema>;
 
+// ---- Image groups (registry namespaces) -------------------------------------------------------
+
+/**
+ * An image group: the first path segment of a repository in the region's registry (`team` in
+ * `team/shop`), public (anyone may pull) or private (members only), with members in the roles of
+ * an app. Repositories inside it are created by the first push of a member who may push.
+ */
+export const imageGroupSchema = z.object({
+  name: dnsLabelSchema,
+  /** Anyone, signed in or not, may pull from a public group; only members push. */
+  public: z.boolean().default(false),
+  description: z.string().max(1000).default(''),
+  createdBy: userNameSchema,
+  createdAt: z.iso.datetime(),
+  updatedAt: z.iso.datetime(),
+});
+export type ImageGroup = z.infer<typeof imageGroupSchema>;
+
+/** A member of an image group: the same shape and roles as an app's. */
+export const imageGroupMemberSchema = memberSchema;
+export type ImageGroupMember = Member;
+
 // ---- Scheduler output -------------------------------------------------------------------------
 
 export const conditionSchema = z.object({
