@@ -12,6 +12,7 @@ import {
 } from '@berth/shared/config';
 import { userNameSchema } from '@berth/shared/model';
 import { z } from 'zod';
+import { parseSigningKey } from './registry/signing-key.ts';
 
 export const apiEnv = z
   .object({
@@ -41,8 +42,29 @@ export const apiEnv = z
       .includes('{username}', { message: 'must contain {username}' })
       .default('(uid={username})'),
     LDAP_EMAIL_ATTRIBUTE: z.string().min(1).default('mail'),
+    /**
+     * The registry token server (docs/registry.md): the PEM of an EC P-256 private key and its
+     * certificate, best from REGISTRY_TOKEN_KEY_FILE (infra/registry-token-key.sh makes one).
+     * Unset: no token endpoint.
+     */
+    REGISTRY_TOKEN_KEY: secret(z.string().min(1).optional()),
+    /** The registry's `auth.token.issuer` and `auth.token.service` (the tokens' audience). */
+    REGISTRY_TOKEN_ISSUER: z.string().min(1).max(255).default('berth'),
+    REGISTRY_TOKEN_SERVICE: z.string().min(1).max(255).default('berth-registry'),
+    /** How long a registry token lives (at least 60 s, as the token spec asks). */
+    REGISTRY_TOKEN_TTL: envDuration('5m'),
   })
   .superRefine((env, ctx) => {
+    if (env.REGISTRY_TOKEN_TTL < 60_000) {
+      ctx.addIssue({ code: 'custom', path: ['REGISTRY_TOKEN_TTL'], message: 'at least 60s (token spec)' });
+    }
+    if (env.REGISTRY_TOKEN_KEY) {
+      try {
+        parseSigningKey(env.REGISTRY_TOKEN_KEY);
+      } catch (err) {
+        ctx.addIssue({ code: 'custom', path: ['REGISTRY_TOKEN_KEY'], message: (err as Error).message });
+      }
+    }
     if (!env.LDAP_URL) return;
     for (const key of ['LDAP_BIND_DN', 'LDAP_BIND_PASSWORD', 'LDAP_USER_BASE_DN'] as const) {
       if (!env[key]) ctx.addIssue({ code: 'custom', path: [key], message: 'required when LDAP_URL is set' });

@@ -12,6 +12,8 @@ import { Idempotency } from './http/idempotency.ts';
 import { Mutations } from './http/mutation.ts';
 import { buildOpenApi } from './http/openapi.ts';
 import { type AnyRoute, mountRoutes } from './http/routes.ts';
+import { parseSigningKey } from './registry/signing-key.ts';
+import { RegistryTokenIssuer } from './registry/token-issuer.ts';
 import { adminRoutes } from './resources/admin.ts';
 import { appRoutes } from './resources/apps.ts';
 import { authRoutes } from './resources/auth.ts';
@@ -21,6 +23,7 @@ import { eventRoutes } from './resources/events.ts';
 import { imageGroupRoutes } from './resources/image-groups.ts';
 import { lbGroupRoutes } from './resources/lb-groups.ts';
 import { memberRoutes } from './resources/members.ts';
+import { registryTokenRoutes } from './resources/registry-token.ts';
 import { trafficRoutes } from './resources/traffic.ts';
 import { versionRoutes } from './resources/versions.ts';
 
@@ -118,6 +121,15 @@ export class ApiService {
       ...eventRoutes(ctx),
       ...imageGroupRoutes(ctx),
     ];
+    if (config.REGISTRY_TOKEN_KEY) {
+      const issuer = new RegistryTokenIssuer({
+        key: parseSigningKey(config.REGISTRY_TOKEN_KEY),
+        issuer: config.REGISTRY_TOKEN_ISSUER,
+        service: config.REGISTRY_TOKEN_SERVICE,
+        ttlMs: config.REGISTRY_TOKEN_TTL,
+      });
+      routes.push(...registryTokenRoutes(ctx, issuer));
+    }
     mountRoutes(router, API_BASE, routes, (req, access) => auth.authenticate(req, access), idempotency);
 
     runtime.health.add('nats', nats.ready);

@@ -31,6 +31,9 @@ export type AuthOptions = {
   sessionTtlMs: number;
 };
 
+/** Who presented Basic credentials, and what their token (or password) lets them do. */
+export type BasicIdentity = { user: string; admin: boolean; scopes: Scope[] };
+
 export class AuthService {
   readonly #store: Store;
   readonly #etcd: Etcd3;
@@ -59,6 +62,8 @@ export class AuthService {
       if (access.kind === 'public') return undefined;
       throw new UnauthorizedError('sign in: send Authorization: Bearer <token>');
     }
+    // Basic credentials on a public route are that route's own (the registry token endpoint).
+    if (access.kind === 'public' && /^Basic\s/i.test(header)) return undefined;
     const m = /^Bearer\s+(\S+)$/i.exec(header);
     const parsed = m?.[1] ? parseToken(m[1]) : undefined;
     if (!parsed) throw new UnauthorizedError('the bearer token is malformed');
@@ -110,6 +115,30 @@ export class AuthService {
       () => [{ kind: 'user', resourceId: user.name, action: 'logged-in' }],
     );
     return { token, expiresAt, user };
+  }
+
+  /**
+   * HTTP Basic credentials (the registry token endpoint, so `docker login`): the user's password
+   * (or LDAP), or one of the user's tokens as the password. Throws 401 when they are wrong.
+   */
+  async checkBasic(username: string, secret: string, address: string): Promise<BasicIdentity> {
+    const parsed = parseToken(secret);
+    if (parsed) {
+      const stored = await this.#store.get(this.#keys.token(parsed.id), tokenRecordSchema);
+      const valid =
+        stored &&
+        stored.value.user === username &&
+        secretMatches(parsed.secret, stored.value.hash) &&
+        Date.parse(stored.value.expiresAt) > Date.now();
+      const user = valid ? await this.#store.get(this.#keys.user(username), userRecordSchema) : undefined;
+      if (!stored || !user) throw new UnauthorizedError('wrong user name or token');
+      const scopes = stored.value.scopes;
+      return { user: username, admin: user.value.admin && scopeCovers(scopes, 'admin'), scopes };
+    }
+    await this.#rateLimiter.attempt(username, address);
+    const user = await this.#checkPassword(username, secret);
+    if (!user) throw new UnauthorizedError('wrong user name or password');
+    return { user: user.name, admin: user.admin, scopes: user.admin ? ['admin'] : ['write'] };
   }
 
   async #checkPassword(username: string, password: string): Promise<UserRecord | undefined> {

@@ -1,0 +1,464 @@
+/**
+ * The registry token server against a real registry: a private Debian `docker-registry`
+ * (distribution 2.8) on a free loopback port, configured with `auth: token` pointing at an API
+ * started here, and the raw v2 flow (challenge → token → blob upload → manifest) per role, plus
+ * tokens the registry must refuse (another key's kid, expired, another repository, an audience
+ * array). Then `docker login` with the region's dockerd and the real docker client, with a
+ * password and with a personal access token, and a push and pull per role.
+ */
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { createHash, generateKeyPairSync, randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { exited, freePort, REPO_ROOT, regionEnv, waitFor } from '@berth/shared/testing';
+import { decodeJwt, SignJWT } from 'jose';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { libtrustKeyId, parseSigningKey, type SigningKey } from '../src/registry/signing-key.ts';
+import { startApi, type TestApi } from './harness.ts';
+
+const ISSUER = 'berth-test';
+const SERVICE = 'berth-test-registry';
+const MANIFEST_V2 = 'application/vnd.docker.distribution.manifest.v2+json';
+
+let dir: string;
+let api: TestApi;
+let key: SigningKey;
+let registry: ChildProcess;
+let registryLog = '';
+let registryUrl: string;
+let registryHost: string;
+
+/** Each user's password (as harness.user makes them) and a personal access token. */
+const creds: Record<string, { password: string; pat: string; session: string }> = {};
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'berth-registry-token-'));
+  const [keyFile, certFile] = execFileSync(join(REPO_ROOT, 'infra/registry-token-key.sh'), [join(dir, 'secrets')], {
+    encoding: 'utf8',
+  })
+    .trim()
+    .split('\n') as [string, string];
+  key = parseSigningKey(readFileSync(keyFile, 'utf8'));
+  api = await startApi({
+    REGISTRY_TOKEN_KEY_FILE: keyFile,
+    REGISTRY_TOKEN_ISSUER: ISSUER,
+    REGISTRY_TOKEN_SERVICE: SERVICE,
+    REGISTRY_TOKEN_TTL: '2m',
+    LOGIN_RATE_LIMIT: '1000',
+  });
+
+  const port = await freePort();
+  registryHost = `127.0.0.1:${port}`;
+  registryUrl = `http://${registryHost}`;
+  const config = join(dir, 'registry.yml');
+  writeFileSync(
+    config,
+    [
+      'version: 0.1',
+      'log:',
+      '  level: info',
+      'storage:',
+      '  filesystem:',
+      `    rootdirectory: ${join(dir, 'storage')}`,
+      '  delete:',
+      '    enabled: true',
+      'http:',
+      `  addr: ${registryHost}`,
+      'auth:',
+      '  token:',
+      `    realm: ${api.url}/api/v1/registry/token`,
+      `    service: ${SERVICE}`,
+      `    issuer: ${ISSUER}`,
+      `    rootcertbundle: ${certFile}`,
+      '',
+    ].join('\n'),
+  );
+  registry = spawn('/usr/bin/docker-registry', ['serve', config], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const keep = (d: Buffer) => {
+    registryLog = (registryLog + d).slice(-20_000);
+  };
+  registry.stdout?.on('data', keep);
+  registry.stderr?.on('data', keep);
+  await waitFor(
+    async () => {
+      if (registry.exitCode !== null) throw new Error(`docker-registry exited: ${registryLog}`);
+      return (await fetch(`${registryUrl}/v2/`)).status === 401;
+    },
+    { timeoutMs: 15_000, message: 'the private registry answers' },
+  );
+
+  for (const name of ['rt-owner', 'rt-dev', 'rt-reporter', 'rt-stranger']) {
+    const session = await api.user(name);
+    const res = await api.call('POST', '/tokens', {
+      token: session,
+      body: { name: 'registry', scopes: ['write'] },
+    });
+    expect(res.status, JSON.stringify(res.json)).toBe(201);
+    creds[name] = { password: `pw-${name}-12345`, pat: res.json.token, session };
+  }
+  const owner = creds['rt-owner']?.session;
+  for (const [name, isPublic] of [
+    ['rt-team', false],
+    ['rt-public', true],
+  ] as const) {
+    const res = await api.call('POST', '/image-groups', { token: owner, body: { name, public: isPublic } });
+    expect(res.status, JSON.stringify(res.json)).toBe(201);
+  }
+  for (const [user, role] of [
+    ['rt-dev', 'Developer'],
+    ['rt-reporter', 'Reporter'],
+  ]) {
+    const res = await api.call('PUT', `/image-groups/rt-team/members/${user}`, { token: owner, body: { role } });
+    expect(res.status, JSON.stringify(res.json)).toBe(200);
+  }
+});
+
+afterAll(async () => {
+  if (registry && registry.exitCode === null) {
+    const done = exited(registry);
+    registry.kill('SIGTERM');
+    await done;
+  }
+  await api?.stop();
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+// ---- The raw v2 flow --------------------------------------------------------------------------
+
+type Challenge = { realm: string; service: string; scope?: string; error?: string };
+
+function parseChallenge(header: string | null): Challenge {
+  expect(header, 'a WWW-Authenticate challenge').toMatch(/^Bearer /);
+  const out: Record<string, string> = {};
+  for (const m of (header ?? '').matchAll(/([a-z_]+)="([^"]*)"/g)) out[m[1] as string] = m[2] as string;
+  return out as Challenge;
+}
+
+function basic(user: string, secret: string): string {
+  return `Basic ${Buffer.from(`${user}:${secret}`).toString('base64')}`;
+}
+
+/** Asks the token server the way a registry client does; returns the raw answer. */
+async function askToken(scopes: string[], authorization?: string, extra: Record<string, string> = {}) {
+  const q = new URLSearchParams({ service: SERVICE, ...extra });
+  for (const s of scopes) q.append('scope', s);
+  return fetch(`${api.url}/api/v1/registry/token?${q}`, {
+    headers: authorization ? { authorization } : {},
+  });
+}
+
+async function tokenFor(scopes: string[], authorization?: string): Promise<string> {
+  const res = await askToken(scopes, authorization);
+  const body = (await res.json()) as { token: string };
+  expect(res.status, JSON.stringify(body)).toBe(200);
+  return body.token;
+}
+
+/** A request to the registry with a bearer token (or none). */
+function reg(path: string, token: string | undefined, init: RequestInit = {}) {
+  const headers = new Headers(init.headers);
+  if (token) headers.set('authorization', `Bearer ${token}`);
+  return fetch(path.startsWith('http') ? path : `${registryUrl}${path}`, { ...init, headers });
+}
+
+/** Uploads one blob monolithically (POST, then PUT with the digest). */
+async function uploadBlob(repo: string, token: string, data: Buffer): Promise<{ digest: string; status: number }> {
+  const digest = `sha256:${createHash('sha256').update(data).digest('hex')}`;
+  const start = await reg(`/v2/${repo}/blobs/uploads/`, token, { method: 'POST' });
+  if (start.status !== 202) return { digest, status: start.status };
+  const location = new URL(start.headers.get('location') ?? '', registryUrl);
+  location.searchParams.set('digest', digest);
+  const put = await reg(location.toString(), token, {
+    method: 'PUT',
+    headers: { 'content-type': 'application/octet-stream' },
+    body: new Uint8Array(data),
+  });
+  return { digest, status: put.status };
+}
+
+/** Pushes a one-layer image manifest as `repo:tag`; returns the manifest PUT's status. */
+async function pushImage(repo: string, tag: string, token: string): Promise<number> {
+  const configBlob = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers' } }));
+  const layer = randomBytes(512);
+  const config = await uploadBlob(repo, token, configBlob);
+  expect(config.status).toBe(201);
+  const layerUp = await uploadBlob(repo, token, layer);
+  expect(layerUp.status).toBe(201);
+  const manifest = {
+    schemaVersion: 2,
+    mediaType: MANIFEST_V2,
+    config: {
+      mediaType: 'application/vnd.docker.container.image.v1+json',
+      size: configBlob.length,
+      digest: config.digest,
+    },
+    layers: [
+      { mediaType: 'application/vnd.docker.image.rootfs.diff.tar.gzip', size: layer.length, digest: layerUp.digest },
+    ],
+  };
+  const res = await reg(`/v2/${repo}/manifests/${tag}`, token, {
+    method: 'PUT',
+    headers: { 'content-type': MANIFEST_V2 },
+    body: JSON.stringify(manifest),
+  });
+  return res.status;
+}
+
+function getManifest(repo: string, tag: string, token: string | undefined) {
+  return reg(`/v2/${repo}/manifests/${tag}`, token, { headers: { accept: MANIFEST_V2 } });
+}
+
+/** What the registry says when it refuses a token: 401 with the challenge's error. */
+async function expectRefused(res: Response, error: 'invalid_token' | 'insufficient_scope') {
+  expect([401, 403], `status ${res.status}`).toContain(res.status);
+  expect(parseChallenge(res.headers.get('www-authenticate')).error).toBe(error);
+}
+
+describe('the raw v2 flow', () => {
+  it("a Developer follows the registry's challenge to a token and pushes, then pulls", async () => {
+    const dev = basic('rt-dev', creds['rt-dev']?.password ?? '');
+    const first = await reg('/v2/rt-team/app/blobs/uploads/', undefined, { method: 'POST' });
+    expect(first.status).toBe(401);
+    const challenge = parseChallenge(first.headers.get('www-authenticate'));
+    expect(challenge).toMatchObject({
+      realm: `${api.url}/api/v1/registry/token`,
+      service: SERVICE,
+      scope: 'repository:rt-team/app:pull,push',
+    });
+    const token = await tokenFor([challenge.scope ?? ''], dev);
+    expect(decodeJwt(token)).toMatchObject({
+      iss: ISSUER,
+      sub: 'rt-dev',
+      aud: SERVICE,
+      access: [{ type: 'repository', name: 'rt-team/app', actions: ['pull', 'push'] }],
+    });
+    expect(await pushImage('rt-team/app', 'v1', token)).toBe(201);
+    const pulled = await getManifest('rt-team/app', 'v1', token);
+    expect(pulled.status).toBe(200);
+    expect(((await pulled.json()) as { schemaVersion: number }).schemaVersion).toBe(2);
+  });
+
+  it('a personal access token works as the password, and its owner is the subject', async () => {
+    const token = await tokenFor(['repository:rt-team/app:pull,push'], basic('rt-dev', creds['rt-dev']?.pat ?? ''));
+    expect(decodeJwt(token).sub).toBe('rt-dev');
+    expect(await pushImage('rt-team/app', 'by-pat', token)).toBe(201);
+    // Someone else's token is not a password of this user.
+    const res = await askToken(['repository:rt-team/app:pull'], basic('rt-dev', creds['rt-owner']?.pat ?? ''));
+    expect(res.status).toBe(401);
+  });
+
+  it('a Reporter pulls but is granted no push, and the registry refuses the push', async () => {
+    const token = await tokenFor(
+      ['repository:rt-team/app:pull,push'],
+      basic('rt-reporter', creds['rt-reporter']?.pat ?? ''),
+    );
+    expect(decodeJwt(token).access).toEqual([{ type: 'repository', name: 'rt-team/app', actions: ['pull'] }]);
+    expect((await getManifest('rt-team/app', 'v1', token)).status).toBe(200);
+    const push = await reg('/v2/rt-team/app/blobs/uploads/', token, { method: 'POST' });
+    await expectRefused(push, 'insufficient_scope');
+  });
+
+  it('a non-member of a private group gets a token with no access and cannot pull', async () => {
+    const token = await tokenFor(
+      ['repository:rt-team/app:pull'],
+      basic('rt-stranger', creds['rt-stranger']?.pat ?? ''),
+    );
+    expect(decodeJwt(token).access).toEqual([]);
+    await expectRefused(await getManifest('rt-team/app', 'v1', token), 'insufficient_scope');
+    // Nor can anyone without credentials.
+    const anonymous = await tokenFor(['repository:rt-team/app:pull']);
+    expect(decodeJwt(anonymous)).toMatchObject({ sub: '', access: [] });
+    await expectRefused(await getManifest('rt-team/app', 'v1', anonymous), 'insufficient_scope');
+  });
+
+  it('anyone pulls from a public group without credentials; only members push to it', async () => {
+    const owner = await tokenFor(
+      ['repository:rt-public/tool:pull,push'],
+      basic('rt-owner', creds['rt-owner']?.pat ?? ''),
+    );
+    expect(await pushImage('rt-public/tool', 'v1', owner)).toBe(201);
+    const anonymous = await tokenFor(['repository:rt-public/tool:pull,push']);
+    expect(decodeJwt(anonymous).access).toEqual([{ type: 'repository', name: 'rt-public/tool', actions: ['pull'] }]);
+    expect((await getManifest('rt-public/tool', 'v1', anonymous)).status).toBe(200);
+    await expectRefused(
+      await reg('/v2/rt-public/tool/blobs/uploads/', anonymous, { method: 'POST' }),
+      'insufficient_scope',
+    );
+  });
+
+  it('a token for one repository does not open another', async () => {
+    const token = await tokenFor(['repository:rt-team/app:pull'], basic('rt-dev', creds['rt-dev']?.pat ?? ''));
+    expect(
+      await pushImage(
+        'rt-team/other',
+        'v1',
+        await tokenFor(['repository:rt-team/other:pull,push'], basic('rt-dev', creds['rt-dev']?.pat ?? '')),
+      ),
+    ).toBe(201);
+    await expectRefused(await getManifest('rt-team/other', 'v1', token), 'insufficient_scope');
+  });
+
+  it('wrong credentials are a 401 from the token server; a bad scope or service a 400 naming it', async () => {
+    const wrong = await askToken(['repository:rt-team/app:pull'], basic('rt-dev', 'not-the-password'));
+    expect(wrong.status).toBe(401);
+    expect(wrong.headers.get('www-authenticate')).toMatch(/^Basic /);
+    expect(wrong.headers.get('content-type')).toMatch(/problem\+json/);
+    expect((await askToken(['repository:rt-team/app:pull'], basic('nobody', 'whatever-123'))).status).toBe(401);
+    const badScope = await askToken(['repository:rt-team/app'], basic('rt-dev', creds['rt-dev']?.pat ?? ''));
+    expect(badScope.status).toBe(400);
+    expect(((await badScope.json()) as { errors: { path: string }[] }).errors[0]?.path).toBe('query:scope');
+    const badService = await fetch(`${api.url}/api/v1/registry/token?service=elsewhere`);
+    expect(badService.status).toBe(400);
+    const badAccount = await askToken([], basic('rt-dev', creds['rt-dev']?.pat ?? ''), { account: 'rt-owner' });
+    expect(badAccount.status).toBe(400);
+  });
+
+  it('docker login asks with offline_token and no scope, and gets a token with no access', async () => {
+    const res = await askToken([], basic('rt-dev', creds['rt-dev']?.password ?? ''), {
+      account: 'rt-dev',
+      client_id: 'docker',
+      offline_token: 'true',
+    });
+    const body = (await res.json()) as { token: string; access_token: string; expires_in: number; issued_at: string };
+    expect(res.status).toBe(200);
+    expect(body.access_token).toBe(body.token);
+    expect(body.expires_in).toBe(120);
+    expect(Date.parse(body.issued_at)).toBeGreaterThan(Date.now() - 60_000);
+    expect(decodeJwt(body.token).access).toEqual([]);
+  });
+});
+
+// ---- Tokens the registry must refuse ------------------------------------------------------------
+
+/** Signs claims with `signer` and the given header fields, as a forger or a broken server would. */
+async function forge(
+  claims: Record<string, unknown>,
+  header: Record<string, unknown>,
+  signer = key.privateKey,
+): Promise<string> {
+  const now = Math.floor(Date.now() / 1000);
+  return new SignJWT({
+    iss: ISSUER,
+    sub: 'rt-dev',
+    aud: SERVICE,
+    iat: now,
+    nbf: now,
+    exp: now + 120,
+    jti: randomBytes(8).toString('hex'),
+    access: [{ type: 'repository', name: 'rt-team/app', actions: ['pull'] }],
+    ...claims,
+  })
+    .setProtectedHeader({ alg: 'ES256', typ: 'JWT', ...header })
+    .sign(signer);
+}
+
+describe('the registry checks what it is given', () => {
+  it('accepts our key by its libtrust kid alone, and by x5c alone', async () => {
+    expect((await getManifest('rt-team/app', 'v1', await forge({}, { kid: key.kid }))).status).toBe(200);
+    expect((await getManifest('rt-team/app', 'v1', await forge({}, { x5c: [key.certificate] }))).status).toBe(200);
+  });
+
+  it('refuses a token signed by another key, named by that key’s kid', async () => {
+    const other = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const token = await forge({}, { kid: libtrustKeyId(other.publicKey) }, other.privateKey);
+    await expectRefused(await getManifest('rt-team/app', 'v1', token), 'invalid_token');
+    // Nor does naming our kid help a token that our key did not sign.
+    const posing = await forge({}, { kid: key.kid }, other.privateKey);
+    await expectRefused(await getManifest('rt-team/app', 'v1', posing), 'invalid_token');
+  });
+
+  it('refuses an expired token', async () => {
+    const past = Math.floor(Date.now() / 1000) - 3600;
+    const token = await forge({ iat: past, nbf: past, exp: past + 300 }, { kid: key.kid });
+    await expectRefused(await getManifest('rt-team/app', 'v1', token), 'invalid_token');
+  });
+
+  it('refuses an audience array (distribution 2.8 reads aud as a string) and another issuer', async () => {
+    await expectRefused(
+      await getManifest('rt-team/app', 'v1', await forge({ aud: [SERVICE] }, { kid: key.kid })),
+      'invalid_token',
+    );
+    await expectRefused(
+      await getManifest('rt-team/app', 'v1', await forge({ iss: 'someone' }, { kid: key.kid })),
+      'invalid_token',
+    );
+  });
+});
+
+// ---- The real docker client -------------------------------------------------------------------
+
+const dockerHost = process.env.DOCKER_HOST ?? regionEnv().DOCKER_HOST;
+
+describe('docker', () => {
+  let config: string;
+  /** Runs the docker client without blocking: the API it logs in against runs in this process. */
+  const run = (args: string[], input?: string) =>
+    new Promise<{ code: number; out: string }>((resolve, reject) => {
+      const child = spawn('docker', ['--config', config, ...args], {
+        env: { ...process.env, DOCKER_HOST: dockerHost },
+        stdio: ['pipe', 'pipe', 'pipe'],
+      });
+      let out = '';
+      child.stdout.on('data', (d) => {
+        out += d;
+      });
+      child.stderr.on('data', (d) => {
+        out += d;
+      });
+      child.on('error', reject);
+      child.on('exit', (code) => resolve({ code: code ?? 1, out }));
+      child.stdin.end(input ?? '');
+    });
+  const docker = async (args: string[], input?: string): Promise<string> => {
+    const { code, out } = await run(args, input);
+    if (code !== 0) throw new Error(`docker ${args.join(' ')} failed (${code}): ${out}`);
+    return out;
+  };
+  const dockerFails = async (args: string[], input?: string): Promise<string> => {
+    const { code, out } = await run(args, input);
+    expect(code, `docker ${args.join(' ')} should fail: ${out}`).not.toBe(0);
+    return out;
+  };
+  const login = (user: string, secret: string) =>
+    docker(['login', registryHost, '-u', user, '--password-stdin'], secret);
+
+  beforeAll(() => {
+    expect(dockerHost, 'the region’s dockerd (DOCKER_HOST in .local/env, written by make up)').toBeTruthy();
+    config = join(dir, 'docker-config');
+  });
+
+  it('docker login succeeds with a password and with a personal access token, and fails with a wrong one', async () => {
+    expect(await login('rt-dev', creds['rt-dev']?.password ?? '')).toMatch(/Login Succeeded/);
+    expect(await login('rt-reporter', creds['rt-reporter']?.pat ?? '')).toMatch(/Login Succeeded/);
+    expect(await dockerFails(['login', registryHost, '-u', 'rt-dev', '--password-stdin'], 'wrong-password')).toMatch(
+      /unauthorized|401/i,
+    );
+  });
+
+  it('a Developer pushes with docker, a Reporter pulls but cannot push, a stranger cannot pull', {
+    timeout: 180_000,
+  }, async () => {
+    const source = (await docker(['images', '--format', '{{.Repository}}:{{.Tag}}']))
+      .split('\n')
+      .find((i) => i.includes('/pause:'));
+    expect(source, 'a small image in the region’s dockerd (make up loads the pause image)').toBeTruthy();
+    const image = `${registryHost}/rt-team/pause:dock`;
+    const reporterTag = `${registryHost}/rt-team/pause:by-reporter`;
+    await docker(['tag', source as string, image]);
+    try {
+      await login('rt-dev', creds['rt-dev']?.pat ?? '');
+      await docker(['push', image]);
+      await docker(['rmi', image]);
+      await login('rt-reporter', creds['rt-reporter']?.pat ?? '');
+      await docker(['pull', image]);
+      await docker(['tag', image, reporterTag]);
+      expect(await dockerFails(['push', reporterTag])).toMatch(/denied|unauthorized|insufficient/i);
+      await docker(['rmi', image, reporterTag]);
+      await login('rt-stranger', creds['rt-stranger']?.pat ?? '');
+      expect(await dockerFails(['pull', image])).toMatch(/denied|unauthorized|not found/i);
+    } finally {
+      await run(['rmi', image, reporterTag]);
+    }
+  });
+});
