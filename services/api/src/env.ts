@@ -53,10 +53,15 @@ export const apiEnv = z
     REGISTRY_TOKEN_SERVICE: z.string().min(1).max(255).default('berth-registry'),
     /** How long a registry token lives (at least 60 s, as the token spec asks). */
     REGISTRY_TOKEN_TTL: envDuration('5m'),
+    /** The registry as the API reaches it, for repositories and tags (with REGISTRY_TOKEN_KEY). */
+    REGISTRY_URL: envUrl(['http', 'https']).optional(),
   })
   .superRefine((env, ctx) => {
     if (env.REGISTRY_TOKEN_TTL < 60_000) {
       ctx.addIssue({ code: 'custom', path: ['REGISTRY_TOKEN_TTL'], message: 'at least 60s (token spec)' });
+    }
+    if (env.REGISTRY_URL && !env.REGISTRY_TOKEN_KEY) {
+      ctx.addIssue({ code: 'custom', path: ['REGISTRY_URL'], message: 'needs REGISTRY_TOKEN_KEY (or _FILE)' });
     }
     if (env.REGISTRY_TOKEN_KEY) {
       try {

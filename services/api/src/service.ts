@@ -12,6 +12,7 @@ import { Idempotency } from './http/idempotency.ts';
 import { Mutations } from './http/mutation.ts';
 import { buildOpenApi } from './http/openapi.ts';
 import { type AnyRoute, mountRoutes } from './http/routes.ts';
+import { RegistryClient } from './registry/registry-client.ts';
 import { parseSigningKey } from './registry/signing-key.ts';
 import { RegistryTokenIssuer } from './registry/token-issuer.ts';
 import { adminRoutes } from './resources/admin.ts';
@@ -21,6 +22,7 @@ import type { ApiContext } from './resources/context.ts';
 import { domainRoutes } from './resources/domains.ts';
 import { eventRoutes } from './resources/events.ts';
 import { imageGroupRoutes } from './resources/image-groups.ts';
+import { imageRepoRoutes } from './resources/image-repos.ts';
 import { lbGroupRoutes } from './resources/lb-groups.ts';
 import { memberRoutes } from './resources/members.ts';
 import { registryTokenRoutes } from './resources/registry-token.ts';
@@ -129,6 +131,9 @@ export class ApiService {
         ttlMs: config.REGISTRY_TOKEN_TTL,
       });
       routes.push(...registryTokenRoutes(ctx, issuer));
+      if (config.REGISTRY_URL) {
+        routes.push(...imageRepoRoutes(ctx, new RegistryClient({ url: config.REGISTRY_URL, issuer })));
+      }
     }
     mountRoutes(router, API_BASE, routes, (req, access) => auth.authenticate(req, access), idempotency);
 
