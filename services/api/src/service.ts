@@ -111,6 +111,16 @@ export class ApiService {
       events,
       mutations,
     };
+    const issuer = config.REGISTRY_TOKEN_KEY
+      ? new RegistryTokenIssuer({
+          key: parseSigningKey(config.REGISTRY_TOKEN_KEY),
+          issuer: config.REGISTRY_TOKEN_ISSUER,
+          service: config.REGISTRY_TOKEN_SERVICE,
+          ttlMs: config.REGISTRY_TOKEN_TTL,
+        })
+      : undefined;
+    const registry =
+      issuer && config.REGISTRY_URL ? new RegistryClient({ url: config.REGISTRY_URL, issuer }) : undefined;
     routes = [
       ...authRoutes(ctx),
       ...adminRoutes(ctx),
@@ -121,20 +131,11 @@ export class ApiService {
       ...domainRoutes(ctx),
       ...trafficRoutes(ctx),
       ...eventRoutes(ctx),
-      ...imageGroupRoutes(ctx),
+      ...imageGroupRoutes(ctx, registry),
     ];
-    if (config.REGISTRY_TOKEN_KEY) {
-      const issuer = new RegistryTokenIssuer({
-        key: parseSigningKey(config.REGISTRY_TOKEN_KEY),
-        issuer: config.REGISTRY_TOKEN_ISSUER,
-        service: config.REGISTRY_TOKEN_SERVICE,
-        ttlMs: config.REGISTRY_TOKEN_TTL,
-      });
-      routes.push(...registryTokenRoutes(ctx, issuer));
-      if (config.REGISTRY_URL) {
-        routes.push(...imageRepoRoutes(ctx, new RegistryClient({ url: config.REGISTRY_URL, issuer })));
-      }
-    }
+    // The registry: its token server, and its repositories and tags when the API reaches it.
+    if (issuer) routes.push(...registryTokenRoutes(ctx, issuer));
+    if (registry) routes.push(...imageRepoRoutes(ctx, registry));
     mountRoutes(router, API_BASE, routes, (req, access) => auth.authenticate(req, access), idempotency);
 
     runtime.health.add('nats', nats.ready);

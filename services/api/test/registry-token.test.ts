@@ -401,6 +401,24 @@ describe('repositories and tags', () => {
   });
 });
 
+describe('deleting an image group', () => {
+  it('is refused while its repositories hold tags, so a new group of its name inherits no images', async () => {
+    const owner = creds['rt-owner'];
+    const refused = await api.call('DELETE', '/image-groups/rt-team', { token: owner?.session });
+    expect(refused.status).toBe(409);
+    expect(refused.json.repositories).toEqual(expect.arrayContaining(['rt-team/app', 'rt-team/tagged']));
+    expect((await api.call('POST', '/image-groups', { token: owner?.session, body: { name: 'rt-gone' } })).status).toBe(
+      201,
+    );
+    const token = await tokenFor(['repository:rt-gone/app:pull,push'], basic('rt-owner', owner?.pat ?? ''));
+    expect(await pushImage('rt-gone/app', 'only', token)).toBe(201);
+    expect((await api.call('DELETE', '/image-groups/rt-gone', { token: owner?.session })).status).toBe(409);
+    const untag = await api.call('DELETE', '/image-groups/rt-gone/repos/app/tags/only', { token: owner?.session });
+    expect(untag.status).toBe(204);
+    expect((await api.call('DELETE', '/image-groups/rt-gone', { token: owner?.session })).status).toBe(204);
+  });
+});
+
 // ---- Tokens the registry must refuse ------------------------------------------------------------
 
 /** Signs claims with `signer` and the given header fields, as a forger or a broken server would. */

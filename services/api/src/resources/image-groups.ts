@@ -24,6 +24,7 @@ import { checkIfMatch, etag, ifMatchRevision } from '../http/conditional.ts';
 import { page } from '../http/paging.ts';
 import { defineRoute } from '../http/routes.ts';
 import { type Action, authorize, checkMemberChange } from '../rbac/index.ts';
+import type { RegistryClient } from '../registry/registry-client.ts';
 import { type ApiContext, now } from './context.ts';
 import { listOf, listQuery, memberResponse, putMemberBody } from './schemas.ts';
 
@@ -78,7 +79,11 @@ export async function loadImageGroup(
 
 // ---- Routes -----------------------------------------------------------------------------------
 
-export function imageGroupRoutes(ctx: ApiContext) {
+/**
+ * `registry`, when the API reaches the registry: a group whose repositories still hold tags
+ * cannot be deleted, or a new group of its name would inherit the old group's images.
+ */
+export function imageGroupRoutes(ctx: ApiContext, registry?: RegistryClient) {
   const { store, keys, mutations } = ctx;
 
   async function members(group: string) {
@@ -220,18 +225,30 @@ export function imageGroupRoutes(ctx: ApiContext) {
       method: 'delete',
       path: '/image-groups/:group',
       operationId: 'deleteImageGroup',
-      summary: 'Delete an image group and its members (Owner)',
+      summary: 'Delete an image group and its members (Owner); refused while its repositories hold tags',
       tags: ['images'],
       access: { kind: 'user', scope: 'write' },
       params: imageGroupParams,
       responses: { 204: undefined },
-      errors: [403, 412],
+      errors: [403, 409, 412],
       etag: true,
       handler: async ({ req, params, principal: p }) =>
         mutations.commit(
           p,
           async () => {
             const { group } = await loadImageGroup(ctx, p, params.group, 'delete');
+            if (registry) {
+              const tagged: string[] = [];
+              for (const repo of await registry.repositories(`${params.group}/`)) {
+                if ((await registry.tags(repo).catch(() => [])).length > 0) tagged.push(repo);
+              }
+              if (tagged.length > 0) {
+                throw new ConflictError(
+                  `image group "${params.group}" still has images in ${tagged.slice(0, 10).join(', ')}${tagged.length > 10 ? ', …' : ''}: delete their tags first`,
+                  { extensions: { repositories: tagged } },
+                );
+              }
+            }
             return {
               ops: [
                 { op: 'delete', key: group.key, modRevision: group.modRevision },
