@@ -16,12 +16,15 @@ import {
   waitFor,
 } from '@berth/shared/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { removeNginx, startNginx, type TestNginx } from '../../services/lb-agent/test/harness.ts';
 
 const SERVICES = ['api', 'scheduler', 'builder-agent', 'lb-agent', 'discovery', 'cni-ipam'] as const;
 
 type Running = { name: string; child: ChildProcess; url: string; output: () => string };
 
 let etcd: PrivateEtcd;
+/** The lb-agent's nginx: the agent is ready only when nginx answers on its control socket. */
+let nginx: TestNginx;
 const running: Running[] = [];
 
 async function startService(name: string, extraEnv: Record<string, string> = {}): Promise<Running> {
@@ -61,12 +64,21 @@ async function status(url: string): Promise<number> {
 
 beforeAll(async () => {
   etcd = await startPrivateEtcd();
-  for (const name of SERVICES) running.push(await startService(name));
+  nginx = await startNginx({ workers: 1 });
+  const lbAgentEnv = {
+    NGINX_PREFIX: nginx.prefix,
+    NGINX_PID_FILE: nginx.main.pidFile,
+    NGINX_ERROR_LOG: nginx.main.errorLog,
+    LB_LISTEN: nginx.main.listen,
+    ...(nginx.main.user ? { NGINX_USER: nginx.main.user } : {}),
+  };
+  for (const name of SERVICES) running.push(await startService(name, name === 'lb-agent' ? lbAgentEnv : {}));
 });
 
 afterAll(async () => {
   for (const r of running) if (r.child.exitCode === null) r.child.kill('SIGKILL');
   await etcd?.destroy();
+  if (nginx) await removeNginx(nginx);
 });
 
 describe('every service', () => {
