@@ -600,4 +600,26 @@ describe('docker', () => {
       await run(['rmi', image, reporterTag]);
     }
   });
+
+  it('without logging in, docker pulls from a public group and not from a private one', {
+    timeout: 180_000,
+  }, async () => {
+    const source = (await docker(['images', '--format', '{{.Repository}}:{{.Tag}}']))
+      .split('\n')
+      .find((i) => i.includes('/pause:'));
+    const image = `${registryHost}/rt-public/pause:dock`;
+    await docker(['tag', source as string, image]);
+    try {
+      await login('rt-owner', creds['rt-owner']?.pat ?? '');
+      await docker(['push', image]);
+      await docker(['rmi', image]);
+      await docker(['logout', registryHost]);
+      await docker(['pull', image]);
+      expect(await dockerFails(['pull', `${registryHost}/rt-team/pause:dock`])).toMatch(
+        /denied|unauthorized|not found/i,
+      );
+    } finally {
+      await run(['rmi', image]);
+    }
+  });
 });
