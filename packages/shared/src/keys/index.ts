@@ -102,6 +102,10 @@ export class BerthKeys {
       status: t<'app' | 'version' | 'cell'>('status/{app}/{version}/{cell}'),
       availability: t<'app' | 'version'>('availability/{app}/{version}'),
       builder: t<'region' | 'agent'>('builders/{region}/{agent}'),
+      buildConfig: t<'app' | 'config'>('apps/{app}/build-configs/{config}'),
+      buildConfigId: t<'id'>('build-configs/{id}'),
+      buildRun: t<'run'>('builds/{run}'),
+      buildDelivery: t<'config' | 'delivery'>('build-deliveries/{config}/{delivery}'),
       ipamPool: t<'cell' | 'cidr'>('ipam/{cell}/pools/{cidr}'),
       ipamBlock: t<'cell' | 'cidr'>('ipam/{cell}/blocks/{cidr}'),
       ipamIp: t<'cell' | 'ip'>('ipam/{cell}/ips/{ip}'),
@@ -228,6 +232,28 @@ export class BerthKeys {
   }
   builder(region: string, agentId: string): string {
     return `${this.prefix}/builders/${region}/${agentId}`;
+  }
+
+  // Builds (issue 12; @berth/shared/builds)
+  buildConfigs(app: string): string {
+    return `${this.prefix}/apps/${app}/build-configs/`;
+  }
+  buildConfig(app: string, config: string): string {
+    return this.templates.buildConfig.format({ app, config });
+  }
+  /** `{app, config}` of a config id: webhook URLs name configs by id. */
+  buildConfigId(id: string): string {
+    return this.templates.buildConfigId.format({ id });
+  }
+  buildRuns(): string {
+    return `${this.prefix}/builds/`;
+  }
+  buildRun(runId: string): string {
+    return this.templates.buildRun.format({ run: runId });
+  }
+  /** A webhook delivery already handled (under a lease of a day): a redelivery starts nothing. */
+  buildDelivery(configId: string, delivery: string): string {
+    return this.templates.buildDelivery.format({ config: configId, delivery });
   }
 
   // IPAM, per cell
