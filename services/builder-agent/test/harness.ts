@@ -1,0 +1,334 @@
+/**
+ * builder-agent tests against the region's real etcd, NATS, Redis, Docker Engine and registry,
+ * isolated by etcd prefix, subject root and region name: local bare git repositories, build
+ * configs and runs written as the API writes them, jobs added to the agent's BullMQ queue as the
+ * API's dispatcher adds them, the run's log read back from JetStream.
+ */
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { Writable } from 'node:stream';
+import {
+  type BuildConfig,
+  type BuildJob,
+  type BuildLogBatch,
+  type BuildRun,
+  buildQueueName,
+  buildRunSchema,
+} from '@berth/shared/builds';
+import { parseEnv } from '@berth/shared/config';
+import { createEtcdClient, type Etcd3 } from '@berth/shared/etcd';
+import { EventSubjects } from '@berth/shared/events';
+import { BerthKeys } from '@berth/shared/keys';
+import { createLogger } from '@berth/shared/logging';
+import { type JetStreamClient, NatsClient } from '@berth/shared/nats';
+import { createRedis, type Redis } from '@berth/shared/redis';
+import { Etcd3Backend, Store } from '@berth/shared/store';
+import { regionEnv, uniqueId, waitFor } from '@berth/shared/testing';
+import { Queue } from 'bullmq';
+import Docker from 'dockerode';
+import { pack } from 'tar-fs';
+import { builderAgentEnv } from '../src/env.ts';
+import { BuilderAgentService } from '../src/service.ts';
+import { readProgress } from '../src/steps/docker.ts';
+
+const env = regionEnv();
+export const region = {
+  ETCD_ENDPOINTS: env.ETCD_ENDPOINTS ?? 'http://127.0.0.1:2379',
+  NATS_URL: env.NATS_URL ?? 'nats://127.0.0.1:4222',
+  REDIS_URL: env.REDIS_URL ?? 'redis://127.0.0.1:6379',
+  DOCKER_HOST: env.DOCKER_HOST,
+};
+export const REGISTRY = env.REGISTRY_ADDR ?? '127.0.0.1:5000';
+export const docker = new Docker({
+  socketPath: (region.DOCKER_HOST ?? 'unix:///var/run/docker.sock').replace(/^unix:\/\//, ''),
+});
+
+/** One test file's world: its prefix, subject root and region name, and clients to look with. */
+export type World = {
+  id: string;
+  prefix: string;
+  subjectRoot: string;
+  regionName: string;
+  keys: BerthKeys;
+  etcd: Etcd3;
+  store: Store;
+  redis: Redis;
+  nats: NatsClient;
+  subjects: EventSubjects;
+  tmp: string;
+  env(extra?: Record<string, string>): Record<string, string>;
+  close(): Promise<void>;
+};
+
+export async function openWorld(): Promise<World> {
+  const id = uniqueId();
+  const prefix = `/t-${id}`;
+  const subjectRoot = `t${id}`;
+  const regionName = `r${id}`;
+  const etcd = createEtcdClient({ endpoints: region.ETCD_ENDPOINTS.split(',') });
+  const redis = createRedis({ url: region.REDIS_URL, role: 'worker' });
+  const nats = await NatsClient.connect({ servers: region.NATS_URL.split(','), name: `test-${id}` });
+  const tmp = mkdtempSync(join(tmpdir(), 'berth-builder-'));
+  const subjects = new EventSubjects(subjectRoot);
+  const queues: Queue[] = [];
+  return {
+    id,
+    prefix,
+    subjectRoot,
+    regionName,
+    keys: new BerthKeys(prefix),
+    etcd,
+    store: new Store(new Etcd3Backend(etcd)),
+    redis,
+    nats,
+    subjects,
+    tmp,
+    env: (extra = {}) => ({
+      ETCD_ENDPOINTS: region.ETCD_ENDPOINTS,
+      NATS_URL: region.NATS_URL,
+      REDIS_URL: region.REDIS_URL,
+      DOCKER_HOST: region.DOCKER_HOST ?? '',
+      REGISTRY_ADDR: REGISTRY,
+      ETCD_PREFIX: prefix,
+      EVENT_SUBJECT_ROOT: subjectRoot,
+      BERTH_REGION: regionName,
+      HTTP_ADDR: '127.0.0.1:0',
+      LOG_LEVEL: 'warn',
+      SHUTDOWN_TIMEOUT: '10s',
+      ...extra,
+    }),
+    close: async () => {
+      for (const q of queues) await q.close();
+      await etcd
+        .delete()
+        .prefix(prefix)
+        .catch(() => undefined);
+      const jsm = await nats.jsm();
+      for (const name of [subjects.eventsStream, subjects.buildLogsStream]) {
+        await jsm.streams.delete(name).catch(() => undefined);
+      }
+      await nats.drain();
+      for (const key of await redis.keys(`bull:builds-${regionName}-*`)) await redis.del(key);
+      redis.disconnect();
+      etcd.close();
+      // The images this file's runs built, and any compile container left behind.
+      for (const c of await docker.listContainers({ all: true, filters: { label: ['berth.build'] } })) {
+        if (c.Labels['berth.build']?.includes(id))
+          await docker
+            .getContainer(c.Id)
+            .remove({ force: true })
+            .catch(() => undefined);
+      }
+      for (const image of await docker.listImages({ filters: { label: ['berth.run'] } })) {
+        if (!image.Labels?.['berth.run']?.startsWith(id)) continue;
+        await docker
+          .getImage(image.Id)
+          .remove({ force: true })
+          .catch(() => undefined);
+      }
+      rmSync(tmp, { recursive: true, force: true });
+    },
+  };
+}
+
+/** An agent in this process. */
+export async function startAgent(world: World, extra: Record<string, string> = {}) {
+  const dataDir = mkdtempSync(join(world.tmp, 'agent-'));
+  const config = parseEnv(builderAgentEnv, world.env({ BUILDER_DATA_DIR: dataDir, ...extra }));
+  let logText = '';
+  const logger = createLogger({
+    service: 'builder-agent',
+    level: 'info',
+    destination: new Writable({
+      write(chunk, _enc, cb) {
+        logText += chunk.toString();
+        cb();
+      },
+    }),
+  });
+  const service = BuilderAgentService.create(config, logger);
+  await service.start();
+  return { service, dataDir, id: service.config.builderId, logs: () => logText };
+}
+
+/** A bare repository with one commit of `files` on `main`; returns its path and the commit. */
+export function gitRepo(world: World, files: Record<string, string>): { url: string; commit: string; work: string } {
+  const name = `repo-${uniqueId()}`;
+  const bare = join(world.tmp, `${name}.git`);
+  const work = join(world.tmp, name);
+  const git = (cwd: string, ...args: string[]) =>
+    execFileSync('git', args, {
+      cwd,
+      env: {
+        ...process.env,
+        GIT_AUTHOR_NAME: 't',
+        GIT_AUTHOR_EMAIL: 't@t',
+        GIT_COMMITTER_NAME: 't',
+        GIT_COMMITTER_EMAIL: 't@t',
+      },
+    })
+      .toString()
+      .trim();
+  execFileSync('git', ['init', '-q', '--bare', '-b', 'main', bare]);
+  mkdirSync(work);
+  git(work, 'init', '-q', '-b', 'main');
+  for (const [path, text] of Object.entries(files)) {
+    mkdirSync(dirname(join(work, path)), { recursive: true });
+    writeFileSync(join(work, path), text);
+  }
+  git(work, 'add', '-A');
+  git(work, 'commit', '-q', '-m', 'first');
+  git(work, 'remote', 'add', 'origin', bare);
+  git(work, 'push', '-q', 'origin', 'main');
+  return { url: bare, commit: git(work, 'rev-parse', 'HEAD'), work };
+}
+
+let configSeq = 0;
+
+/** A build config as the API stores it. */
+export async function putConfig(
+  world: World,
+  over: Partial<BuildConfig> & Pick<BuildConfig, 'git'>,
+): Promise<BuildConfig> {
+  const now = new Date().toISOString();
+  configSeq++;
+  const config: BuildConfig = {
+    name: `c${configSeq}`,
+    app: 'shop',
+    id: `${world.id}cfg${String(configSeq).padStart(8, '0')}`,
+    dockerfile: 'Dockerfile',
+    context: '.',
+    cache: true,
+    tag: '{branch}-{sha7}-{run}',
+    target: `t${world.id}/shop`,
+    autoDeploy: false,
+    webhookSecretHash: '0'.repeat(64),
+    createdAt: now,
+    createdBy: 'admin',
+    updatedAt: now,
+    ...over,
+  };
+  await world.etcd.put(world.keys.buildConfig(config.app, config.name)).value(JSON.stringify(config));
+  return config;
+}
+
+let runSeq = 0;
+
+/** A queued run as the API writes it, and its job on `agentId`'s queue. */
+export async function queueRun(
+  world: World,
+  config: BuildConfig,
+  agentId: string,
+  over: Partial<BuildRun> = {},
+): Promise<BuildRun> {
+  const now = new Date().toISOString();
+  runSeq++;
+  const run: BuildRun = {
+    id: `${world.id}run${String(runSeq).padStart(8, '0')}`,
+    app: config.app,
+    config: config.name,
+    configId: config.id,
+    number: runSeq,
+    trigger: { type: 'manual', by: 'admin' },
+    ref: config.git.branch,
+    commit: null,
+    attempt: 1,
+    state: 'queued',
+    reason: null,
+    placement: { agentId, rank: 1, reason: 'affinity' },
+    steps: [],
+    cache: { enabled: config.cache, hit: null },
+    image: null,
+    createdAt: now,
+    updatedAt: now,
+    finishedAt: null,
+    ...over,
+  };
+  await world.etcd.put(world.keys.buildRun(run.id)).value(JSON.stringify(run));
+  await addJob(world, agentId, { runId: run.id, attempt: run.attempt });
+  return run;
+}
+
+export async function addJob(world: World, agentId: string, job: BuildJob): Promise<void> {
+  const queue = new Queue(buildQueueName(world.regionName, agentId), { connection: world.redis });
+  await queue.add('build', job, { jobId: job.runId, attempts: 1, removeOnComplete: true });
+  await queue.close();
+}
+
+export async function getRun(world: World, runId: string): Promise<BuildRun> {
+  const raw = await world.etcd.get(world.keys.buildRun(runId)).string();
+  return buildRunSchema.parse(JSON.parse(raw ?? 'null'));
+}
+
+/** Waits until the run is in one of `states`; returns it. */
+export async function waitForState(world: World, runId: string, states: BuildRun['state'][], timeoutMs = 60_000) {
+  return waitFor(
+    async () => {
+      const run = await getRun(world, runId);
+      return states.includes(run.state) ? run : undefined;
+    },
+    { timeoutMs, intervalMs: 100, message: `run ${runId} in ${states.join('|')}` },
+  );
+}
+
+/** Every log batch of a run, in stream order. */
+export async function readLog(world: World, runId: string): Promise<BuildLogBatch[]> {
+  const jsm = await world.nats.jsm();
+  const stream = world.subjects.buildLogsStream;
+  const info = await jsm.streams.info(stream);
+  const out: BuildLogBatch[] = [];
+  let seq = info.state.first_seq;
+  while (seq <= info.state.last_seq) {
+    const msg = await jsm.direct.getMessage(stream, { seq, next_by_subj: world.subjects.buildLog(runId) });
+    if (!msg || msg.seq > info.state.last_seq) break;
+    out.push(JSON.parse(new TextDecoder().decode(msg.data)) as BuildLogBatch);
+    seq = msg.seq + 1;
+  }
+  return out;
+}
+
+export function logText(batches: BuildLogBatch[]): string {
+  return batches.flatMap((b) => b.lines.map((l) => `[${b.step}] ${l.text}`)).join('\n');
+}
+
+export const js = (world: World): JetStreamClient => world.nats.js;
+
+/** A tiny shell image built FROM scratch around Debian's busybox-static (no pulls here). */
+export async function shellImage(): Promise<string> {
+  const tag = 'berth-test/busybox:1';
+  try {
+    await docker.getImage(tag).inspect();
+    return tag;
+  } catch {
+    // build it
+  }
+  if (!existsSync('/bin/busybox')) throw new Error('/bin/busybox is missing: apt-get install busybox-static');
+  const dir = mkdtempSync(join(tmpdir(), 'busybox-'));
+  try {
+    mkdirSync(join(dir, 'bin'));
+    execFileSync('cp', ['/bin/busybox', join(dir, 'bin/busybox')]);
+    symlinkSync('busybox', join(dir, 'bin/sh'));
+    writeFileSync(
+      join(dir, 'Dockerfile'),
+      'FROM scratch\nCOPY bin /bin\nRUN ["/bin/busybox", "--install", "-s", "/bin"]\nRUN mkdir -p /tmp && chmod 1777 /tmp\nENV PATH=/bin\n',
+    );
+    const stream = await docker.buildImage(pack(dir) as unknown as NodeJS.ReadableStream, { t: tag, rm: true });
+    await readProgress(stream, () => undefined);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  return tag;
+}
+
+/** Manifest of `repo@digest` in the registry: the status of a HEAD. */
+export async function manifestStatus(repository: string, digest: string): Promise<number> {
+  const res = await fetch(`http://${REGISTRY}/v2/${repository}/manifests/${digest}`, {
+    method: 'HEAD',
+    headers: {
+      Accept: 'application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json',
+    },
+  });
+  return res.status;
+}
