@@ -8,11 +8,12 @@ source "$BERTH_ROOT/infra/node.sh"
 # Everything the region, the cells and the tests run. Servers are started by our scripts, never
 # by the packages' own init scripts (see policy-rc.d below). luajit2 is OpenResty's LuaJIT, the one
 # nginx's Lua module links (Debian's `luajit` conflicts with it and would remove the module).
+# busybox-static: builder-agent's tests build a tiny shell image FROM scratch (no pulls here).
 REGION_PACKAGES=(
   etcd-server etcd-client nats-server redis-server redis-tools docker.io docker-registry
   nginx libnginx-mod-http-lua lua-resty-core lua-cjson luajit2 containerd containernetworking-plugins
   iproute2 iptables curl ca-certificates procps psmisc util-linux openssl jq gcc libc6-dev
-  python3-venv slapd ldap-utils iputils-ping shellcheck
+  python3-venv slapd ldap-utils iputils-ping shellcheck busybox-static
 )
 
 install_packages() {
