@@ -1,3 +1,4 @@
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { UnavailableError } from '@berth/shared/errors';
 import { EventSubjects } from '@berth/shared/events';
@@ -150,6 +151,7 @@ export class BuilderAgentService {
     runtime.add({
       name: 'docker',
       start: async () => {
+        await mkdir(dataDir, { recursive: true });
         await docker.ping();
         await cache.evict();
       },

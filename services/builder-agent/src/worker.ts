@@ -9,7 +9,7 @@ import { type BuildJob, builderCancelSubject, buildJobSchema, buildQueueName } f
 import type { Logger } from '@berth/shared/logging';
 import type { NatsComponent } from '@berth/shared/nats';
 import type { Redis } from '@berth/shared/redis';
-import { type Job, Worker } from 'bullmq';
+import { type Job, WaitingError, Worker } from 'bullmq';
 import type { BuildRunner, RunOutcome } from './runs/build-runner.ts';
 import { RunAborted } from './runs/build-runner.ts';
 
@@ -70,7 +70,7 @@ export class BuildWorker {
         },
       },
     );
-    const worker = new Worker<BuildJob>(this.queueName, (job, _token, signal) => this.#process(job, signal), {
+    const worker = new Worker<BuildJob>(this.queueName, (job, token, signal) => this.#process(job, token, signal), {
       connection: this.#o.redis,
       concurrency: this.#o.slots,
       lockDuration: this.#o.lockDurationMs,
@@ -137,8 +137,18 @@ export class BuildWorker {
     }
   }
 
-  async #process(job: Job<BuildJob>, bullSignal: AbortSignal | undefined): Promise<{ result: string }> {
+  async #process(
+    job: Job<BuildJob>,
+    token: string | undefined,
+    bullSignal: AbortSignal | undefined,
+  ): Promise<{ result: string }> {
     const { runId, attempt } = buildJobSchema.parse(job.data);
+    if (this.#paused) {
+      // Fetched by a blocking read that was under way when the worker paused: back to waiting,
+      // where the dispatcher may move it while this agent is unregistered.
+      await job.moveToWait(token);
+      throw new WaitingError();
+    }
     const controller = new AbortController();
     bullSignal?.addEventListener('abort', () => {
       if (!controller.signal.aborted)

@@ -62,12 +62,13 @@ export type World = {
   close(): Promise<void>;
 };
 
-export async function openWorld(): Promise<World> {
+export async function openWorld(options: { etcdEndpoints?: string } = {}): Promise<World> {
+  const etcdEndpoints = options.etcdEndpoints ?? region.ETCD_ENDPOINTS;
   const id = uniqueId();
   const prefix = `/t-${id}`;
   const subjectRoot = `t${id}`;
   const regionName = `r${id}`;
-  const etcd = createEtcdClient({ endpoints: region.ETCD_ENDPOINTS.split(',') });
+  const etcd = createEtcdClient({ endpoints: etcdEndpoints.split(',') });
   const redis = createRedis({ url: region.REDIS_URL, role: 'worker' });
   const nats = await NatsClient.connect({ servers: region.NATS_URL.split(','), name: `test-${id}` });
   const tmp = mkdtempSync(join(tmpdir(), 'berth-builder-'));
@@ -86,7 +87,7 @@ export async function openWorld(): Promise<World> {
     subjects,
     tmp,
     env: (extra = {}) => ({
-      ETCD_ENDPOINTS: region.ETCD_ENDPOINTS,
+      ETCD_ENDPOINTS: etcdEndpoints,
       NATS_URL: region.NATS_URL,
       REDIS_URL: region.REDIS_URL,
       DOCKER_HOST: region.DOCKER_HOST ?? '',
@@ -222,6 +223,7 @@ export async function queueRun(
   config: BuildConfig,
   agentId: string,
   over: Partial<BuildRun> = {},
+  options: { enqueue?: boolean } = {},
 ): Promise<BuildRun> {
   const now = new Date().toISOString();
   runSeq++;
@@ -247,7 +249,7 @@ export async function queueRun(
     ...over,
   };
   await world.etcd.put(world.keys.buildRun(run.id)).value(JSON.stringify(run));
-  await addJob(world, agentId, { runId: run.id, attempt: run.attempt });
+  if (options.enqueue !== false) await addJob(world, agentId, { runId: run.id, attempt: run.attempt });
   return run;
 }
 
