@@ -1,5 +1,7 @@
 import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
+import { readEvents } from '@berth/shared/nats';
+import { waitFor } from '@berth/shared/testing';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import {
   docker,
@@ -73,6 +75,31 @@ describe('a build from a local bare repository', () => {
     const text = logText(batches);
     expect(text).toMatch(/\[build\] Step 2\/\d+ : COPY hello.txt \/hello.txt/);
     expect(text).toContain(`[push] confirmed ${config.target}@${run.image?.digest}`);
+
+    // A `build` event per state, through the outbox, by the agent.
+    const events = await waitFor(
+      async () => {
+        const got = await readEvents(world.nats.js, world.subjects, { filter: world.subjects.kind('build') });
+        const mine = got.filter((e) => e.event.resourceName === run.id);
+        return mine.length >= 4 ? mine : undefined;
+      },
+      { message: 'build events' },
+    );
+    expect(events.map((e) => e.event.action)).toEqual(['cloning', 'building', 'pushing', 'succeeded']);
+    expect(events[3]?.event).toMatchObject({
+      kind: 'build',
+      resourceId: 'shop',
+      actor: { type: 'service', name: 'builder-agent' },
+      data: { runId: run.id, attempt: 1, state: 'succeeded', commit: repo.commit, image: run.image },
+    });
+
+    // Metrics: builds by result, step durations.
+    const metrics = await waitFor(async () => {
+      const text = await (await fetch(`${agent.service.runtime.http.url}/metrics`)).text();
+      return /berth_builder_builds_total\{result="succeeded"[^}]*\} [1-9]/.test(text) ? text : undefined;
+    });
+    expect(metrics).toMatch(/berth_builder_step_duration_seconds_count\{[^}]*step="push"[^}]*\} [1-9]/);
+    expect(metrics).toMatch(/berth_builder_active_builds\{[^}]*\} 0/);
 
     const image = await docker.getImage(`${run.image?.repository}:${tag}`).inspect();
     expect(image.Config.Labels?.['berth.commit']).toBe(repo.commit);

@@ -186,4 +186,29 @@ describe('the compile step', () => {
     await waitFor(() => agent.logs().includes('stale job dropped'), { timeoutMs: 10_000 });
     expect((await world.etcd.get(world.keys.buildRun(queued.id)).exec()).kvs[0]?.mod_revision).toBe(revision);
   });
+
+  test('a step past its timeout fails the run, naming the step, and its container goes', async () => {
+    const quick = await startAgent(world, { BUILD_COMPILE_TIMEOUT: '1s' });
+    try {
+      const repo = compiledRepo();
+      const config = await putConfig(world, {
+        git: { url: repo.url, branch: 'main' },
+        compile: { image: shell, script: 'echo started; sleep 60' },
+      });
+      const run = await waitForState(
+        world,
+        (await queueRun(world, config, quick.id)).id,
+        ['failed', 'succeeded'],
+        20_000,
+      );
+      expect(run.state).toBe('failed');
+      expect(run.reason).toBe('timeout: the compile step took longer than 1s');
+      const step = run.steps.find((s) => s.name === 'compile');
+      expect(step?.state).toBe('failed');
+      expect(step?.durationMs).toBeGreaterThanOrEqual(1000);
+      await waitFor(async () => (await compileContainers(run.id)).length === 0, { message: 'container removed' });
+    } finally {
+      await quick.service.stop();
+    }
+  });
 });
