@@ -1,4 +1,4 @@
-import { mkdir } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { UnavailableError } from '@berth/shared/errors';
 import { EventSubjects } from '@berth/shared/events';
@@ -152,7 +152,12 @@ export class BuilderAgentService {
       name: 'docker',
       start: async () => {
         await mkdir(dataDir, { recursive: true });
+        // What a killed process of this agent left: workspaces, cache-off dirs, containers.
+        await rm(join(dataDir, 'workspaces'), { recursive: true, force: true });
+        await rm(join(dataDir, 'tmp'), { recursive: true, force: true });
         await docker.ping();
+        const left = await docker.removeLeftovers(id);
+        if (left > 0) log.warn({ containers: left }, 'removed compile containers a killed process left');
         await cache.evict();
       },
     });

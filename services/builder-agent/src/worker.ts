@@ -9,7 +9,7 @@ import { type BuildJob, builderCancelSubject, buildJobSchema, buildQueueName } f
 import type { Logger } from '@berth/shared/logging';
 import type { NatsComponent } from '@berth/shared/nats';
 import type { Redis } from '@berth/shared/redis';
-import { type Job, WaitingError, Worker } from 'bullmq';
+import { DelayedError, type Job, WaitingError, Worker } from 'bullmq';
 import type { BuildRunner, RunOutcome } from './runs/build-runner.ts';
 import { RunAborted } from './runs/build-runner.ts';
 
@@ -28,6 +28,8 @@ export type BuildWorkerOptions = {
   onOutcome?: (outcome: RunOutcome) => void;
   onActive?: (count: number) => void;
 };
+
+const UNAVAILABLE_RETRY_MS = 5000;
 
 type Active = { runId: string; attempt: number; controller: AbortController; done: Promise<unknown> };
 
@@ -166,6 +168,11 @@ export class BuildWorker {
       else log.info({ result: outcome.result }, 'build ended');
       this.#o.onOutcome?.(outcome);
       if (outcome.result === 'abandoned') throw new Error(`abandoned: ${outcome.why}`);
+      if (outcome.result === 'unavailable') {
+        log.warn({ why: outcome.why }, 'run not readable; the job is retried in a few seconds');
+        await job.moveToDelayed(Date.now() + UNAVAILABLE_RETRY_MS, token);
+        throw new DelayedError();
+      }
       return { result: outcome.result };
     } finally {
       this.#active.delete(runId);

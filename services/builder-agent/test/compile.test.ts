@@ -211,4 +211,49 @@ describe('the compile step', () => {
       await quick.service.stop();
     }
   });
+
+  test('cancel during docker build aborts the build request and marks the run cancelled', async () => {
+    const repo = gitRepo(world, { Dockerfile: `FROM ${shell}\nRUN echo building && sleep 120\n` });
+    const config = await putConfig(world, { git: { url: repo.url, branch: 'main' } });
+    const queued = await queueRun(world, config, agent.id);
+    await waitFor(async () => logText(await readLog(world, queued.id)).includes('[build] building'), {
+      timeoutMs: 30_000,
+      message: 'RUN started',
+    });
+    const started = Date.now();
+    world.nats.connection.publish(
+      builderCancelSubject(world.subjectRoot, agent.id),
+      JSON.stringify({ runId: queued.id, attempt: 1 }),
+    );
+    const run = await waitForState(world, queued.id, ['cancelled', 'failed', 'succeeded'], 15_000);
+    expect(run.state).toBe('cancelled');
+    expect(Date.now() - started).toBeLessThan(10_000);
+    expect(run.steps.find((s) => s.name === 'build')?.state).toBe('cancelled');
+    // dockerd cancelled the build when the request closed: its RUN container goes away.
+    await waitFor(
+      async () => {
+        const running = await docker.listContainers({ filters: { status: ['running'] } });
+        return !running.some((c) => c.Command.includes('echo building && sleep 120'));
+      },
+      { timeoutMs: 20_000, message: 'build container stopped' },
+    );
+  });
+
+  test('stopping the agent past its drain time aborts the active build as agent-shutdown', async () => {
+    const short = await startAgent(world, { SHUTDOWN_TIMEOUT: '3s' });
+    const repo = compiledRepo();
+    const config = await putConfig(world, {
+      git: { url: repo.url, branch: 'main' },
+      compile: { image: shell, script: 'echo started; sleep 120' },
+    });
+    const queued = await queueRun(world, config, short.id);
+    await waitFor(async () => logText(await readLog(world, queued.id)).includes('[compile] started'), {
+      timeoutMs: 30_000,
+    });
+    await short.service.stop();
+    const run = await getRun(world, queued.id);
+    expect(run.state).toBe('failed');
+    expect(run.reason).toMatch(/^agent-shutdown/);
+    expect(await compileContainers(queued.id)).toEqual([]);
+  });
 });

@@ -60,7 +60,7 @@ export class BuilderRegistrar {
   async start(): Promise<void> {
     this.#running = true;
     await this.#register(true);
-    this.#timer = setInterval(() => void this.report(), this.#o.reportIntervalMs);
+    this.#timer = setInterval(() => void this.report().catch(() => undefined), this.#o.reportIntervalMs);
     this.#timer.unref();
   }
 

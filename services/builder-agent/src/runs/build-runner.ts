@@ -16,6 +16,7 @@ import {
   buildRunSchema,
   FINAL_BUILD_STATES,
 } from '@berth/shared/builds';
+import { UnavailableError } from '@berth/shared/errors';
 import type { Etcd3 } from '@berth/shared/etcd';
 import type { EventSubjects } from '@berth/shared/events';
 import type { BerthKeys } from '@berth/shared/keys';
@@ -71,6 +72,8 @@ export type BuildRunnerOptions = {
 export type RunOutcome =
   | { result: 'succeeded' | 'failed' | 'cancelled'; run: BuildRun }
   | { result: 'stale'; why: string }
+  /** The run could not be read (etcd unavailable): nothing was started; try again later. */
+  | { result: 'unavailable'; why: string }
   | { result: 'abandoned'; why: string };
 
 const STATE_OF_STEP: Record<BuildStepName, BuildState> = {
@@ -109,14 +112,20 @@ export class BuildRunner {
 
   /** Runs attempt `attempt` of run `runId` until it ends, is cancelled, or turns out stale. */
   async run(runId: string, attempt: number, outer: AbortSignal): Promise<RunOutcome> {
-    const loaded = await RunRecord.load({
-      store: this.#o.store,
-      keys: this.#o.keys,
-      runId,
-      attempt,
-      events: this.#o.events,
-      actor: 'builder-agent',
-    });
+    let loaded: Awaited<ReturnType<typeof RunRecord.load>>;
+    try {
+      loaded = await RunRecord.load({
+        store: this.#o.store,
+        keys: this.#o.keys,
+        runId,
+        attempt,
+        events: this.#o.events,
+        actor: 'builder-agent',
+      });
+    } catch (err) {
+      if (err instanceof UnavailableError) return { result: 'unavailable', why: err.message };
+      throw err;
+    }
     if ('stale' in loaded) return { result: 'stale', why: loaded.stale };
     const { record, config } = loaded;
     const log = this.#o.logger.child({ runId, attempt });
@@ -223,6 +232,7 @@ export class BuildRunner {
             output,
             signal: s,
             name: `berth-build-${runId}-${attempt}`,
+            builderId: this.#o.agentId,
           });
         });
       } else {

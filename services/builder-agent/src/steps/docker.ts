@@ -142,6 +142,8 @@ export type CompileOptions = {
   signal: AbortSignal;
   /** Shown as the container's name prefix, for whoever lists containers. */
   name: string;
+  /** The agent running it: its leftovers are removed when it starts again. */
+  builderId: string;
 };
 
 export type BuildOptions = {
@@ -200,7 +202,7 @@ export class DockerImageBuilder {
       WorkingDir: '/workspace',
       User: `${uid}:${gid}`,
       Env: ['HOME=/cache/home', 'CI=true'],
-      Labels: { 'berth.build': o.name },
+      Labels: { 'berth.build': o.name, 'berth.builder': o.builderId },
       AttachStdout: true,
       AttachStderr: true,
       Tty: false,
@@ -278,6 +280,17 @@ export class DockerImageBuilder {
     );
     if (!digest) throw new DockerStepError('the push ended without a digest');
     return digest;
+  }
+
+  /** Removes compile containers an earlier process of this agent left (it was killed). */
+  async removeLeftovers(builderId: string): Promise<number> {
+    const left = await this.docker.listContainers({ all: true, filters: { label: [`berth.builder=${builderId}`] } });
+    for (const c of left)
+      await this.docker
+        .getContainer(c.Id)
+        .remove({ force: true })
+        .catch(() => undefined);
+    return left.length;
   }
 
   async removeImage(reference: string): Promise<void> {
