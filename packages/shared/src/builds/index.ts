@@ -81,6 +81,15 @@ export const buildConfigSchema = z.object({
     .optional(),
   /** sha256 (hex) of the webhook secret; the secret itself is shown once. */
   webhookSecretHash: z.string().regex(/^[0-9a-f]{64}$/),
+  /**
+   * With the API's webhook key, derives the secret (HMAC-SHA256 of the id and this nonce): GitHub
+   * and Gitea sign with the secret itself, which the API therefore re-derives rather than stores.
+   */
+  webhookSecretNonce: z.string().max(64).optional(),
+  /** The git host that calls the webhook (the URL the API shows); every provider's URL works. */
+  provider: z.enum(['github', 'gitlab', 'gitea']).optional(),
+  /** The number of the newest run (the next one is `lastRun + 1`). */
+  lastRun: z.number().int().min(0).optional(),
   createdAt: z.iso.datetime(),
   createdBy: userNameSchema,
   updatedAt: z.iso.datetime(),
@@ -106,6 +115,16 @@ export const buildPlacementSchema = z.object({
   reason: z.enum(['affinity', 'spill', 'rehome']),
 });
 export type BuildPlacement = z.infer<typeof buildPlacementSchema>;
+
+/** An attempt that ended before the run's current one. */
+export const buildAttemptSchema = z.object({
+  attempt: z.number().int().min(1),
+  state: z.enum(BUILD_STATES),
+  reason: z.string().max(4096).nullable(),
+  placement: buildPlacementSchema.nullable(),
+  finishedAt: z.iso.datetime(),
+});
+export type BuildAttempt = z.infer<typeof buildAttemptSchema>;
 
 export const buildRunSchema = z.object({
   id: z.string().regex(/^[a-z0-9]{16,32}$/),
@@ -139,6 +158,10 @@ export const buildRunSchema = z.object({
   createdAt: z.iso.datetime(),
   updatedAt: z.iso.datetime(),
   finishedAt: z.iso.datetime().nullable(),
+  /** Earlier attempts of this run, oldest first: how each ended (agent-lost, a retry by hand). */
+  history: z.array(buildAttemptSchema).optional(),
+  /** The version an autoDeploy config created from this run's image. */
+  deployedVersion: z.string().max(64).optional(),
 });
 export type BuildRun = z.infer<typeof buildRunSchema>;
 

@@ -50,6 +50,7 @@ export const APP_SCOPED_KINDS: readonly EventKind[] = [
   'pod',
   'domain',
   'traffic',
+  'build',
 ];
 
 /** A subject token: no `.`, `*`, `>` or whitespace. */
