@@ -130,4 +130,12 @@ describe('git credentials', () => {
       /Authentication failed|could not read Username|401/,
     );
   });
+
+  test('a credential the agent does not have fails the clone, naming it', async () => {
+    const repo = gitRepo(world, { Dockerfile: 'FROM scratch\n' });
+    const config = await putConfig(world, { git: { url: repo.url, branch: 'main', credentialsRef: 'nobody' } });
+    const run = await waitForState(world, (await queueRun(world, config, agent.id)).id, ['succeeded', 'failed']);
+    expect(run.state).toBe('failed');
+    expect(run.steps.find((s) => s.name === 'clone')?.error).toBe('credential "nobody" is unknown on this agent');
+  });
 });

@@ -37,12 +37,19 @@ export class BuildLog {
   #chain: Promise<void> = Promise.resolve();
   /** A partial line per stream, waiting for its newline. */
   readonly #partial = new Map<LogStream, string>();
+  readonly #masks: string[];
   /** Every line published (tests, and a step's last words in its error). */
   readonly tail: string[] = [];
 
   constructor(options: BuildLogOptions) {
     this.#o = options;
     this.#subject = options.subjects.buildLog(options.runId);
+    this.#masks = [...(options.masks ?? [])];
+  }
+
+  /** A string never to publish from now on (a credential read during the run). */
+  mask(secret: string): void {
+    if (secret) this.#masks.push(secret);
   }
 
   /** Lines written from now on belong to `step` (a batch never mixes steps). */
@@ -82,9 +89,7 @@ export class BuildLog {
 
   #add(stream: LogStream, raw: string): void {
     let text = raw.length > MAX_LINE ? `${raw.slice(0, MAX_LINE)}…` : raw;
-    for (const mask of this.#o.masks ?? []) {
-      if (mask) text = text.split(mask).join('***');
-    }
+    for (const mask of this.#masks) text = text.split(mask).join('***');
     this.#lines.push({ ts: new Date().toISOString(), stream, text });
     this.tail.push(text);
     if (this.tail.length > 200) this.tail.shift();

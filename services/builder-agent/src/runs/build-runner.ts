@@ -129,14 +129,13 @@ export class BuildRunner {
     if ('stale' in loaded) return { result: 'stale', why: loaded.stale };
     const { record, config } = loaded;
     const log = this.#o.logger.child({ runId, attempt });
-    const credential = await this.#credential(config);
     const buildLog = new BuildLog({
       js: this.#o.js(),
       subjects: this.#o.subjects,
       runId,
       attempt,
       logger: log,
-      masks: [...credentialMasks(credential), ...(this.#o.registryAuth ? [this.#o.registryAuth.password] : [])],
+      masks: this.#o.registryAuth ? [this.#o.registryAuth.password] : [],
       ...(this.#o.logFlushMs ? { flushMs: this.#o.logFlushMs } : {}),
     });
     const workspace = join(this.#o.dataDir, 'workspaces', `${runId}-${attempt}`);
@@ -181,6 +180,8 @@ export class BuildRunner {
 
       // ---- clone
       const source = await this.#step(record, buildLog, 'clone', signal, async (s) => {
+        const credential = await this.#credential(config);
+        for (const mask of credentialMasks(credential)) buildLog.mask(mask);
         const pinned = record.run.commit;
         buildLog.system(`fetching ${safeUrl(config.git.url)} (${record.run.ref}${pinned ? ` at ${pinned}` : ''})`);
         const mirror = await this.#o.git.update(config.git.url, {
@@ -420,8 +421,14 @@ export class BuildRunner {
 
   async #credential(config: BuildConfig): Promise<GitCredential | undefined> {
     const ref = config.git.credentialsRef;
-    if (!ref || !this.#o.credentialsDir) return undefined;
-    const text = (await readFile(join(this.#o.credentialsDir, ref.replace(/[^A-Za-z0-9_.-]/g, '_')), 'utf8')).trim();
+    if (!ref) return undefined;
+    if (!this.#o.credentialsDir) throw new Error(`credential "${ref}" is unknown: this agent has no credentials dir`);
+    const file = join(this.#o.credentialsDir, ref.replace(/[^A-Za-z0-9_.-]/g, '_'));
+    const text = (
+      await readFile(file, 'utf8').catch(() => {
+        throw new Error(`credential "${ref}" is unknown on this agent`);
+      })
+    ).trim();
     const colon = text.indexOf(':');
     return colon > 0
       ? { username: text.slice(0, colon), password: text.slice(colon + 1) }
