@@ -99,4 +99,13 @@ describe('a run record fenced by its attempt', () => {
       StaleAttemptError,
     );
   });
+
+  test('fields the agent does not know are kept when it writes the run', async () => {
+    const store = await setup({ ...run, futureField: { kept: true } } as BuildRun);
+    const loaded = await load(store);
+    if (!('record' in loaded)) throw new Error('expected a record');
+    await loaded.record.update({ apply: (r) => ({ ...r, state: 'cloning' }) });
+    const raw = await store.backend.get(keys.buildRun(run.id));
+    expect(JSON.parse(raw?.value ?? '{}')).toMatchObject({ state: 'cloning', futureField: { kept: true } });
+  });
 });

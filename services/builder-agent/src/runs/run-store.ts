@@ -34,6 +34,12 @@ export type RunChange = {
 
 const MAX_CONFLICTS = 5;
 
+/**
+ * The run as stored, unknown fields kept: an agent older than the API writing the run back must
+ * not drop what the API added to it (a rolling upgrade).
+ */
+const storedRunSchema = buildRunSchema.loose();
+
 export class RunRecord {
   readonly #store: Store;
   readonly #key: string;
@@ -73,7 +79,7 @@ export class RunRecord {
     actor: string;
   }): Promise<{ record: RunRecord; config: BuildConfig } | { stale: string }> {
     const key = options.keys.buildRun(options.runId);
-    const stored = await options.store.get(key, buildRunSchema);
+    const stored = await options.store.get(key, storedRunSchema);
     if (!stored) return { stale: 'the run does not exist' };
     const run = stored.value;
     if (run.attempt !== options.attempt)
@@ -119,7 +125,7 @@ export class RunRecord {
   }
 
   async #reread(): Promise<void> {
-    const stored = await this.#store.get(this.#key, buildRunSchema);
+    const stored = await this.#store.get(this.#key, storedRunSchema);
     if (!stored) throw new StaleAttemptError('the run was deleted');
     if (stored.value.attempt !== this.attempt) {
       throw new StaleAttemptError(`the run is at attempt ${stored.value.attempt} now, not ${this.attempt}`);
