@@ -53,6 +53,18 @@ export const apiEnv = z
     REGISTRY_TOKEN_SERVICE: z.string().min(1).max(255).default('berth-registry'),
     /** How long a registry token lives (at least 60 s, as the token spec asks). */
     REGISTRY_TOKEN_TTL: envDuration('5m'),
+    /**
+     * Derives build webhook secrets (HMAC keys of GitHub and Gitea), so etcd keeps only their
+     * hashes; at least 32 characters. Unset: one is made on first use and kept in etcd.
+     */
+    BUILD_WEBHOOK_KEY: secret(z.string().min(32).optional()),
+    /**
+     * How long after an agent's lease ended its active builds are failed as agent-lost and
+     * retried elsewhere: at least the agents' BullMQ lockDuration, so no lock is still held.
+     */
+    BUILD_AGENT_LOST_AFTER: envDuration('120s'),
+    /** A home queue with this many waiting jobs per slot spills to the next agent. */
+    BUILD_SPILL_FACTOR: envInt(2, { min: 1, max: 1000 }),
     /** The registry as the API reaches it, for repositories and tags (with REGISTRY_TOKEN_KEY). */
     REGISTRY_URL: envUrl(['http', 'https']).optional(),
   })

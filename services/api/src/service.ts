@@ -7,6 +7,11 @@ import express from 'express';
 import { LdapDirectory } from './auth/ldap.ts';
 import { LoginRateLimiter } from './auth/rate-limit.ts';
 import { AuthService } from './auth/service.ts';
+import { BuildDispatcher } from './builds/dispatcher.ts';
+import { BuildLogs } from './builds/logs.ts';
+import { BullMqBuildQueues } from './builds/queues.ts';
+import { BuildRuns } from './builds/runs.ts';
+import { WebhookSecrets } from './builds/webhook-secrets.ts';
 import type { ApiConfig } from './env.ts';
 import { Idempotency } from './http/idempotency.ts';
 import { Mutations } from './http/mutation.ts';
@@ -18,6 +23,9 @@ import { RegistryTokenIssuer } from './registry/token-issuer.ts';
 import { adminRoutes } from './resources/admin.ts';
 import { appRoutes } from './resources/apps.ts';
 import { authRoutes } from './resources/auth.ts';
+import { buildConfigRoutes } from './resources/build-configs.ts';
+import { buildHookRoutes } from './resources/build-hooks.ts';
+import { buildRoutes } from './resources/builds.ts';
 import type { ApiContext } from './resources/context.ts';
 import { domainRoutes } from './resources/domains.ts';
 import { eventRoutes } from './resources/events.ts';
@@ -25,6 +33,7 @@ import { imageGroupRoutes } from './resources/image-groups.ts';
 import { imageRepoRoutes } from './resources/image-repos.ts';
 import { lbGroupRoutes } from './resources/lb-groups.ts';
 import { memberRoutes } from './resources/members.ts';
+import { Quotas } from './resources/quotas.ts';
 import { registryTokenRoutes } from './resources/registry-token.ts';
 import { trafficRoutes } from './resources/traffic.ts';
 import { versionRoutes } from './resources/versions.ts';
@@ -65,7 +74,15 @@ export class ApiService {
       routes: (app) => {
         app.use(
           API_BASE,
-          express.json({ limit: config.BODY_LIMIT, type: ['application/json', 'application/*+json'], strict: true }),
+          express.json({
+            limit: config.BODY_LIMIT,
+            type: ['application/json', 'application/*+json'],
+            strict: true,
+            // Webhook signatures are over the exact bytes (./resources/build-hooks.ts).
+            verify: (req, _res, buf) => {
+              (req as { rawBody?: Buffer }).rawBody = buf;
+            },
+          }),
         );
         app.get(`${API_BASE}/openapi.json`, (_req, res) => {
           res.json(buildOpenApi(routes, API_BASE, API_VERSION));
@@ -121,6 +138,28 @@ export class ApiService {
       : undefined;
     const registry =
       issuer && config.REGISTRY_URL ? new RegistryClient({ url: config.REGISTRY_URL, issuer }) : undefined;
+    // Builds (docs/builds.md): runs on the agents' BullMQ queues, placed by one elected dispatcher.
+    const buildQueues = new BullMqBuildQueues({ redis: redis.client });
+    const buildRuns = new BuildRuns({
+      ctx,
+      queues: buildQueues,
+      nats,
+      subjects,
+      spillFactor: config.BUILD_SPILL_FACTOR,
+    });
+    const buildLogs = new BuildLogs({ nats, subjects, logger });
+    const webhookSecrets = new WebhookSecrets({
+      store,
+      prefix: config.ETCD_PREFIX,
+      key: config.BUILD_WEBHOOK_KEY,
+    });
+    const dispatcher = new BuildDispatcher({
+      ctx,
+      etcd: runtime.etcd,
+      runs: buildRuns,
+      quotas: new Quotas(ctx),
+      agentLostAfterMs: config.BUILD_AGENT_LOST_AFTER,
+    });
     routes = [
       ...authRoutes(ctx),
       ...adminRoutes(ctx),
@@ -132,6 +171,9 @@ export class ApiService {
       ...trafficRoutes(ctx),
       ...eventRoutes(ctx),
       ...imageGroupRoutes(ctx, registry),
+      ...buildConfigRoutes(ctx, webhookSecrets),
+      ...buildRoutes(ctx, buildRuns, buildLogs),
+      ...buildHookRoutes(ctx, buildRuns, webhookSecrets, runtime.etcd),
     ];
     // The registry: its token server, and its repositories and tags when the API reaches it.
     if (issuer) routes.push(...registryTokenRoutes(ctx, issuer));
@@ -141,6 +183,13 @@ export class ApiService {
     runtime.health.add('nats', nats.ready);
     runtime.health.add('redis', redis.ready);
     runtime.add(redis);
+    runtime.add({ name: 'build-queues', stop: () => buildQueues.close() });
+    runtime.addLeaderElection('build-dispatcher', {
+      candidateId: `${hostname()}-${process.pid}-${config.HTTP_ADDR.port}`,
+      onElected: () => dispatcher.start(),
+      onDeposed: () => dispatcher.stop(),
+    });
+    runtime.add({ name: 'build-dispatcher', stop: () => dispatcher.stop() });
     if (config.BERTH_ADMIN_PASSWORD) {
       const password = config.BERTH_ADMIN_PASSWORD;
       runtime.add({ name: 'admin-bootstrap', start: () => auth.bootstrapAdmin(config.BERTH_ADMIN_USER, password) });

@@ -16,6 +16,8 @@ import type { Principal } from '../auth/principal.ts';
 export const ACTIONS = {
   /** See the resource, its versions, status, members and activity. */
   read: 'Guest',
+  /** Read build logs (they can show more of the source than a Guest sees). */
+  readLogs: 'Reporter',
   /** Push images, start builds. */
   build: 'Developer',
   /** Create versions, scale, roll back, change settings. */
@@ -67,6 +69,8 @@ function describe(action: Action): string {
   switch (action) {
     case 'read':
       return 'see';
+    case 'readLogs':
+      return 'read the build logs of';
     case 'build':
       return 'build';
     case 'deploy':

@@ -4,8 +4,9 @@
  * change afterwards (scale, rollback).
  */
 import { ConflictError, InputError, NotFoundError } from '@berth/shared/errors';
-import { type Version, versionSchema } from '@berth/shared/model';
-import type { Op } from '@berth/shared/store';
+import { type App, type Version, versionSchema } from '@berth/shared/model';
+import type { Op, Stored } from '@berth/shared/store';
+import type { z } from 'zod';
 import { etag } from '../http/conditional.ts';
 import type { ChangeEvent } from '../http/mutation.ts';
 import { defineRoute } from '../http/routes.ts';
@@ -33,6 +34,70 @@ function byNumberDesc(a: Version, b: Version): number {
   return b.number - a.number;
 }
 
+/**
+ * The ops and event of an app's next version: fields the request leaves out are copied from the
+ * newest version (or the first version's defaults), checked against the owner's quota. Used by
+ * `POST /apps/{app}/versions` and by builds' autoDeploy.
+ */
+export async function nextVersionChange(
+  ctx: ApiContext,
+  quotas: Quotas,
+  app: Stored<App>,
+  body: z.output<typeof createVersionBody>,
+  user: string,
+): Promise<{ version: Version; ops: Op[]; events: ChangeEvent[] }> {
+  const { store, keys } = ctx;
+  const name = app.value.name;
+  let newest: Version | undefined;
+  if (app.value.lastVersion > 0) {
+    newest = (await store.get(keys.version(name, `v${app.value.lastVersion}`), versionSchema))?.value;
+  }
+  newest ??= (await store.list(keys.versions(name), versionSchema)).map((v) => v.value).sort(byNumberDesc)[0];
+  const imageTag = body.imageTag ?? newest?.imageTag;
+  if (!imageTag) {
+    throw new InputError('the first version of an app needs an image tag', [
+      { path: '$.imageTag', message: 'required: there is no earlier version to copy it from' },
+    ]);
+  }
+  const number = Math.max(app.value.lastVersion, newest?.number ?? 0) + 1;
+  const at = now();
+  const version: Version = {
+    app: name,
+    name: `v${number}`,
+    number,
+    imageTag,
+    replicas: body.replicas ?? newest?.replicas ?? FIRST_VERSION_DEFAULTS.replicas,
+    cpu: body.cpu ?? newest?.cpu ?? FIRST_VERSION_DEFAULTS.cpu,
+    memory: body.memory ?? newest?.memory ?? FIRST_VERSION_DEFAULTS.memory,
+    env: body.env ?? newest?.env ?? {},
+    ports: body.ports ?? newest?.ports ?? app.value.ports,
+    healthCheck: body.healthCheck ?? newest?.healthCheck ?? app.value.healthCheck,
+    command: body.command ?? newest?.command ?? [],
+    createdAt: at,
+    createdBy: user,
+    updatedAt: at,
+  };
+  const guard = await quotas.check(app.value.owner, versionUsage(version));
+  return {
+    version,
+    ops: [
+      { op: 'update', key: app.key, value: { ...app.value, lastVersion: number }, modRevision: app.modRevision },
+      { op: 'create', key: keys.version(name, version.name), value: version },
+      guard,
+    ],
+    events: [
+      {
+        kind: 'version',
+        resourceId: name,
+        incarnation: app.value.incarnation,
+        resourceName: version.name,
+        action: 'created',
+        after: version,
+      },
+    ],
+  };
+}
+
 export function versionRoutes(ctx: ApiContext) {
   const { store, keys, mutations } = ctx;
   const quotas = new Quotas(ctx);
@@ -40,15 +105,6 @@ export function versionRoutes(ctx: ApiContext) {
 
   async function listVersions(app: string): Promise<Version[]> {
     return (await store.list(keys.versions(app), versionSchema)).map((v) => v.value).sort(byNumberDesc);
-  }
-
-  /** The newest existing version: usually v{lastVersion}, one read; a full list only after deletes. */
-  async function newestVersion(app: string, lastVersion: number): Promise<Version | undefined> {
-    if (lastVersion > 0) {
-      const v = await store.get(keys.version(app, `v${lastVersion}`), versionSchema);
-      if (v) return v.value;
-    }
-    return (await listVersions(app))[0];
   }
 
   return [
@@ -90,53 +146,10 @@ export function versionRoutes(ctx: ApiContext) {
           p,
           async () => {
             const { app } = await loadApp(ctx, p, params.app, 'deploy');
-            const newest = await newestVersion(params.app, app.value.lastVersion);
-            const imageTag = body.imageTag ?? newest?.imageTag;
-            if (!imageTag) {
-              throw new InputError('the first version of an app needs an image tag', [
-                { path: '$.imageTag', message: 'required: there is no earlier version to copy it from' },
-              ]);
-            }
-            const number = Math.max(app.value.lastVersion, newest?.number ?? 0) + 1;
-            const at = now();
-            const version: Version = {
-              app: params.app,
-              name: `v${number}`,
-              number,
-              imageTag,
-              replicas: body.replicas ?? newest?.replicas ?? FIRST_VERSION_DEFAULTS.replicas,
-              cpu: body.cpu ?? newest?.cpu ?? FIRST_VERSION_DEFAULTS.cpu,
-              memory: body.memory ?? newest?.memory ?? FIRST_VERSION_DEFAULTS.memory,
-              env: body.env ?? newest?.env ?? {},
-              ports: body.ports ?? newest?.ports ?? app.value.ports,
-              healthCheck: body.healthCheck ?? newest?.healthCheck ?? app.value.healthCheck,
-              command: body.command ?? newest?.command ?? [],
-              createdAt: at,
-              createdBy: p.user,
-              updatedAt: at,
-            };
-            const guard = await quotas.check(app.value.owner, versionUsage(version));
+            const { version, ops, events } = await nextVersionChange(ctx, quotas, app, body, p.user);
             return {
-              ops: [
-                {
-                  op: 'update',
-                  key: app.key,
-                  value: { ...app.value, lastVersion: number },
-                  modRevision: app.modRevision,
-                },
-                { op: 'create', key: keys.version(params.app, version.name), value: version },
-                guard,
-              ],
-              events: [
-                {
-                  kind: 'version',
-                  resourceId: params.app,
-                  incarnation: app.value.incarnation,
-                  resourceName: version.name,
-                  action: 'created',
-                  after: version,
-                },
-              ],
+              ops,
+              events,
               result: (revision) => ({
                 status: 201,
                 body: version,
