@@ -1,4 +1,5 @@
 import { execFileSync } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { readEvents } from '@berth/shared/nats';
 import { waitFor } from '@berth/shared/testing';
@@ -39,6 +40,8 @@ describe('a build from a local bare repository', () => {
       'hello.txt': 'hello from berth\n',
     });
     const config = await putConfig(world, { git: { url: repo.url, branch: 'main' } });
+    const incarnation = randomUUID();
+    await world.etcd.put(world.keys.app('shop')).value(JSON.stringify({ name: 'shop', incarnation }));
     const queued = await queueRun(world, config, agent.id);
 
     const run = await waitForState(world, queued.id, ['succeeded', 'failed', 'cancelled']);
@@ -89,6 +92,7 @@ describe('a build from a local bare repository', () => {
     expect(events[3]?.event).toMatchObject({
       kind: 'build',
       resourceId: 'shop',
+      incarnation,
       actor: { type: 'service', name: 'builder-agent' },
       data: { runId: run.id, attempt: 1, state: 'succeeded', commit: repo.commit, image: run.image },
     });

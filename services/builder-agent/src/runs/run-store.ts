@@ -17,6 +17,10 @@ import type { EventInput } from '@berth/shared/events';
 import type { BerthKeys } from '@berth/shared/keys';
 import type { EventsComponent } from '@berth/shared/nats';
 import type { Store } from '@berth/shared/store';
+import { z } from 'zod';
+
+/** Only what the agent needs of the app: its incarnation (the rest is the API's to validate). */
+const appIncarnationSchema = z.object({ incarnation: z.string().optional() });
 
 /** The run moved on without this agent: another attempt, or finished by someone else. */
 export class StaleAttemptError extends BerthError {
@@ -45,6 +49,8 @@ export class RunRecord {
   readonly #key: string;
   readonly #events: EventsComponent | undefined;
   readonly #actor: string;
+  /** The app's incarnation, on every event (a deleted app's events never reach a new one). */
+  #incarnation: string | undefined;
   readonly attempt: number;
   #run: BuildRun;
   #modRevision: number;
@@ -86,7 +92,9 @@ export class RunRecord {
       return { stale: `the run is at attempt ${run.attempt}, not ${options.attempt}` };
     if (FINAL_BUILD_STATES.includes(run.state)) return { stale: `the run is already ${run.state}` };
     const config = await options.store.get(options.keys.buildConfig(run.app, run.config), buildConfigSchema);
+    const app = await options.store.get(options.keys.app(run.app), appIncarnationSchema);
     const record = new RunRecord(options.store, key, run, stored.modRevision, options.events, options.actor);
+    record.#incarnation = app?.value.incarnation;
     if (!config) {
       await record.update({
         apply: (r) => finish(r, 'failed', `build config ${run.app}/${run.config} does not exist`),
@@ -139,7 +147,11 @@ export class RunRecord {
 
   #record(input: Omit<EventInput, 'actor'> | undefined) {
     if (!input || !this.#events) return undefined;
-    return this.#events.record({ ...input, actor: { type: 'service', name: this.#actor } } as EventInput);
+    return this.#events.record({
+      ...input,
+      ...(this.#incarnation ? { incarnation: this.#incarnation } : {}),
+      actor: { type: 'service', name: this.#actor },
+    } as EventInput);
   }
 }
 
