@@ -337,6 +337,44 @@ describe('dispatch', () => {
   });
 });
 
+describe('autoDeploy', () => {
+  it("a succeeded run of an autoDeploy config creates the app's next version with its tag", async () => {
+    await clearQueues();
+    await createConfig('deployer', { autoDeploy: true });
+    const run = await startRun('deployer');
+    // The agent pushes and confirms the image, then writes the run succeeded (fenced by attempt).
+    const store = api.service.runtime.store;
+    const stored = await store.get(api.service.runtime.keys.buildRun(run.id), buildRunSchema);
+    const at = new Date().toISOString();
+    await store.commit([
+      {
+        op: 'update',
+        key: stored?.key as string,
+        value: {
+          ...stored?.value,
+          state: 'succeeded',
+          commit: 'a'.repeat(40),
+          image: { repository: `${group}/shop`, tag: 'main-aaaaaaa', digest: `sha256:${'b'.repeat(64)}` },
+          finishedAt: at,
+          updatedAt: at,
+        },
+        modRevision: stored?.modRevision as number,
+      },
+    ]);
+    const version = await waitFor(
+      async () => {
+        const res = await api.call('GET', `/apps/${app}/versions`, { token: owner });
+        return res.json.items.find((v: { imageTag: string }) => v.imageTag === 'main-aaaaaaa');
+      },
+      { timeoutMs: 15_000, message: 'autoDeploy creates a version' },
+    );
+    expect(version).toMatchObject({ imageTag: 'main-aaaaaaa', createdBy: 'b-dev' });
+    await waitFor(async () => (await getRun(run.id)).deployedVersion === version.name, {
+      message: 'the run records the version it deployed',
+    });
+  });
+});
+
 describe('build logs', () => {
   it('replays then follows over SSE, resumes with Last-Event-ID, and ends with the final state', async () => {
     await createConfig('logged');

@@ -11,7 +11,7 @@
  *
  * Watch handlers only enqueue; one worker does the work and retries failures with backoff.
  */
-import { type BuildRun, buildConfigSchema, buildRunSchema } from '@berth/shared/builds';
+import { type BuildRun, buildConfigSchema, buildRunSchema, FINAL_BUILD_STATES } from '@berth/shared/builds';
 import { type Etcd3, PrefixWatcher, type Versioned, type WatchChange } from '@berth/shared/etcd';
 import type { Logger } from '@berth/shared/logging';
 import { appSchema } from '@berth/shared/model';
@@ -33,7 +33,9 @@ type Task =
   | { kind: 'dispatch-unplaced' }
   | { kind: 'agent-lost'; region: string; agentId: string }
   | { kind: 'active-lost'; region: string; agentId: string }
-  | { kind: 'auto-deploy'; runId: string };
+  | { kind: 'auto-deploy'; runId: string }
+  /** Runs placed on agents that are not live: agents lost while no dispatcher watched. */
+  | { kind: 'orphans' };
 
 export class BuildDispatcher {
   readonly name = 'build-dispatcher';
@@ -108,18 +110,24 @@ export class BuildDispatcher {
     }
     for (const id of live) this.#appeared(id);
     this.#enqueue({ kind: 'dispatch-unplaced' });
+    this.#enqueue({ kind: 'orphans' });
   }
 
   #agentChanged(change: WatchChange<unknown>): void {
     const a = this.#parseAgent(change.key);
     if (!a) return;
     const id = `${a.region}/${a.agentId}`;
-    if (change.type === 'delete') this.#lost(id);
-    else {
-      this.#appeared(id);
-      // A new agent, or one no longer draining: runs that found no agent may go now.
-      this.#enqueue({ kind: 'dispatch-unplaced' });
+    if (change.type === 'delete') {
+      this.#lost(id);
+      return;
     }
+    const isNew = !this.#known.has(id);
+    const wasDraining = (change.prev?.value as { draining?: boolean } | undefined)?.draining === true;
+    const draining = (change.value as { draining?: boolean } | undefined)?.draining === true;
+    this.#appeared(id);
+    // A new agent, or one no longer draining: runs that found no agent may go now. (Agents
+    // rewrite their registration every 30 s; those rewrites change nothing here.)
+    if (isNew || (wasDraining && !draining)) this.#enqueue({ kind: 'dispatch-unplaced' });
   }
 
   #appeared(id: string): void {
@@ -202,6 +210,25 @@ export class BuildDispatcher {
         return this.#failActive(task.region, task.agentId);
       case 'auto-deploy':
         return this.#autoDeploy(task.runId);
+      case 'orphans':
+        return this.#adoptOrphans();
+    }
+  }
+
+  /** Unfinished runs placed on an agent that is not registered are handled as that agent's loss. */
+  async #adoptOrphans(): Promise<void> {
+    const { store, keys } = this.#o.ctx;
+    const regions = new Map<string, string | undefined>();
+    for (const run of await store.list(keys.buildRuns(), buildRunSchema)) {
+      const agentId = run.value.placement?.agentId;
+      if (!agentId || FINAL_BUILD_STATES.includes(run.value.state)) continue;
+      if (!regions.has(run.value.app)) {
+        regions.set(run.value.app, (await store.get(keys.app(run.value.app), appSchema))?.value.region);
+      }
+      const region = regions.get(run.value.app);
+      const id = `${region}/${agentId}`;
+      if (!region || this.#known.has(id) || this.#lostTimers.has(id)) continue;
+      this.#lost(id);
     }
   }
 
