@@ -9,6 +9,7 @@ import {
   type BuilderRegistration,
   type BuildLogBatch,
   type BuildRun,
+  builderCancelSubject,
   buildQueueName,
   buildRunSchema,
   rank,
@@ -245,6 +246,44 @@ describe('dispatch', () => {
     expect(retried.json).toMatchObject({ attempt: 2, state: 'queued', history: [{ attempt: 1, state: 'cancelled' }] });
     const job = await queue(retried.json.placement.agentId).getJob(run.id);
     expect(job?.data).toEqual({ runId: run.id, attempt: 2 });
+  });
+
+  it('cancelling an active run asks its agent on the agent cancel subject', async () => {
+    await clearQueues();
+    await createConfig('cancel-active');
+    const run = await startRun('cancel-active');
+    const agentId = run.placement?.agentId as string;
+    const nats = await NatsClient.connect({ servers: (regionEnv().NATS_URL ?? '').split(','), name: 'cancel-test' });
+    const sub = nats.connection.subscribe(builderCancelSubject(api.subjectRoot, agentId), { max: 1 });
+    await nats.connection.flush();
+    const connection = new Redis(regionEnv().REDIS_URL as string, { maxRetriesPerRequest: null });
+    let took!: () => void;
+    const taken = new Promise<void>((r) => {
+      took = r;
+    });
+    const worker = new Worker(
+      buildQueueName(region, agentId),
+      async () => {
+        took();
+        await new Promise((r) => setTimeout(r, 5000));
+      },
+      { connection, lockDuration: 10_000 },
+    );
+    worker.on('error', () => undefined);
+    try {
+      await taken;
+      const res = await api.call('POST', `/builds/${run.id}/cancel`, { token: developer });
+      expect(res.status).toBe(202);
+      expect(res.json).toMatchObject({ requested: true, build: { id: run.id } });
+      for await (const m of sub) {
+        expect(JSON.parse(m.string())).toEqual({ runId: run.id, attempt: 1 });
+        break;
+      }
+    } finally {
+      await worker.close(true).catch(() => undefined);
+      connection.disconnect();
+      await nats.drain();
+    }
   });
 
   it("moves an agent's waiting jobs to the next agent when its lease goes", async () => {
