@@ -27,7 +27,12 @@ export type BuildDispatcherOptions = {
   quotas: Quotas;
   /** After an agent's lease ended, when its active attempts count as lost. */
   agentLostAfterMs: number;
+  /** Between passes over queued runs without placement (a dispatch that failed, e.g. Redis away). Default 60 s. */
+  resyncMs?: number;
 };
+
+/** How long a placed run may wait for its job to show in the queue before the job is added again. */
+const LOST_JOB_GRACE_MS = 60_000;
 
 type Task =
   | { kind: 'dispatch-unplaced' }
@@ -51,6 +56,7 @@ export class BuildDispatcher {
   #wake: (() => void) | undefined;
   #loop: Promise<void> | undefined;
   #running = false;
+  #resync: NodeJS.Timeout | undefined;
 
   constructor(options: BuildDispatcherOptions) {
     this.#o = options;
@@ -77,11 +83,13 @@ export class BuildDispatcher {
       onChange: (change) => this.#runChanged(change),
     });
     await Promise.all([this.#agents.start(), this.#builds.start()]);
+    this.#resync = setInterval(() => this.#enqueue({ kind: 'dispatch-unplaced' }), this.#o.resyncMs ?? 60_000);
   }
 
   async stop(): Promise<void> {
     if (!this.#running) return;
     this.#running = false;
+    clearInterval(this.#resync);
     for (const t of this.#lostTimers.values()) clearTimeout(t);
     this.#lostTimers.clear();
     await Promise.all([this.#agents?.stop(), this.#builds?.stop()]);
@@ -235,8 +243,26 @@ export class BuildDispatcher {
   async #dispatchUnplaced(): Promise<void> {
     const { store, keys } = this.#o.ctx;
     const runs = await store.list(keys.buildRuns(), buildRunSchema);
+    const regions = new Map<string, string | undefined>();
     for (const run of runs) {
-      if (run.value.state === 'queued' && !run.value.placement) await this.#o.runs.dispatch(run.value.id);
+      if (run.value.state !== 'queued') continue;
+      const placement = run.value.placement;
+      if (!placement) {
+        await this.#o.runs.dispatch(run.value.id);
+        continue;
+      }
+      // Placed on a live agent a while ago, but its job is not in the queue (the placing API died
+      // in between, or Redis lost it): add it now. BullMQ dedupes on the job id.
+      if (Date.now() - Date.parse(run.value.updatedAt) < LOST_JOB_GRACE_MS) continue;
+      if (!regions.has(run.value.app)) {
+        regions.set(run.value.app, (await store.get(keys.app(run.value.app), appSchema))?.value.region);
+      }
+      const region = regions.get(run.value.app);
+      if (!region || !this.#known.has(`${region}/${placement.agentId}`)) continue;
+      const { queues } = this.#o.runs;
+      if (!(await queues.queue(region, placement.agentId).getJob(run.value.id))) {
+        await queues.add(region, placement.agentId, { runId: run.value.id, attempt: run.value.attempt });
+      }
     }
   }
 

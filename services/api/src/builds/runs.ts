@@ -174,7 +174,17 @@ export class BuildRuns {
       },
       { serializeOn: `build-config:${appName}/${configName}`, what: 'the build config' },
     );
-    return (await this.dispatch(run.id)) ?? run;
+    return this.#dispatchOrLeave(run);
+  }
+
+  /** Dispatches a run just written; when that fails (Redis away) it stays queued for the dispatcher's next pass. */
+  async #dispatchOrLeave(run: BuildRun): Promise<BuildRun> {
+    try {
+      return (await this.dispatch(run.id)) ?? run;
+    } catch (err) {
+      this.#logger.warn({ err, runId: run.id }, 'build not dispatched yet; the dispatcher retries');
+      return (await this.get(run.id))?.value ?? run;
+    }
   }
 
   /**
@@ -319,7 +329,7 @@ export class BuildRuns {
       }
       return { ended: { state: run.state, reason: run.reason }, action: 'retried' };
     });
-    return (await this.dispatch(runId)) ?? (await this.require(runId)).value;
+    return this.#dispatchOrLeave((await this.require(runId)).value);
   }
 
   /**
