@@ -231,6 +231,28 @@ describe('Gitea', () => {
     expect(prefixed.status).toBe(401);
   });
 
+  it("a deleted app's build configs take their webhook ids along", async () => {
+    const other = 'hooked-gone';
+    const created = await api.call('POST', '/apps', {
+      token: owner,
+      body: { ...appBody(other, region), image: `${group}/web` },
+    });
+    expect(created.status).toBe(201);
+    const cfg = await api.call('POST', `/apps/${other}/build-configs`, {
+      token: owner,
+      body: { name: 'web', git: { url: 'file:///x' }, target: `${group}/web` },
+    });
+    expect(cfg.status).toBe(201);
+    expect((await api.call('DELETE', `/apps/${other}`, { token: owner })).status).toBe(204);
+    const index = await api.service.runtime.store.keys(api.service.runtime.keys.buildConfigId(cfg.json.id));
+    expect(index).toHaveLength(0);
+    const res = await api.call('POST', `/hooks/gitlab/${cfg.json.id}`, {
+      raw: '{}',
+      headers: { 'content-type': 'application/json', 'x-gitlab-token': cfg.json.webhook.secret },
+    });
+    expect(res.status).toBe(404);
+  });
+
   it('a hook for a config that does not exist is 404', async () => {
     const res = await api.call('POST', '/hooks/gitea/0000000000000000', {
       raw: '{}',

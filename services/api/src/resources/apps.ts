@@ -1,5 +1,7 @@
 /** Apps: create, list (what the caller owns or is a member of), read, change, delete, status. */
+
 import { randomUUID } from 'node:crypto';
+import { buildConfigSchema } from '@berth/shared/builds';
 import { ConflictError, InputError } from '@berth/shared/errors';
 import {
   type App,
@@ -200,11 +202,16 @@ export function appRoutes(ctx: ApiContext) {
             // Its domains leave their groups (and their claims free the names) in the same step.
             const routing = await lb.read(params.app);
             const domains = routing.claims.map((c) => c.value.domain);
+            // Its build configs go with the prefix; their webhook ids go too.
+            const buildConfigs = await store.list(keys.buildConfigs(params.app), buildConfigSchema, {
+              directChildrenOnly: true,
+            });
             return {
               ops: [
                 ...lb.removeAllOps(routing),
                 { op: 'delete', key: app.key, modRevision: app.modRevision },
                 { op: 'delete-prefix', prefix: `${keys.app(params.app)}/` },
+                ...buildConfigs.map((c) => ({ op: 'delete' as const, key: keys.buildConfigId(c.value.id) })),
                 guard,
               ],
               pinned: app,
