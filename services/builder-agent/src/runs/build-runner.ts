@@ -248,7 +248,10 @@ export class BuildRunner {
 
       // ---- build
       const repository = `${this.#o.registryAddr}/${config.target}`;
-      const tag = renderTag(config.tag, { ...source, sha: source.commit, run: record.run.number });
+      // A tag the API pinned when it made the run (a git tag push is tagged with the git tag)
+      // wins over the config's template.
+      const tag =
+        record.run.image?.tag || renderTag(config.tag, { ...source, sha: source.commit, run: record.run.number });
       await this.#step(record, buildLog, 'build', signal, async (s) => {
         const contextDir = resolve(workspace, config.context);
         if (!contextDir.startsWith(workspace)) throw new Error(`context ${config.context} is outside the repository`);
