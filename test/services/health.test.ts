@@ -39,6 +39,9 @@ async function startService(name: string, extraEnv: Record<string, string> = {})
       ETCD_PREFIX: `/t-${uniqueId()}`,
       NATS_URL: region.NATS_URL,
       REDIS_URL: region.REDIS_URL,
+      // builder-agent builds with the region's Docker Engine and pushes to its registry.
+      ...(region.DOCKER_HOST ? { DOCKER_HOST: region.DOCKER_HOST } : {}),
+      ...(region.REGISTRY_ADDR ? { REGISTRY_ADDR: region.REGISTRY_ADDR } : {}),
       LOG_LEVEL: 'warn',
       ...extraEnv,
     },
