@@ -327,19 +327,29 @@ describe('dispatch', () => {
         took();
         await new Promise(() => undefined);
       },
-      { connection, lockDuration: 2000, autorun: true },
+      // Long enough that a loaded machine still renews it until the "crash" below.
+      { connection, lockDuration: 5000, autorun: true },
     );
     worker.on('error', () => undefined);
     await taken;
     connection.disconnect();
     await unregister(home);
+    let last: unknown;
     const retried = await waitFor(
       async () => {
         const r = await getRun(run.id);
+        last = r;
         return r.attempt === 2 && r.placement ? r : undefined;
       },
-      { timeoutMs: 30_000, message: 'attempt 2 is queued on another agent' },
-    );
+      { timeoutMs: 60_000, message: 'attempt 2 is queued on another agent' },
+    ).catch(async (err) => {
+      // What the dispatcher saw: the run, the lost agent's queue, the API's warnings.
+      const q = queue(home);
+      const counts = await q.getJobCounts('active', 'waiting', 'delayed', 'failed', 'completed');
+      throw new Error(
+        `${(err as Error).message}\nrun: ${JSON.stringify(last)}\nqueue ${home}: ${JSON.stringify(counts)}\napi logs: ${api.logs().slice(-4000)}`,
+      );
+    });
     expect(retried.state).toBe('queued');
     expect(retried.placement?.agentId).not.toBe(home);
     expect(retried.history?.[0]).toMatchObject({ attempt: 1, state: 'failed', reason: 'agent-lost' });
