@@ -231,9 +231,21 @@ describe('traffic through nginx to two real cells', () => {
       await scale(w, app, 'v1', 2);
       await settle((a) => a.version === 'v1', 'v1 serving');
       // A container killed with SIGKILL: nginx retries its requests on the other peer.
-      const victim = (await podsByCell())['cell-a']?.find((p) => p.includes('-v1-'));
-      expect(victim).toBeDefined();
-      process.kill(await containerPid('cell-a', victim as string), 'SIGKILL');
+      // The victim: a v1 pod of cell-a that serves now (not one still starting or terminating).
+      const pid = await waitFor(
+        async () => {
+          const list = await cells['cell-a']?.core.listNamespacedPod({ namespace: app });
+          const victim = list?.items.find(
+            (p) =>
+              p.metadata?.name?.includes('-v1-') &&
+              !p.metadata.deletionTimestamp &&
+              p.status?.containerStatuses?.every((c) => c.ready),
+          );
+          return victim ? await containerPid('cell-a', victim.metadata?.name as string) : undefined;
+        },
+        { timeoutMs: 60_000, intervalMs: 250, message: 'a serving v1 pod in cell-a' },
+      );
+      process.kill(pid, 'SIGKILL');
       const killedAt = load.samples.length;
       await waitFor(() => load.samples.length > killedAt + 500, {
         timeoutMs: 60_000,
