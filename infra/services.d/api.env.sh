@@ -11,3 +11,8 @@ if [[ ! -s $secrets/admin-password ]]; then
 fi
 echo "BERTH_ADMIN_USER=admin"
 echo "BERTH_ADMIN_PASSWORD_FILE=$secrets/admin-password"
+# The key webhook secrets are derived from (docs/builds.md): made once, kept with the other secrets.
+if [[ ! -s $secrets/build-webhook-key ]]; then
+  (umask 077 && openssl rand -hex 32 >"$secrets/build-webhook-key")
+fi
+echo "BUILD_WEBHOOK_KEY_FILE=$secrets/build-webhook-key"
