@@ -13,7 +13,7 @@
  *      BENCH_CONFIGS=1000 BENCH_RUNS=10 BENCH_MOVE_CONFIGS=10000)
  */
 import { execFileSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import type { BuildConfig, BuildRun } from '@berth/shared/builds';
@@ -65,17 +65,38 @@ async function coldVsWarm(): Promise<void> {
   let proxy: CountingGoProxy | undefined;
   let agent: Awaited<ReturnType<typeof startAgent>> | undefined;
   let image: string | undefined;
+  // Once, from the end of the run or from Ctrl-C: the agent, the proxy, the world's etcd prefix,
+  // queues, streams, images and temp dir, and the compile image.
+  let cleaning: Promise<void> | undefined;
+  const cleanup = () => {
+    cleaning ??= (async () => {
+      await agent?.service.stop();
+      await proxy?.close();
+      await world.close();
+      if (image && process.env.BENCH_KEEP_IMAGE !== '1')
+        await docker
+          .getImage(image)
+          .remove({ force: true })
+          .catch(() => undefined);
+    })();
+    return cleaning;
+  };
+  const onSignal = (signal: NodeJS.Signals) => {
+    console.error(`${signal}: cleaning up`);
+    void cleanup().finally(() => process.exit(130));
+  };
+  process.once('SIGINT', onSignal).once('SIGTERM', onSignal);
   try {
     // The modules, fetched once with the ordinary client (through the Go module proxy) into the
     // host's module cache; go.mod and go.sum are committed with the sample.
     const sampleDir = join(world.tmp, 'sample');
-    execFileSync('mkdir', ['-p', sampleDir]);
+    mkdirSync(sampleDir);
     for (const [path, text] of Object.entries(SAMPLE_FILES)) writeFileSync(join(sampleDir, path), text);
     execFileSync('go', ['mod', 'tidy'], { cwd: sampleDir, stdio: 'pipe' });
     execFileSync('go', ['mod', 'download', 'all'], { cwd: sampleDir, stdio: 'pipe' });
     const files: Record<string, string> = {};
     for (const path of [...Object.keys(SAMPLE_FILES), 'go.mod', 'go.sum'])
-      files[path] = execFileSync('cat', [join(sampleDir, path)]).toString();
+      files[path] = readFileSync(join(sampleDir, path), 'utf8');
     const modules = execFileSync('go', ['list', '-m', 'all'], { cwd: sampleDir }).toString().trim().split('\n');
 
     // The compile container sits on Docker's bridge; the proxy listens on the bridge's gateway,
@@ -159,14 +180,8 @@ async function coldVsWarm(): Promise<void> {
         (REPS > 1 ? ` (medians of ${REPS})` : ''),
     );
   } finally {
-    await agent?.service.stop();
-    await proxy?.close();
-    await world.close();
-    if (image && process.env.BENCH_KEEP_IMAGE !== '1')
-      await docker
-        .getImage(image)
-        .remove({ force: true })
-        .catch(() => undefined);
+    await cleanup();
+    process.off('SIGINT', onSignal).off('SIGTERM', onSignal);
   }
 }
 

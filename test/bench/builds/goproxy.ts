@@ -5,7 +5,7 @@
  */
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
-import { createServer, type Server } from 'node:http';
+import { createServer, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join, normalize, sep } from 'node:path';
 
@@ -53,7 +53,7 @@ export class CountingGoProxy {
     return new Promise((resolve) => this.server.close(() => resolve()));
   }
 
-  private async serve(url: string, res: import('node:http').ServerResponse): Promise<void> {
+  private async serve(url: string, res: ServerResponse): Promise<void> {
     this.counts.requests++;
     // Module paths are case-encoded (`!x` for `X`) by the client: the file tree uses the same.
     const path = normalize(decodeURIComponent(new URL(url, 'http://x').pathname));
@@ -66,7 +66,7 @@ export class CountingGoProxy {
     createReadStream(file).pipe(res);
   }
 
-  private notFound(res: import('node:http').ServerResponse): void {
+  private notFound(res: ServerResponse): void {
     // 404/410 tell the go command "not here" (it would try the next proxy; there is none).
     this.counts.notFound++;
     res.statusCode = 404;
