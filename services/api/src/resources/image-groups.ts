@@ -5,7 +5,7 @@
  * group's Owner; platform admins see and manage every group. The registry token server
  * (./registry-token.ts) reads the same records.
  */
-import { ConflictError, InputError, NotFoundError, PreconditionFailedError } from '@berth/shared/errors';
+import { ConflictError, NotFoundError } from '@berth/shared/errors';
 import {
   dnsLabelSchema,
   type ImageGroup,
@@ -19,13 +19,13 @@ import {
 import type { Op, Stored } from '@berth/shared/store';
 import { z } from 'zod';
 import type { Principal } from '../auth/principal.ts';
-import { userRecordSchema } from '../auth/records.ts';
-import { checkIfMatch, etag, ifMatchRevision } from '../http/conditional.ts';
+import { etag, ifMatchRevision } from '../http/conditional.ts';
 import { page } from '../http/paging.ts';
 import { defineRoute } from '../http/routes.ts';
 import { type Action, authorize, checkMemberChange } from '../rbac/index.ts';
 import type { RegistryClient } from '../registry/registry-client.ts';
 import { type ApiContext, now } from './context.ts';
+import { matchMember, memberRecord, ownerCount, ownerGuards, requireUser, staleMembership } from './membership.ts';
 import { listOf, listQuery, memberResponse, putMemberBody } from './schemas.ts';
 
 // ---- Request and response bodies --------------------------------------------------------------
@@ -298,20 +298,12 @@ export function imageGroupRoutes(ctx: ApiContext, registry?: RegistryClient) {
           p,
           async () => {
             const { group, role } = await loadImageGroup(ctx, p, params.group, 'manageMembers');
-            if (!(await store.get(keys.user(params.user), userRecordSchema))) {
-              throw new InputError(`no user "${params.user}"`, [{ path: 'path:user', message: 'no such user' }]);
-            }
+            await requireUser(ctx, params.user, 'path:user');
             const all = await members(params.group);
             const current = all.find((m) => m.value.user === params.user);
-            if (current) checkIfMatch(req, current.modRevision);
-            else if (wanted !== undefined) throw new PreconditionFailedError(`"${params.user}" is not a member yet`);
-            checkMemberChange(role, current?.value.role, body.role, owners(all));
-            const member: ImageGroupMember = {
-              user: params.user,
-              role: body.role,
-              addedAt: current?.value.addedAt ?? now(),
-              addedBy: current?.value.addedBy ?? p.user,
-            };
+            matchMember(req, wanted, params.user, current?.modRevision);
+            checkMemberChange(role, current?.value.role, body.role, ownerCount(all));
+            const member: ImageGroupMember = memberRecord(current, params.user, body.role, p.user, now());
             const ops: Op[] = [
               current
                 ? { op: 'update', key: current.key, value: member, modRevision: current.modRevision }
@@ -335,7 +327,7 @@ export function imageGroupRoutes(ctx: ApiContext, registry?: RegistryClient) {
               ],
               onFailed: (failed) =>
                 wanted !== undefined && failed.includes(keys.imageGroupMember(params.group, params.user))
-                  ? new PreconditionFailedError(`the membership of "${params.user}" changed; read it again`)
+                  ? staleMembership(params.user)
                   : undefined,
               result: (revision) => ({ status: 200, body: member, headers: { ETag: etag(revision) } }),
             };
@@ -364,7 +356,7 @@ export function imageGroupRoutes(ctx: ApiContext, registry?: RegistryClient) {
             const all = await members(params.group);
             const current = all.find((m) => m.value.user === params.user);
             if (!current) throw new NotFoundError(`"${params.user}" is not a member of image group "${params.group}"`);
-            checkMemberChange(role, current.value.role, undefined, owners(all));
+            checkMemberChange(role, current.value.role, undefined, ownerCount(all));
             return {
               ops: [{ op: 'delete', key: current.key, modRevision: current.modRevision }, ...ownerGuards(all, current)],
               pinned: current,
@@ -384,15 +376,4 @@ export function imageGroupRoutes(ctx: ApiContext, registry?: RegistryClient) {
         ),
     }),
   ];
-}
-
-function owners(all: Stored<ImageGroupMember>[]): number {
-  return all.filter((m) => m.value.role === 'Owner').length;
-}
-
-/** Compares on every other Owner, so two demotions cannot both leave the group without one. */
-function ownerGuards(all: Stored<ImageGroupMember>[], current: Stored<ImageGroupMember> | undefined): Op[] {
-  return all
-    .filter((m) => m.value.role === 'Owner' && m.key !== current?.key)
-    .map((m) => ({ op: 'expect', key: m.key, modRevision: m.modRevision }));
 }

@@ -1,14 +1,14 @@
 /** An app's members and roles, and transferring the app to a new owner. */
-import { InputError, NotFoundError, PreconditionFailedError } from '@berth/shared/errors';
+import { InputError, NotFoundError } from '@berth/shared/errors';
 import { type App, type Member, memberSchema } from '@berth/shared/model';
 import type { Op } from '@berth/shared/store';
-import { userRecordSchema } from '../auth/records.ts';
-import { checkIfMatch, etag, ifMatchRevision } from '../http/conditional.ts';
+import { etag, ifMatchRevision } from '../http/conditional.ts';
 import { page } from '../http/paging.ts';
 import { defineRoute } from '../http/routes.ts';
 import { checkMemberChange } from '../rbac/index.ts';
 import { loadApp } from './app-access.ts';
 import { type ApiContext, now } from './context.ts';
+import { matchMember, memberRecord, ownerCount, ownerGuards, requireUser, staleMembership } from './membership.ts';
 import { Quotas } from './quotas.ts';
 import { appParams, listOf, listQuery, memberParams, memberResponse, putMemberBody, transferBody } from './schemas.ts';
 
@@ -18,12 +18,6 @@ export function memberRoutes(ctx: ApiContext) {
 
   async function members(app: string) {
     return store.list(keys.members(app), memberSchema);
-  }
-
-  async function requireUser(name: string, path: string): Promise<void> {
-    if (!(await store.get(keys.user(name), userRecordSchema))) {
-      throw new InputError(`no user "${name}"`, [{ path, message: 'no such user' }]);
-    }
   }
 
   return [
@@ -62,27 +56,19 @@ export function memberRoutes(ctx: ApiContext) {
           p,
           async () => {
             const { app, role } = await loadApp(ctx, p, params.app, 'manageMembers');
-            await requireUser(params.user, 'path:user');
+            await requireUser(ctx, params.user, 'path:user');
             const all = await members(params.app);
             const current = all.find((m) => m.value.user === params.user);
             matchMember(req, wanted, params.user, current?.modRevision);
-            const owners = all.filter((m) => m.value.role === 'Owner').length;
-            checkMemberChange(role, current?.value.role, body.role, owners);
-            const member: Member = {
-              user: params.user,
-              role: body.role,
-              addedAt: current?.value.addedAt ?? now(),
-              addedBy: current?.value.addedBy ?? p.user,
-            };
+            checkMemberChange(role, current?.value.role, body.role, ownerCount(all));
+            const member = memberRecord(current, params.user, body.role, p.user, now());
             const ops: Op[] = [
               current
                 ? { op: 'update', key: current.key, value: member, modRevision: current.modRevision }
                 : { op: 'create', key: keys.member(params.app, params.user), value: member },
+              // The owner count must not change under us when an Owner is demoted.
+              ...ownerGuards(all, current),
             ];
-            // The owner count must not change under us when an Owner is demoted.
-            for (const o of all.filter((m) => m.value.role === 'Owner' && m.key !== current?.key)) {
-              ops.push({ op: 'expect', key: o.key, modRevision: o.modRevision });
-            }
             return {
               ops,
               pinned: current,
@@ -99,7 +85,7 @@ export function memberRoutes(ctx: ApiContext) {
               ],
               onFailed: (failed) =>
                 wanted !== undefined && failed.includes(keys.member(params.app, params.user))
-                  ? stale(params.user)
+                  ? staleMembership(params.user)
                   : undefined,
               result: (revision) => ({ status: 200, body: member, headers: { ETag: etag(revision) } }),
             };
@@ -128,11 +114,11 @@ export function memberRoutes(ctx: ApiContext) {
             const all = await members(params.app);
             const current = all.find((m) => m.value.user === params.user);
             if (!current) throw new NotFoundError(`"${params.user}" is not a member of "${params.app}"`);
-            checkMemberChange(role, current.value.role, undefined, all.filter((m) => m.value.role === 'Owner').length);
-            const ops: Op[] = [{ op: 'delete', key: current.key, modRevision: current.modRevision }];
-            for (const o of all.filter((m) => m.value.role === 'Owner' && m.key !== current.key)) {
-              ops.push({ op: 'expect', key: o.key, modRevision: o.modRevision });
-            }
+            checkMemberChange(role, current.value.role, undefined, ownerCount(all));
+            const ops: Op[] = [
+              { op: 'delete', key: current.key, modRevision: current.modRevision },
+              ...ownerGuards(all, current),
+            ];
             return {
               ops,
               pinned: current,
@@ -170,7 +156,7 @@ export function memberRoutes(ctx: ApiContext) {
           p,
           async () => {
             const { app } = await loadApp(ctx, p, params.app, 'transfer');
-            await requireUser(body.owner, '$.owner');
+            await requireUser(ctx, body.owner, '$.owner');
             if (app.value.owner === body.owner) {
               throw new InputError(`"${body.owner}" already owns "${params.app}"`, [
                 { path: '$.owner', message: 'already the owner' },
@@ -222,19 +208,4 @@ export function memberRoutes(ctx: ApiContext) {
         ),
     }),
   ];
-}
-
-function stale(user: string): PreconditionFailedError {
-  return new PreconditionFailedError(`the membership of "${user}" changed; read it again`);
-}
-
-/** If-Match on a membership: the current one's revision, and 412 for any ETag when there is none yet. */
-function matchMember(
-  req: Parameters<typeof checkIfMatch>[0],
-  wanted: number | undefined,
-  user: string,
-  current: number | undefined,
-) {
-  if (current !== undefined) checkIfMatch(req, current);
-  else if (wanted !== undefined) throw new PreconditionFailedError(`"${user}" is not a member yet`);
 }
