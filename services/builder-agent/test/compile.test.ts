@@ -47,6 +47,19 @@ const CACHE_SCRIPT = [
   'cat src.txt > out.txt',
 ].join('\n');
 
+/** Until the run's log holds `text` (a step's line, e.g. `[compile] started`). */
+async function logged(runId: string, text: string): Promise<void> {
+  await waitFor(async () => logText(await readLog(world, runId)).includes(text), {
+    timeoutMs: 30_000,
+    message: `"${text}" in the log`,
+  });
+}
+
+/** What the API sends to cancel an active run: `{runId, attempt}` on the agent's cancel subject. */
+function cancel(runId: string, attempt = 1): void {
+  world.nats.connection.publish(builderCancelSubject(world.subjectRoot, agent.id), JSON.stringify({ runId, attempt }));
+}
+
 async function compileContainers(runId: string) {
   return (await docker.listContainers({ all: true, filters: { label: ['berth.build'] } })).filter((c) =>
     c.Labels['berth.build']?.includes(runId),
@@ -114,15 +127,9 @@ describe('the compile step', () => {
       compile: { image: shell, script: 'echo started; sleep 120' },
     });
     const queued = await queueRun(world, config, agent.id);
-    await waitFor(async () => logText(await readLog(world, queued.id)).includes('[compile] started'), {
-      timeoutMs: 30_000,
-      message: 'compile started',
-    });
+    await logged(queued.id, '[compile] started');
     const started = Date.now();
-    world.nats.connection.publish(
-      builderCancelSubject(world.subjectRoot, agent.id),
-      JSON.stringify({ runId: queued.id, attempt: 1 }),
-    );
+    cancel(queued.id);
     const run = await waitForState(world, queued.id, ['cancelled', 'failed', 'succeeded'], 15_000);
     expect(Date.now() - started).toBeLessThan(10_000);
     expect(run.state).toBe('cancelled');
@@ -138,13 +145,8 @@ describe('the compile step', () => {
       compile: { image: shell, script: 'echo started; sleep 1; cat src.txt > out.txt' },
     });
     const queued = await queueRun(world, config, agent.id);
-    await waitFor(async () => logText(await readLog(world, queued.id)).includes('[compile] started'), {
-      timeoutMs: 30_000,
-    });
-    world.nats.connection.publish(
-      builderCancelSubject(world.subjectRoot, agent.id),
-      JSON.stringify({ runId: queued.id, attempt: 7 }),
-    );
+    await logged(queued.id, '[compile] started');
+    cancel(queued.id, 7);
     expect((await waitForState(world, queued.id, ['cancelled', 'failed', 'succeeded'])).state).toBe('succeeded');
   });
 
@@ -155,9 +157,7 @@ describe('the compile step', () => {
       compile: { image: shell, script: 'echo started; sleep 120' },
     });
     const queued = await queueRun(world, config, agent.id);
-    await waitFor(async () => logText(await readLog(world, queued.id)).includes('[compile] started'), {
-      timeoutMs: 30_000,
-    });
+    await logged(queued.id, '[compile] started');
     // The API re-queues the run as attempt 2 (to another agent, say) while attempt 1 runs here.
     const current = await getRun(world, queued.id);
     const attempt2 = {
@@ -216,15 +216,9 @@ describe('the compile step', () => {
     const repo = gitRepo(world, { Dockerfile: `FROM ${shell}\nRUN echo building && sleep 120\n` });
     const config = await putConfig(world, { git: { url: repo.url, branch: 'main' } });
     const queued = await queueRun(world, config, agent.id);
-    await waitFor(async () => logText(await readLog(world, queued.id)).includes('[build] building'), {
-      timeoutMs: 30_000,
-      message: 'RUN started',
-    });
+    await logged(queued.id, '[build] building');
     const started = Date.now();
-    world.nats.connection.publish(
-      builderCancelSubject(world.subjectRoot, agent.id),
-      JSON.stringify({ runId: queued.id, attempt: 1 }),
-    );
+    cancel(queued.id);
     const run = await waitForState(world, queued.id, ['cancelled', 'failed', 'succeeded'], 15_000);
     expect(run.state).toBe('cancelled');
     expect(Date.now() - started).toBeLessThan(10_000);
@@ -247,9 +241,7 @@ describe('the compile step', () => {
       compile: { image: shell, script: 'echo started; sleep 120' },
     });
     const queued = await queueRun(world, config, short.id);
-    await waitFor(async () => logText(await readLog(world, queued.id)).includes('[compile] started'), {
-      timeoutMs: 30_000,
-    });
+    await logged(queued.id, '[compile] started');
     await short.service.stop();
     const run = await getRun(world, queued.id);
     expect(run.state).toBe('failed');
