@@ -13,14 +13,13 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { defaultBuilderId } from '../src/env.ts';
 import {
   gitRepo,
-  logText,
   openWorld,
   putConfig,
   queueRun,
-  readLog,
   shellImage,
   type World,
   waitForState,
+  waitLogged,
 } from './harness.ts';
 
 type AgentProcess = { id: string; dataDir: string; port: number; child: ChildProcess; output: () => string };
@@ -138,9 +137,7 @@ describe('three agents as processes', () => {
       compile: { image: shell, script: 'echo started; sleep 3; cat src.txt > out.txt' },
     });
     const run = await queueRun(world, config, agent.id);
-    await waitFor(async () => logText(await readLog(world, run.id)).includes('[compile] started'), {
-      timeoutMs: 30_000,
-    });
+    await waitLogged(world, run.id, '[compile] started');
     agent.child.kill('SIGTERM');
     await waitFor(async () => (await registrations()).get(agent.id)?.draining === true, {
       timeoutMs: 5000,

@@ -15,6 +15,7 @@ import {
   startAgent,
   type World,
   waitForState,
+  waitLogged,
 } from './harness.ts';
 
 let world: World;
@@ -46,14 +47,6 @@ const CACHE_SCRIPT = [
   'if [ -f "$HOME/.m2/dep.jar" ]; then echo "dependency from cache"; else echo "downloading dependency"; mkdir -p "$HOME/.m2"; echo jar > "$HOME/.m2/dep.jar"; fi',
   'cat src.txt > out.txt',
 ].join('\n');
-
-/** Until the run's log holds `text` (a step's line, e.g. `[compile] started`). */
-async function logged(runId: string, text: string): Promise<void> {
-  await waitFor(async () => logText(await readLog(world, runId)).includes(text), {
-    timeoutMs: 30_000,
-    message: `"${text}" in the log`,
-  });
-}
 
 /** What the API sends to cancel an active run: `{runId, attempt}` on the agent's cancel subject. */
 function cancel(runId: string, attempt = 1): void {
@@ -127,7 +120,7 @@ describe('the compile step', () => {
       compile: { image: shell, script: 'echo started; sleep 120' },
     });
     const queued = await queueRun(world, config, agent.id);
-    await logged(queued.id, '[compile] started');
+    await waitLogged(world, queued.id, '[compile] started');
     const started = Date.now();
     cancel(queued.id);
     const run = await waitForState(world, queued.id, ['cancelled', 'failed', 'succeeded'], 15_000);
@@ -145,7 +138,7 @@ describe('the compile step', () => {
       compile: { image: shell, script: 'echo started; sleep 1; cat src.txt > out.txt' },
     });
     const queued = await queueRun(world, config, agent.id);
-    await logged(queued.id, '[compile] started');
+    await waitLogged(world, queued.id, '[compile] started');
     cancel(queued.id, 7);
     expect((await waitForState(world, queued.id, ['cancelled', 'failed', 'succeeded'])).state).toBe('succeeded');
   });
@@ -157,7 +150,7 @@ describe('the compile step', () => {
       compile: { image: shell, script: 'echo started; sleep 120' },
     });
     const queued = await queueRun(world, config, agent.id);
-    await logged(queued.id, '[compile] started');
+    await waitLogged(world, queued.id, '[compile] started');
     // The API re-queues the run as attempt 2 (to another agent, say) while attempt 1 runs here.
     const current = await getRun(world, queued.id);
     const attempt2 = {
@@ -174,9 +167,7 @@ describe('the compile step', () => {
       timeoutMs: 15_000,
       message: 'attempt 1 stopped',
     });
-    await waitFor(async () => logText(await readLog(world, queued.id)).includes('stopped: the run is at attempt 2'), {
-      timeoutMs: 5000,
-    });
+    await waitLogged(world, queued.id, 'stopped: the run is at attempt 2', 5000);
     const after = await getRun(world, queued.id);
     expect(after).toEqual(attempt2);
 
@@ -216,7 +207,7 @@ describe('the compile step', () => {
     const repo = gitRepo(world, { Dockerfile: `FROM ${shell}\nRUN echo building && sleep 120\n` });
     const config = await putConfig(world, { git: { url: repo.url, branch: 'main' } });
     const queued = await queueRun(world, config, agent.id);
-    await logged(queued.id, '[build] building');
+    await waitLogged(world, queued.id, '[build] building');
     const started = Date.now();
     cancel(queued.id);
     const run = await waitForState(world, queued.id, ['cancelled', 'failed', 'succeeded'], 15_000);
@@ -241,7 +232,7 @@ describe('the compile step', () => {
       compile: { image: shell, script: 'echo started; sleep 120' },
     });
     const queued = await queueRun(world, config, short.id);
-    await logged(queued.id, '[compile] started');
+    await waitLogged(world, queued.id, '[compile] started');
     await short.service.stop();
     const run = await getRun(world, queued.id);
     expect(run.state).toBe('failed');

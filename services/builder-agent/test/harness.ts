@@ -295,6 +295,14 @@ export function logText(batches: BuildLogBatch[]): string {
   return batches.flatMap((b) => b.lines.map((l) => `[${b.step}] ${l.text}`)).join('\n');
 }
 
+/** Until the run's log holds `text` (a step's line, e.g. `[compile] started`). */
+export async function waitLogged(world: World, runId: string, text: string, timeoutMs = 30_000): Promise<void> {
+  await waitFor(async () => logText(await readLog(world, runId)).includes(text), {
+    timeoutMs,
+    message: `"${text}" in the log`,
+  });
+}
+
 export const js = (world: World): JetStreamClient => world.nats.js;
 
 /** A tiny shell image built FROM scratch around Debian's busybox-static (no pulls here). */

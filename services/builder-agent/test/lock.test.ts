@@ -18,6 +18,7 @@ import {
   shellImage,
   startAgent,
   type World,
+  waitLogged,
 } from './harness.ts';
 
 let world: World;
@@ -42,9 +43,7 @@ test('a lost job lock stops the build here and writes nothing for that attempt',
     compile: { image: shell, script: 'echo started; sleep 120' },
   });
   const queued = await queueRun(world, config, agent.id);
-  await waitFor(async () => logText(await readLog(world, queued.id)).includes('[compile] started'), {
-    timeoutMs: 30_000,
-  });
+  await waitLogged(world, queued.id, '[compile] started');
   const before = await getRun(world, queued.id);
   expect(before.state).toBe('compiling');
 
