@@ -147,6 +147,9 @@ start_nginx() {
     --listen 127.0.0.1:8080 --pid "$BERTH_RUN_DIR/nginx.own.pid" --error-log "$BERTH_LOG_DIR/nginx-error.log" \
     --access-log "$BERTH_LOG_DIR/nginx-access.log" "${user[@]}" >/dev/null || die "cannot write nginx's main config"
   is_running nginx && return 0
+  # A socket left by an nginx that was killed (a reboot, an ended session) makes the next one
+  # fail to bind; no nginx of ours runs now, so it is nobody's.
+  rm -f "$NGINX_PREFIX/run/control.sock"
   nginx -t -p "$NGINX_PREFIX" -c "$NGINX_PREFIX/nginx.conf" >"$(logfile nginx-test)" 2>&1 ||
     die "nginx config test failed; see $(logfile nginx-test)"
   start_daemon nginx nginx -p "$NGINX_PREFIX" -c "$NGINX_PREFIX/nginx.conf" || true
