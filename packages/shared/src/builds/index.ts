@@ -13,6 +13,10 @@
  * - Logs: JetStream subject `{root}.builds.{runId}.log` (`EventSubjects.buildLog`), messages
  *   `BuildLogBatch`; cancelling an active run: NATS `{root}.agents.{agentId}.cancel` with
  *   `{runId, attempt}`.
+ * - Clearing a config's cache: a NATS request on `{root}.agents.clear-cache` (`ClearCacheRequest`)
+ *   that every agent hears (a config's cache may be on several: spills and rehomes); each answers
+ *   `ClearCacheReply`, and the API gathers the answers of the live agents.
+ * - Pushing: a one-run robot credential (`@berth/shared/registry`, `runPushCredential`).
  */
 import { z } from 'zod';
 import { dnsLabelSchema, userNameSchema } from '../model/index.ts';
@@ -208,6 +212,23 @@ export function buildQueueName(region: string, agentId: string): string {
 export function builderCancelSubject(root: string, agentId: string): string {
   return `${root}.agents.${agentId}.cancel`;
 }
+
+/** NATS subject on which every agent hears "drop the cache of this config" (a request). */
+export function builderClearCacheSubject(root: string): string {
+  return `${root}.agents.clear-cache`;
+}
+
+export const clearCacheRequestSchema = z.object({ configId: z.string().min(1).max(64), by: z.string().max(253) });
+export type ClearCacheRequest = z.infer<typeof clearCacheRequestSchema>;
+
+export const clearCacheReplySchema = z.object({
+  agentId: z.string().min(1).max(128),
+  /** Bytes the config's cache held on that agent (0: it had none). */
+  freedBytes: z.number().int().min(0),
+  /** True when a build of the config holds the cache now: it is dropped when that build ends. */
+  deferred: z.boolean(),
+});
+export type ClearCacheReply = z.infer<typeof clearCacheReplySchema>;
 
 /** The dispatch key of a config: its id (one cache per config, so one home per config). */
 export function dispatchKey(config: Pick<BuildConfig, 'id'>): string {
