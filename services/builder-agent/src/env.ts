@@ -13,6 +13,7 @@ import {
   secret,
   serviceEnv,
 } from '@berth/shared/config';
+import { robotKeySchema } from '@berth/shared/registry';
 import { z } from 'zod';
 
 const DEFAULT_DATA_DIR = '.local/data/builder';
@@ -132,7 +133,12 @@ export const builderAgentEnv = z
       .default('127.0.0.1:5000'),
     /** http for a registry on loopback (the default), https otherwise. */
     REGISTRY_SCHEME: z.enum(['http', 'https']).optional(),
-    /** A robot credential for pushes; none while the region's registry has no auth. */
+    /**
+     * This agent's robot key (`deriveAgentKey(master, BUILDER_ID)`, 64+ hex digits): each run
+     * pushes with its own credential `build@{runId}.{attempt}` derived from it. Or `_FILE`.
+     */
+    BUILDER_REGISTRY_KEY: secret(robotKeySchema.optional()),
+    /** A static credential for pushes instead (a registry with plain users); none while the registry has no auth. */
     REGISTRY_USERNAME: z.string().min(1).optional(),
     REGISTRY_PASSWORD: secret(z.string().min(1).optional()),
     /** Docker Engine API socket or URL (`unix:///…`, `tcp://…`); default /var/run/docker.sock. */
@@ -143,6 +149,13 @@ export const builderAgentEnv = z
   .superRefine((c, ctx) => {
     if (c.REGISTRY_USERNAME && !c.REGISTRY_PASSWORD) {
       ctx.addIssue({ code: 'custom', path: ['REGISTRY_PASSWORD'], message: 'required with REGISTRY_USERNAME' });
+    }
+    if (c.BUILDER_REGISTRY_KEY && (c.REGISTRY_USERNAME || c.REGISTRY_PASSWORD)) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['BUILDER_REGISTRY_KEY'],
+        message: 'either BUILDER_REGISTRY_KEY or REGISTRY_USERNAME/REGISTRY_PASSWORD, not both',
+      });
     }
     if (c.BUILDER_LOCK_DURATION < 5000) {
       ctx.addIssue({ code: 'custom', path: ['BUILDER_LOCK_DURATION'], message: 'at least 5s' });

@@ -13,6 +13,7 @@ import { BuilderRegistrar } from './registration/registrar.ts';
 import { BuildRunner } from './runs/build-runner.ts';
 import { createDocker, DockerImageBuilder } from './steps/docker.ts';
 import { GitMirrors } from './steps/git.ts';
+import { pushCredentials } from './steps/push-credentials.ts';
 import { RegistryClient } from './steps/registry.ts';
 import { BuildWorker } from './worker.ts';
 
@@ -72,13 +73,13 @@ export class BuilderAgentService {
       budgetBytes: config.BUILDER_CACHE_BUDGET,
       logger: log,
     });
-    const registryAuth = config.REGISTRY_USERNAME
-      ? {
-          username: config.REGISTRY_USERNAME,
-          password: config.REGISTRY_PASSWORD ?? '',
-          serveraddress: config.REGISTRY_ADDR,
-        }
-      : undefined;
+    // One credential per attempt of a run with the agent's robot key, else the static one.
+    const registryAuth = pushCredentials({
+      registryAddr: config.REGISTRY_ADDR,
+      agentKey: config.BUILDER_REGISTRY_KEY,
+      username: config.REGISTRY_USERNAME,
+      password: config.REGISTRY_PASSWORD,
+    });
 
     const m = metrics(runtime, cache);
     const runner = new BuildRunner({
@@ -90,10 +91,7 @@ export class BuilderAgentService {
       subjects,
       git: new GitMirrors({ dir: join(dataDir, 'mirrors') }),
       docker,
-      registry: new RegistryClient({
-        baseUrl: `${config.registryScheme}://${config.REGISTRY_ADDR}`,
-        credential: registryAuth,
-      }),
+      registry: new RegistryClient({ baseUrl: `${config.registryScheme}://${config.REGISTRY_ADDR}` }),
       cache,
       dataDir,
       registryAddr: config.REGISTRY_ADDR,

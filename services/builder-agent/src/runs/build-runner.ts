@@ -25,8 +25,9 @@ import type { EventsComponent, JetStreamClient } from '@berth/shared/nats';
 import type { Store } from '@berth/shared/store';
 import type { BuildCache } from '../cache/build-cache.ts';
 import { BuildLog } from '../logs/build-log.ts';
-import type { DockerImageBuilder, RegistryAuth } from '../steps/docker.ts';
+import type { DockerImageBuilder } from '../steps/docker.ts';
 import { credentialMasks, type GitCredential, type GitMirrors } from '../steps/git.ts';
+import type { PushCredentials } from '../steps/push-credentials.ts';
 import type { RegistryClient } from '../steps/registry.ts';
 import { finish, RunRecord, runEvent, StaleAttemptError } from './run-store.ts';
 
@@ -58,7 +59,8 @@ export type BuildRunnerOptions = {
   cache: BuildCache;
   dataDir: string;
   registryAddr: string;
-  registryAuth?: RegistryAuth | undefined;
+  /** The registry credential of one attempt of a run (push, compile image pull, confirm). */
+  registryAuth: PushCredentials;
   credentialsDir?: string | undefined;
   timeouts: StepTimeouts;
   agentId: string;
@@ -129,13 +131,14 @@ export class BuildRunner {
     if ('stale' in loaded) return { result: 'stale', why: loaded.stale };
     const { record, config } = loaded;
     const log = this.#o.logger.child({ runId, attempt });
+    const registryAuth = this.#o.registryAuth(runId, attempt);
     const buildLog = new BuildLog({
       js: this.#o.js(),
       subjects: this.#o.subjects,
       runId,
       attempt,
       logger: log,
-      masks: this.#o.registryAuth ? [this.#o.registryAuth.password] : [],
+      masks: registryAuth ? [registryAuth.password] : [],
       ...(this.#o.logFlushMs ? { flushMs: this.#o.logFlushMs } : {}),
     });
     const workspace = join(this.#o.dataDir, 'workspaces', `${runId}-${attempt}`);
@@ -224,7 +227,7 @@ export class BuildRunner {
         await this.#step(record, buildLog, 'compile', signal, async (s) => {
           buildLog.system(`compile in ${compile.image} (cache ${config.cache ? (cache.hit ? 'hit' : 'cold') : 'off'})`);
           const output = (stream: 'stdout' | 'stderr' | 'system', text: string) => buildLog.write(stream, text);
-          await this.#o.docker.ensureImage(compile.image, output, s, this.#o.registryAuth);
+          await this.#o.docker.ensureImage(compile.image, output, s, registryAuth);
           await this.#o.docker.compile({
             image: compile.image,
             script: compile.script,
@@ -272,11 +275,11 @@ export class BuildRunner {
         const digest = await this.#o.docker.push({
           repository,
           tag,
-          auth: this.#o.registryAuth,
+          auth: registryAuth,
           output: (stream, text) => buildLog.write(stream, text),
           signal: s,
         });
-        await this.#o.registry.confirmManifest(config.target, digest, s);
+        await this.#o.registry.confirmManifest(config.target, digest, s, registryAuth);
         buildLog.system(`confirmed ${config.target}@${digest} in the registry`);
         await record.update({
           apply: (r) => {

@@ -63,4 +63,12 @@ describe('confirming a pushed manifest by digest', () => {
     expect(token?.url).toContain('scope=repository%3Ateam%2Fprivate%3Apull');
     expect(token?.auth).toBe(`Basic ${Buffer.from('run:1:pw').toString('base64')}`);
   });
+
+  test("a run's own credential, given per call, is what asks for the token", async () => {
+    const client = new RegistryClient({ baseUrl: base });
+    const run = { username: 'build@abcdef0123456789abcd.2', password: 'pw2' };
+    await client.confirmManifest('team/private', DIGEST, AbortSignal.timeout(5000), run);
+    const token = seen.filter((s) => s.url.startsWith('/token')).at(-1);
+    expect(token?.auth).toBe(`Basic ${Buffer.from(`${run.username}:pw2`).toString('base64')}`);
+  });
 });

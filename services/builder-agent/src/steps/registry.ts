@@ -2,7 +2,8 @@
  * Confirms a pushed manifest in the registry by its digest (the run succeeds on the registry's
  * word, never on the push command's alone): `HEAD /v2/<repo>/manifests/<digest>` with the Accept
  * headers of Docker v2 and OCI manifests and indexes. A 401 with a Bearer challenge is answered
- * with a token from the challenge's realm (Basic credentials when a robot credential is set).
+ * with a token from the challenge's realm (Basic credentials when a robot credential is set: the
+ * run's own, given per call, or the client's).
  */
 import { BerthError } from '@berth/shared/errors';
 
@@ -19,10 +20,13 @@ export const MANIFEST_ACCEPT = [
   'application/vnd.oci.image.index.v1+json',
 ].join(', ');
 
+export type RegistryCredential = { username: string; password: string };
+
 export type RegistryClientOptions = {
   /** `http://127.0.0.1:5000` */
   baseUrl: string;
-  credential?: { username: string; password: string } | undefined;
+  /** Used when a call names none. */
+  credential?: RegistryCredential | undefined;
 };
 
 export class RegistryClient {
@@ -33,11 +37,16 @@ export class RegistryClient {
   }
 
   /** Resolves when the registry holds `repository@digest`; rejects with what it answered. */
-  async confirmManifest(repository: string, digest: string, signal: AbortSignal): Promise<void> {
+  async confirmManifest(
+    repository: string,
+    digest: string,
+    signal: AbortSignal,
+    credential: RegistryCredential | undefined = this.#o.credential,
+  ): Promise<void> {
     const url = `${this.#o.baseUrl}/v2/${repository}/manifests/${digest}`;
     let res = await fetch(url, { method: 'HEAD', headers: { Accept: MANIFEST_ACCEPT }, signal });
     if (res.status === 401) {
-      const token = await this.#token(res.headers.get('www-authenticate'), repository, signal);
+      const token = await this.#token(res.headers.get('www-authenticate'), repository, signal, credential);
       if (token) {
         res = await fetch(url, {
           method: 'HEAD',
@@ -55,7 +64,12 @@ export class RegistryClient {
     }
   }
 
-  async #token(challenge: string | null, repository: string, signal: AbortSignal): Promise<string | undefined> {
+  async #token(
+    challenge: string | null,
+    repository: string,
+    signal: AbortSignal,
+    c: RegistryCredential | undefined,
+  ): Promise<string | undefined> {
     if (!challenge?.startsWith('Bearer ')) return undefined;
     const params = Object.fromEntries(
       [...challenge.slice(7).matchAll(/(\w+)="([^"]*)"/g)].map((m) => [m[1] as string, m[2] as string]),
@@ -64,7 +78,6 @@ export class RegistryClient {
     const url = new URL(params.realm);
     if (params.service) url.searchParams.set('service', params.service);
     url.searchParams.append('scope', params.scope ?? `repository:${repository}:pull`);
-    const c = this.#o.credential;
     const res = await fetch(url, {
       signal,
       headers: c ? { Authorization: `Basic ${Buffer.from(`${c.username}:${c.password}`).toString('base64')}` } : {},
