@@ -7,8 +7,10 @@ import {
   etcdEnv,
   eventsEnv,
   natsEnv,
+  secret,
   serviceEnv,
 } from '@berth/shared/config';
+import { robotKeySchema } from '@berth/shared/registry';
 import { z } from 'zod';
 
 export const schedulerEnv = z.object({
@@ -24,6 +26,12 @@ export const schedulerEnv = z.object({
   LEADER_TTL_SECONDS: envInt(10, { min: 2, max: 120 }),
   /** The registry the cells pull from: images are `<REGISTRY_ADDR>/<app image>:<tag>`. */
   REGISTRY_ADDR: z.string().min(1).default('127.0.0.1:5000'),
+  /**
+   * The cells key (derived from the registry's robot master key, docs/registry.md): when set, each
+   * app namespace gets a pull Secret with its cell's credential and every pod pulls with it.
+   * Unset: no Secret, pods pull anonymously. `REGISTRY_PULL_KEY_FILE` reads it from a file.
+   */
+  REGISTRY_PULL_KEY: secret(robotKeySchema.optional()),
   /** A cell unreachable this long has its replicas placed elsewhere. */
   FAILOVER_GRACE: envDuration('60s'),
   /** A cell back from an outage must stay reachable this long before replicas move back to it. */

@@ -50,6 +50,7 @@ export class SchedulerService {
       region: config.BERTH_REGION,
       kubeconfigDir: resolve(config.KUBECONFIG_DIR),
       registry: config.REGISTRY_ADDR,
+      pullKey: config.REGISTRY_PULL_KEY,
       preStopDelaySeconds: config.PRESTOP_DELAY_SECONDS,
       failoverGraceMs: config.FAILOVER_GRACE,
       recoveryHoldMs: config.RECOVERY_HOLD,

@@ -150,4 +150,19 @@ describe('CellWriter', () => {
     expect(f.calls).toEqual(['delete Deployment/shop/shop-v1']);
     expect(w.limiter('c1').inflight).toBe(0);
   });
+
+  it('leaves an unchanged pull Secret alone and puts back one whose data was edited in the cell', async () => {
+    const secret = (data: string): KubernetesObject & { data: Record<string, string> } => ({
+      apiVersion: 'v1',
+      kind: 'Secret',
+      metadata: { name: 'berth-registry', namespace: 'shop', labels: ours, annotations: { [SPEC_HASH]: 'h1' } },
+      data: { '.dockerconfigjson': data },
+    });
+    const f = fakeCell();
+    const w = writer();
+    expect(await w.ensure(f.cell, secret('ours'), secret('ours'))).toBe(false);
+    expect(f.calls).toEqual([]);
+    expect(await w.ensure(f.cell, secret('ours'), secret('edited'))).toBe(true);
+    expect(f.calls).toEqual(['apply Secret/shop/berth-registry', 'applied Secret/shop/berth-registry']);
+  });
 });

@@ -181,9 +181,21 @@ function replicasOf(obj: KubernetesObject): number | undefined {
   return (obj as { spec?: { replicas?: number } }).spec?.replicas;
 }
 
-/** The cell's object carries the spec hash Berth wants (and, for a Deployment, its replicas). */
+function dataOf(obj: KubernetesObject): string | undefined {
+  const data = (obj as { data?: Record<string, string> }).data;
+  return data === undefined ? undefined : JSON.stringify(Object.entries(data).sort(([a], [b]) => (a < b ? -1 : 1)));
+}
+
+/**
+ * The cell's object carries the spec hash Berth wants (and, for a Deployment, its replicas; for a
+ * Secret, its data: one edited in the cell under Berth's hash is put back).
+ */
 function sameObject(existing: KubernetesObject, desired: KubernetesObject, signature: string): boolean {
-  return hashOf(existing) === signature && replicasOf(existing) === replicasOf(desired);
+  return (
+    hashOf(existing) === signature &&
+    replicasOf(existing) === replicasOf(desired) &&
+    (desired.kind !== 'Secret' || dataOf(existing) === dataOf(desired))
+  );
 }
 
 /** The limiter's per-object key: namespace/kind/name. */

@@ -5,7 +5,7 @@
  * the per-call agent) and gives every call a deadline, so an API server that stops answering shows
  * up as a timeout the write limiter can react to instead of a write that hangs forever.
  *
- * Server-side applies of the kinds the scheduler keeps (Namespace, Service, Deployment) skip
+ * Server-side applies of the kinds the scheduler keeps (Namespace, Secret, Service, Deployment) skip
  * client-node's request path: it re-derived the TLS options, built an agent it threw away, and
  * serialized and deserialized every object through its model classes, which made the applies the
  * largest part of the scheduler's CPU. `apply` sends the object's JSON (JSON is YAML) as an
@@ -28,6 +28,7 @@ import {
 /** The API path of each kind the scheduler applies (namespaced unless said otherwise). */
 const RESOURCES: Record<string, { group: string; plural: string; clusterScoped?: boolean }> = {
   'v1/Namespace': { group: '/api/v1', plural: 'namespaces', clusterScoped: true },
+  'v1/Secret': { group: '/api/v1', plural: 'secrets' },
   'v1/Service': { group: '/api/v1', plural: 'services' },
   'apps/v1/Deployment': { group: '/apis/apps/v1', plural: 'deployments' },
 };

@@ -1,6 +1,9 @@
-import { type App, appSchema, type Version, versionSchema } from '@berth/shared/model';
+import { scrubSecrets } from '@berth/shared/logging';
+import { type App, appSchema, LABELS, MANAGED_BY, type Version, versionSchema } from '@berth/shared/model';
+import { cellPullCredential, robotKeySchema } from '@berth/shared/registry';
 import { describe, expect, it } from 'vitest';
-import { deploymentFor, hashOf, namespaceFor, serviceFor } from './manifests.ts';
+import { deploymentFor, hashOf, type ManifestOptions, namespaceFor, pullSecretFor, serviceFor } from './manifests.ts';
+import { CellPullCredentials } from './pull-secret.ts';
 
 const at = new Date(0).toISOString();
 const app: App = appSchema.parse({
@@ -73,5 +76,72 @@ describe('the objects of an unchanged app', () => {
     expect(serviceFor(app)).toBe(serviceFor(app));
     // The same content built from other objects hashes the same: no write for a mere re-read.
     expect(hashOf(deploymentFor({ ...app }, { ...v }, 2, options))).toBe(hashOf(first));
+  });
+});
+
+describe('the registry pull Secret', () => {
+  const cellsKey = robotKeySchema.parse('5a'.repeat(32));
+  const withKey = (key: Buffer): ManifestOptions => ({
+    registry: 'registry.local:5000',
+    preStopDelaySeconds: 0,
+    pull: new CellPullCredentials({ cellsKey: key, region: 'eu-1', registry: 'registry.local:5000' }),
+  });
+  const decode = (secret: ReturnType<typeof pullSecretFor>) =>
+    JSON.parse(Buffer.from(secret?.data?.['.dockerconfigjson'] ?? '', 'base64').toString('utf8')) as {
+      auths: Record<string, { username: string; password: string; auth: string }>;
+    };
+
+  it("holds each cell's own credential for the registry, as a dockerconfigjson Secret Berth owns", () => {
+    const options = withKey(cellsKey);
+    for (const cell of ['cell-a', 'cell-b']) {
+      const secret = pullSecretFor(app, cell, options);
+      expect(secret).toMatchObject({
+        apiVersion: 'v1',
+        kind: 'Secret',
+        type: 'kubernetes.io/dockerconfigjson',
+        metadata: { name: 'berth-registry', namespace: 'shop', labels: { [LABELS.managedBy]: MANAGED_BY } },
+      });
+      const expected = cellPullCredential(cellsKey, 'eu-1', cell);
+      const { auths } = decode(secret);
+      expect(Object.keys(auths)).toEqual(['registry.local:5000']);
+      expect(auths['registry.local:5000']).toMatchObject(expected);
+      expect(expected.username).toBe(`cell@eu-1/${cell}`);
+      const auth = Buffer.from(auths['registry.local:5000']?.auth ?? '', 'base64').toString('utf8');
+      expect(auth).toBe(`${expected.username}:${expected.password}`);
+    }
+    expect(decode(pullSecretFor(app, 'cell-a', options))).not.toEqual(decode(pullSecretFor(app, 'cell-b', options)));
+  });
+
+  it('makes every pod pull with it when the key is set, and neither exists without the key', () => {
+    const v = version({ port: 8080 });
+    const without = { registry: 'registry.local:5000', preStopDelaySeconds: 0 };
+    expect(pullSecretFor(app, 'cell-a', without)).toBeUndefined();
+    const plain = deploymentFor(app, v, 2, without);
+    expect(plain.spec?.template.spec?.imagePullSecrets).toBeUndefined();
+    const pulling = deploymentFor(app, v, 2, withKey(cellsKey));
+    expect(pulling.spec?.template.spec?.imagePullSecrets).toEqual([{ name: 'berth-registry' }]);
+    // Setting the key is a change of the Deployment (its hash), so it is written.
+    expect(hashOf(pulling)).not.toBe(hashOf(plain));
+  });
+
+  it('a rotated key changes the Secret, not the Deployments (no rollout)', () => {
+    const v = version({ port: 8080 });
+    const before = withKey(cellsKey);
+    const after = withKey(robotKeySchema.parse('a5'.repeat(32)));
+    expect(hashOf(pullSecretFor(app, 'cell-a', after))).not.toBe(hashOf(pullSecretFor(app, 'cell-a', before)));
+    expect(hashOf(deploymentFor(app, v, 2, after))).toBe(hashOf(deploymentFor(app, v, 2, before)));
+    // An unchanged key builds the same Secret: no write on a mere reconcile.
+    expect(hashOf(pullSecretFor({ ...app }, 'cell-a', withKey(cellsKey)))).toBe(
+      hashOf(pullSecretFor(app, 'cell-a', before)),
+    );
+  });
+
+  it('never shows the password in a log line', () => {
+    const secret = pullSecretFor(app, 'cell-a', withKey(cellsKey));
+    const { password, auth } = decode(secret).auths['registry.local:5000'] ?? { password: '', auth: '' };
+    const line = scrubSecrets(`apply failed: ${password} ${auth} ${secret?.data?.['.dockerconfigjson']}`);
+    expect(line).not.toContain(password);
+    expect(line).not.toContain(auth);
+    expect(line).toBe('apply failed: [redacted] [redacted] [redacted]');
   });
 });

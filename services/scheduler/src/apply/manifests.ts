@@ -1,16 +1,23 @@
 /**
  * The objects Berth keeps in a cell for an app: its Namespace, one Service selecting the app's
- * label (every version behind it shares the traffic), and one Deployment per version. Each carries
+ * label (every version behind it shares the traffic), one Deployment per version, and, when the
+ * scheduler holds the cells key, the Secret its pods pull their images with. Each carries
  * Berth's labels and a hash of what Berth wants of it, so an unchanged object is never written
  * again (a restarted scheduler on a converged region writes nothing).
  */
 import { createHash } from 'node:crypto';
 import { type App, deploymentName, LABELS, MANAGED_BY, type Version } from '@berth/shared/model';
-import type { KubernetesObject, V1Deployment, V1Namespace, V1Service } from '@kubernetes/client-node';
+import type { KubernetesObject, V1Deployment, V1Namespace, V1Secret, V1Service } from '@kubernetes/client-node';
+import { PULL_SECRET, type PullCredentials } from './pull-secret.ts';
 
 export const SPEC_HASH = 'berth.dev/spec-hash';
 
-export type ManifestOptions = { registry: string; preStopDelaySeconds: number };
+export type ManifestOptions = {
+  registry: string;
+  preStopDelaySeconds: number;
+  /** Set: every app namespace gets the pull Secret of its cell, and every pod pulls with it. */
+  pull?: PullCredentials;
+};
 
 function labels(app: App, version?: string): Record<string, string> {
   return {
@@ -40,6 +47,7 @@ export function hashOf(obj: KubernetesObject | undefined): string | undefined {
  */
 const namespaces = new WeakMap<App, V1Namespace>();
 const services = new WeakMap<App, V1Service>();
+const pullSecrets = new WeakMap<App, { options: ManifestOptions; byCell: Map<string, V1Secret> }>();
 const deployments = new WeakMap<
   Version,
   { app: App; options: ManifestOptions; byReplicas: Map<number, V1Deployment> }
@@ -60,6 +68,23 @@ export function namespaceFor(app: App): V1Namespace {
 
 export function serviceFor(app: App): V1Service {
   return remembered(services, app, () => buildService(app));
+}
+
+/** The app's pull Secret in a cell; undefined when the scheduler has no cells key. */
+export function pullSecretFor(app: App, cell: string, options: ManifestOptions): V1Secret | undefined {
+  const pull = options.pull;
+  if (!pull) return undefined;
+  let entry = pullSecrets.get(app);
+  if (!entry || entry.options !== options) {
+    entry = { options, byCell: new Map() };
+    pullSecrets.set(app, entry);
+  }
+  let secret = entry.byCell.get(cell);
+  if (!secret) {
+    secret = buildPullSecret(app, pull.dockerConfigJson(cell));
+    entry.byCell.set(cell, secret);
+  }
+  return secret;
 }
 
 export function deploymentFor(app: App, version: Version, replicas: number, options: ManifestOptions): V1Deployment {
@@ -89,6 +114,21 @@ function buildService(app: App): V1Service {
       selector: { [LABELS.app]: app.name },
       ports: app.ports.map((p) => ({ name: p.name, port: p.port, targetPort: p.port, protocol: p.protocol })),
     },
+  });
+}
+
+/*
+ * The spec hash covers the data, so a rotated key changes it; it is a truncated SHA-256 of content
+ * that includes a 256-bit HMAC, which tells nothing about the password. The writer compares the
+ * data itself too (cell-writer.ts), so a Secret edited in the cell is put back.
+ */
+function buildPullSecret(app: App, dockerConfigJson: string): V1Secret {
+  return withHash({
+    apiVersion: 'v1',
+    kind: 'Secret',
+    metadata: { name: PULL_SECRET, namespace: app.name, labels: labels(app) },
+    type: 'kubernetes.io/dockerconfigjson',
+    data: { '.dockerconfigjson': dockerConfigJson },
   });
 }
 
@@ -122,6 +162,8 @@ function buildDeployment(app: App, version: Version, replicas: number, options: 
           // Cells route by pod address and run no cluster DNS: pods use the node's resolver.
           dnsPolicy: 'Default',
           terminationGracePeriodSeconds: options.preStopDelaySeconds + 30,
+          // Only the name: a rotated key rewrites the Secret, not the Deployments (no rollout).
+          ...(options.pull ? { imagePullSecrets: [{ name: PULL_SECRET }] } : {}),
           containers: [
             {
               name: 'app',

@@ -1,7 +1,8 @@
 /**
  * One cell as the scheduler sees it: its clients, one informer per kind it reads (Nodes and Pods
- * for capacity and restarts, Berth's Namespaces, Services and Deployments for what is applied,
- * Warning Events for the activity feed), and whether it is reachable right now.
+ * for capacity and restarts, Berth's Namespaces, Services and Deployments for what is applied, and
+ * its pull Secrets when it keeps them, Warning Events for the activity feed), and whether it is
+ * reachable right now.
  */
 import { type CellClient, type InformerEvent, ResilientInformer } from '@berth/shared/kube';
 import type { Logger } from '@berth/shared/logging';
@@ -13,9 +14,11 @@ import type {
   V1Namespace,
   V1Node,
   V1Pod,
+  V1Secret,
   V1Service,
 } from '@kubernetes/client-node';
 import { CellWriteClient } from '../apply/keep-alive.ts';
+import { PULL_SECRET } from '../apply/pull-secret.ts';
 
 const MANAGED = `${LABELS.managedBy}=${MANAGED_BY}`;
 
@@ -41,6 +44,11 @@ export type CellRuntimeOptions = {
   onChange: (app: string | undefined) => void;
   onWarningEvent?: (event: CoreV1Event) => void;
   onPodEvent?: (event: InformerEvent, pod: V1Pod) => void;
+  /**
+   * The scheduler keeps pull Secrets in the app namespaces: watch Berth's (and only those, by
+   * name and label). Off, nothing reads Secrets at all.
+   */
+  pullSecrets?: boolean;
 };
 
 export class CellRuntime {
@@ -51,6 +59,8 @@ export class CellRuntime {
   readonly namespaces: ResilientInformer<V1Namespace>;
   readonly services: ResilientInformer<V1Service>;
   readonly deployments: ResilientInformer<V1Deployment>;
+  /** Berth's pull Secrets; never started (always empty) when the scheduler keeps none. */
+  readonly secrets: ResilientInformer<V1Secret>;
   readonly events: ResilientInformer<CoreV1Event>;
   /** Every Namespace, Berth's or not: tells the writer whether a Namespace it creates is free. */
   readonly allNamespaces: ResilientInformer<V1Namespace>;
@@ -131,6 +141,18 @@ export class CellRuntime {
         options.onChange(appOf(d));
       },
     });
+    this.secrets = new ResilientInformer<V1Secret>({
+      ...common,
+      name: `${this.name}/secrets`,
+      path: '/api/v1/secrets',
+      labelSelector: MANAGED,
+      fieldSelector: `metadata.name=${PULL_SECRET}`,
+      list: (s) => client.core.listSecretForAllNamespaces(s),
+      onEvent: (_e, secret) => {
+        this.#forget('Secret', secret);
+        options.onChange(appOf(secret));
+      },
+    });
     this.events = new ResilientInformer<CoreV1Event>({
       ...common,
       name: `${this.name}/events`,
@@ -157,6 +179,7 @@ export class CellRuntime {
       this.namespaces,
       this.services,
       this.deployments,
+      ...(options.pullSecrets ? [this.secrets] : []),
       this.events,
       this.allNamespaces,
     ] as ResilientInformer<KubernetesObject>[];

@@ -1,7 +1,9 @@
 /** The apply plan's decisions on plain data: spread, safe switches, what is left alone. */
 import { type App, deploymentName, LABELS, type Version } from '@berth/shared/model';
-import type { V1Deployment } from '@kubernetes/client-node';
+import { robotKeySchema } from '@berth/shared/registry';
+import type { V1Deployment, V1Secret } from '@kubernetes/client-node';
 import { describe, expect, it } from 'vitest';
+import { CellPullCredentials } from '../apply/pull-secret.ts';
 import { type CellView, planApp, type Target } from './app-plan.ts';
 
 const app = {
@@ -37,7 +39,7 @@ function running(v: string, replicas: number, available = replicas): V1Deploymen
   };
 }
 
-function cell(name: string, deployments: V1Deployment[] = []): CellView {
+function cell(name: string, deployments: V1Deployment[] = [], secrets: V1Secret[] = []): CellView {
   return {
     name,
     deployments: {
@@ -46,18 +48,23 @@ function cell(name: string, deployments: V1Deployment[] = []): CellView {
     },
     namespaces: { get: () => undefined },
     services: { get: () => undefined },
+    secrets: { get: (n, ns) => secrets.find((s) => s.metadata?.name === n && s.metadata?.namespace === ns) },
   };
 }
 
 const manifests = { registry: 'registry.local', preStopDelaySeconds: 5 };
-const plan = (targets: Target[], cells: CellView[], options: { unplaced?: string[]; writable?: string[] } = {}) =>
+const plan = (
+  targets: Target[],
+  cells: CellView[],
+  options: { unplaced?: string[]; writable?: string[]; manifests?: typeof manifests } = {},
+) =>
   planApp({
     app,
     targets,
     unplaced: new Set(options.unplaced ?? []),
     cells,
     writable: new Set(options.writable ?? cells.map((c) => c.name)),
-    manifests,
+    manifests: options.manifests ?? manifests,
   });
 const replicasIn = (p: ReturnType<typeof plan>, c: string) =>
   Object.fromEntries(
@@ -126,5 +133,31 @@ describe('the apply plan', () => {
   it('plans nothing for a cell that runs none of the app and is given none of it', () => {
     const p = plan([{ version: version('v1', 2), cells: { 'cell-a': 2 } }], [cell('cell-a'), cell('cell-b')]);
     expect(p.cells.map((c) => c.cell)).toEqual(['cell-a']);
+  });
+
+  it('with the cells key, applies the pull Secret after the Namespace and before the Deployments', () => {
+    const pulling = {
+      ...manifests,
+      pull: new CellPullCredentials({
+        cellsKey: robotKeySchema.parse('5a'.repeat(32)),
+        region: 'r1',
+        registry: 'registry.local',
+      }),
+    };
+    const inCell: V1Secret = { metadata: { name: 'berth-registry', namespace: 'shop' } };
+    const p = plan(
+      [{ version: version('v1', 2), cells: { 'cell-a': 1, 'cell-b': 1 } }],
+      [cell('cell-a', [], [inCell]), cell('cell-b')],
+      { manifests: pulling },
+    );
+    for (const c of p.cells) {
+      expect(c.first.map((i) => i.desired.kind)).toEqual(['Namespace', 'Secret', 'Service']);
+      expect(c.first[1]?.desired.metadata).toMatchObject({ name: 'berth-registry', namespace: 'shop' });
+      const dep = c.deployments[0]?.desired as V1Deployment;
+      expect(dep.spec?.template.spec?.imagePullSecrets).toEqual([{ name: 'berth-registry' }]);
+    }
+    // The informer's copy is what the writer compares with.
+    expect(p.cells[0]?.first[1]?.current).toBe(inCell);
+    expect(p.cells[1]?.first[1]?.current).toBeUndefined();
   });
 });

@@ -1,7 +1,8 @@
 /**
  * One app's plan for its cells, computed from plain data (what the placer decided, what each
  * cell's informers show) and nothing else: the objects to apply per cell, in the order a cell can
- * take them (the Namespace, then the Service, then the Deployments), and the Deployments to delete.
+ * take them (the Namespace, then the pull Secret and the Service, then the Deployments, which
+ * need the Secret for their first pull), and the Deployments to delete.
  * The reconciler executes it. Built whole, compared with what runs, then applied: ingress-nginx's
  * `syncIngress` is the model.
  *
@@ -10,8 +11,9 @@
  * count. A version the placer has not placed yet keeps what runs of it, untouched.
  */
 import { type App, deploymentName, LABELS, type Version } from '@berth/shared/model';
-import type { KubernetesObject, V1Deployment, V1Namespace, V1Service } from '@kubernetes/client-node';
-import { deploymentFor, type ManifestOptions, namespaceFor, serviceFor } from '../apply/manifests.ts';
+import type { KubernetesObject, V1Deployment, V1Namespace, V1Secret, V1Service } from '@kubernetes/client-node';
+import { deploymentFor, type ManifestOptions, namespaceFor, pullSecretFor, serviceFor } from '../apply/manifests.ts';
+import { PULL_SECRET } from '../apply/pull-secret.ts';
 
 /** What the plan reads of a cell: its informers' copies of the app's objects. */
 export type CellView = {
@@ -22,6 +24,8 @@ export type CellView = {
   };
   namespaces: { get(name: string): V1Namespace | undefined };
   services: { get(name: string, namespace: string): V1Service | undefined };
+  /** Berth's pull Secrets (watched only when the scheduler has the cells key). */
+  secrets: { get(name: string, namespace: string): V1Secret | undefined };
 };
 
 export type Target = { version: Version; cells: Record<string, number> };
@@ -31,7 +35,10 @@ export type ApplyItem = { desired: KubernetesObject; current: KubernetesObject |
 
 export type CellPlan = {
   cell: string;
-  /** Applied in order: the Namespace and Service first, then every Deployment (in any order). */
+  /**
+   * Applied in order: the Namespace, the pull Secret (when there is one) and the Service first,
+   * then every Deployment (in any order).
+   */
   first: ApplyItem[];
   deployments: ApplyItem[];
   delete: V1Deployment[];
@@ -86,13 +93,13 @@ function planCell(input: AppPlanInput, cell: CellView, settled: boolean): CellPl
   if (!wantsAny) return undefined;
   const plan: CellPlan = {
     cell: cell.name,
-    first: [
-      { desired: namespaceFor(app), current: cell.namespaces.get(app.name) },
-      { desired: serviceFor(app), current: cell.services.get(app.name, app.name) },
-    ],
+    first: [{ desired: namespaceFor(app), current: cell.namespaces.get(app.name) }],
     deployments: [],
     delete: [],
   };
+  const pullSecret = pullSecretFor(app, cell.name, input.manifests);
+  if (pullSecret) plan.first.push({ desired: pullSecret, current: cell.secrets.get(PULL_SECRET, app.name) });
+  plan.first.push({ desired: serviceFor(app), current: cell.services.get(app.name, app.name) });
   const wanted = new Set<string>();
   for (const { version, cells } of targets) {
     const name = deploymentName(app.name, version.name);

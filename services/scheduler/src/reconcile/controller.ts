@@ -13,6 +13,7 @@ import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import { KubeEventFeed } from '../activity/kube-events.ts';
 import type { EventRecorder } from '../activity/recorder.ts';
 import { CellWriter } from '../apply/cell-writer.ts';
+import { CellPullCredentials } from '../apply/pull-secret.ts';
 import { CellRuntime } from '../cells/cell-runtime.ts';
 import { CellHealthTracker } from '../cells/health.ts';
 import type { CellHealth } from '../placement/place.ts';
@@ -31,6 +32,8 @@ export type ControllerOptions = {
   region: string;
   kubeconfigDir: string;
   registry: string;
+  /** The cells key: set, every app namespace gets its cell's pull Secret (apply/pull-secret.ts). */
+  pullKey?: Buffer;
   preStopDelaySeconds: number;
   failoverGraceMs: number;
   recoveryHoldMs: number;
@@ -148,7 +151,19 @@ export class SchedulerController {
       writer: new CellWriter(writes, { metrics: options.metrics }),
       cells: () => this.#cells,
       health: (cell) => this.#health.health(cell) ?? 'out',
-      manifests: { registry: options.registry, preStopDelaySeconds: options.preStopDelaySeconds },
+      manifests: {
+        registry: options.registry,
+        preStopDelaySeconds: options.preStopDelaySeconds,
+        ...(options.pullKey
+          ? {
+              pull: new CellPullCredentials({
+                cellsKey: options.pullKey,
+                region: options.region,
+                registry: options.registry,
+              }),
+            }
+          : {}),
+      },
       events: options.events,
       logger: options.logger,
       maxTxnOps: options.maxTxnOps,
@@ -270,6 +285,7 @@ export class SchedulerController {
           onPodEvent: (event, pod) => {
             if (event === 'update') void this.#kubeEvents.podUpdated(name, pod);
           },
+          pullSecrets: this.#o.pullKey !== undefined,
         });
         this.#cells.set(name, runtime);
         this.#cellsSince.set(name, Date.now());
