@@ -8,6 +8,7 @@ import { RedisComponent } from '@berth/shared/redis';
 import { ServiceRuntime } from '@berth/shared/service';
 import { Counter, Gauge, Histogram } from 'prom-client';
 import { BuildCache } from './cache/build-cache.ts';
+import { ClearCacheListener } from './cache/clear-requests.ts';
 import { type BuilderAgentConfig, type ResolvedBuilderConfig, resolveBuilderConfig } from './env.ts';
 import { BuilderRegistrar } from './registration/registrar.ts';
 import { BuildRunner } from './runs/build-runner.ts';
@@ -160,6 +161,16 @@ export class BuilderAgentService {
       },
     });
     runtime.add(worker);
+    runtime.add(
+      new ClearCacheListener({
+        nats,
+        subjectRoot: config.EVENT_SUBJECT_ROOT,
+        agentId: id,
+        cache,
+        logger: log,
+        onCleared: (r) => m.cacheClears.inc({ deferred: String(r.deferred) }),
+      }),
+    );
     // Stops first: says "draining" before the worker drains, revokes the lease after.
     runtime.add({
       name: 'registration',
@@ -197,6 +208,12 @@ function metrics(runtime: ServiceRuntime, cache: BuildCache) {
       help: 'Duration of build steps (clone, compile, build, push), by result',
       labelNames: ['step', 'result'],
       buckets: [0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800],
+      registers,
+    }),
+    cacheClears: new Counter({
+      name: 'berth_builder_cache_clears_total',
+      help: 'Requests to clear a config cache answered, by whether a build held it (deferred)',
+      labelNames: ['deferred'],
       registers,
     }),
     active: new Gauge({ name: 'berth_builder_active_builds', help: 'Builds running on this agent', registers }),

@@ -4,53 +4,28 @@
  * is gone within the lease's TTL while the others stay; SIGTERM drains (the active build ends,
  * then the process exits 0 and its key is gone at once); a restart keeps the id.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
-import { join } from 'node:path';
 import { type BuilderRegistration, builderRegistrationSchema } from '@berth/shared/builds';
-import { exited, freePort, REPO_ROOT, waitFor } from '@berth/shared/testing';
+import { exited, waitFor } from '@berth/shared/testing';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { defaultBuilderId } from '../src/env.ts';
 import {
+  type AgentProcess,
   gitRepo,
   openWorld,
   putConfig,
   queueRun,
   shellImage,
+  spawnAgent as spawnProcess,
   type World,
   waitForState,
   waitLogged,
 } from './harness.ts';
 
-type AgentProcess = { id: string; dataDir: string; port: number; child: ChildProcess; output: () => string };
-
 let world: World;
 let shell: string;
 const agents: AgentProcess[] = [];
 
-async function spawnAgent(dataDir = mkdtempSync(join(world.tmp, 'agent-'))): Promise<AgentProcess> {
-  const port = await freePort();
-  const child = spawn(process.execPath, [join(REPO_ROOT, 'services/builder-agent/src/index.ts')], {
-    cwd: REPO_ROOT,
-    env: {
-      ...process.env,
-      ...world.env({
-        BUILDER_DATA_DIR: dataDir,
-        HTTP_ADDR: `127.0.0.1:${port}`,
-        LOG_LEVEL: 'info',
-        SHUTDOWN_TIMEOUT: '20s',
-      }),
-    },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let output = '';
-  child.stdout?.on('data', (d: Buffer) => {
-    output += d.toString();
-  });
-  child.stderr?.on('data', (d: Buffer) => {
-    output += d.toString();
-  });
-  const agent = { id: defaultBuilderId(dataDir), dataDir, port, child, output: () => output };
+async function spawnAgent(dataDir?: string): Promise<AgentProcess> {
+  const agent = await spawnProcess(world, dataDir ? { dataDir } : {});
   agents.push(agent);
   return agent;
 }
@@ -62,11 +37,6 @@ async function registrations(): Promise<Map<string, BuilderRegistration>> {
       .map((v) => builderRegistrationSchema.parse(JSON.parse(v)))
       .map((r) => [r.id, r]),
   );
-}
-
-async function ready(agent: AgentProcess): Promise<boolean> {
-  const res = await fetch(`http://127.0.0.1:${agent.port}/readyz`).catch(() => undefined);
-  return res?.status === 200;
 }
 
 beforeAll(async () => {
@@ -96,7 +66,7 @@ describe('three agents as processes', () => {
       const reg = regs.get(a.id);
       expect(reg).toMatchObject({ id: a.id, region: world.regionName, slots: 2, weight: 2, draining: false });
       expect(reg?.diskFreeBytes).toBeGreaterThan(0);
-      await waitFor(() => ready(a), { message: `${a.id} ready` });
+      await waitFor(() => a.ready(), { message: `${a.id} ready` });
     }
     const leases = await Promise.all(
       three.map(async (a) => (await world.etcd.get(world.keys.builder(world.regionName, a.id)).exec()).kvs[0]?.lease),

@@ -4,7 +4,7 @@
  * configs and runs written as the API writes them, jobs added to the agent's BullMQ queue as the
  * API's dispatcher adds them, the run's log read back from JetStream.
  */
-import { execFileSync } from 'node:child_process';
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -25,11 +25,11 @@ import { createLogger } from '@berth/shared/logging';
 import { type JetStreamClient, NatsClient } from '@berth/shared/nats';
 import { createRedis, type Redis } from '@berth/shared/redis';
 import { Etcd3Backend, Store } from '@berth/shared/store';
-import { regionEnv, uniqueId, waitFor } from '@berth/shared/testing';
+import { freePort, REPO_ROOT, regionEnv, uniqueId, waitFor } from '@berth/shared/testing';
 import { Queue } from 'bullmq';
 import Docker from 'dockerode';
 import { pack } from 'tar-fs';
-import { builderAgentEnv } from '../src/env.ts';
+import { builderAgentEnv, defaultBuilderId } from '../src/env.ts';
 import { BuilderAgentService } from '../src/service.ts';
 import { readProgress } from '../src/steps/docker.ts';
 
@@ -152,6 +152,55 @@ export async function startAgent(world: World, extra: Record<string, string> = {
   const service = BuilderAgentService.create(config, logger);
   await service.start();
   return { service, dataDir, id: service.config.builderId, logs: () => logText };
+}
+
+export type AgentProcess = {
+  id: string;
+  dataDir: string;
+  port: number;
+  child: ChildProcess;
+  /** Its stdout and stderr so far (pino's JSON lines). */
+  output: () => string;
+  /** True when its /readyz answers 200. */
+  ready: () => Promise<boolean>;
+};
+
+/** An agent as its own process (the service's entry point), as on a build machine. */
+export async function spawnAgent(
+  world: World,
+  options: { dataDir?: string; env?: Record<string, string> } = {},
+): Promise<AgentProcess> {
+  const dataDir = options.dataDir ?? mkdtempSync(join(world.tmp, 'agent-'));
+  const port = await freePort();
+  const child = spawn(process.execPath, [join(REPO_ROOT, 'services/builder-agent/src/index.ts')], {
+    cwd: REPO_ROOT,
+    env: {
+      ...process.env,
+      ...world.env({
+        BUILDER_DATA_DIR: dataDir,
+        HTTP_ADDR: `127.0.0.1:${port}`,
+        LOG_LEVEL: 'info',
+        SHUTDOWN_TIMEOUT: '20s',
+        ...options.env,
+      }),
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  child.stdout?.on('data', (d: Buffer) => {
+    output += d.toString();
+  });
+  child.stderr?.on('data', (d: Buffer) => {
+    output += d.toString();
+  });
+  return {
+    id: options.env?.BUILDER_ID ?? defaultBuilderId(dataDir),
+    dataDir,
+    port,
+    child,
+    output: () => output,
+    ready: async () => (await fetch(`http://127.0.0.1:${port}/readyz`).catch(() => undefined))?.status === 200,
+  };
 }
 
 /** A bare repository with one commit of `files` on `main`; returns its path and the commit. */

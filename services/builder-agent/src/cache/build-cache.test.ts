@@ -1,4 +1,4 @@
-import { mkdirSync, mkdtempSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createLogger } from '@berth/shared/logging';
@@ -65,7 +65,44 @@ describe('per-config caches', () => {
     expect(lease.hit).toBe(false);
     writeFileSync(join(lease.dir, 'home/x'), 'x');
     await lease.release();
-    const { existsSync } = await import('node:fs');
     expect(existsSync(lease.dir)).toBe(false);
+  });
+
+  test('clearing a cache not in use removes it and says how many bytes it held', async () => {
+    const dir = join(root, 'clear');
+    const cache = new BuildCache({ dir, tmpDir: join(root, 'tmp'), budgetBytes: 1e9, logger });
+    fill(join(dir, 'cfg'), 1500, 10);
+    fill(join(dir, 'other'), 700, 10);
+    const cleared = await cache.clear('cfg');
+    expect(cleared).toEqual({ freedBytes: 1500, deferred: false });
+    expect(existsSync(join(dir, 'cfg'))).toBe(false);
+    expect(existsSync(join(dir, 'other/home/blob'))).toBe(true);
+    // Nothing left to free; the next build of the config starts cold.
+    expect(await cache.clear('cfg')).toEqual({ freedBytes: 0, deferred: false });
+    const lease = await cache.acquire('cfg', true, 'r1');
+    expect(lease.hit).toBe(false);
+    await lease.release();
+  });
+
+  test('a cache a build holds is dropped when the build releases it, before the next build gets it', async () => {
+    const dir = join(root, 'clear-held');
+    const cache = new BuildCache({ dir, tmpDir: join(root, 'tmp'), budgetBytes: 1e9, logger });
+    fill(join(dir, 'cfg'), 1000, 10);
+    const held = await cache.acquire('cfg', true, 'r1');
+    expect(held.hit).toBe(true);
+    const cleared = await cache.clear('cfg');
+    expect(cleared.deferred).toBe(true);
+    expect(cleared.freedBytes).toBe(1000);
+    // The build goes on with its cache meanwhile.
+    expect(existsSync(join(held.dir, 'home/blob'))).toBe(true);
+    const next = cache.acquire('cfg', true, 'r2');
+    await held.release();
+    expect(existsSync(join(dir, 'cfg/home/blob'))).toBe(false);
+    const lease = await next;
+    expect(lease.hit).toBe(false);
+    writeFileSync(join(lease.dir, 'home/new'), 'x');
+    await lease.release();
+    // Only that release dropped it: the next build's cache stays.
+    expect(existsSync(join(dir, 'cfg/home/new'))).toBe(true);
   });
 });

@@ -2,7 +2,8 @@
  * Per-config caches under `<data>/cache/<configId>/` (mounted at /cache in the compile
  * container, HOME=/cache/home): one build of a config at a time uses its cache, its last use is a
  * marker file's mtime, and past the budget the least recently used caches not in use are deleted.
- * A config with its cache off gets a fresh temporary dir, deleted after the run.
+ * A config with its cache off gets a fresh temporary dir, deleted after the run. A cache can be
+ * cleared on request; one a build holds is dropped when that build releases it.
  */
 import { mkdir, readdir, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -16,6 +17,9 @@ export type CacheLease = {
   hit: boolean;
   release(): Promise<void>;
 };
+
+/** What clearing a config's cache did: the bytes it held, and whether a build holds it now. */
+export type ClearedCache = { freedBytes: number; deferred: boolean };
 
 export type BuildCacheOptions = { dir: string; tmpDir: string; budgetBytes: number; logger: Logger };
 
@@ -45,6 +49,8 @@ export class BuildCache {
   readonly #inUse = new Set<string>();
   /** Per config: the lease holder's release, awaited by the next one. */
   readonly #locks = new Map<string, Promise<void>>();
+  /** Configs whose cache is dropped when the build holding it releases it. */
+  readonly #clearOnRelease = new Set<string>();
   #bytes = 0;
 
   constructor(options: BuildCacheOptions) {
@@ -63,14 +69,7 @@ export class BuildCache {
       await mkdir(join(dir, 'home'), { recursive: true });
       return { dir, hit: false, release: () => rm(dir, { recursive: true, force: true }) };
     }
-    const previous = this.#locks.get(configId) ?? Promise.resolve();
-    let unlock!: () => void;
-    const mine = new Promise<void>((r) => {
-      unlock = r;
-    });
-    const chained = previous.then(() => mine);
-    this.#locks.set(configId, chained);
-    await previous;
+    const unlock = await this.#lock(configId);
     this.#inUse.add(configId);
     const dir = join(this.#o.dir, configId);
     const before = await readdir(dir).catch(() => [] as string[]);
@@ -81,13 +80,43 @@ export class BuildCache {
       dir,
       hit,
       release: async () => {
-        await this.#touch(dir).catch(() => undefined);
+        if (this.#clearOnRelease.delete(configId)) {
+          // Cleared while this build held it: dropped before the next build of the config gets it.
+          await rm(dir, { recursive: true, force: true }).catch((err: unknown) =>
+            this.#o.logger.warn({ err, config: configId }, 'cleared cache not removed'),
+          );
+          this.#o.logger.info({ config: configId }, 'cache cleared after the build that held it');
+        } else {
+          await this.#touch(dir).catch(() => undefined);
+        }
         this.#inUse.delete(configId);
-        if (this.#locks.get(configId) === chained) this.#locks.delete(configId);
         unlock();
         await this.evict().catch((err: unknown) => this.#o.logger.warn({ err }, 'cache eviction failed'));
       },
     };
+  }
+
+  /**
+   * Drops a config's cache. When a build holds it (or waits for it), it is dropped when that
+   * build releases it (`deferred`); `freedBytes` is what it holds now (0: there is none).
+   */
+  async clear(configId: string): Promise<ClearedCache> {
+    const dir = join(this.#o.dir, configId);
+    if (this.#locks.has(configId)) {
+      this.#clearOnRelease.add(configId);
+      return { freedBytes: await directoryBytes(dir), deferred: true };
+    }
+    const unlock = await this.#lock(configId);
+    try {
+      const freedBytes = await directoryBytes(dir);
+      await rm(dir, { recursive: true, force: true });
+      this.#bytes = Math.max(0, this.#bytes - freedBytes);
+      return { freedBytes, deferred: false };
+    } finally {
+      // A clear asked meanwhile is done by this one.
+      this.#clearOnRelease.delete(configId);
+      unlock();
+    }
   }
 
   /** Measures every cache and deletes the least recently used (not in use) past the budget. */
@@ -115,6 +144,22 @@ export class BuildCache {
     }
     this.#bytes = total;
     return { bytes: total, evicted };
+  }
+
+  /** Waits for the config's cache, then holds it until the returned function is called. */
+  async #lock(configId: string): Promise<() => void> {
+    const previous = this.#locks.get(configId) ?? Promise.resolve();
+    let unlock!: () => void;
+    const mine = new Promise<void>((r) => {
+      unlock = r;
+    });
+    const chained = previous.then(() => mine);
+    this.#locks.set(configId, chained);
+    await previous;
+    return () => {
+      if (this.#locks.get(configId) === chained) this.#locks.delete(configId);
+      unlock();
+    };
   }
 
   async #touch(dir: string): Promise<void> {
