@@ -118,9 +118,13 @@ export async function startScheduler(
  * A scheduler as a real process (for tests that kill it with SIGKILL: it cannot resign, its lease
  * must expire), on the world's prefix and region; `output()` is the tail of what it printed.
  */
-export function spawnScheduler(w: World, instanceId: string): { process: ChildProcess; output: () => string } {
+export function spawnScheduler(
+  w: World,
+  instanceId: string,
+  extra: Record<string, string> = {},
+): { process: ChildProcess; output: () => string } {
   const child = spawn(process.execPath, [join(REPO_ROOT, 'services/scheduler/src/index.ts')], {
-    env: { PATH: process.env.PATH, ...schedulerEnvOf(w), BERTH_INSTANCE_ID: instanceId, LOG_LEVEL: 'info' },
+    env: { PATH: process.env.PATH, ...schedulerEnvOf(w), ...extra, BERTH_INSTANCE_ID: instanceId, LOG_LEVEL: 'info' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let output = '';
@@ -292,4 +296,31 @@ export function cellWrites(service: SchedulerService): Promise<number> {
 
 export async function deleteNamespaces(app: string): Promise<void> {
   for (const cell of Object.values(cells)) await cell.core.deleteNamespace({ name: app }).catch(() => undefined);
+}
+
+/** The credential in an app's pull Secret in a cell, as a kubelet would read it; undefined when there is none. */
+export async function pullSecretIn(
+  cell: string,
+  app: string,
+): Promise<{ type?: string; registry: string; username: string; password: string; auth: string } | undefined> {
+  try {
+    const secret = await cells[cell]?.core.readNamespacedSecret({ name: 'berth-registry', namespace: app });
+    const json = Buffer.from(secret?.data?.['.dockerconfigjson'] ?? '', 'base64').toString('utf8');
+    const auths = (JSON.parse(json) as { auths: Record<string, { username: string; password: string; auth: string }> })
+      .auths;
+    const [registry, entry] = Object.entries(auths)[0] ?? [];
+    if (!registry || !entry || Object.keys(auths).length !== 1) throw new Error(`unexpected auths in ${cell}/${app}`);
+    return { type: secret?.type, registry, ...entry };
+  } catch (err) {
+    if (kubeErrorStatus(err) === 404) return undefined;
+    throw err;
+  }
+}
+
+/** Writes of one kind to the cells since the scheduler started. */
+export function cellWritesOf(service: SchedulerService, kind: string): Promise<number> {
+  return service.runtime.metrics
+    .getSingleMetric('berth_scheduler_cell_writes_total')
+    ?.get()
+    .then((m) => m.values.filter((v) => v.labels.kind === kind).reduce((n, v) => n + v.value, 0)) as Promise<number>;
 }

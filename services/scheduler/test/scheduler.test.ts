@@ -1,15 +1,22 @@
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { EventSubjects, NatsClient, readEvents } from '@berth/shared/nats';
+import { cellPullCredential } from '@berth/shared/registry';
 import { uniqueId, waitFor } from '@berth/shared/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   appRecord,
   cells,
   cellWrites,
+  cellWritesOf,
   cordon,
   deleteNamespaces,
   deploymentsIn,
   env,
   placement,
+  pullSecretIn,
   putApp,
   sampleAvailable,
   scale,
@@ -30,16 +37,46 @@ const appName = (base: string) => {
   return name;
 };
 
+/*
+ * The cells key, as a file (REGISTRY_PULL_KEY_FILE, the way make up hands it over): every app
+ * namespace gets its cell's pull Secret. These cells pull the sample image with it when they do
+ * not have it already; the test's key is not the region's, so what is asserted is the Secret.
+ */
+const keyDir = mkdtempSync(join(tmpdir(), 'berth-pull-key-'));
+let pullKey = randomBytes(32);
+const pullKeyFile = join(keyDir, 'cells.key');
+const pull = { REGISTRY_PULL_KEY_FILE: pullKeyFile };
+writeFileSync(pullKeyFile, `${pullKey.toString('hex')}\n`, { mode: 0o600 });
+
 beforeAll(async () => {
   w = await world();
-  scheduler = await startScheduler(w);
+  scheduler = await startScheduler(w, pull);
 });
 
 afterAll(async () => {
   await scheduler?.service.stop();
   for (const app of apps) await deleteNamespaces(app);
   await w?.close();
+  rmSync(keyDir, { recursive: true, force: true });
 });
+
+/** Each cell has the app's pull Secret with its own credential, and every Deployment pulls with it. */
+async function expectPullSecrets(app: string, key: Buffer): Promise<void> {
+  for (const cell of ['cell-a', 'cell-b']) {
+    const got = await pullSecretIn(cell, app);
+    const want = cellPullCredential(key, w.region, cell);
+    expect(got?.type).toBe('kubernetes.io/dockerconfigjson');
+    expect(got?.username).toBe(`cell@${w.region}/${cell}`);
+    expect(got?.password === want.password, `${cell}'s pull password`).toBe(true);
+    expect(Buffer.from(got?.auth ?? '', 'base64').toString() === `${want.username}:${want.password}`).toBe(true);
+    const deps = await cells[cell]?.apps.listNamespacedDeployment({ namespace: app });
+    expect(deps?.items.length).toBeGreaterThan(0);
+    for (const dep of deps?.items ?? []) {
+      expect(dep.spec?.template.spec?.imagePullSecrets).toEqual([{ name: 'berth-registry' }]);
+      expect(dep.spec?.template.spec?.containers[0]?.image?.startsWith(`${got?.registry}/`)).toBe(true);
+    }
+  }
+}
 
 async function podNames(cell: string, app: string): Promise<string[]> {
   const list = await cells[cell]?.core.listNamespacedPod({ namespace: app });
@@ -52,6 +89,7 @@ describe('placement and apply', () => {
     await putApp(w, appRecord(app), [versionRecord(app, 1, { replicas: 4 })]);
     await waitAvailable(app, 'v1', { 'cell-a': 2, 'cell-b': 2 });
     expect((await placement(w, app, 'v1'))?.cells).toEqual({ 'cell-a': 2, 'cell-b': 2 });
+    await expectPullSecrets(app, pullKey);
     const podsBefore = { a: await podNames('cell-a', app), b: await podNames('cell-b', app) };
     const writesBefore = await cellWrites(scheduler.service);
 
@@ -65,7 +103,7 @@ describe('placement and apply', () => {
     expect(podsAfter.a).toEqual(expect.arrayContaining(podsBefore.a));
     expect(podsAfter.b).toEqual(expect.arrayContaining(podsBefore.b));
     expect(podsAfter.a.length + podsAfter.b.length).toBe(5);
-    // One Deployment changed in one cell: one write.
+    // One Deployment changed in one cell: one write (the pull Secrets, unchanged, are not rewritten).
     expect((await cellWrites(scheduler.service)) - writesBefore).toBe(1);
     // Its pods answer HTTP on their pod addresses in cell-a.
     const pods = await cells['cell-a']?.core.listNamespacedPod({ namespace: app });
@@ -261,10 +299,38 @@ describe('restarts and leadership', () => {
     await scheduler.service.controller.idle();
     await scheduler.service.stop();
 
-    scheduler = await startScheduler(w);
+    scheduler = await startScheduler(w, pull);
     await waitFor(() => scheduler.service.controller.cellHealth('cell-a') === 'ok', { message: 'new leader running' });
     await scheduler.service.controller.idle();
     expect(await cellWrites(scheduler.service)).toBe(0);
+  });
+
+  it("a rotated pull key rewrites every app's pull Secrets and nothing else: no pod restarts", async () => {
+    const app = appName('rotate');
+    await putApp(w, appRecord(app), [versionRecord(app, 1, { replicas: 2 })]);
+    await waitAvailable(app, 'v1', { 'cell-a': 1, 'cell-b': 1 });
+    await expectPullSecrets(app, pullKey);
+    const podsBefore = [...(await podNames('cell-a', app)), ...(await podNames('cell-b', app))];
+    await scheduler.service.controller.idle();
+    await scheduler.service.stop();
+
+    pullKey = randomBytes(32);
+    writeFileSync(pullKeyFile, pullKey.toString('hex'), { mode: 0o600 });
+    scheduler = await startScheduler(w, pull);
+    const rotated = cellPullCredential(pullKey, w.region, 'cell-b');
+    await waitFor(async () => (await pullSecretIn('cell-b', app))?.password === rotated.password, {
+      timeoutMs: 30_000,
+      message: "cell-b's pull Secret rewritten with the new key",
+    });
+    await scheduler.service.controller.idle();
+    await expectPullSecrets(app, pullKey);
+    // Only Secrets were written, and the pods run on as they were.
+    const writes = await cellWrites(scheduler.service);
+    expect(writes).toBeGreaterThanOrEqual(2);
+    expect(await cellWritesOf(scheduler.service, 'Secret')).toBe(writes);
+    expect([...(await podNames('cell-a', app)), ...(await podNames('cell-b', app))]).toEqual(podsBefore);
+    // The password went into no log line.
+    expect(scheduler.logs()).not.toContain(rotated.password);
   });
 
   it('killing the leader hands over to the standby, which converges without duplicate objects', {
@@ -274,7 +340,7 @@ describe('restarts and leadership', () => {
     const phase = (what: string) => console.log(`[handover] ${what} at ${((Date.now() - t0) / 1000).toFixed(1)} s`);
     // The leader is a real process, killed with SIGKILL: it cannot resign, its lease must expire.
     await scheduler.service.stop();
-    const { process: leader, output } = spawnScheduler(w, 'doomed-leader');
+    const { process: leader, output } = spawnScheduler(w, 'doomed-leader', pull);
     try {
       await waitFor(async () => (await w.etcd.get(w.keys.election('scheduler')).string()) === 'doomed-leader', {
         timeoutMs: 30_000,
@@ -283,7 +349,7 @@ describe('restarts and leadership', () => {
         throw new Error(`${err.message}; its output:\n${output()}`);
       });
       phase('the process leads');
-      scheduler = await startScheduler(w); // the standby
+      scheduler = await startScheduler(w, pull); // the standby
       const app = appName('handover');
       await putApp(w, appRecord(app), [versionRecord(app, 1, { replicas: 2 })]);
       await waitAvailable(app, 'v1', { 'cell-a': 1, 'cell-b': 1 });
