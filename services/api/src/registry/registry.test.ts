@@ -147,6 +147,15 @@ describe('scopes', () => {
     expect(await grant([], allowed)).toEqual([]);
   });
 
+  it('grants the same token whatever order the registry names the actions in', async () => {
+    const all = async () => new Set(['pull', 'push', 'delete']);
+    for (const text of ['repository:team/a:push,pull', 'repository:team/a:pull,push']) {
+      expect(await grant(parseScopes([text]).scopes, all)).toEqual([
+        { type: 'repository', name: 'team/a', actions: ['pull', 'push'] },
+      ]);
+    }
+  });
+
   it('a repository belongs to the group of its first path segment', () => {
     expect(groupOfRepository('team/shop')).toBe('team');
     expect(groupOfRepository('team/sub/shop')).toBe('team');

@@ -47,8 +47,9 @@ export function parseScopes(params: readonly string[]): { scopes: RequestedScope
 }
 
 /**
- * The granted access: for each asked scope, the asked actions that `allowed` permits. Scopes with
- * nothing granted are left out; an empty result is a valid grant (a token with no access).
+ * The granted access: for each asked scope, the asked actions that `allowed` permits, sorted (the
+ * registry's challenge names them in no fixed order; the token should not vary with it). Scopes
+ * with nothing granted are left out; an empty result is a valid grant (a token with no access).
  */
 export async function grant(
   asked: readonly RequestedScope[],
@@ -57,7 +58,7 @@ export async function grant(
   const out: Access[] = [];
   for (const scope of asked) {
     const permitted = await allowed(scope);
-    const actions = permitted.has('*') ? scope.actions : scope.actions.filter((a) => permitted.has(a));
+    const actions = (permitted.has('*') ? scope.actions : scope.actions.filter((a) => permitted.has(a))).sort();
     if (actions.length > 0) out.push({ type: scope.type, name: scope.name, actions });
   }
   return out;
