@@ -11,6 +11,7 @@ import {
   serviceEnv,
 } from '@berth/shared/config';
 import { userNameSchema } from '@berth/shared/model';
+import { robotKeySchema } from '@berth/shared/registry';
 import { z } from 'zod';
 import { parseSigningKey } from './registry/signing-key.ts';
 
@@ -53,6 +54,12 @@ export const apiEnv = z
     REGISTRY_TOKEN_SERVICE: z.string().min(1).max(255).default('berth-registry'),
     /** How long a registry token lives (at least 60 s, as the token spec asks). */
     REGISTRY_TOKEN_TTL: envDuration('5m'),
+    /**
+     * The master key of the registry's robot credentials (docs/registry.md): the cells pull and
+     * each build pushes with an HMAC the token server recomputes from it; 64 hex digits. Unset:
+     * only users get registry tokens.
+     */
+    REGISTRY_ROBOT_KEY: secret(robotKeySchema.optional()),
     /**
      * Derives build webhook secrets (HMAC keys of GitHub and Gitea), so etcd keeps only their
      * hashes; at least 32 characters. Unset: one is made on first use and kept in etcd.

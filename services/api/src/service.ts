@@ -176,7 +176,7 @@ export class ApiService {
       ...buildHookRoutes(ctx, buildRuns, webhookSecrets, runtime.etcd),
     ];
     // The registry: its token server, and its repositories and tags when the API reaches it.
-    if (issuer) routes.push(...registryTokenRoutes(ctx, issuer));
+    if (issuer) routes.push(...registryTokenRoutes(ctx, issuer, config.REGISTRY_ROBOT_KEY));
     if (registry) routes.push(...imageRepoRoutes(ctx, registry));
     mountRoutes(router, API_BASE, routes, (req, access) => auth.authenticate(req, access), idempotency);
 

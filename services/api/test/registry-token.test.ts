@@ -11,15 +11,18 @@ import { createHash, generateKeyPairSync, randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { cellPullCredential, deriveAgentKey, deriveCellsKey, runPushCredential } from '@berth/shared/registry';
 import { exited, freePort, REPO_ROOT, regionEnv, waitFor } from '@berth/shared/testing';
 import { decodeJwt, SignJWT } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { libtrustKeyId, parseSigningKey, type SigningKey } from '../src/registry/signing-key.ts';
-import { startApi, type TestApi } from './harness.ts';
+import { appBody, ensureRegion, startApi, type TestApi } from './harness.ts';
 
 const ISSUER = 'berth-test';
 const SERVICE = 'berth-test-registry';
 const MANIFEST_V2 = 'application/vnd.docker.distribution.manifest.v2+json';
+/** The robot master key (REGISTRY_ROBOT_KEY), as make up makes one. */
+const ROBOT_KEY = randomBytes(32);
 
 let dir: string;
 let api: TestApi;
@@ -49,6 +52,7 @@ beforeAll(async () => {
     REGISTRY_TOKEN_ISSUER: ISSUER,
     REGISTRY_TOKEN_SERVICE: SERVICE,
     REGISTRY_TOKEN_TTL: '2m',
+    REGISTRY_ROBOT_KEY: ROBOT_KEY.toString('hex'),
     LOGIN_RATE_LIMIT: '1000',
   });
 
@@ -113,6 +117,9 @@ beforeAll(async () => {
     const res = await api.call('PUT', `/image-groups/rt-team/members/${user}`, { token: owner, body: { role } });
     expect(res.status, JSON.stringify(res.json)).toBe(200);
   }
+  // The image most tests read, pushed here so that each test stands on its own.
+  const token = await tokenFor(['repository:rt-team/app:pull,push'], basic('rt-owner', creds['rt-owner']?.pat ?? ''));
+  expect(await pushImage('rt-team/app', 'v1', token)).toBe(201);
 });
 
 afterAll(async () => {
@@ -233,8 +240,8 @@ describe('the raw v2 flow', () => {
       aud: SERVICE,
       access: [{ type: 'repository', name: 'rt-team/app', actions: ['pull', 'push'] }],
     });
-    expect(await pushImage('rt-team/app', 'v1', token)).toBe(201);
-    const pulled = await getManifest('rt-team/app', 'v1', token);
+    expect(await pushImage('rt-team/app', 'by-dev', token)).toBe(201);
+    const pulled = await getManifest('rt-team/app', 'by-dev', token);
     expect(pulled.status).toBe(200);
     expect(((await pulled.json()) as { schemaVersion: number }).schemaVersion).toBe(2);
   });
@@ -473,6 +480,129 @@ describe('the registry checks what it is given', () => {
       await getManifest('rt-team/app', 'v1', await forge({ iss: 'someone' }, { kid: key.kid })),
       'invalid_token',
     );
+  });
+});
+
+// ---- Robots: the cells' pull credential and a build's push credential ----------------------------
+
+describe('robot credentials', () => {
+  const region = 'local';
+  const agentId = `rt-agent-${randomBytes(3).toString('hex')}`;
+  let lease: ReturnType<TestApi['service']['runtime']['etcd']['lease']>;
+
+  beforeAll(async () => {
+    await ensureRegion(api, region);
+    const owner = creds['rt-owner']?.session;
+    const pushed = await tokenFor(
+      ['repository:rt-team/base:pull,push'],
+      basic('rt-owner', creds['rt-owner']?.pat ?? ''),
+    );
+    expect(await pushImage('rt-team/base', 'v1', pushed)).toBe(201);
+    // A build machine registered as builder-agent registers, for the dispatcher to place runs on.
+    lease = api.service.runtime.etcd.lease(60);
+    const at = new Date().toISOString();
+    await lease.put(api.service.runtime.keys.builder(region, agentId)).value(
+      JSON.stringify({
+        id: agentId,
+        region,
+        slots: 1,
+        weight: 1,
+        labels: {},
+        draining: false,
+        diskFreeBytes: 1e10,
+        cacheBytes: 0,
+        version: 'test',
+        startedAt: at,
+        reportedAt: at,
+      }),
+    );
+    const app = await api.call('POST', '/apps', {
+      token: owner,
+      body: { ...appBody('rt-shop'), image: 'rt-team/shop' },
+    });
+    expect(app.status, JSON.stringify(app.json)).toBe(201);
+    const config = await api.call('POST', '/apps/rt-shop/build-configs', {
+      token: owner,
+      body: { name: 'main', git: { url: 'file:///srv/git/shop.git' }, target: 'rt-team/shop' },
+    });
+    expect(config.status, JSON.stringify(config.json)).toBe(201);
+  });
+
+  afterAll(async () => {
+    await lease?.revoke();
+  });
+
+  it('a registered cell pulls from any group with its credential and pushes nothing; an unknown one is refused', async () => {
+    const cellsKey = deriveCellsKey(ROBOT_KEY);
+    const res = await api.call('POST', `/regions/${region}/cells`, {
+      token: api.adminToken,
+      body: { name: 'rt-cell', apiServer: 'https://127.0.0.1:6443' },
+    });
+    expect([201, 409], JSON.stringify(res.json)).toContain(res.status);
+    const cell = cellPullCredential(cellsKey, region, 'rt-cell');
+    const token = await tokenFor(['repository:rt-team/base:pull,push'], basic(cell.username, cell.password));
+    expect(decodeJwt(token)).toMatchObject({
+      sub: 'cell@local/rt-cell',
+      access: [{ type: 'repository', name: 'rt-team/base', actions: ['pull'] }],
+    });
+    expect((await getManifest('rt-team/base', 'v1', token)).status).toBe(200);
+    await expectRefused(await reg('/v2/rt-team/base/blobs/uploads/', token, { method: 'POST' }), 'insufficient_scope');
+    // Another cell's password, a cell not registered, and another region's cell are all refused.
+    const other = cellPullCredential(cellsKey, region, 'rt-other');
+    for (const [user, password] of [
+      [cell.username, other.password],
+      [other.username, other.password],
+      ['cell@elsewhere/rt-cell', cellPullCredential(cellsKey, 'elsewhere', 'rt-cell').password],
+    ] as const) {
+      const refused = await askToken(['repository:rt-team/base:pull'], basic(user, password));
+      expect(refused.status, user).toBe(401);
+    }
+  });
+
+  it("a build's attempt pushes to its run's repository only, and only while it runs on its agent", async () => {
+    const started = await api.call('POST', '/apps/rt-shop/build-configs/main/runs', {
+      token: creds['rt-owner']?.session,
+      body: {},
+    });
+    expect(started.status, JSON.stringify(started.json)).toBe(201);
+    const runId = started.json.id as string;
+    await waitFor(
+      async () =>
+        (await api.call('GET', `/builds/${runId}`, { token: api.adminToken })).json.placement?.agentId === agentId,
+      { timeoutMs: 20_000, message: 'the dispatcher places the run on the agent' },
+    );
+    const agentKey = deriveAgentKey(ROBOT_KEY, agentId);
+    const robot = runPushCredential(agentKey, runId, 1);
+    const token = await tokenFor(
+      ['repository:rt-team/shop:pull,push', 'repository:rt-team/base:pull,push', 'repository:rt-public/tool:pull,push'],
+      basic(robot.username, robot.password),
+    );
+    expect(decodeJwt(token)).toMatchObject({
+      sub: robot.username,
+      access: [
+        { type: 'repository', name: 'rt-team/shop', actions: ['pull', 'push'] },
+        { type: 'repository', name: 'rt-public/tool', actions: ['pull'] },
+      ],
+    });
+    expect(await pushImage('rt-team/shop', 'built', token)).toBe(201);
+    await expectRefused(await reg('/v2/rt-team/base/blobs/uploads/', token, { method: 'POST' }), 'insufficient_scope');
+    // Another agent's key or another attempt makes a wrong password.
+    for (const wrong of [
+      runPushCredential(deriveAgentKey(ROBOT_KEY, 'someone-else'), runId, 1),
+      runPushCredential(agentKey, runId, 2),
+    ]) {
+      expect((await askToken(['repository:rt-team/shop:push'], basic(wrong.username, wrong.password))).status).toBe(
+        401,
+      );
+    }
+    // A finished run's credential opens nothing.
+    const cancelled = await api.call('POST', `/builds/${runId}/cancel`, { token: creds['rt-owner']?.session });
+    expect(cancelled.status, JSON.stringify(cancelled.json)).toBeLessThan(300);
+    await waitFor(
+      async () => (await api.call('GET', `/builds/${runId}`, { token: api.adminToken })).json.state === 'cancelled',
+      { timeoutMs: 20_000, message: 'the run is cancelled' },
+    );
+    expect((await askToken(['repository:rt-team/shop:push'], basic(robot.username, robot.password))).status).toBe(401);
   });
 });
 

@@ -6,9 +6,25 @@
  * access token as the password), or none for anonymous pulls, and gets a JWT whose `access` is
  * what it asked for that its role in each image group allows. Wrong credentials are a 401; asking
  * for more than one may do is not an error: the token just grants less, possibly nothing.
+ *
+ * Two kinds of robots sign in too, with credentials no store holds (`@berth/shared/registry`):
+ * a cell (`cell@{region}/{cell}`) pulls from every image group and pushes nothing; a build's attempt
+ * (`build@{runId}.{attempt}`) pushes to its run's repository only, while that attempt is placed
+ * on the agent whose key made the password and has not finished.
  */
+
+import { buildConfigSchema, buildRunSchema, FINAL_BUILD_STATES } from '@berth/shared/builds';
 import { InputError, UnauthorizedError } from '@berth/shared/errors';
-import { imageGroupMemberSchema, imageGroupSchema, roleAtLeast } from '@berth/shared/model';
+import { cellSchema, imageGroupMemberSchema, imageGroupSchema, roleAtLeast } from '@berth/shared/model';
+import {
+  cellPullCredential,
+  deriveAgentKey,
+  deriveCellsKey,
+  parseRobotName,
+  type RobotCredential,
+  robotPasswordMatches,
+  runPushCredential,
+} from '@berth/shared/registry';
 import { z } from 'zod';
 import { scopeCovers } from '../auth/principal.ts';
 import type { BasicIdentity } from '../auth/service.ts';
@@ -37,12 +53,52 @@ export const registryTokenResponse = z.object({
   issued_at: z.iso.datetime(),
 });
 
-/** What a caller of the token endpoint is: a user with what their credentials allow, or nobody. */
-type Caller = BasicIdentity | undefined;
+/**
+ * What a caller of the token endpoint is: a user with what their credentials allow, a robot
+ * (`user` is its name, the token's subject), or nobody.
+ */
+type Caller =
+  | (BasicIdentity & { robot?: undefined })
+  | { user: string; admin: false; robot: 'cell' }
+  | { user: string; admin: false; robot: 'build'; repository: string }
+  | undefined;
 
-export function registryTokenRoutes(ctx: ApiContext, issuer: RegistryTokenIssuer) {
+export function registryTokenRoutes(ctx: ApiContext, issuer: RegistryTokenIssuer, robotKey?: Buffer) {
   const { store, keys, auth } = ctx;
   const logger = ctx.logger.child({ component: 'registry-token' });
+  const cellsKey = robotKey && deriveCellsKey(robotKey);
+
+  /** A robot's Basic credentials → the robot; a 401 when they are not right now. */
+  async function checkRobot(username: string, password: string): Promise<Caller> {
+    const robot = parseRobotName(username);
+    const refused = new UnauthorizedError('wrong user name or password');
+    if (!robot || !robotKey || !cellsKey) throw refused;
+    let expected: RobotCredential | undefined;
+    let caller: Caller;
+    if (robot.kind === 'cell') {
+      const cell =
+        robot.region === ctx.region ? await store.get(keys.cell(robot.region, robot.cell), cellSchema) : undefined;
+      if (cell) expected = cellPullCredential(cellsKey, robot.region, robot.cell);
+      caller = { user: username, admin: false, robot: 'cell' };
+    } else {
+      const run = await store.get(keys.buildRun(robot.runId), buildRunSchema);
+      const live =
+        run && run.value.attempt === robot.attempt && !FINAL_BUILD_STATES.includes(run.value.state)
+          ? run.value
+          : undefined;
+      // The repository is known once the run is placed: the image it pins, or its config's target.
+      const config =
+        live && !live.image ? await store.get(keys.buildConfig(live.app, live.config), buildConfigSchema) : undefined;
+      const repository = live?.image?.repository ?? config?.value.target;
+      if (live?.placement && repository) {
+        expected = runPushCredential(deriveAgentKey(robotKey, live.placement.agentId), robot.runId, robot.attempt);
+        caller = { user: username, admin: false, robot: 'build', repository };
+      }
+    }
+    // The same answer for an unknown cell, a finished run and a wrong password.
+    if (!expected || !robotPasswordMatches(password, expected)) throw refused;
+    return caller;
+  }
 
   /** The actions `caller` may take on one asked resource. */
   async function allowedActions(caller: Caller, scope: RequestedScope): Promise<ReadonlySet<string>> {
@@ -52,10 +108,16 @@ export function registryTokenRoutes(ctx: ApiContext, issuer: RegistryTokenIssuer
     if (!name) return new Set();
     const [group, membership] = await Promise.all([
       store.get(keys.imageGroup(name), imageGroupSchema),
-      caller ? store.get(keys.imageGroupMember(name, caller.user), imageGroupMemberSchema) : undefined,
+      caller && !caller.robot ? store.get(keys.imageGroupMember(name, caller.user), imageGroupMemberSchema) : undefined,
     ]);
     if (!group) return new Set();
     if (caller?.admin) return new Set(['*']);
+    // A cell runs any app's image; a build reads public base images and writes its own repository.
+    if (caller?.robot === 'cell') return new Set(['pull']);
+    if (caller?.robot === 'build') {
+      if (scope.name === caller.repository) return new Set(['pull', 'push']);
+      return new Set(group.value.public ? ['pull'] : []);
+    }
     const actions = new Set<string>();
     const role = membership?.value.role;
     if (group.value.public || role) actions.add('pull');
@@ -89,7 +151,9 @@ export function registryTokenRoutes(ctx: ApiContext, issuer: RegistryTokenIssuer
           if (header && !basic) throw new UnauthorizedError('the Basic credentials are malformed');
           if (basic) {
             try {
-              caller = await auth.checkBasic(basic.user, basic.password, req.ip ?? 'unknown');
+              caller = basic.user.includes('@')
+                ? await checkRobot(basic.user, basic.password)
+                : await auth.checkBasic(basic.user, basic.password, req.ip ?? 'unknown');
             } catch (err) {
               if (err instanceof UnauthorizedError) res.setHeader('WWW-Authenticate', 'Basic realm="Berth registry"');
               throw err;
