@@ -8,7 +8,7 @@ import { imageGroupMemberSchema } from '@berth/shared/model';
 import { NatsClient, readEvents } from '@berth/shared/nats';
 import { regionEnv, waitFor } from '@berth/shared/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startApi, type TestApi } from './harness.ts';
+import { appBody, ensureRegion, startApi, type TestApi } from './harness.ts';
 
 let api: TestApi;
 let owner: string;
@@ -219,6 +219,29 @@ describe('image group members', () => {
       headers: { 'if-match': '"1"' },
     });
     expect(notYet.status).toBe(412);
+  });
+});
+
+describe("an app's image", () => {
+  it('must be one its owner can pull: a public group, or a private one they are a member of', async () => {
+    await ensureRegion(api);
+    const group = await fixture();
+    const open = await fixture(true);
+    const create = (token: string, name: string, image: string) =>
+      api.call('POST', '/apps', { token, body: { ...appBody(name), image } });
+    const refused = await create(stranger, 'ig-app-1', `${group}/shop`);
+    expect(refused.status).toBe(400);
+    expect(refused.json.errors).toEqual([expect.objectContaining({ path: '$.image' })]);
+    expect((await api.call('GET', '/apps/ig-app-1', { token: api.adminToken })).status).toBe(404);
+    expect((await create(stranger, 'ig-app-2', `${open}/shop`)).status).toBe(201);
+    expect((await create(reporter, 'ig-app-3', `${group}/shop`)).status).toBe(201);
+    // A group nobody created yet: nobody can push there, and its creator will own it.
+    expect((await create(stranger, 'ig-app-4', 'ig-nobody-yet/shop')).status).toBe(201);
+    // Changing the image is checked against the owner, not the caller: here, the stranger.
+    const moved = await api.call('PATCH', '/apps/ig-app-2', { token: stranger, body: { image: `${group}/shop` } });
+    expect(moved.status).toBe(400);
+    expect(moved.json.errors).toEqual([expect.objectContaining({ path: '$.image' })]);
+    expect((await api.call('GET', '/apps/ig-app-2', { token: stranger })).json.image).toBe(`${open}/shop`);
   });
 });
 

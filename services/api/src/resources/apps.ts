@@ -14,12 +14,14 @@ import {
   versionCellStatusSchema,
   versionSchema,
 } from '@berth/shared/model';
+import { userRecordSchema } from '../auth/records.ts';
 import { etag } from '../http/conditional.ts';
 import { page } from '../http/paging.ts';
 import { defineRoute } from '../http/routes.ts';
 import { loadApp } from './app-access.ts';
 import { AppLb } from './app-lb.ts';
 import { type ApiContext, now } from './context.ts';
+import { assertOwnerCanPull } from './image-groups.ts';
 import { Quotas, versionUsage } from './quotas.ts';
 import {
   appParams,
@@ -84,6 +86,7 @@ export function appRoutes(ctx: ApiContext) {
         const region = await store.get(keys.region(body.region), regionSchema);
         if (!region)
           throw new InputError(`no region "${body.region}"`, [{ path: '$.region', message: 'no such region' }]);
+        await assertOwnerCanPull(ctx, p, body.image);
         return mutations.answer(
           p,
           async () => {
@@ -160,6 +163,11 @@ export function appRoutes(ctx: ApiContext) {
           p,
           async () => {
             const { app, role } = await loadApp(ctx, p, params.app, 'deploy');
+            if (body.image && body.image !== app.value.image) {
+              // The owner's rights count, not the caller's: the cells pull on the owner's behalf.
+              const owner = await store.get(keys.user(app.value.owner), userRecordSchema);
+              await assertOwnerCanPull(ctx, { user: app.value.owner, admin: owner?.value.admin ?? false }, body.image);
+            }
             const next: App = { ...app.value, ...stripUndefined(body), updatedAt: now() };
             return {
               ops: [{ op: 'update', key: app.key, value: next, modRevision: app.modRevision }],

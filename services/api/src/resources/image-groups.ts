@@ -5,7 +5,7 @@
  * group's Owner; platform admins see and manage every group. The registry token server
  * (./registry-token.ts) reads the same records.
  */
-import { ConflictError, NotFoundError } from '@berth/shared/errors';
+import { ConflictError, InputError, NotFoundError } from '@berth/shared/errors';
 import {
   dnsLabelSchema,
   type ImageGroup,
@@ -75,6 +75,28 @@ export async function loadImageGroup(
     action,
   );
   return { group, role, membership };
+}
+
+/**
+ * An app's image must be one its owner can pull: a repository of a public image group, or of a
+ * private one the owner is a member of (admins pull everything). A group that does not exist yet
+ * is accepted: nobody can push there until it is created, and its creator becomes its Owner.
+ */
+export async function assertOwnerCanPull(
+  ctx: ApiContext,
+  owner: { user: string; admin: boolean },
+  image: string,
+): Promise<void> {
+  if (owner.admin) return;
+  const name = image.split('/')[0] as string;
+  const [group, membership] = await Promise.all([
+    ctx.store.get(ctx.keys.imageGroup(name), imageGroupSchema),
+    ctx.store.get(ctx.keys.imageGroupMember(name, owner.user), imageGroupMemberSchema),
+  ]);
+  if (!group || group.value.public || membership) return;
+  throw new InputError(`the app's owner "${owner.user}" cannot pull ${image}`, [
+    { path: '$.image', message: `"${name}" is a private image group "${owner.user}" is not a member of` },
+  ]);
 }
 
 // ---- Routes -----------------------------------------------------------------------------------
