@@ -231,6 +231,23 @@ describe('dispatch', () => {
     expect(await queue(placed[4]?.placement?.agentId as string).getJob(placed[4]?.id as string)).toBeTruthy();
   });
 
+  it('a run by hand may name its image tag instead of the template; a bad tag is a 400 naming it', async () => {
+    await clearQueues();
+    await createConfig('release');
+    const res = await api.call('POST', `/apps/${app}/build-configs/release/runs`, {
+      token: developer,
+      body: { ref: 'main', tag: 'v1.2.0' },
+    });
+    expect(res.status, JSON.stringify(res.json)).toBe(201);
+    expect(res.json.image).toEqual({ repository: `${group}/shop`, tag: 'v1.2.0', digest: null });
+    const bad = await api.call('POST', `/apps/${app}/build-configs/release/runs`, {
+      token: developer,
+      body: { tag: '-nope' },
+    });
+    expect(bad.status).toBe(400);
+    expect(bad.json.errors).toEqual([expect.objectContaining({ path: '$.tag' })]);
+  });
+
   it('cancelling a waiting run takes its job off the queue', async () => {
     await clearQueues();
     await createConfig('cancel-me');

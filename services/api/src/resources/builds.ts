@@ -26,6 +26,11 @@ export const startRunBody = z
       .regex(/^[^\s~^:?*[\\]+$/, 'expected a branch, a tag or a commit')
       .optional()
       .describe("A branch, a tag or a commit; default the config's branch"),
+    tag: z
+      .string()
+      .regex(/^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$/, 'expected a Docker tag: letters, digits, "_", "." and "-"')
+      .optional()
+      .describe("The image's tag, instead of the config's `tag` template (a release build by hand)"),
   })
   .strict();
 export const runListQuery = z
@@ -85,6 +90,9 @@ export function buildRoutes(ctx: ApiContext, runs: BuildRuns, logs: BuildLogs) {
         const run = await runs.start(p, params.app, params.config, {
           ref: body.ref ?? config.value.git.branch,
           trigger: { type: 'manual', by: p.user },
+          ...(body.tag
+            ? { image: () => ({ repository: config.value.target, tag: body.tag as string, digest: null }) }
+            : {}),
         });
         return { status: 201, body: run, headers: { Location: `/api/v1/builds/${run.id}` } };
       },
