@@ -12,7 +12,6 @@ import {
   openWorld,
   putConfig,
   queueRun,
-  REGISTRY,
   readLog,
   shellImage,
   startAgent,
@@ -50,11 +49,11 @@ describe('a build from a local bare repository', () => {
     expect(run.commit).toBe(repo.commit);
     const tag = `main-${repo.commit.slice(0, 7)}-${run.number}`;
     expect(run.image).toEqual({
-      repository: `${REGISTRY}/${config.target}`,
+      repository: `${world.registry}/${config.target}`,
       tag,
       digest: expect.stringMatching(/^sha256:[0-9a-f]{64}$/),
     });
-    expect(await manifestStatus(config.target, run.image?.digest ?? '')).toBe(200);
+    expect(await manifestStatus(world, config.target, run.image?.digest ?? '')).toBe(200);
     // Every step has its times; compile is skipped without a compile image.
     expect(run.steps.map((s) => [s.name, s.state])).toEqual([
       ['clone', 'succeeded'],

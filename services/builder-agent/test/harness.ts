@@ -1,6 +1,9 @@
 /**
- * builder-agent tests against the region's real etcd, NATS, Redis, Docker Engine and registry,
- * isolated by etcd prefix, subject root and region name: local bare git repositories, build
+ * builder-agent tests against the region's real etcd, NATS, Redis and Docker Engine, isolated by
+ * etcd prefix, subject root and region name, and each test file's own anonymous registry (Debian's
+ * `docker-registry` on a free loopback port: the region's may require tokens, and whether it
+ * does is none of these tests' business; Docker Engine pushes to 127.0.0.0/8 over http). Local
+ * bare git repositories, build
  * configs and runs written as the API writes them, jobs added to the agent's BullMQ queue as the
  * API's dispatcher adds them, the run's log read back from JetStream.
  */
@@ -25,7 +28,7 @@ import { createLogger } from '@berth/shared/logging';
 import { type JetStreamClient, NatsClient } from '@berth/shared/nats';
 import { createRedis, type Redis } from '@berth/shared/redis';
 import { Etcd3Backend, Store } from '@berth/shared/store';
-import { freePort, REPO_ROOT, regionEnv, uniqueId, waitFor } from '@berth/shared/testing';
+import { exited, freePort, REPO_ROOT, regionEnv, uniqueId, waitFor } from '@berth/shared/testing';
 import { Queue } from 'bullmq';
 import Docker from 'dockerode';
 import { pack } from 'tar-fs';
@@ -40,12 +43,71 @@ export const region = {
   REDIS_URL: env.REDIS_URL ?? 'redis://127.0.0.1:6379',
   DOCKER_HOST: env.DOCKER_HOST,
 };
-export const REGISTRY = env.REGISTRY_ADDR ?? '127.0.0.1:5000';
 export const docker = new Docker({
   socketPath: (region.DOCKER_HOST ?? 'unix:///var/run/docker.sock').replace(/^unix:\/\//, ''),
 });
 
-/** One test file's world: its prefix, subject root and region name, and clients to look with. */
+export type PrivateRegistry = {
+  /** host:port on loopback: the agents' REGISTRY_ADDR. */
+  addr: string;
+  stop(): Promise<void>;
+};
+
+/** An anonymous registry (no auth section) of one's own, its storage under `dir`. */
+export async function startRegistry(dir: string): Promise<PrivateRegistry> {
+  mkdirSync(dir, { recursive: true });
+  const addr = `127.0.0.1:${await freePort()}`;
+  const config = join(dir, 'registry.yml');
+  writeFileSync(
+    config,
+    [
+      'version: 0.1',
+      'log:',
+      '  level: warn',
+      'storage:',
+      '  filesystem:',
+      `    rootdirectory: ${join(dir, 'storage')}`,
+      '  delete:',
+      '    enabled: true',
+      'http:',
+      `  addr: ${addr}`,
+      '',
+    ].join('\n'),
+  );
+  const child = spawn('/usr/bin/docker-registry', ['serve', config], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let log = '';
+  const keep = (d: Buffer) => {
+    log = (log + d.toString()).slice(-20_000);
+  };
+  child.stdout?.on('data', keep);
+  child.stderr?.on('data', keep);
+  // Not left behind by a test process that ends without its afterAll.
+  const kill = () => child.kill('SIGKILL');
+  process.once('exit', kill);
+  const stop = async () => {
+    process.off('exit', kill);
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+    await exited(child);
+  };
+  try {
+    await waitFor(
+      async () => {
+        if (child.exitCode !== null) throw new Error(`docker-registry exited: ${log}`);
+        return (await fetch(`http://${addr}/v2/`).catch(() => undefined))?.status === 200;
+      },
+      { timeoutMs: 15_000, message: `the tests' registry at ${addr} answers` },
+    );
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  return { addr, stop };
+}
+
+/**
+ * One test file's world: its prefix, subject root and region name, its registry, and clients to
+ * look with.
+ */
 export type World = {
   id: string;
   prefix: string;
@@ -58,6 +120,8 @@ export type World = {
   nats: NatsClient;
   subjects: EventSubjects;
   tmp: string;
+  /** The world's own anonymous registry, host:port: REGISTRY_ADDR of its agents. */
+  registry: string;
   env(extra?: Record<string, string>): Record<string, string>;
   close(): Promise<void>;
 };
@@ -72,6 +136,7 @@ export async function openWorld(options: { etcdEndpoints?: string } = {}): Promi
   const redis = createRedis({ url: region.REDIS_URL, role: 'worker' });
   const nats = await NatsClient.connect({ servers: region.NATS_URL.split(','), name: `test-${id}` });
   const tmp = mkdtempSync(join(tmpdir(), 'berth-builder-'));
+  const registry = await startRegistry(join(tmp, 'registry'));
   const subjects = new EventSubjects(subjectRoot);
   const queues: Queue[] = [];
   return {
@@ -86,12 +151,13 @@ export async function openWorld(options: { etcdEndpoints?: string } = {}): Promi
     nats,
     subjects,
     tmp,
+    registry: registry.addr,
     env: (extra = {}) => ({
       ETCD_ENDPOINTS: etcdEndpoints,
       NATS_URL: region.NATS_URL,
       REDIS_URL: region.REDIS_URL,
       DOCKER_HOST: region.DOCKER_HOST ?? '',
-      REGISTRY_ADDR: REGISTRY,
+      REGISTRY_ADDR: registry.addr,
       ETCD_PREFIX: prefix,
       EVENT_SUBJECT_ROOT: subjectRoot,
       BERTH_REGION: regionName,
@@ -129,6 +195,7 @@ export async function openWorld(options: { etcdEndpoints?: string } = {}): Promi
           .remove({ force: true })
           .catch(() => undefined);
       }
+      await registry.stop();
       rmSync(tmp, { recursive: true, force: true });
     },
   };
@@ -381,9 +448,9 @@ export async function shellImage(): Promise<string> {
   return tag;
 }
 
-/** Manifest of `repo@digest` in the registry: the status of a HEAD. */
-export async function manifestStatus(repository: string, digest: string): Promise<number> {
-  const res = await fetch(`http://${REGISTRY}/v2/${repository}/manifests/${digest}`, {
+/** Manifest of `repo@digest` in the world's registry: the status of a HEAD. */
+export async function manifestStatus(world: World, repository: string, digest: string): Promise<number> {
+  const res = await fetch(`http://${world.registry}/v2/${repository}/manifests/${digest}`, {
     method: 'HEAD',
     headers: {
       Accept: 'application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json',
