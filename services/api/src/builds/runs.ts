@@ -17,8 +17,12 @@ import {
   type BuildStep,
   buildConfigSchema,
   builderCancelSubject,
+  builderClearCacheSubject,
   builderRegistrationSchema,
   buildRunSchema,
+  type ClearCacheReply,
+  type ClearCacheRequest,
+  clearCacheReplySchema,
   dispatchKey,
   FINAL_BUILD_STATES,
 } from '@berth/shared/builds';
@@ -321,6 +325,47 @@ export class BuildRuns {
     return { run: outcome.run, requested: outcome.requested };
   }
 
+  /**
+   * Asks every live agent of the app's region to drop the config's cache (a config's cache can be
+   * on several: spills and rehomes) and gathers their answers for up to `waitMs`. Agents that did
+   * not answer in time are named; they drop nothing until asked again.
+   */
+  async clearCache(
+    actor: Principal,
+    app: App,
+    config: BuildConfig,
+    waitMs = 3000,
+  ): Promise<{ agents: ClearCacheReply[]; missing: string[] }> {
+    const live = await this.liveAgents(app.region);
+    const agents: ClearCacheReply[] = [];
+    if (live.length > 0) {
+      const request: ClearCacheRequest = { configId: config.id, by: actor.user };
+      const replies = await this.#nats.client.connection.requestMany(
+        builderClearCacheSubject(this.#subjects.root),
+        JSON.stringify(request),
+        { strategy: 'count', maxMessages: live.length, maxWait: waitMs },
+      );
+      for await (const msg of replies) {
+        const reply = clearCacheReplySchema.safeParse(safeJson(msg.string()));
+        if (reply.success) agents.push(reply.data);
+        else this.#logger.warn({ issues: reply.error.issues }, 'a malformed clear-cache reply');
+      }
+    }
+    agents.sort((a, b) => a.agentId.localeCompare(b.agentId));
+    const answered = new Set(agents.map((a) => a.agentId));
+    const missing = live.map((a) => a.id).filter((id) => !answered.has(id));
+    await this.#ctx.events.emit({
+      kind: 'build',
+      resourceId: app.name,
+      ...(app.incarnation ? { incarnation: app.incarnation } : {}),
+      resourceName: `config:${config.name}`,
+      action: 'cache-cleared',
+      actor: { type: 'user', name: actor.user },
+      data: { freedBytes: agents.reduce((sum, a) => sum + a.freedBytes, 0), agents: agents.length, missing },
+    });
+    return { agents, missing };
+  }
+
   /** Starts a failed or cancelled run again as its next attempt. */
   async retry(actor: Principal, runId: string): Promise<BuildRun> {
     await this.#nextAttempt(actor, runId, undefined, (run) => {
@@ -437,5 +482,13 @@ export class BuildRuns {
       action,
       ...extra,
     };
+  }
+}
+
+function safeJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
   }
 }

@@ -3,7 +3,7 @@
  * the agent and why it was chosen, the image), cancel, retry, and follow its log. Members read
  * runs; Developer and up start, cancel and retry them; Reporter and up read logs.
  */
-import { buildRunSchema } from '@berth/shared/builds';
+import { buildRunSchema, clearCacheReplySchema } from '@berth/shared/builds';
 import { NotFoundError } from '@berth/shared/errors';
 import { z } from 'zod';
 import type { Principal } from '../auth/principal.ts';
@@ -33,6 +33,13 @@ export const startRunBody = z
       .describe("The image's tag, instead of the config's `tag` template (a release build by hand)"),
   })
   .strict();
+export const clearCacheResponse = z.object({
+  /** Each live agent that answered: what it freed, and whether a running build holds the cache till it ends. */
+  agents: z.array(clearCacheReplySchema),
+  /** Live agents that did not answer in time (they keep the cache until asked again). */
+  missing: z.array(z.string()),
+});
+
 export const runListQuery = z
   .object({
     limit: z.coerce.number().int().min(1).max(500).default(50),
@@ -73,6 +80,25 @@ export function buildRoutes(ctx: ApiContext, runs: BuildRuns, logs: BuildLogs) {
   }
 
   return [
+    defineRoute({
+      method: 'post',
+      path: '/apps/:app/build-configs/:config/clear-cache',
+      operationId: 'clearBuildCache',
+      summary:
+        "Drop the config's build cache on every build machine (Developer and up); the next run is cold. Answers what each live agent freed",
+      tags: ['builds'],
+      access: { kind: 'user', scope: 'write' },
+      params: buildConfigParams,
+      responses: { 200: clearCacheResponse },
+      idempotent: false,
+      handler: async ({ params, principal: p }) => {
+        const { app } = await loadApp(ctx, p, params.app, 'build');
+        const config = await loadBuildConfig(ctx, params.app, params.config);
+        const outcome = await runs.clearCache(p, app.value, config.value);
+        return { status: 200, body: outcome };
+      },
+    }),
+
     defineRoute({
       method: 'post',
       path: '/apps/:app/build-configs/:config/runs',
