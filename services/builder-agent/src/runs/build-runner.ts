@@ -27,7 +27,7 @@ import type { BuildCache } from '../cache/build-cache.ts';
 import { BuildLog } from '../logs/build-log.ts';
 import type { DockerImageBuilder } from '../steps/docker.ts';
 import { credentialMasks, type GitCredential, type GitMirrors } from '../steps/git.ts';
-import type { PushCredentials } from '../steps/push-credentials.ts';
+import { type PushCredentials, pullCredential } from '../steps/push-credentials.ts';
 import type { RegistryClient } from '../steps/registry.ts';
 import { finish, RunRecord, runEvent, StaleAttemptError } from './run-store.ts';
 
@@ -227,7 +227,12 @@ export class BuildRunner {
         await this.#step(record, buildLog, 'compile', signal, async (s) => {
           buildLog.system(`compile in ${compile.image} (cache ${config.cache ? (cache.hit ? 'hit' : 'cold') : 'off'})`);
           const output = (stream: 'stdout' | 'stderr' | 'system', text: string) => buildLog.write(stream, text);
-          await this.#o.docker.ensureImage(compile.image, output, s, registryAuth);
+          await this.#o.docker.ensureImage(
+            compile.image,
+            output,
+            s,
+            pullCredential(compile.image, this.#o.registryAddr, registryAuth),
+          );
           await this.#o.docker.compile({
             image: compile.image,
             script: compile.script,

@@ -6,7 +6,7 @@ import { ConfigError } from '@berth/shared/errors';
 import { deriveAgentKey, robotKeySchema, runPushCredential } from '@berth/shared/registry';
 import { describe, expect, test } from 'vitest';
 import { builderAgentEnv } from '../env.ts';
-import { pushCredentials } from './push-credentials.ts';
+import { pullCredential, pushCredentials } from './push-credentials.ts';
 
 const master = robotKeySchema.parse('42'.repeat(32));
 const agentKey = deriveAgentKey(master, 'b1');
@@ -34,6 +34,16 @@ describe('push credentials', () => {
     expect(of(RUN, 1)).toEqual({ username: 'ci', password: 'pw', serveraddress: 'reg:5000' });
     expect(of('x', 3)).toEqual(of(RUN, 1));
     expect(pushCredentials({ registryAddr: 'reg:5000' })(RUN, 1)).toBeUndefined();
+  });
+});
+
+describe('the compile image pull', () => {
+  test("sends the run's credential to the region's registry only", () => {
+    const run = pushCredentials({ registryAddr: '127.0.0.1:5000', agentKey })(RUN, 1);
+    expect(pullCredential('127.0.0.1:5000/tools/go:1.24', '127.0.0.1:5000', run)).toBe(run);
+    expect(pullCredential('golang:1.24', '127.0.0.1:5000', run)).toBeUndefined();
+    expect(pullCredential('ghcr.io/x/y:1', '127.0.0.1:5000', run)).toBeUndefined();
+    expect(pullCredential('127.0.0.1:50001/x/y:1', '127.0.0.1:5000', run)).toBeUndefined();
   });
 });
 

@@ -31,3 +31,16 @@ export function pushCredentials(o: PushCredentialsOptions): PushCredentials {
   }
   return () => undefined;
 }
+
+/**
+ * The credential to pull `image` with: the run's, only when the image is on the region's
+ * registry. A compile image from anywhere else is pulled anonymously, so no robot password is
+ * sent to another registry.
+ */
+export function pullCredential(
+  image: string,
+  registryAddr: string,
+  credential: RegistryAuth | undefined,
+): RegistryAuth | undefined {
+  return image.startsWith(`${registryAddr}/`) ? credential : undefined;
+}
