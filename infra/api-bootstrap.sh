@@ -55,3 +55,9 @@ done
 api GET /lb-groups/local >/dev/null 2>&1 ||
   api POST /lb-groups '{"name":"local","description":"the nginx of make up (BERTH_LB_URL)","vips":["127.0.0.1"]}' >/dev/null ||
   die "cannot create LB group local"
+
+# The sample app's images live in the public image group `berth` (anyone pulls, so make test's
+# cells and the ones of make up pull them alike; docs/registry.md).
+api GET /image-groups/berth >/dev/null 2>&1 ||
+  api POST /image-groups '{"name":"berth","public":true,"description":"images of make up: the sample app"}' >/dev/null ||
+  die "cannot create image group berth"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The last step of `make up`: the sample app deployed through Berth's own API, as a developer
-# would: an app `sample` with one version of berth/sample-app spread over cell-a and cell-b.
-# Idempotent: an existing app is left as it is. Waits until its replicas are available.
+# would: an app `sample`, its image built by Berth (infra/build-sample.sh), one version of
+# berth/sample-app spread over cell-a and cell-b. Idempotent: an existing app and version are
+# left as they are. Waits until its replicas are available.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # shellcheck source=/dev/null # written by make up
 for f in "$BERTH_LOCAL"/env.d/*.sh; do [[ -f $f ]] && source "$f"; done
@@ -15,6 +16,11 @@ if ! curl -fsS -m 10 -o /dev/null -H "$AUTH" "$API/apps/$APP" 2>/dev/null; then
     \"description\": \"the sample app of make up\",
     \"healthCheck\": {\"path\": \"/healthz\", \"port\": 8080, \"initialDelaySeconds\": 0, \"periodSeconds\": 2},
     \"ports\": [{\"name\": \"http\", \"port\": 8080}], \"minCells\": 2 }" || die "cannot create the sample app"
+  log "created app $APP"
+fi
+# Its images, built by the region's builder-agent from a git repository (token-auth registry).
+bash "$BERTH_ROOT/infra/build-sample.sh"
+if [[ $(curl -fsS -m 10 -H "$AUTH" "$API/apps/$APP/versions" | jq '.items | length') == 0 ]]; then
   curl -fsS -m 10 -o /dev/null -H "$AUTH" -H 'Content-Type: application/json' -X POST "$API/apps/$APP/versions" \
     -d '{"imageTag": "v1", "replicas": 2, "cpu": "50m", "memory": "32Mi", "env": {"APP_VERSION": "v1"}}' ||
     die "cannot create the sample app's first version"

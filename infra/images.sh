@@ -3,7 +3,9 @@
 #   127.0.0.1:5000/berth/pause:<tag>           Kubernetes' pause.c, compiled statically
 #   127.0.0.1:5000/berth/sample-app:v1, :v2    infra/sample-app, a static Go HTTP server
 #
-#   infra/images.sh              build and push every image that is missing or out of date
+#   infra/images.sh              build and push every image that is missing or out of date (with
+#                                a token-auth registry: load pause into dockerd, push nothing)
+#   infra/images.sh go-image     build the Go compile image into dockerd; print its tag
 #   infra/images.sh pause-tar    build the pause image as an OCI/docker archive; print its path
 #                                (cells.sh imports it into each real cell's containerd, no registry)
 #   infra/images.sh status       one line per image: pushed | missing
@@ -106,7 +108,50 @@ mark_pushed() {
 need_region() {
   command -v docker >/dev/null || die "docker CLI not found; infra/region.sh installs Docker Engine"
   docker version >/dev/null 2>&1 || die "the region's Docker Engine does not answer at $DOCKER_HOST; run infra/region.sh up first"
-  http_ok "http://$REGISTRY/v2/" || die "the registry does not answer at http://$REGISTRY/v2/; run infra/region.sh up first"
+  [[ $(curl -sS -m 5 -o /dev/null -w '%{http_code}' "http://$REGISTRY/v2/" 2>/dev/null) =~ ^(200|401)$ ]] ||
+    die "the registry does not answer at http://$REGISTRY/v2/; run infra/region.sh up first"
+}
+
+# With token auth (make up) nothing is pushed from here: the sample app is built through Berth
+# (infra/build-sample.sh), and the pause image only goes into dockerd.
+registry_anonymous() { [[ $(curl -sS -m 5 -o /dev/null -w '%{http_code}' "http://$REGISTRY/v2/" 2>/dev/null) == 200 ]]; }
+
+load_pause() {
+  local tar
+  tar=$(pause_tar)
+  docker image inspect "$PAUSE_IMAGE" >/dev/null 2>&1 || docker load -q -i "$tar" >/dev/null
+}
+
+# go_image: the compile image of Go apps (the sample's build config names it), built FROM scratch
+# into dockerd, never pushed: the host's Go toolchain (without tests and docs) and busybox for
+# `sh`. Its Go caches live under HOME=/cache/home, the agent's per-config cache. Prints its tag.
+go_image() {
+  local goroot version tag ctx
+  goroot=$("$GO" env GOROOT)
+  version=$("$GO" env GOVERSION)
+  tag=berth-local/go:$version
+  if ! docker image inspect "$tag" >/dev/null 2>&1; then
+    ensure_packages busybox-static
+    ctx=$(mktemp -d)
+    mkdir -p "$ctx/bin"
+    cp /bin/busybox "$ctx/bin/busybox"
+    ln -s "$goroot" "$ctx/go"
+    cat >"$ctx/Dockerfile" <<'DOCKERFILE'
+FROM scratch
+COPY bin /bin
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+RUN mkdir -p /tmp && chmod 1777 /tmp
+COPY go /usr/local/go
+ENV PATH=/usr/local/go/bin:/bin GOTOOLCHAIN=local GOFLAGS=-mod=mod GOSUMDB=off CGO_ENABLED=0 \
+    GOMODCACHE=/cache/home/go/pkg/mod GOCACHE=/cache/home/.cache/go-build
+DOCKERFILE
+    log "building the Go compile image $tag"
+    # -h follows the symlink to GOROOT; what a build never reads stays out.
+    tar -C "$ctx" -ch --exclude=./go/test --exclude=./go/doc --exclude=./go/api --exclude=./go/misc \
+      --exclude=testdata --exclude='*_test.go' . | docker build -q -t "$tag" - >/dev/null
+    rm -rf "$ctx"
+  fi
+  echo "$tag"
 }
 
 push_pause() {
@@ -139,9 +184,14 @@ push_sample_app() {
 case ${1:-all} in
   all)
     need_region
-    push_pause
-    push_sample_app
+    if registry_anonymous; then
+      push_pause
+      push_sample_app
+    else
+      load_pause
+    fi
     ;;
+  go-image) go_image ;;
   pause-tar) pause_tar ;;
   status)
     for image in "$PAUSE_IMAGE" "${SAMPLE_TAGS[@]/#/$SAMPLE_REPO:}"; do

@@ -23,7 +23,8 @@ etcd_healthy() { curl -fsS -m 2 http://127.0.0.1:2379/health | grep -q '"health"
 nats_healthy() { curl -fsS -m 2 'http://127.0.0.1:8222/healthz?js-enabled-only=true' | grep -q ok; }
 redis_healthy() { [[ $(redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null) == PONG ]]; }
 docker_healthy() { [[ $(curl -fsS -m 2 --unix-socket "$DOCKER_SOCK" http://docker/_ping 2>/dev/null) == OK ]]; }
-registry_healthy() { curl -fsS -m 2 -o /dev/null http://127.0.0.1:5000/v2/; }
+# With token auth /v2/ answers 401 and a Bearer challenge: that is up, too.
+registry_healthy() { [[ $(curl -sS -m 2 -o /dev/null -w '%{http_code}' http://127.0.0.1:5000/v2/ 2>/dev/null) =~ ^(200|401)$ ]]; }
 nginx_healthy() { [[ $(curl -fsS -m 2 http://127.0.0.1:8080/healthz 2>/dev/null) == "ok lua" ]]; }
 
 start_etcd() {
@@ -115,9 +116,20 @@ start_docker() {
     --log-level warn || true
 }
 
+# The registry's auth: BERTH_REGISTRY_AUTH=token (make up: the API is its token server,
+# docs/registry.md), none (anonymous: what make test starts on a clean machine) or keep (the
+# default: a running registry stays as it is, a stopped one starts anonymous). A changed mode
+# restarts the registry; its data stays.
 start_registry() {
+  local mode=${BERTH_REGISTRY_AUTH:-keep} conf=$BERTH_LOCAL/registry/config.yml cert=""
   mkdir -p "$BERTH_DATA_DIR/registry" "$BERTH_LOCAL/registry"
-  cat >"$BERTH_LOCAL/registry/config.yml" <<CONF
+  if [[ $mode == keep ]]; then
+    is_running registry && [[ -f $conf ]] && return 0
+    mode=none
+  fi
+  [[ $mode == token ]] && cert=$(bash "$BERTH_ROOT/infra/registry-token-key.sh" "$BERTH_LOCAL/secrets" | sed -n 2p)
+  {
+    cat <<CONF
 version: 0.1
 log:
   level: warn
@@ -133,8 +145,31 @@ health:
     enabled: true
     interval: 30s
 CONF
-  start_daemon registry docker-registry serve "$BERTH_LOCAL/registry/config.yml" || true
+    if [[ $mode == token ]]; then
+      cat <<CONF
+auth:
+  token:
+    realm: http://127.0.0.1:7070/api/v1/registry/token
+    service: berth-registry
+    issuer: berth
+    rootcertbundle: $cert
+CONF
+    fi
+  } >"$conf.new"
+  if is_running registry; then
+    if cmp -s "$conf.new" "$conf"; then
+      rm -f "$conf.new"
+      return 0
+    fi
+    log "restarting the registry (auth: $mode)"
+    stop_daemon registry
+  fi
+  mv "$conf.new" "$conf"
+  start_daemon registry docker-registry serve "$conf" || true
 }
+
+# registry_auth: the auth of the registry's config (token | none).
+registry_auth() { if grep -q '^auth:' "$BERTH_LOCAL/registry/config.yml" 2>/dev/null; then echo token; else echo none; fi; }
 
 start_nginx() {
   # The lb-agent's main config: its Lua, shared dicts, the control socket and `live/` (the
@@ -162,6 +197,8 @@ export ETCD_ENDPOINTS=http://127.0.0.1:2379
 export NATS_URL=nats://127.0.0.1:4222
 export REDIS_URL=redis://127.0.0.1:6379
 export REGISTRY_ADDR=127.0.0.1:5000
+# none: anonymous (make test on a clean machine); token: the API is its token server (make up)
+export BERTH_REGISTRY_AUTH_MODE=$(registry_auth)
 export DOCKER_HOST=unix://$DOCKER_SOCK
 export BERTH_REGION=local
 # Where the region's nginx takes traffic: curl -H 'Host: sample.berth.test' \$BERTH_LB_URL/
@@ -209,7 +246,7 @@ cmd_status() {
   status_line nats nats://127.0.0.1:4222 nats_healthy
   status_line redis redis://127.0.0.1:6379 redis_healthy
   status_line dockerd "unix://.local/run/docker.sock" docker_healthy
-  status_line registry 127.0.0.1:5000 registry_healthy
+  status_line registry "127.0.0.1:5000 (auth: $(registry_auth))" registry_healthy
   status_line nginx http://127.0.0.1:8080 nginx_healthy
 }
 

@@ -48,10 +48,19 @@ start_service() {
     log "skipping $name: $entry does not exist"
     return 0
   }
-  is_running "berth-$name" && return 0
-  local env_args=()
+  local env_args=() stamp=$BERTH_RUN_DIR/berth-$name.env.sha
   mapfile -t env_args < <(service_env "$name")
+  # A running service keeps running unless its configuration changed (a later make up added a
+  # setting): then it restarts with the new one. Only a hash of it is kept.
+  local sum
+  sum=$(printf '%s\n' "${env_args[@]}" | sha256sum | cut -d' ' -f1)
+  if is_running "berth-$name"; then
+    [[ -f $stamp && $(<"$stamp") == "$sum" ]] && return 0
+    log "restarting berth-$name: its configuration changed"
+    stop_daemon "berth-$name" 30
+  fi
   (cd "$BERTH_ROOT" && start_daemon "berth-$name" env "${env_args[@]}" "$NODE" "$entry") || true
+  echo "$sum" >"$stamp"
 }
 
 cmd_up() {

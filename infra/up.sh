@@ -31,13 +31,19 @@ if [[ -f $BERTH_ROOT/infra/k8s/build.sh ]] && ! bash "$BERTH_ROOT/infra/k8s/buil
 fi
 
 step "region: etcd, NATS, Redis, dockerd, registry, nginx"
-bash "$BERTH_ROOT/infra/region.sh" up
+# The whole region's registry authenticates with the API's tokens; make test's (no services, no
+# API) keeps whatever runs, or starts anonymous (docs/registry.md).
+if ((WITH_SERVICES)); then
+  BERTH_REGISTRY_AUTH=${BERTH_REGISTRY_AUTH:-token} bash "$BERTH_ROOT/infra/region.sh" up
+else
+  bash "$BERTH_ROOT/infra/region.sh" up
+fi
 
 if [[ -f $BERTH_ROOT/infra/k8s/build.sh ]]; then
   bash "$BERTH_ROOT/infra/k8s/build.sh" --status >/dev/null 2>&1 || step "waiting for the Kubernetes build"
   bash "$BERTH_ROOT/infra/k8s/build.sh" --wait
 fi
-step "images: pause and sample-app into the registry"
+step "images: pause (and, with an anonymous registry, sample-app)"
 run_if_present infra/images.sh
 step "IPAM: the berth-ipam plugin, cnictl, cell-a's pool"
 run_if_present infra/ipam.sh install

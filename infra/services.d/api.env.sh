@@ -16,3 +16,8 @@ if [[ ! -s $secrets/build-webhook-key ]]; then
   (umask 077 && openssl rand -hex 32 >"$secrets/build-webhook-key")
 fi
 echo "BUILD_WEBHOOK_KEY_FILE=$secrets/build-webhook-key"
+# The registry's token server (docs/registry.md): its signing key (the registry trusts its
+# certificate), the robots' master key, and the registry as the API reads repositories and tags.
+echo "REGISTRY_TOKEN_KEY_FILE=$(bash "$BERTH_ROOT/infra/registry-token-key.sh" "$secrets" | sed -n 1p)"
+echo "REGISTRY_ROBOT_KEY_FILE=$(bash "$BERTH_ROOT/infra/registry-robot-keys.sh" master)"
+echo "REGISTRY_URL=http://${REGISTRY_ADDR:-127.0.0.1:5000}"
