@@ -48,8 +48,9 @@ describe('a build from a local bare repository', () => {
     expect(run.state).toBe('succeeded');
     expect(run.commit).toBe(repo.commit);
     const tag = `main-${repo.commit.slice(0, 7)}-${run.number}`;
+    // The repository as Berth names it (an app's image), without the registry's address.
     expect(run.image).toEqual({
-      repository: `${world.registry}/${config.target}`,
+      repository: config.target,
       tag,
       digest: expect.stringMatching(/^sha256:[0-9a-f]{64}$/),
     });
@@ -104,7 +105,7 @@ describe('a build from a local bare repository', () => {
     expect(metrics).toMatch(/berth_builder_step_duration_seconds_count\{[^}]*step="push"[^}]*\} [1-9]/);
     expect(metrics).toMatch(/berth_builder_active_builds\{[^}]*\} 0/);
 
-    const image = await docker.getImage(`${run.image?.repository}:${tag}`).inspect();
+    const image = await docker.getImage(`${world.registry}/${run.image?.repository}:${tag}`).inspect();
     expect(image.Config.Labels?.['berth.commit']).toBe(repo.commit);
   });
 

@@ -286,9 +286,11 @@ export class BuildRunner {
         });
         await this.#o.registry.confirmManifest(config.target, digest, s, registryAuth);
         buildLog.system(`confirmed ${config.target}@${digest} in the registry`);
+        // The repository as Berth names it (`group/repo`, an app's `image`), without the
+        // registry's address: autoDeploy and the token server compare it with those.
         await record.update({
           apply: (r) => {
-            r.image = { repository, tag, digest };
+            r.image = { repository: config.target, tag, digest };
             return r;
           },
         });
