@@ -5,10 +5,11 @@
  * (`BUILDER_REGISTRY_KEY`, no static credential). A user starts a run by hand; the dispatcher places
  * it on the agent, which clones, compiles into the config's cache, builds with the region's dockerd
  * and pushes with the run's own robot credential. Then the config's cache is cleared through the
- * API, and a registered cell pulls the image with its credential (and cannot push).
+ * API, and a registered cell pulls the image with its credential (and cannot push). A signed GitHub
+ * push webhook builds exactly the pushed commit, though the branch has moved on since.
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { createHmac, randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -47,6 +48,9 @@ let agentDataDir: string;
 /** The agent's own HTTP server (/readyz, /metrics). */
 let agentUrl: string;
 let sessions: Record<keyof typeof users, string>;
+/** The build config's id and its webhook secret (shown once, at creation). */
+let configId: string;
+let webhook: { url: string; secret: string };
 let runId: string;
 let digest: string;
 let image: { repository: string; tag: string; digest: string };
@@ -130,6 +134,27 @@ function gitRepo(files: Record<string, string>): string {
   git(work, 'commit', '-q', '-m', 'first');
   git(work, 'push', '-q', bare, 'main');
   return bare;
+}
+
+/** Commits `files` on main in the work tree of gitRepo and pushes it to the bare repository; its sha. */
+function commitTo(files: Record<string, string>): string {
+  const work = join(dir, 'shop');
+  const git = (...args: string[]) =>
+    execFileSync('git', args, {
+      cwd: work,
+      encoding: 'utf8',
+      env: {
+        ...process.env,
+        GIT_AUTHOR_NAME: 't',
+        GIT_AUTHOR_EMAIL: 't@t',
+        GIT_COMMITTER_NAME: 't',
+        GIT_COMMITTER_EMAIL: 't@t',
+      },
+    });
+  for (const [path, text] of Object.entries(files)) writeFileSync(join(work, path), text);
+  git('commit', '-q', '-am', `change ${Object.keys(files).join(', ')}`);
+  git('push', '-q', join(dir, 'shop.git'), 'main');
+  return git('rev-parse', 'HEAD').trim();
 }
 
 /** The builder-agent's entry point as its own process, in the API's prefix, subject root and region. */
@@ -272,6 +297,8 @@ beforeAll(async () => {
     },
   });
   expect(config.status, JSON.stringify(config.json)).toBe(201);
+  webhook = config.json.webhook;
+  configId = config.json.id;
 }, 180_000);
 
 afterAll(async () => {
@@ -362,6 +389,53 @@ describe('a build in token-auth mode', () => {
     // That credential died with the run.
     const after = await askToken([`repository:${target}:pull,push`], basic(robot.username, robot.password));
     expect(after.status).toBe(401);
+  });
+
+  it('a signed GitHub push builds and pushes the pushed commit, not what the branch holds later', {
+    timeout: 240_000,
+  }, async () => {
+    // Two commits land on main; the webhook reports the first, the branch has moved on to the second.
+    const pushed = commitTo({ 'src.txt': 'pushed by the webhook\n' });
+    commitTo({ 'src.txt': 'a later commit\n' });
+    const body = JSON.stringify({
+      ref: 'refs/heads/main',
+      before: '0'.repeat(40),
+      after: pushed,
+      created: false,
+      deleted: false,
+      forced: false,
+      commits: [{ id: pushed, message: 'change', timestamp: new Date().toISOString(), author: { name: 'Dev' } }],
+      head_commit: { id: pushed, message: 'change' },
+      repository: { id: 1, name: 'shop', full_name: `${group}/shop`, default_branch: 'main' },
+      pusher: { name: users.dev, email: 'dev@example.test' },
+      sender: { login: users.dev, id: 7 },
+    });
+    const res = await api.call('POST', `/hooks/github/${configId}`, {
+      raw: body,
+      headers: {
+        'content-type': 'application/json',
+        'x-github-event': 'push',
+        'x-github-delivery': `e2e-${uniqueId()}`,
+        'x-hub-signature-256': `sha256=${createHmac('sha256', webhook.secret).update(body).digest('hex')}`,
+      },
+    });
+    expect(res.status, JSON.stringify(res.json)).toBe(202);
+    const hookRun = res.json.build.id as string;
+    const run = await waitFor(
+      async () => {
+        const got = await api.call('GET', `/builds/${hookRun}`, { token: sessions.reporter });
+        return ['succeeded', 'failed', 'cancelled'].includes(got.json.state) ? got.json : undefined;
+      },
+      { timeoutMs: 180_000, intervalMs: 250, message: `build ${hookRun} finished` },
+    );
+    expect(run.reason, `agent log:\n${agentLog.slice(-6000)}`).toBeNull();
+    expect(run).toMatchObject({ state: 'succeeded', commit: pushed, trigger: { type: 'webhook' } });
+    expect(run.image.tag).toBe(`main-${pushed.slice(0, 7)}`);
+    // The image in the registry is that commit's: its label says so, and so does its file.
+    const built = await docker.getImage(`${registryHost}/${target}:${run.image.tag}`).inspect();
+    tagged.add(`${registryHost}/${target}:${run.image.tag}`);
+    expect(built.Config.Labels?.['berth.commit']).toBe(pushed);
+    expect(built.Id).not.toBe('');
   });
 
   it("clearing the config's cache: a Developer frees what the compile step left, a Reporter may not", async () => {
