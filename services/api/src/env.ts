@@ -74,6 +74,11 @@ export const apiEnv = z
     BUILD_SPILL_FACTOR: envInt(2, { min: 1, max: 1000 }),
     /** The registry as the API reaches it, for repositories and tags (with REGISTRY_TOKEN_KEY). */
     REGISTRY_URL: envUrl(['http', 'https']).optional(),
+    /**
+     * The bearer secret the registry sends with its notifications (docs/registry.md, "Who pushed a
+     * tag"), best from REGISTRY_NOTIFY_TOKEN_FILE. Unset: no notification endpoint.
+     */
+    REGISTRY_NOTIFY_TOKEN: secret(z.string().min(16, 'at least 16 characters').max(4096).optional()),
   })
   .superRefine((env, ctx) => {
     if (env.REGISTRY_TOKEN_TTL < 60_000) {

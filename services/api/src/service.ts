@@ -17,6 +17,7 @@ import { Idempotency } from './http/idempotency.ts';
 import { Mutations } from './http/mutation.ts';
 import { buildOpenApi } from './http/openapi.ts';
 import { type AnyRoute, mountRoutes } from './http/routes.ts';
+import { TagPushes } from './registry/notifications.ts';
 import { RegistryClient } from './registry/registry-client.ts';
 import { parseSigningKey } from './registry/signing-key.ts';
 import { RegistryTokenIssuer } from './registry/token-issuer.ts';
@@ -34,6 +35,7 @@ import { imageRepoRoutes } from './resources/image-repos.ts';
 import { lbGroupRoutes } from './resources/lb-groups.ts';
 import { memberRoutes } from './resources/members.ts';
 import { Quotas } from './resources/quotas.ts';
+import { registryNotificationRoutes } from './resources/registry-notifications.ts';
 import { registryTokenRoutes } from './resources/registry-token.ts';
 import { trafficRoutes } from './resources/traffic.ts';
 import { versionRoutes } from './resources/versions.ts';
@@ -175,9 +177,14 @@ export class ApiService {
       ...buildRoutes(ctx, buildRuns, buildLogs),
       ...buildHookRoutes(ctx, buildRuns, webhookSecrets, runtime.etcd),
     ];
-    // The registry: its token server, and its repositories and tags when the API reaches it.
+    // The registry: its token server, its repositories and tags when the API reaches it, and who
+    // pushed each tag when it sends its notifications here.
+    const tagPushes = new TagPushes({ store, keys: runtime.keys, events });
     if (issuer) routes.push(...registryTokenRoutes(ctx, issuer, config.REGISTRY_ROBOT_KEY));
-    if (registry) routes.push(...imageRepoRoutes(ctx, registry));
+    if (registry) routes.push(...imageRepoRoutes(ctx, registry, tagPushes));
+    if (config.REGISTRY_NOTIFY_TOKEN) {
+      routes.push(...registryNotificationRoutes(ctx, tagPushes, config.REGISTRY_NOTIFY_TOKEN));
+    }
     mountRoutes(router, API_BASE, routes, (req, access) => auth.authenticate(req, access), idempotency);
 
     runtime.health.add('nats', nats.ready);

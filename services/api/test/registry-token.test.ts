@@ -15,6 +15,7 @@ import { cellPullCredential, deriveAgentKey, deriveCellsKey, runPushCredential }
 import { exited, freePort, REPO_ROOT, regionEnv, waitFor } from '@berth/shared/testing';
 import { decodeJwt, SignJWT } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { z } from 'zod';
 import { libtrustKeyId, parseSigningKey, type SigningKey } from '../src/registry/signing-key.ts';
 import { appBody, ensureRegion, startApi, type TestApi } from './harness.ts';
 
@@ -23,6 +24,9 @@ const SERVICE = 'berth-test-registry';
 const MANIFEST_V2 = 'application/vnd.docker.distribution.manifest.v2+json';
 /** The robot master key (REGISTRY_ROBOT_KEY), as make up makes one. */
 const ROBOT_KEY = randomBytes(32);
+/** The secret the registry sends with its notifications (REGISTRY_NOTIFY_TOKEN). */
+const NOTIFY_TOKEN = randomBytes(32).toString('hex');
+const EVENTS_TYPE = 'application/vnd.docker.distribution.events.v1+json';
 
 let dir: string;
 let api: TestApi;
@@ -53,6 +57,7 @@ beforeAll(async () => {
     REGISTRY_TOKEN_SERVICE: SERVICE,
     REGISTRY_TOKEN_TTL: '2m',
     REGISTRY_ROBOT_KEY: ROBOT_KEY.toString('hex'),
+    REGISTRY_NOTIFY_TOKEN: NOTIFY_TOKEN,
     LOGIN_RATE_LIMIT: '1000',
   });
 
@@ -76,6 +81,17 @@ beforeAll(async () => {
       `    service: ${SERVICE}`,
       `    issuer: ${ISSUER}`,
       `    rootcertbundle: ${certFile}`,
+      // As infra/region.sh configures the region's registry (docs/registry.md, "Who pushed a tag").
+      'notifications:',
+      '  endpoints:',
+      '    - name: berth-api',
+      `      url: ${api.url}/api/v1/registry/notifications`,
+      '      headers:',
+      `        Authorization: [Bearer ${NOTIFY_TOKEN}]`,
+      '      timeout: 2s',
+      '      threshold: 5',
+      '      backoff: 1s',
+      '      ignoredmediatypes: [application/octet-stream]',
       '',
     ].join('\n'),
   );
@@ -394,6 +410,100 @@ describe('repositories and tags', () => {
     expect(missing.status).toBe(404);
   });
 
+  type PushedTag = { tag: string; digest: string; pushedAt: string | null; pushedBy: string | null };
+  /** The repository's tags once `done` holds for them (notifications are asynchronous). */
+  const tagsWhen = (repo: string, done: (tags: Map<string, PushedTag>) => boolean) =>
+    waitFor(
+      async () => {
+        const res = await api.call('GET', `/image-groups/rt-team/repos/${repo}/tags`, {
+          token: creds['rt-reporter']?.session,
+        });
+        expect(res.status, JSON.stringify(res.json)).toBe(200);
+        const tags = new Map<string, PushedTag>(res.json.items.map((t: PushedTag) => [t.tag, t]));
+        return done(tags) ? tags : undefined;
+      },
+      { timeoutMs: 20_000, intervalMs: 200, message: `the pushes to rt-team/${repo} are recorded` },
+    );
+  const recent = (at: string | null | undefined) =>
+    at !== null && at !== undefined && Math.abs(Date.now() - Date.parse(at)) < 5 * 60_000;
+
+  it('each tag shows who pushed it and when, from the registry’s notifications; the last push wins', async () => {
+    const tagged = await tagsWhen('tagged', (t) => t.get('one')?.pushedBy === 'rt-owner');
+    for (const name of ['alias', 'one', 'two']) {
+      expect(tagged.get(name), name).toMatchObject({ pushedBy: 'rt-owner' });
+      expect(recent(tagged.get(name)?.pushedAt), String(tagged.get(name)?.pushedAt)).toBe(true);
+    }
+    const owner = await tokenFor(
+      ['repository:rt-team/pushed:pull,push'],
+      basic('rt-owner', creds['rt-owner']?.pat ?? ''),
+    );
+    const dev = await tokenFor(['repository:rt-team/pushed:pull,push'], basic('rt-dev', creds['rt-dev']?.pat ?? ''));
+    expect(await pushImage('rt-team/pushed', 'v1', owner)).toBe(201);
+    expect(await pushImage('rt-team/pushed', 'v2', dev)).toBe(201);
+    const first = await tagsWhen(
+      'pushed',
+      (t) => t.get('v1')?.pushedBy === 'rt-owner' && t.get('v2')?.pushedBy === 'rt-dev',
+    );
+    expect(recent(first.get('v2')?.pushedAt)).toBe(true);
+    // The Developer pushes v1 again, another image: the tag is theirs now.
+    expect(await pushImage('rt-team/pushed', 'v1', dev)).toBe(201);
+    const again = await tagsWhen('pushed', (t) => t.get('v1')?.pushedBy === 'rt-dev');
+    expect(again.get('v1')?.digest).not.toBe(first.get('v1')?.digest);
+    expect(Date.parse(again.get('v1')?.pushedAt ?? '')).toBeGreaterThan(Date.parse(first.get('v1')?.pushedAt ?? ''));
+  });
+
+  it('the notification endpoint wants the registry’s secret, and records an envelope posted by hand', async () => {
+    const v2 = (await tagsWhen('pushed', (t) => t.get('v2')?.pushedBy === 'rt-dev')).get('v2') as PushedTag;
+    const envelope = (at: string, actor: string) => ({
+      events: [
+        {
+          id: randomBytes(8).toString('hex'),
+          timestamp: at,
+          action: 'push',
+          target: {
+            mediaType: MANIFEST_V2,
+            digest: v2.digest,
+            size: 528,
+            repository: 'rt-team/pushed',
+            url: `${registryUrl}/v2/rt-team/pushed/manifests/${v2.digest}`,
+            tag: 'v2',
+          },
+          request: { id: 'by-hand', method: 'PUT', useragent: 'test' },
+          actor: { name: actor },
+          source: { addr: registryHost },
+        },
+        // A pull and a blob are fine and change nothing.
+        { timestamp: at, action: 'pull', target: { repository: 'rt-team/pushed', digest: v2.digest, tag: 'v2' } },
+        {
+          timestamp: at,
+          action: 'push',
+          target: { repository: 'rt-team/pushed', mediaType: 'application/octet-stream' },
+        },
+      ],
+    });
+    const post = (body: unknown, authorization?: string, raw?: string) =>
+      fetch(`${api.url}/api/v1/registry/notifications`, {
+        method: 'POST',
+        headers: { 'content-type': EVENTS_TYPE, ...(authorization ? { authorization } : {}) },
+        body: raw ?? JSON.stringify(body),
+      });
+    const later = new Date(Date.now() + 1000).toISOString();
+    for (const wrong of [undefined, `Bearer ${NOTIFY_TOKEN.slice(1)}`, `Bearer ${creds['rt-owner']?.session}`]) {
+      const res = await post(envelope(later, 'forger'), wrong);
+      expect(res.status, String(wrong)).toBe(401);
+      expect(res.headers.get('content-type')).toMatch(/problem\+json/);
+    }
+    expect((await post(undefined, `Bearer ${NOTIFY_TOKEN}`, '{"events": [')).status).toBe(400);
+    const ok = await post(envelope(later, 'ci-bot'), `Bearer ${NOTIFY_TOKEN}`);
+    expect(ok.status).toBe(200);
+    expect(await ok.json()).toEqual({ events: 3, recorded: 1, forgotten: 0 });
+    // An older event (a late redelivery) changes nothing.
+    const old = await post(envelope('2020-01-01T00:00:00Z', 'old-bot'), `Bearer ${NOTIFY_TOKEN}`);
+    expect(await old.json()).toMatchObject({ recorded: 0 });
+    const tags = await tagsWhen('pushed', () => true);
+    expect(tags.get('v2')).toMatchObject({ pushedBy: 'ci-bot', pushedAt: later });
+  });
+
   it('Owner and Master delete a tag; not while another tag names the same image', async () => {
     const path = '/image-groups/rt-team/repos/tagged/tags';
     expect((await api.call('DELETE', `${path}/two`, { token: creds['rt-dev']?.session })).status).toBe(403);
@@ -401,6 +511,9 @@ describe('repositories and tags', () => {
     expect(shared.status).toBe(409);
     expect(shared.json.tags).toEqual(['alias']);
     expect((await api.call('DELETE', `${path}/two`, { token: creds['rt-owner']?.session })).status).toBe(204);
+    // Its record goes with it (the registry's delete notification would take it too).
+    const { store, keys } = api.service.runtime;
+    expect(await store.get(keys.imageTag('rt-team', 'tagged', 'two'), z.unknown())).toBeUndefined();
     const left = await api.call('GET', path, { token: creds['rt-owner']?.session });
     expect(left.json.items.map((t: { tag: string }) => t.tag)).toEqual(['alias', 'one']);
     expect((await getManifest('rt-team/tagged', 'two', await asOwner())).status).toBe(404);

@@ -123,6 +123,7 @@ export class BerthKeys {
       lbAgent: t<'group' | 'host'>('slb/{group}/agents/{host}'),
       imageGroup: t<'group'>('image-groups/{group}'),
       imageGroupMember: t<'group' | 'user'>('image-groups/{group}/members/{user}'),
+      imageTag: t<'group' | 'repo' | 'tag'>('image-groups/{group}/repos/{repo}/tags/{tag}'),
     } as const;
   }
 
@@ -381,6 +382,13 @@ export class BerthKeys {
   }
   imageGroupMember(group: string, user: string): string {
     return this.templates.imageGroupMember.format({ group, user });
+  }
+  /** Who pushed each tag of a repository and when, from the registry's notifications. */
+  imageTags(group: string, repo: string): string {
+    return `${this.prefix}/image-groups/${group}/repos/${repo}/tags/`;
+  }
+  imageTag(group: string, repo: string, tag: string): string {
+    return this.templates.imageTag.format({ group, repo, tag });
   }
 
   // Leader elections (scheduler, discovery): one key per election, held under the leader's lease.

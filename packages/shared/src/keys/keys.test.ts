@@ -35,6 +35,14 @@ describe('keys that round-trip', () => {
     });
     expect(keys.parse('domainClaim', keys.domainClaim('shop.example.test'))).toEqual({ domain: 'shop.example.test' });
     expect(keys.parse('traffic', keys.traffic('shop'))).toEqual({ app: 'shop' });
+    expect(keys.parse('imageTag', keys.imageTag('team', 'shop', 'v1.2'))).toEqual({
+      group: 'team',
+      repo: 'shop',
+      tag: 'v1.2',
+    });
+    expect(keys.imageTag('team', 'shop', 'v1').startsWith(keys.imageTags('team', 'shop'))).toBe(true);
+    // A tag's record is no member of its group.
+    expect(keys.parse('imageGroupMember', keys.imageTag('team', 'shop', 'v1'))).toBeUndefined();
     for (const [kind, template] of Object.entries(keys.templates)) {
       const parts = template.parse(
         template.format({
@@ -54,6 +62,8 @@ describe('keys that round-trip', () => {
           group: 'public',
           domain: 'shop.example.test',
           host: 'lb-1.example.test',
+          repo: 'shop',
+          tag: 'v1.2',
         } as never),
       );
       expect(parts, kind).toBeDefined();

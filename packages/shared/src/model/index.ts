@@ -225,6 +225,20 @@ export type ImageGroup = z.infer<typeof imageGroupSchema>;
 export const imageGroupMemberSchema = memberSchema;
 export type ImageGroupMember = Member;
 
+/**
+ * Who pushed a tag and when, from the registry's notifications, at
+ * `/berth/image-groups/{group}/repos/{repo}/tags/{tag}`: the latest push by the registry's clock.
+ */
+export const imageTagPushSchema = z.object({
+  /** The registry's timestamp of the push (its event's), as UTC ISO 8601. */
+  pushedAt: z.iso.datetime(),
+  /** The token's subject: a user, a build robot (`build@{run}.{attempt}`), or '' for anonymous. */
+  pushedBy: z.string().max(256),
+  /** The manifest the tag named then: a tag pushed again names another. */
+  digest: z.string().regex(/^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$/, 'expected a digest'),
+});
+export type ImageTagPush = z.infer<typeof imageTagPushSchema>;
+
 // ---- Scheduler output -------------------------------------------------------------------------
 
 export const conditionSchema = z.object({

@@ -58,6 +58,10 @@ export class AuthService {
   /** The caller of a request, checked against what the route needs. */
   async authenticate(req: Request, access: Access): Promise<Principal | undefined> {
     const header = req.headers.authorization;
+    if (access.kind === 'secret') {
+      if (!access.verify(header)) throw new UnauthorizedError('send the shared secret as Authorization: Bearer');
+      return undefined;
+    }
     if (!header) {
       if (access.kind === 'public') return undefined;
       throw new UnauthorizedError('sign in: send Authorization: Bearer <token>');

@@ -84,7 +84,8 @@ export function buildOpenApi(routes: AnyRoute[], base: string, version: string):
       };
     }
     const errors = new Set<number>([400, 503, ...(route.errors ?? [])]);
-    if (route.access.kind !== 'public') errors.add(401).add(403);
+    if (route.access.kind === 'secret') errors.add(401);
+    else if (route.access.kind !== 'public') errors.add(401).add(403);
     if (route.params) errors.add(404);
     if (route.body) errors.add(413).add(415);
     for (const status of [...errors].sort()) {

@@ -13,11 +13,22 @@ import type { IdempotencyRequest } from './idempotency.ts';
 
 export type HttpMethod = 'get' | 'post' | 'put' | 'patch' | 'delete';
 
-/** Who may call a route: anyone, any signed-in caller (with a scope), or an admin. */
-export type Access = { kind: 'public' } | { kind: 'user'; scope: Scope } | { kind: 'admin' };
+/**
+ * Who may call a route: anyone, any signed-in caller (with a scope), an admin, or a machine that
+ * is no user and shows a shared secret (`verify` gets the Authorization header; false → 401).
+ */
+export type Access =
+  | { kind: 'public' }
+  | { kind: 'user'; scope: Scope }
+  | { kind: 'admin' }
+  | { kind: 'secret'; verify: (authorization: string | undefined) => boolean };
 
-/** The caller a route of this access sees: always signed in, except on public routes. */
-export type PrincipalOf<A extends Access> = A extends { kind: 'public' } ? Principal | undefined : Principal;
+/** The caller a route of this access sees: always signed in, except on public and secret routes. */
+export type PrincipalOf<A extends Access> = A extends { kind: 'public' }
+  ? Principal | undefined
+  : A extends { kind: 'secret' }
+    ? undefined
+    : Principal;
 
 export type RouteContext<P, Q, B, A extends Access = Access> = {
   req: Request;

@@ -9,16 +9,11 @@ import { dnsLabelSchema, imageTagSchema } from '@berth/shared/model';
 import { z } from 'zod';
 import { page } from '../http/paging.ts';
 import { defineRoute } from '../http/routes.ts';
+import { repoComponentSchema, type TagPushes } from '../registry/notifications.ts';
 import type { RegistryClient } from '../registry/registry-client.ts';
 import type { ApiContext } from './context.ts';
 import { loadImageGroup } from './image-groups.ts';
 import { listOf, listQuery } from './schemas.ts';
-
-/** One path component of a repository name (distribution's grammar). */
-const repoComponentSchema = z
-  .string()
-  .max(128)
-  .regex(/^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$/, 'expected a repository name: lowercase letters, digits, . _ -');
 
 export const imageRepoParams = z.object({ group: dnsLabelSchema, repo: repoComponentSchema }).strict();
 export const imageTagParams = z
@@ -38,9 +33,16 @@ export const imageTagResponse = z.object({
   mediaType: z.string(),
   /** Bytes of the manifest, its config and its layers (compressed, as stored). */
   size: z.number().int(),
+  /**
+   * When the tag was pushed (the registry's clock) and by whom (a user, a build robot
+   * `build@{run}.{attempt}`, or '' for anonymous), from the registry's notifications; null when
+   * unknown: pushed before they were on, or the notification is still on its way.
+   */
+  pushedAt: z.iso.datetime().nullable(),
+  pushedBy: z.string().nullable(),
 });
 
-export function imageRepoRoutes(ctx: ApiContext, registry: RegistryClient) {
+export function imageRepoRoutes(ctx: ApiContext, registry: RegistryClient, pushes: TagPushes) {
   return [
     defineRoute({
       method: 'get',
@@ -64,7 +66,7 @@ export function imageRepoRoutes(ctx: ApiContext, registry: RegistryClient) {
       method: 'get',
       path: '/image-groups/:group/repos/:repo/tags',
       operationId: 'listImageTags',
-      summary: "A repository's tags with their digest and size, by tag",
+      summary: "A repository's tags with their digest, size, and who pushed each and when, by tag",
       tags: ['images'],
       access: { kind: 'user', scope: 'read' },
       params: imageRepoParams,
@@ -74,9 +76,16 @@ export function imageRepoRoutes(ctx: ApiContext, registry: RegistryClient) {
         await loadImageGroup(ctx, principal, params.group, 'read');
         const name = `${params.group}/${params.repo}`;
         const tags = page(await registry.tags(name), (t) => t, query.limit, query.cursor);
-        const items = await Promise.all(
-          tags.items.map(async (tag) => ({ tag, ...(await registry.manifest(name, tag)) })),
-        );
+        const [manifests, records] = await Promise.all([
+          Promise.all(tags.items.map(async (tag) => ({ tag, ...(await registry.manifest(name, tag)) }))),
+          pushes.ofRepository(params.group, params.repo),
+        ]);
+        const items = manifests.map((m) => {
+          // A record of another digest is of an earlier push whose successor was not notified yet.
+          const record = records.get(m.tag);
+          const known = record?.digest === m.digest ? record : undefined;
+          return { ...m, pushedAt: known?.pushedAt ?? null, pushedBy: known?.pushedBy ?? null };
+        });
         return { status: 200, body: { items, next: tags.next } };
       },
     }),
@@ -108,7 +117,7 @@ export function imageRepoRoutes(ctx: ApiContext, registry: RegistryClient) {
           );
         }
         await registry.deleteManifest(name, target.digest);
-        await ctx.events.emit({
+        const { op, event } = ctx.events.record({
           kind: 'image',
           resourceId: toSubjectToken(name),
           resourceName: params.tag,
@@ -116,6 +125,8 @@ export function imageRepoRoutes(ctx: ApiContext, registry: RegistryClient) {
           actor: { type: 'user', name: p.user },
           data: { digest: target.digest },
         });
+        await ctx.store.commit([pushes.forgetTagOp(params.group, params.repo, params.tag), op]);
+        ctx.events.flush([event]);
         return { status: 204 };
       },
     }),
