@@ -127,8 +127,16 @@ start_registry() {
     is_running registry && [[ -f $conf ]] && return 0
     mode=none
   fi
-  [[ $mode == token ]] && cert=$(bash "$BERTH_ROOT/infra/registry-token-key.sh" "$BERTH_LOCAL/secrets" | sed -n 2p)
-  {
+  local notify=""
+  if [[ $mode == token ]]; then
+    cert=$(bash "$BERTH_ROOT/infra/registry-token-key.sh" "$BERTH_LOCAL/secrets" | sed -n 2p)
+    notify=$(bash "$BERTH_ROOT/infra/registry-notify-token.sh" "$BERTH_LOCAL/secrets")
+  fi
+  # With token auth the config holds the notification secret: readable by us only.
+  rm -f "$conf.new"
+  (
+    umask 077
+    exec >"$conf.new"
     cat <<CONF
 version: 0.1
 log:
@@ -153,9 +161,19 @@ auth:
     service: berth-registry
     issuer: berth
     rootcertbundle: $cert
+notifications:
+  endpoints:
+    - name: berth-api
+      url: http://127.0.0.1:7070/api/v1/registry/notifications
+      headers:
+        Authorization: [Bearer $(cat "$notify")]
+      timeout: 2s
+      threshold: 5
+      backoff: 2s
+      ignoredmediatypes: [application/octet-stream]
 CONF
     fi
-  } >"$conf.new"
+  )
   if is_running registry; then
     if cmp -s "$conf.new" "$conf"; then
       rm -f "$conf.new"

@@ -21,3 +21,5 @@ echo "BUILD_WEBHOOK_KEY_FILE=$secrets/build-webhook-key"
 echo "REGISTRY_TOKEN_KEY_FILE=$(bash "$BERTH_ROOT/infra/registry-token-key.sh" "$secrets" | sed -n 1p)"
 echo "REGISTRY_ROBOT_KEY_FILE=$(bash "$BERTH_ROOT/infra/registry-robot-keys.sh" master)"
 echo "REGISTRY_URL=http://${REGISTRY_ADDR:-127.0.0.1:5000}"
+# The secret the registry's notifications carry (who pushed each tag; its config.yml holds it too).
+echo "REGISTRY_NOTIFY_TOKEN_FILE=$(bash "$BERTH_ROOT/infra/registry-notify-token.sh" "$secrets")"
