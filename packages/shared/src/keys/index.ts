@@ -116,6 +116,7 @@ export class BerthKeys {
       lbGroup: t<'group'>('lb-groups/{group}'),
       domainClaim: t<'domain'>('domains/{domain}'),
       traffic: t<'app'>('apps/{app}/traffic'),
+      appSecret: t<'app' | 'name'>('apps/{app}/secrets/{name}'),
       lbGuard: t<'app'>('apps/{app}/lb-guard'),
       slbDomain: t<'group' | 'domain'>('slb/{group}/domains/{domain}'),
       slbTraffic: t<'group' | 'app'>('slb/{group}/traffic/{app}'),
@@ -332,6 +333,13 @@ export class BerthKeys {
   /** An app's traffic split as the API keeps it; copied to each group the app has a domain in. */
   traffic(app: string): string {
     return this.templates.traffic.format({ app });
+  }
+  /** One write-only secret of an app (`AppSecretRecord`, sealed; @berth/shared/secrets). */
+  appSecret(app: string, name: string): string {
+    return this.templates.appSecret.format({ app, name });
+  }
+  appSecrets(app: string): string {
+    return `${this.prefix}/apps/${app}/secrets/`;
   }
   /** Bumped by every domain or traffic write of an app, so two of them never interleave. */
   lbGuard(app: string): string {
