@@ -712,8 +712,10 @@ cmd_up() {
   done
   for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
   ((failed == 0)) || die "some cells did not come up; see the errors above"
-  # The sample app's images (and the pause image) in the region's registry, when it is up.
-  if http_ok "http://$REGISTRY/v2/" 2>/dev/null && [[ -S ${DOCKER_HOST#unix://} ]]; then
+  # The sample app's images (and the pause image) in the region's registry, when it is up (an
+  # anonymous one answers 200, a token-auth one 401 with its challenge).
+  if [[ $(curl -sS -m 5 -o /dev/null -w '%{http_code}' "http://$REGISTRY/v2/" 2>/dev/null) =~ ^(200|401)$ ]] &&
+    [[ -S ${DOCKER_HOST#unix://} ]]; then
     "$BERTH_ROOT/infra/images.sh" || log "infra/images.sh failed; the cells run, the sample image may be missing"
   else
     log "the region's registry or Docker is not up: sample images not pushed (run infra/images.sh later)"
