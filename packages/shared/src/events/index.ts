@@ -34,6 +34,8 @@ export const EVENT_KINDS = [
   'ipam',
   'image-group',
   'image-group-member',
+  /** An app's write-only secret (docs/secrets.md): events carry its name and fingerprint only. */
+  'app-secret',
 ] as const;
 export type EventKind = (typeof EVENT_KINDS)[number];
 
@@ -51,6 +53,7 @@ export const APP_SCOPED_KINDS: readonly EventKind[] = [
   'domain',
   'traffic',
   'build',
+  'app-secret',
 ];
 
 /** A subject token: no `.`, `*`, `>` or whitespace. */
