@@ -12,6 +12,7 @@ import {
 } from '@berth/shared/config';
 import { userNameSchema } from '@berth/shared/model';
 import { robotKeySchema } from '@berth/shared/registry';
+import { secretsKeyringSchema } from '@berth/shared/secrets';
 import { z } from 'zod';
 import { parseSigningKey } from './registry/signing-key.ts';
 
@@ -79,6 +80,12 @@ export const apiEnv = z
      * tag"), best from REGISTRY_NOTIFY_TOKEN_FILE. Unset: no notification endpoint.
      */
     REGISTRY_NOTIFY_TOKEN: secret(z.string().min(16, 'at least 16 characters').max(4096).optional()),
+    /**
+     * The keyring that seals app secrets (docs/secrets.md): `id:hex64[,id:hex64…]`, the first key
+     * seals, every key opens; best from BERTH_SECRETS_KEYS_FILE. The scheduler needs the same one.
+     * Unset: setting a secret answers 503 (names can still be listed and secrets deleted).
+     */
+    BERTH_SECRETS_KEYS: secret(secretsKeyringSchema.optional()),
   })
   .superRefine((env, ctx) => {
     if (env.REGISTRY_TOKEN_TTL < 60_000) {

@@ -37,6 +37,7 @@ import { memberRoutes } from './resources/members.ts';
 import { Quotas } from './resources/quotas.ts';
 import { registryNotificationRoutes } from './resources/registry-notifications.ts';
 import { registryTokenRoutes } from './resources/registry-token.ts';
+import { secretRoutes } from './resources/secrets.ts';
 import { trafficRoutes } from './resources/traffic.ts';
 import { versionRoutes } from './resources/versions.ts';
 
@@ -167,6 +168,7 @@ export class ApiService {
       ...adminRoutes(ctx),
       ...appRoutes(ctx),
       ...versionRoutes(ctx),
+      ...secretRoutes(ctx, config.BERTH_SECRETS_KEYS),
       ...memberRoutes(ctx),
       ...lbGroupRoutes(ctx),
       ...domainRoutes(ctx),

@@ -14,14 +14,24 @@ import type { Principal } from '../auth/principal.ts';
 
 /** What a caller wants to do to a resource. */
 export const ACTIONS = {
-  /** See the resource, its versions, status, members and activity. */
+  /**
+   * See the resource, its versions (env names, not values), status, members, activity, and the
+   * names and fingerprints of its secrets.
+   */
   read: 'Guest',
+  /** Read the values of plain env in versions (they are often credentials; docs/secrets.md). */
+  readEnv: 'Developer',
   /** Read build logs (they can show more of the source than a Guest sees). */
   readLogs: 'Reporter',
   /** Push images, start builds. */
   build: 'Developer',
   /** Create versions, scale, roll back, change settings. */
   deploy: 'Master',
+  /**
+   * Set and delete the app's secrets (values are never read back by anyone). As strong as deploy:
+   * a changed secret rolls the app's pods, and a new `DATABASE_URL` redirects its data.
+   */
+  manageSecrets: 'Master',
   /** Add, change and remove members (below Owner). */
   manageMembers: 'Master',
   /** Delete the resource. */
@@ -71,10 +81,14 @@ function describe(action: Action): string {
       return 'see';
     case 'readLogs':
       return 'read the build logs of';
+    case 'readEnv':
+      return 'read the env values of';
     case 'build':
       return 'build';
     case 'deploy':
       return 'change or deploy';
+    case 'manageSecrets':
+      return 'set or delete the secrets of';
     case 'manageMembers':
       return 'manage the members of';
     case 'delete':
