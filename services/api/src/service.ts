@@ -62,10 +62,17 @@ export class ApiService {
     const nats = new NatsComponent({
       servers: config.NATS_URL,
       token: config.NATS_TOKEN,
+      user: config.NATS_USER,
+      pass: config.NATS_PASSWORD,
       name: `api-${hostname()}`,
       logger,
     });
-    const redis = new RedisComponent({ url: config.REDIS_URL, name: 'api' });
+    const redis = new RedisComponent({
+      url: config.REDIS_URL,
+      username: config.REDIS_USERNAME,
+      password: config.REDIS_PASSWORD,
+      name: 'api',
+    });
     let routes: AnyRoute[] = [];
     // Routes are mounted on a router the HTTP server takes now and the routes fill below.
     const router = express.Router();

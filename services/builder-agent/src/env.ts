@@ -9,6 +9,7 @@ import {
   envUrlList,
   etcdEnv,
   eventsEnv,
+  natsAuthEnv,
   redisEnv,
   secret,
   serviceEnv,
@@ -90,7 +91,7 @@ export const builderAgentEnv = z
     ...eventsEnv,
     HTTP_ADDR: envHostPort('127.0.0.1:7072'),
     NATS_URL: envUrlList(['nats', 'tls']),
-    NATS_TOKEN: secret(z.string().min(1).optional()),
+    ...natsAuthEnv,
     /** Mirrors, workspaces and caches live here (absolute, or relative to the working dir). */
     BUILDER_DATA_DIR: z
       .string()

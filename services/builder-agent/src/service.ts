@@ -55,10 +55,19 @@ export class BuilderAgentService {
     const runtime = new ServiceRuntime({ name: 'builder-agent', config, logger: log });
     const subjects = new EventSubjects(config.EVENT_SUBJECT_ROOT);
 
-    const redis = new RedisComponent({ url: config.REDIS_URL, role: 'worker', name: `builder-${id}`, logger: log });
+    const redis = new RedisComponent({
+      url: config.REDIS_URL,
+      username: config.REDIS_USERNAME,
+      password: config.REDIS_PASSWORD,
+      role: 'worker',
+      name: `builder-${id}`,
+      logger: log,
+    });
     const nats = new NatsComponent({
       servers: config.NATS_URL,
       token: config.NATS_TOKEN,
+      user: config.NATS_USER,
+      pass: config.NATS_PASSWORD,
       name: `builder-${id}`,
       logger: log,
     });

@@ -7,7 +7,7 @@ import {
   envUrlList,
   etcdEnv,
   eventsEnv,
-  secret,
+  natsAuthEnv,
   serviceEnv,
 } from '@berth/shared/config';
 import { z } from 'zod';
@@ -28,7 +28,7 @@ export const ipamCheckerEnv = z.object({
   BLOCK_GRACE: envDuration('10m'),
   /** Where ipam.leak-detected events go; none when unset. */
   NATS_URL: envUrlList(['nats', 'tls']).optional(),
-  NATS_TOKEN: secret(z.string().min(1).optional()),
+  ...natsAuthEnv,
   ...eventsEnv,
 });
 

@@ -33,6 +33,8 @@ export class IpamCheckerService {
       const nats = new NatsComponent({
         servers: config.NATS_URL,
         token: config.NATS_TOKEN,
+        user: config.NATS_USER,
+        pass: config.NATS_PASSWORD,
         name: 'cni-ipam',
         logger: log,
       });

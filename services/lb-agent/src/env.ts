@@ -7,7 +7,7 @@ import {
   envUrlList,
   etcdEnv,
   eventsEnv,
-  secret,
+  natsAuthEnv,
   serviceEnv,
 } from '@berth/shared/config';
 import { lbHostSchema } from '@berth/shared/model';
@@ -44,7 +44,7 @@ export const lbAgentEnv = z.object({
   LB_LEASE_TTL_SECONDS: envInt(10, { min: 2, max: 120 }),
   /** Where failed-domain events go; none when unset. */
   NATS_URL: envUrlList(['nats', 'tls']).optional(),
-  NATS_TOKEN: secret(z.string().min(1).optional()),
+  ...natsAuthEnv,
   ...eventsEnv,
 });
 

@@ -50,6 +50,8 @@ export class LbAgentService {
       const nats = new NatsComponent({
         servers: config.NATS_URL,
         token: config.NATS_TOKEN,
+        user: config.NATS_USER,
+        pass: config.NATS_PASSWORD,
         name: 'lb-agent',
         logger: log,
       });

@@ -24,7 +24,14 @@ export class SchedulerService {
 
   static create(config: SchedulerConfig, logger: Logger): SchedulerService {
     const runtime = new ServiceRuntime({ name: 'scheduler', config, logger });
-    const nats = new NatsComponent({ servers: config.NATS_URL, token: config.NATS_TOKEN, name: 'scheduler', logger });
+    const nats = new NatsComponent({
+      servers: config.NATS_URL,
+      token: config.NATS_TOKEN,
+      user: config.NATS_USER,
+      pass: config.NATS_PASSWORD,
+      name: 'scheduler',
+      logger,
+    });
     runtime.health.add('nats', nats.ready);
     runtime.add(nats);
     // Streams ensured at start too: the scheduler may start before the API.

@@ -179,6 +179,11 @@ export const serviceEnv = {
   OTEL_EXPORTER_OTLP_ENDPOINT: envUrl(['http', 'https']).optional(),
 };
 
+/**
+ * The region's servers take a user and password per service (docs/security-region.md). Every
+ * password may come from a file instead (`ETCD_PASSWORD_FILE`, `NATS_PASSWORD_FILE`,
+ * `REDIS_PASSWORD_FILE`): what `make up` passes, so no password is in an environment listing.
+ */
 export const etcdEnv = {
   ETCD_ENDPOINTS: envUrlList(['http', 'https']),
   ETCD_PREFIX: keyPrefix.default('/berth'),
@@ -187,9 +192,16 @@ export const etcdEnv = {
   ETCD_DIAL_TIMEOUT: envDuration('3s'),
 };
 
+/** NATS credentials: a user and password (or a token), for services that declare NATS_URL themselves. */
+export const natsAuthEnv = {
+  NATS_TOKEN: secret(z.string().min(1).optional()),
+  NATS_USER: z.string().min(1).optional(),
+  NATS_PASSWORD: secret(z.string().min(1).optional()),
+};
+
 export const natsEnv = {
   NATS_URL: envUrlList(['nats', 'tls', 'ws', 'wss']),
-  NATS_TOKEN: secret(z.string().min(1).optional()),
+  ...natsAuthEnv,
 };
 
 /** Root of the NATS subjects and streams of events (tests use their own). Declared once, here. */
@@ -202,6 +214,9 @@ export const eventsEnv = {
 
 export const redisEnv = {
   REDIS_URL: envUrl(['redis', 'rediss']),
+  /** An ACL user; without one the connection is Redis's `default` user. */
+  REDIS_USERNAME: z.string().min(1).optional(),
+  REDIS_PASSWORD: secret(z.string().min(1).optional()),
 };
 
 /** Where each cell's kubeconfig is: `<KUBECONFIG_DIR>/<cell>.kubeconfig` (never in etcd). */

@@ -35,6 +35,9 @@ export type { NatsConnection } from '@nats-io/nats-core';
 export type NatsConfig = {
   servers: string[];
   token?: string | undefined;
+  /** A NATS user and its password (the server's `authorization.users`). */
+  user?: string | undefined;
+  pass?: string | undefined;
   /** Connection name, shown in the server's monitoring. */
   name: string;
   logger?: Logger;
@@ -63,6 +66,7 @@ export class NatsClient {
         servers: config.servers.map((s) => s.replace(/^nats:\/\//, '')),
         name: config.name,
         ...(config.token ? { token: config.token } : {}),
+        ...(config.user ? { user: config.user, pass: config.pass ?? '' } : {}),
         maxReconnectAttempts: -1,
         reconnectTimeWait: 500,
         reconnectJitter: 250,

@@ -16,6 +16,9 @@ export type RedisClientConfig = {
   role?: RedisRole;
   /** Connection name, shown by CLIENT LIST. */
   name?: string;
+  /** An ACL user and its password (otherwise what the URL says, or Redis's `default` user). */
+  username?: string | undefined;
+  password?: string | undefined;
   logger?: Logger;
 };
 
@@ -33,7 +36,10 @@ export function redisOptions(role: RedisRole, name?: string): RedisOptions {
 }
 
 export function createRedis(config: RedisClientConfig): Redis {
-  const redis = new Redis(config.url, redisOptions(config.role ?? 'client', config.name));
+  const redis = new Redis(config.url, {
+    ...redisOptions(config.role ?? 'client', config.name),
+    ...(config.username ? { username: config.username, password: config.password ?? '' } : {}),
+  });
   const logger = config.logger?.child({ component: 'redis' });
   let wasReady = false;
   redis.on('ready', () => {
