@@ -320,7 +320,7 @@ describe('activity', () => {
     expect(actions).toEqual(['member.added', 'version.scaled', 'version.created', 'app.created']);
     expect(all.json.items.every((e: { actor: { name: string } }) => e.actor.name === 'alice')).toBe(true);
     expect(JSON.stringify(all.json)).not.toContain('hunter2-secret');
-    expect(all.json.items[2].after.env).toEqual({ DB_PASSWORD: '[redacted]', MODE: 'prod' });
+    expect(all.json.items[2].after.env).toEqual({ DB_PASSWORD: '[redacted]', MODE: '[redacted]' });
 
     const first = await api.call('GET', `/apps/${app}/events?limit=3`, { token: alice });
     expect(first.json.items).toHaveLength(3);

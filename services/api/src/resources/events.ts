@@ -8,6 +8,7 @@
  * the events it returns plus the filtered scan of its windows, whatever the feed's length.
  */
 import type { BerthEvent } from '@berth/shared/events';
+import { REDACTED } from '@berth/shared/logging';
 import { type EventSubjects, type JetStreamClient, readEvents, type StoredEvent } from '@berth/shared/nats';
 import { defineRoute } from '../http/routes.ts';
 import { loadApp } from './app-access.ts';
@@ -50,7 +51,19 @@ export async function readFeedNewestFirst(
 
 function view(stored: StoredEvent) {
   const { trace: _trace, v: _v, ...event } = stored.event as BerthEvent;
+  if (event.kind === 'version') {
+    // Version events stored before env values were redacted at the source (./versions.ts) still
+    // hold them: no feed shows them.
+    return { seq: stored.seq, ...event, before: withoutEnvValues(event.before), after: withoutEnvValues(event.after) };
+  }
   return { seq: stored.seq, ...event };
+}
+
+function withoutEnvValues(value: unknown): unknown {
+  if (typeof value !== 'object' || value === null || !('env' in value)) return value;
+  const env = (value as { env: unknown }).env;
+  if (typeof env !== 'object' || env === null) return value;
+  return { ...value, env: Object.fromEntries(Object.keys(env).map((name) => [name, REDACTED])) };
 }
 
 export function eventRoutes(ctx: ApiContext) {

@@ -4,12 +4,14 @@
  * change afterwards (scale, rollback).
  */
 import { ConflictError, InputError, NotFoundError } from '@berth/shared/errors';
-import { type App, type Version, versionSchema } from '@berth/shared/model';
+import { REDACTED } from '@berth/shared/logging';
+import { type App, type Role, type Version, versionSchema } from '@berth/shared/model';
 import type { Op, Stored } from '@berth/shared/store';
-import type { z } from 'zod';
+import { z } from 'zod';
 import { etag } from '../http/conditional.ts';
 import type { ChangeEvent } from '../http/mutation.ts';
 import { defineRoute } from '../http/routes.ts';
+import { roleAllows } from '../rbac/index.ts';
 import { loadApp } from './app-access.ts';
 import { AppLb } from './app-lb.ts';
 import { type ApiContext, now } from './context.ts';
@@ -32,6 +34,34 @@ const FIRST_VERSION_DEFAULTS = { replicas: 2, cpu: '500m', memory: '512Mi' } as 
 
 function byNumberDesc(a: Version, b: Version): number {
   return b.number - a.number;
+}
+
+/**
+ * A version as a reader sees it (list, get): env values need Developer or above (docs/secrets.md);
+ * a Guest or Reporter sees every env name with the value null. Writes answer Masters: all values.
+ */
+export const versionReadResponse = versionResponse.extend({
+  env: z
+    .record(z.string(), z.string().nullable())
+    .describe('Environment variables by name; each value is null for callers below Developer'),
+});
+
+/** A version as a caller with `role` sees it: env values need Developer or above, names do not. */
+export function versionView(
+  version: Version,
+  role: Role,
+): Version | (Omit<Version, 'env'> & { env: Record<string, null> }) {
+  if (roleAllows(role, 'readEnv')) return version;
+  return { ...version, env: Object.fromEntries(Object.keys(version.env).map((name) => [name, null])) };
+}
+
+/**
+ * A version as its events carry it: env names, every value replaced. Events outlive versions,
+ * are read by every member (Guest included) and copied to JetStream; a value's key name does not
+ * say whether it holds a credential (`DATABASE_URL`, `STRIPE_SK`), so no value is kept.
+ */
+export function versionInEvent(version: Version): Version {
+  return { ...version, env: Object.fromEntries(Object.keys(version.env).map((name) => [name, REDACTED])) };
 }
 
 /**
@@ -92,7 +122,7 @@ export async function nextVersionChange(
         incarnation: app.value.incarnation,
         resourceName: version.name,
         action: 'created',
-        after: version,
+        after: versionInEvent(version),
       },
     ],
   };
@@ -112,18 +142,18 @@ export function versionRoutes(ctx: ApiContext) {
       method: 'get',
       path: '/apps/:app/versions',
       operationId: 'listVersions',
-      summary: "An app's versions, newest first",
+      summary: "An app's versions, newest first (env values: Developer and up; others see null)",
       tags: ['versions'],
       access: { kind: 'user', scope: 'read' },
       params: appParams,
       query: listQuery,
-      responses: { 200: listOf(versionResponse) },
+      responses: { 200: listOf(versionReadResponse) },
       handler: async ({ params, query, principal }) => {
-        await loadApp(ctx, principal, params.app, 'read');
+        const { role } = await loadApp(ctx, principal, params.app, 'read');
         const versions = await listVersions(params.app);
         const after = query.cursor ? Number(query.cursor.replace(/^v/, '')) : Number.POSITIVE_INFINITY;
         const rest = versions.filter((v) => v.number < after);
-        const items = rest.slice(0, query.limit);
+        const items = rest.slice(0, query.limit).map((v) => versionView(v, role));
         const last = items[items.length - 1];
         return { status: 200, body: { items, next: rest.length > query.limit && last ? last.name : null } };
       },
@@ -168,17 +198,17 @@ export function versionRoutes(ctx: ApiContext) {
       method: 'get',
       path: '/apps/:app/versions/:version',
       operationId: 'getVersion',
-      summary: 'One version',
+      summary: 'One version (env values: Developer and up; others see null)',
       tags: ['versions'],
       access: { kind: 'user', scope: 'read' },
       params: versionParams,
-      responses: { 200: versionResponse },
+      responses: { 200: versionReadResponse },
       etag: true,
       handler: async ({ params, principal }) => {
-        await loadApp(ctx, principal, params.app, 'read');
+        const { role } = await loadApp(ctx, principal, params.app, 'read');
         const v = await store.get(keys.version(params.app, params.version), versionSchema);
         if (!v) throw new NotFoundError(`app "${params.app}" has no version ${params.version}`);
-        return { status: 200, body: v.value, headers: { ETag: etag(v.modRevision) } };
+        return { status: 200, body: versionView(v.value, role), headers: { ETag: etag(v.modRevision) } };
       },
     }),
 
@@ -235,7 +265,7 @@ export function versionRoutes(ctx: ApiContext) {
                   incarnation: app.value.incarnation,
                   resourceName: params.version,
                   action: 'deleted',
-                  before: v.value,
+                  before: versionInEvent(v.value),
                 },
                 ...events,
               ],
