@@ -38,3 +38,29 @@ describe('REGISTRY_PULL_KEY', () => {
     }
   });
 });
+
+describe('BERTH_SECRETS_KEYS and LB_SOURCE_CIDRS', () => {
+  const ring = `k1:${'ab'.repeat(32)}`;
+
+  it('reads the keyring from the variable or a file, and never shows it', () => {
+    expect(parseEnv(schedulerEnv, base).BERTH_SECRETS_KEYS).toBeUndefined();
+    const dir = mkdtempSync(join(tmpdir(), 'scheduler-env-'));
+    try {
+      writeFileSync(join(dir, 'secrets.keys'), `${ring}\n`);
+      const config = parseEnv(schedulerEnv, { ...base, BERTH_SECRETS_KEYS_FILE: join(dir, 'secrets.keys') });
+      expect(config.BERTH_SECRETS_KEYS?.currentKeyId).toBe('k1');
+      expect(JSON.stringify(effectiveConfig(schedulerEnv, config))).not.toContain('ab'.repeat(32));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('takes a list of CIDRs and refuses anything else', () => {
+    expect(parseEnv(schedulerEnv, base).LB_SOURCE_CIDRS).toEqual([]);
+    expect(
+      parseEnv(schedulerEnv, { ...base, LB_SOURCE_CIDRS: '192.0.2.0/24, 2001:db8::1/128' }).LB_SOURCE_CIDRS,
+    ).toEqual(['192.0.2.0/24', '2001:db8::1/128']);
+    expect(() => parseEnv(schedulerEnv, { ...base, LB_SOURCE_CIDRS: '192.0.2.0' })).toThrow(ConfigError);
+    expect(() => parseEnv(schedulerEnv, { ...base, LB_SOURCE_CIDRS: '192.0.2.0/33' })).toThrow(ConfigError);
+  });
+});

@@ -1,3 +1,4 @@
+import { isIP } from 'node:net';
 import {
   cellsEnv,
   defaultInstanceId,
@@ -11,7 +12,29 @@ import {
   serviceEnv,
 } from '@berth/shared/config';
 import { robotKeySchema } from '@berth/shared/registry';
+import { secretsKeyringSchema } from '@berth/shared/secrets';
 import { z } from 'zod';
+
+/** A comma-separated list of CIDRs (`10.0.0.0/8,192.0.2.7/32`); empty by default. */
+const cidrList = z
+  .string()
+  .default('')
+  .transform((text) =>
+    text
+      .split(',')
+      .map((c) => c.trim())
+      .filter(Boolean),
+  )
+  .refine(
+    (cidrs) =>
+      cidrs.every((c) => {
+        const [ip, bits, extra] = c.split('/');
+        const family = isIP(ip ?? '');
+        const n = Number(bits);
+        return family !== 0 && extra === undefined && Number.isInteger(n) && n >= 0 && n <= (family === 4 ? 32 : 128);
+      }),
+    'expected CIDRs separated by commas, like 192.0.2.0/24,198.51.100.7/32',
+  );
 
 export const schedulerEnv = z.object({
   ...serviceEnv,
@@ -32,6 +55,18 @@ export const schedulerEnv = z.object({
    * Unset: no Secret, pods pull anonymously. `REGISTRY_PULL_KEY_FILE` reads it from a file.
    */
   REGISTRY_PULL_KEY: secret(robotKeySchema.optional()),
+  /**
+   * The app secrets keyring (`id:hex64[,id:hex64…]`, the API's too; docs/security.md): set, the
+   * scheduler opens each app's secrets into a Secret `berth-app-secrets` per app namespace that
+   * the pods read by `secretKeyRef`. Unset, no app gets its secrets. `BERTH_SECRETS_KEYS_FILE`
+   * reads it from a file.
+   */
+  BERTH_SECRETS_KEYS: secret(secretsKeyringSchema.optional()),
+  /**
+   * Where the load balancers connect to pods from, besides each cell's node addresses (which the
+   * allow policy always lists): LB hosts that are not the cells' nodes.
+   */
+  LB_SOURCE_CIDRS: cidrList,
   /** A cell unreachable this long has its replicas placed elsewhere. */
   FAILOVER_GRACE: envDuration('60s'),
   /** A cell back from an outage must stay reachable this long before replicas move back to it. */

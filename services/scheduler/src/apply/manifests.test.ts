@@ -1,8 +1,20 @@
 import { scrubSecrets } from '@berth/shared/logging';
 import { type App, appSchema, LABELS, MANAGED_BY, type Version, versionSchema } from '@berth/shared/model';
 import { cellPullCredential, robotKeySchema } from '@berth/shared/registry';
+import { type AppSecretRecord, SecretsKeyring } from '@berth/shared/secrets';
 import { describe, expect, it } from 'vitest';
-import { deploymentFor, hashOf, type ManifestOptions, namespaceFor, pullSecretFor, serviceFor } from './manifests.ts';
+import { AppSecretsOpener, secretRefsOf } from './app-secrets.ts';
+import {
+  appSecretFor,
+  deploymentFor,
+  hashOf,
+  type ManifestOptions,
+  namespaceFor,
+  networkPoliciesFor,
+  pullSecretFor,
+  SECRETS_HASH,
+  serviceFor,
+} from './manifests.ts';
 import { CellPullCredentials } from './pull-secret.ts';
 
 const at = new Date(0).toISOString();
@@ -143,5 +155,108 @@ describe('the registry pull Secret', () => {
     expect(line).not.toContain(password);
     expect(line).not.toContain(auth);
     expect(line).toBe('apply failed: [redacted] [redacted] [redacted]');
+  });
+});
+
+describe('tenant pods', () => {
+  const options = { registry: 'registry.local', preStopDelaySeconds: 0 };
+
+  it('run restricted: non-root, RuntimeDefault seccomp, no escalation, no capabilities, no API token', () => {
+    const pod = deploymentFor(app, version({ port: 8080 }), 1, options).spec?.template.spec;
+    expect(pod?.automountServiceAccountToken).toBe(false);
+    expect(pod?.securityContext).toEqual({ runAsNonRoot: true, seccompProfile: { type: 'RuntimeDefault' } });
+    expect(pod?.containers[0]?.securityContext).toEqual({
+      allowPrivilegeEscalation: false,
+      capabilities: { drop: ['ALL'] },
+    });
+  });
+
+  it('live in namespaces that enforce the restricted Pod Security profile', () => {
+    expect(namespaceFor(app).metadata?.labels).toMatchObject({
+      'pod-security.kubernetes.io/enforce': 'restricted',
+      'pod-security.kubernetes.io/enforce-version': 'latest',
+    });
+  });
+
+  it('take ingress only from the load balancers, on the app ports', () => {
+    const [deny, allow] = networkPoliciesFor(app, ['198.18.0.1/32', '192.0.2.0/24']);
+    expect(deny?.spec).toEqual({ podSelector: {}, policyTypes: ['Ingress'] });
+    expect(allow?.spec?.ingress).toEqual([
+      {
+        from: [{ ipBlock: { cidr: '198.18.0.1/32' } }, { ipBlock: { cidr: '192.0.2.0/24' } }],
+        ports: [{ port: 8080, protocol: 'TCP' }],
+      },
+    ]);
+    expect(networkPoliciesFor(app, ['198.18.0.1/32', '192.0.2.0/24'])).toBe(
+      networkPoliciesFor(app, ['198.18.0.1/32', '192.0.2.0/24']),
+    );
+    // No known source: nothing is allowed (an empty `from` would allow everyone).
+    expect(networkPoliciesFor(app, [])[1]?.spec?.ingress).toEqual([]);
+  });
+});
+
+describe('app secrets', () => {
+  const keyring = new SecretsKeyring(`k1:${'11'.repeat(32)}`);
+  const record = (name: string, value: string, ring = keyring): AppSecretRecord => ({
+    name,
+    sealed: ring.seal('shop', name, value),
+    fingerprint: ring.fingerprint('shop', name, value),
+    updatedAt: at,
+    updatedBy: 'ann',
+  });
+  const options = { registry: 'registry.local', preStopDelaySeconds: 0 };
+  const v = versionSchema.parse({ ...version({ port: 8080 }), env: { DATABASE_URL: 'plain', MODE: 'blue' } });
+
+  it('open into an Opaque Secret; a secret replaces a plain variable of the same name', () => {
+    const records = new Map([
+      ['DATABASE_URL', record('DATABASE_URL', 'postgres://u:hunter2hunter2@db/shop')],
+      ['STRIPE_SK', record('STRIPE_SK', 'sk_live_0123456789')],
+    ]);
+    const set = new AppSecretsOpener(keyring).open('shop', records);
+    expect(set?.failed).toEqual([]);
+    const secret = appSecretFor(app, set as NonNullable<typeof set>);
+    expect(secret).toMatchObject({ kind: 'Secret', type: 'Opaque', metadata: { name: 'berth-app-secrets' } });
+    expect(Buffer.from(secret.data?.STRIPE_SK ?? '', 'base64').toString()).toBe('sk_live_0123456789');
+    const refs = secretRefsOf(set?.fingerprints ?? {});
+    const dep = deploymentFor(app, v, 1, options, refs);
+    expect(dep.spec?.template.spec?.containers[0]?.env).toEqual([
+      { name: 'DATABASE_URL', valueFrom: { secretKeyRef: { name: 'berth-app-secrets', key: 'DATABASE_URL' } } },
+      { name: 'MODE', value: 'blue' },
+      { name: 'STRIPE_SK', valueFrom: { secretKeyRef: { name: 'berth-app-secrets', key: 'STRIPE_SK' } } },
+    ]);
+    // Opened values are scrubbed from log lines, as they are and as they sit in the Secret.
+    expect(scrubSecrets(`x sk_live_0123456789 ${secret.data?.STRIPE_SK}`)).toBe('x [redacted] [redacted]');
+    // The pod template names a hash of the fingerprints, not of the values.
+    expect(dep.spec?.template.metadata?.annotations?.[SECRETS_HASH]).toBe(refs?.hash);
+    expect(JSON.stringify(dep)).not.toContain('sk_live');
+  });
+
+  it('a changed value changes the template (the pods roll); an unchanged one nothing', () => {
+    const opener = new AppSecretsOpener(keyring);
+    const one = opener.open('shop', new Map([['TOKEN', record('TOKEN', 'first-value-0001')]]));
+    const same = opener.open('shop', new Map([['TOKEN', record('TOKEN', 'first-value-0001')]]));
+    const two = opener.open('shop', new Map([['TOKEN', record('TOKEN', 'second-value-002')]]));
+    const hash = (set: typeof one) => hashOf(deploymentFor(app, v, 1, options, secretRefsOf(set?.fingerprints ?? {})));
+    expect(hash(same)).toBe(hash(one));
+    expect(hash(two)).not.toBe(hash(one));
+  });
+
+  it('one that does not open is named, with no value, and the others still open', () => {
+    const other = new SecretsKeyring(`k2:${'22'.repeat(32)}`);
+    const set = new AppSecretsOpener(keyring).open(
+      'shop',
+      new Map([
+        ['GOOD', record('GOOD', 'good-value-0001')],
+        ['BAD', record('BAD', 'bad-value-00001', other)],
+      ]),
+    );
+    expect(set?.failed).toEqual(['BAD']);
+    expect(set?.errors.BAD).toContain('"k2"');
+    expect(JSON.stringify(set?.errors)).not.toContain('bad-value');
+    expect(Object.keys(set?.data ?? {})).toEqual(['GOOD']);
+    // Without a keyring nothing opens, and nothing throws.
+    expect(new AppSecretsOpener(undefined).open('shop', new Map([['GOOD', record('GOOD', 'x')]]))?.failed).toEqual([
+      'GOOD',
+    ]);
   });
 });

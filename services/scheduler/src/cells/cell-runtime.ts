@@ -1,24 +1,25 @@
 /**
  * One cell as the scheduler sees it: its clients, one informer per kind it reads (Nodes and Pods
- * for capacity and restarts, Berth's Namespaces, Services and Deployments for what is applied, and
- * its pull Secrets when it keeps them, Warning Events for the activity feed), and whether it is
- * reachable right now.
+ * for capacity, restarts and the load balancers' source addresses, Berth's Namespaces, Services,
+ * Deployments and NetworkPolicies for what is applied, and its Secrets when it keeps any, Warning
+ * Events for the activity feed), and whether it is reachable right now.
  */
 import { type CellClient, type InformerEvent, ResilientInformer } from '@berth/shared/kube';
 import type { Logger } from '@berth/shared/logging';
 import { LABELS, MANAGED_BY, parseKubeQuantity } from '@berth/shared/model';
-import type {
-  CoreV1Event,
-  KubernetesObject,
-  V1Deployment,
-  V1Namespace,
-  V1Node,
-  V1Pod,
-  V1Secret,
-  V1Service,
+import {
+  type CoreV1Event,
+  type KubernetesObject,
+  NetworkingV1Api,
+  type V1Deployment,
+  type V1Namespace,
+  type V1NetworkPolicy,
+  type V1Node,
+  type V1Pod,
+  type V1Secret,
+  type V1Service,
 } from '@kubernetes/client-node';
 import { CellWriteClient } from '../apply/keep-alive.ts';
-import { PULL_SECRET } from '../apply/pull-secret.ts';
 
 const MANAGED = `${LABELS.managedBy}=${MANAGED_BY}`;
 
@@ -45,10 +46,12 @@ export type CellRuntimeOptions = {
   onWarningEvent?: (event: CoreV1Event) => void;
   onPodEvent?: (event: InformerEvent, pod: V1Pod) => void;
   /**
-   * The scheduler keeps pull Secrets in the app namespaces: watch Berth's (and only those, by
-   * name and label). Off, nothing reads Secrets at all.
+   * The scheduler keeps Secrets in the app namespaces (pull Secrets, app secrets): watch Berth's
+   * (and only those, by label). Off, nothing reads Secrets at all.
    */
-  pullSecrets?: boolean;
+  secrets?: boolean;
+  /** CIDRs the load balancers connect from besides the cell's nodes (LB_SOURCE_CIDRS). */
+  lbSourceCidrs?: readonly string[];
 };
 
 export class CellRuntime {
@@ -59,8 +62,9 @@ export class CellRuntime {
   readonly namespaces: ResilientInformer<V1Namespace>;
   readonly services: ResilientInformer<V1Service>;
   readonly deployments: ResilientInformer<V1Deployment>;
-  /** Berth's pull Secrets; never started (always empty) when the scheduler keeps none. */
+  /** Berth's Secrets; never started (always empty) when the scheduler keeps none. */
   readonly secrets: ResilientInformer<V1Secret>;
+  readonly networkPolicies: ResilientInformer<V1NetworkPolicy>;
   readonly events: ResilientInformer<CoreV1Event>;
   /** Every Namespace, Berth's or not: tells the writer whether a Namespace it creates is free. */
   readonly allNamespaces: ResilientInformer<V1Namespace>;
@@ -76,6 +80,8 @@ export class CellRuntime {
   readonly #restarts = new PodRestarts();
   /** Namespaces this scheduler created (name → when), see FRESH_NAMESPACE_MS. */
   readonly #created = new Map<string, number>();
+  readonly #lbExtra: readonly string[];
+  #lbSources: { key: string; cidrs: readonly string[] } = { key: '', cidrs: [] };
   #started = false;
 
   constructor(options: CellRuntimeOptions) {
@@ -91,7 +97,11 @@ export class CellRuntime {
       name: `${this.name}/nodes`,
       path: '/api/v1/nodes',
       list: (s) => client.core.listNode(s),
-      onEvent: () => options.onChange(undefined),
+      onEvent: () => {
+        options.onChange(undefined);
+        // A node address the load balancers connect from changed: every app's allow policy.
+        if (this.#refreshLbSources()) for (const ns of this.namespaces.list()) options.onChange(ns.metadata?.name);
+      },
     });
     this.pods = new ResilientInformer<V1Pod>({
       ...common,
@@ -146,13 +156,26 @@ export class CellRuntime {
       name: `${this.name}/secrets`,
       path: '/api/v1/secrets',
       labelSelector: MANAGED,
-      fieldSelector: `metadata.name=${PULL_SECRET}`,
       list: (s) => client.core.listSecretForAllNamespaces(s),
       onEvent: (_e, secret) => {
         this.#forget('Secret', secret);
         options.onChange(appOf(secret));
       },
     });
+    const networking = client.kubeConfig.makeApiClient(NetworkingV1Api);
+    this.networkPolicies = new ResilientInformer<V1NetworkPolicy>({
+      ...common,
+      name: `${this.name}/networkpolicies`,
+      path: '/apis/networking.k8s.io/v1/networkpolicies',
+      labelSelector: MANAGED,
+      list: (s) => networking.listNetworkPolicyForAllNamespaces(s),
+      onEvent: (_e, policy) => {
+        this.#forget('NetworkPolicy', policy);
+        options.onChange(appOf(policy));
+      },
+    });
+    this.#lbExtra = options.lbSourceCidrs ?? [];
+    this.#refreshLbSources();
     this.events = new ResilientInformer<CoreV1Event>({
       ...common,
       name: `${this.name}/events`,
@@ -179,10 +202,36 @@ export class CellRuntime {
       this.namespaces,
       this.services,
       this.deployments,
-      ...(options.pullSecrets ? [this.secrets] : []),
+      ...(options.secrets ? [this.secrets] : []),
+      this.networkPolicies,
       this.events,
       this.allNamespaces,
     ] as ResilientInformer<KubernetesObject>[];
+  }
+
+  /**
+   * The CIDRs the load balancers reach this cell's pods from: each node's InternalIP (a region's
+   * nginx on a node's host network connects from the node's address: on the real cells the
+   * host's side of the cell bridge is the node IP) and LB_SOURCE_CIDRS. The same array while
+   * nothing changed (the policies built from it are cached by it).
+   */
+  lbSources(): readonly string[] {
+    return this.#lbSources.cidrs;
+  }
+
+  #refreshLbSources(): boolean {
+    const cidrs = new Set(this.#lbExtra);
+    for (const node of this.nodes.list()) {
+      for (const a of node.status?.addresses ?? []) {
+        if (a.type !== 'InternalIP') continue;
+        cidrs.add(a.address.includes(':') ? `${a.address}/128` : `${a.address}/32`);
+      }
+    }
+    const sorted = [...cidrs].sort();
+    const key = sorted.join(',');
+    if (key === this.#lbSources.key) return false;
+    this.#lbSources = { key, cidrs: sorted };
+    return true;
   }
 
   /** Starts every informer; does not wait for them (an unreachable cell must not block the others). */

@@ -3,6 +3,8 @@ import { type App, deploymentName, LABELS, type Version } from '@berth/shared/mo
 import { robotKeySchema } from '@berth/shared/registry';
 import type { V1Deployment, V1Secret } from '@kubernetes/client-node';
 import { describe, expect, it } from 'vitest';
+import type { AppSecretSet } from '../apply/app-secrets.ts';
+import { appSecretFor } from '../apply/manifests.ts';
 import { CellPullCredentials } from '../apply/pull-secret.ts';
 import { type CellView, planApp, type Target } from './app-plan.ts';
 
@@ -49,14 +51,17 @@ function cell(name: string, deployments: V1Deployment[] = [], secrets: V1Secret[
     namespaces: { get: () => undefined },
     services: { get: () => undefined },
     secrets: { get: (n, ns) => secrets.find((s) => s.metadata?.name === n && s.metadata?.namespace === ns) },
+    networkPolicies: { get: () => undefined },
+    lbSources: () => lbSources,
   };
 }
+const lbSources = ['198.18.0.1/32'];
 
 const manifests = { registry: 'registry.local', preStopDelaySeconds: 5 };
 const plan = (
   targets: Target[],
   cells: CellView[],
-  options: { unplaced?: string[]; writable?: string[]; manifests?: typeof manifests } = {},
+  options: { unplaced?: string[]; writable?: string[]; manifests?: typeof manifests; secrets?: AppSecretSet } = {},
 ) =>
   planApp({
     app,
@@ -65,6 +70,7 @@ const plan = (
     cells,
     writable: new Set(options.writable ?? cells.map((c) => c.name)),
     manifests: options.manifests ?? manifests,
+    secrets: options.secrets,
   });
 const replicasIn = (p: ReturnType<typeof plan>, c: string) =>
   Object.fromEntries(
@@ -81,7 +87,8 @@ describe('the apply plan', () => {
       [cell('cell-a'), cell('cell-b')],
     );
     expect(p.cells.map((c) => c.cell)).toEqual(['cell-a', 'cell-b']);
-    for (const c of p.cells) expect(c.first.map((i) => i.desired.kind)).toEqual(['Namespace', 'Service']);
+    for (const c of p.cells)
+      expect(c.first.map((i) => i.desired.kind)).toEqual(['Namespace', 'NetworkPolicy', 'NetworkPolicy', 'Service']);
     expect(replicasIn(p, 'cell-a')).toEqual({ [deploymentName('shop', 'v1')]: 2 });
     expect(replicasIn(p, 'cell-b')).toEqual({ [deploymentName('shop', 'v1')]: 2 });
   });
@@ -151,7 +158,13 @@ describe('the apply plan', () => {
       { manifests: pulling },
     );
     for (const c of p.cells) {
-      expect(c.first.map((i) => i.desired.kind)).toEqual(['Namespace', 'Secret', 'Service']);
+      expect(c.first.map((i) => i.desired.kind)).toEqual([
+        'Namespace',
+        'Secret',
+        'NetworkPolicy',
+        'NetworkPolicy',
+        'Service',
+      ]);
       expect(c.first[1]?.desired.metadata).toMatchObject({ name: 'berth-registry', namespace: 'shop' });
       const dep = c.deployments[0]?.desired as V1Deployment;
       expect(dep.spec?.template.spec?.imagePullSecrets).toEqual([{ name: 'berth-registry' }]);
@@ -159,5 +172,54 @@ describe('the apply plan', () => {
     // The informer's copy is what the writer compares with.
     expect(p.cells[0]?.first[1]?.current).toBe(inCell);
     expect(p.cells[1]?.first[1]?.current).toBeUndefined();
+  });
+});
+
+describe("the app's secrets", () => {
+  const set = (data: Record<string, string>, fingerprints: Record<string, string>, failed: string[] = []) =>
+    ({ data, fingerprints, failed, errors: {}, since: new Date(0).toISOString() }) as AppSecretSet;
+  const b64 = (v: string) => Buffer.from(v).toString('base64');
+  const firstDeployment = (p: ReturnType<typeof plan>) => p.cells[0]?.deployments[0]?.desired as V1Deployment;
+  const refsOf = (p: ReturnType<typeof plan>) => firstDeployment(p).spec?.template.spec?.containers[0]?.env ?? [];
+  const target = [{ version: version('v1', 1), cells: { 'cell-a': 1 } }];
+
+  it('go into a Secret after the Namespace and before the Deployments, which reference each one', () => {
+    const p = plan(target, [cell('cell-a')], {
+      secrets: set({ DB_URL: b64('postgres://x') }, { DB_URL: 'a'.repeat(16) }),
+    });
+    const first = p.cells[0]?.first ?? [];
+    expect(first.map((i) => i.desired.kind)).toEqual([
+      'Namespace',
+      'Secret',
+      'NetworkPolicy',
+      'NetworkPolicy',
+      'Service',
+    ]);
+    expect(first[1]?.desired).toMatchObject({ type: 'Opaque', data: { DB_URL: b64('postgres://x') } });
+    expect(refsOf(p)).toEqual([
+      { name: 'DB_URL', valueFrom: { secretKeyRef: { name: 'berth-app-secrets', key: 'DB_URL' } } },
+    ]);
+  });
+
+  it('that do not all open leave the cell its Secret, and the pods reference what it holds', () => {
+    const before = set({ DB_URL: b64('old') }, { DB_URL: 'a'.repeat(16) });
+    const inCell = appSecretFor(app, before);
+    const broken = set({ API_KEY: b64('k') }, { DB_URL: 'b'.repeat(16), API_KEY: 'c'.repeat(16) }, ['DB_URL']);
+    const p = plan(target, [cell('cell-a', [], [inCell])], { secrets: broken });
+    expect(p.cells[0]?.first.map((i) => i.desired.kind)).not.toContain('Secret');
+    expect(refsOf(p).map((e) => e.name)).toEqual(['DB_URL']);
+    // The same pod template as with the set that put the Secret there: nothing rolls.
+    const ok = plan(target, [cell('cell-a')], { secrets: before });
+    const annotation = (q: ReturnType<typeof plan>) => firstDeployment(q).spec?.template.metadata?.annotations;
+    expect(annotation(p)).toEqual(annotation(ok));
+  });
+
+  it('all deleted empty the Secret the cell has, and the pods reference none', () => {
+    const inCell = appSecretFor(app, set({ DB_URL: b64('old') }, { DB_URL: 'a'.repeat(16) }));
+    const p = plan(target, [cell('cell-a', [], [inCell])]);
+    expect(p.cells[0]?.first[1]?.desired).toMatchObject({ kind: 'Secret', data: {} });
+    expect(refsOf(p)).toEqual([]);
+    // No Secret in the cell and none wanted: none written.
+    expect(plan(target, [cell('cell-a')]).cells[0]?.first.map((i) => i.desired.kind)).not.toContain('Secret');
   });
 });

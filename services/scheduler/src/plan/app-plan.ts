@@ -1,8 +1,9 @@
 /**
  * One app's plan for its cells, computed from plain data (what the placer decided, what each
  * cell's informers show) and nothing else: the objects to apply per cell, in the order a cell can
- * take them (the Namespace, then the pull Secret and the Service, then the Deployments, which
- * need the Secret for their first pull), and the Deployments to delete.
+ * take them (the Namespace, then the pull Secret, the app Secret, the NetworkPolicies and the
+ * Service, then the Deployments, which need the Secrets for their first pull and start), and the
+ * Deployments to delete.
  * The reconciler executes it. Built whole, compared with what runs, then applied: ingress-nginx's
  * `syncIngress` is the model.
  *
@@ -11,8 +12,26 @@
  * count. A version the placer has not placed yet keeps what runs of it, untouched.
  */
 import { type App, deploymentName, LABELS, type Version } from '@berth/shared/model';
-import type { KubernetesObject, V1Deployment, V1Namespace, V1Secret, V1Service } from '@kubernetes/client-node';
-import { deploymentFor, type ManifestOptions, namespaceFor, pullSecretFor, serviceFor } from '../apply/manifests.ts';
+import { APP_SECRETS_NAME } from '@berth/shared/secrets';
+import type {
+  KubernetesObject,
+  V1Deployment,
+  V1Namespace,
+  V1NetworkPolicy,
+  V1Secret,
+  V1Service,
+} from '@kubernetes/client-node';
+import { type AppSecretSet, type SecretRefs, secretRefsOf } from '../apply/app-secrets.ts';
+import {
+  appSecretFor,
+  deploymentFor,
+  fingerprintsOf,
+  type ManifestOptions,
+  namespaceFor,
+  networkPoliciesFor,
+  pullSecretFor,
+  serviceFor,
+} from '../apply/manifests.ts';
 import { PULL_SECRET } from '../apply/pull-secret.ts';
 
 /** What the plan reads of a cell: its informers' copies of the app's objects. */
@@ -24,8 +43,11 @@ export type CellView = {
   };
   namespaces: { get(name: string): V1Namespace | undefined };
   services: { get(name: string, namespace: string): V1Service | undefined };
-  /** Berth's pull Secrets (watched only when the scheduler has the cells key). */
+  /** Berth's Secrets: pull and app secrets (watched only when the scheduler keeps either). */
   secrets: { get(name: string, namespace: string): V1Secret | undefined };
+  networkPolicies: { get(name: string, namespace: string): V1NetworkPolicy | undefined };
+  /** CIDRs the load balancers reach this cell's pods from (its nodes, and LB_SOURCE_CIDRS). */
+  lbSources(): readonly string[];
 };
 
 export type Target = { version: Version; cells: Record<string, number> };
@@ -53,6 +75,12 @@ export type AppPlanInput = {
   cells: CellView[];
   writable: ReadonlySet<string>;
   manifests: ManifestOptions;
+  /**
+   * The app's secrets as opened (apply/app-secrets.ts); undefined when it has none. When one of
+   * them did not open, each cell keeps the app Secret it has and the pods keep referencing what
+   * it holds: nothing is rolled to a state without a value the app had.
+   */
+  secrets?: AppSecretSet;
 };
 
 export type AppPlan = { settled: boolean; cells: CellPlan[] };
@@ -99,6 +127,10 @@ function planCell(input: AppPlanInput, cell: CellView, settled: boolean): CellPl
   };
   const pullSecret = pullSecretFor(app, cell.name, input.manifests);
   if (pullSecret) plan.first.push({ desired: pullSecret, current: cell.secrets.get(PULL_SECRET, app.name) });
+  const refs = planSecrets(input, cell, plan);
+  for (const policy of networkPoliciesFor(app, cell.lbSources())) {
+    plan.first.push({ desired: policy, current: cell.networkPolicies.get(policy.metadata?.name as string, app.name) });
+  }
   plan.first.push({ desired: serviceFor(app), current: cell.services.get(app.name, app.name) });
   const wanted = new Set<string>();
   for (const { version, cells } of targets) {
@@ -110,7 +142,7 @@ function planCell(input: AppPlanInput, cell: CellView, settled: boolean): CellPl
     const replicas = target >= now || settled ? target : now;
     if (replicas === 0) continue; // deleted below once settled; never created for nothing
     wanted.add(name);
-    plan.deployments.push({ desired: deploymentFor(app, version, replicas, input.manifests), current });
+    plan.deployments.push({ desired: deploymentFor(app, version, replicas, input.manifests, refs), current });
   }
   for (const dep of running) {
     const name = dep.metadata?.name as string;
@@ -123,4 +155,30 @@ function planCell(input: AppPlanInput, cell: CellView, settled: boolean): CellPl
     plan.delete.push(dep);
   }
   return plan;
+}
+
+/**
+ * The app Secret of a cell, added to the plan when it is to be written, and what the Deployments
+ * reference. Every secret opened: the Secret holds them all (an empty one replaces a Secret whose
+ * secrets were all deleted). One did not: the cell's Secret is left as it is, and the pods keep
+ * referencing what it holds (its fingerprints annotation).
+ */
+function planSecrets(input: AppPlanInput, cell: CellView, plan: CellPlan): SecretRefs | undefined {
+  const { app, secrets } = input;
+  const current = cell.secrets.get(APP_SECRETS_NAME, app.name);
+  if (secrets && secrets.failed.length > 0) return secretRefsOf(fingerprintsOf(current));
+  if (!secrets && !current) return undefined;
+  plan.first.push({ desired: appSecretFor(app, secrets ?? emptySet(app)), current });
+  return secrets ? secretRefsOf(secrets.fingerprints) : undefined;
+}
+
+/** One empty set per app object (so its Secret is built once, like every other object). */
+const emptySets = new WeakMap<object, AppSecretSet>();
+function emptySet(app: object): AppSecretSet {
+  let set = emptySets.get(app);
+  if (!set) {
+    set = { data: {}, fingerprints: {}, failed: [], errors: {}, since: '' };
+    emptySets.set(app, set);
+  }
+  return set;
 }

@@ -8,10 +8,12 @@ import type { Etcd3 } from '@berth/shared/etcd';
 import type { BerthKeys } from '@berth/shared/keys';
 import { loadCellClient } from '@berth/shared/kube';
 import type { Logger } from '@berth/shared/logging';
+import type { SecretsKeyring } from '@berth/shared/secrets';
 import type { Store } from '@berth/shared/store';
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import { KubeEventFeed } from '../activity/kube-events.ts';
 import type { EventRecorder } from '../activity/recorder.ts';
+import { AppSecretsOpener } from '../apply/app-secrets.ts';
 import { CellWriter } from '../apply/cell-writer.ts';
 import { CellPullCredentials } from '../apply/pull-secret.ts';
 import { CellRuntime } from '../cells/cell-runtime.ts';
@@ -31,9 +33,15 @@ export type ControllerOptions = {
   keys: BerthKeys;
   region: string;
   kubeconfigDir: string;
+  /** Whose kubeconfig to use in each cell (`<cell>.<identity>.kubeconfig`, else the cell's own). */
+  cellIdentity?: string;
   registry: string;
   /** The cells key: set, every app namespace gets its cell's pull Secret (apply/pull-secret.ts). */
   pullKey?: Buffer;
+  /** Opens the apps' secrets into each app namespace (apply/app-secrets.ts); unset, none are. */
+  secretsKeyring?: SecretsKeyring;
+  /** Where the load balancers connect from besides the cells' nodes (the allow-from-LB policy). */
+  lbSourceCidrs?: readonly string[];
   preStopDelaySeconds: number;
   failoverGraceMs: number;
   recoveryHoldMs: number;
@@ -164,6 +172,7 @@ export class SchedulerController {
             }
           : {}),
       },
+      secrets: new AppSecretsOpener(options.secretsKeyring),
       events: options.events,
       logger: options.logger,
       maxTxnOps: options.maxTxnOps,
@@ -276,7 +285,7 @@ export class SchedulerController {
       if (this.#cells.has(name)) continue;
       try {
         const runtime = new CellRuntime({
-          client: loadCellClient(this.#o.kubeconfigDir, name),
+          client: loadCellClient(this.#o.kubeconfigDir, name, this.#o.cellIdentity),
           logger: this.#o.logger,
           onChange: (app) => {
             if (app) this.#queue.add(app);
@@ -285,7 +294,8 @@ export class SchedulerController {
           onPodEvent: (event, pod) => {
             if (event === 'update') void this.#kubeEvents.podUpdated(name, pod);
           },
-          pullSecrets: this.#o.pullKey !== undefined,
+          secrets: this.#o.pullKey !== undefined || this.#o.secretsKeyring !== undefined,
+          lbSourceCidrs: this.#o.lbSourceCidrs,
         });
         this.#cells.set(name, runtime);
         this.#cellsSince.set(name, Date.now());

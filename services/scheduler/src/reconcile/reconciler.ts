@@ -23,6 +23,7 @@ import {
 import type { Op, Store } from '@berth/shared/store';
 import type { V1Deployment } from '@kubernetes/client-node';
 import type { EventRecorder } from '../activity/recorder.ts';
+import type { AppSecretSet, AppSecretsOpener } from '../apply/app-secrets.ts';
 import type { CellWriter } from '../apply/cell-writer.ts';
 import type { ManifestOptions } from '../apply/manifests.ts';
 import { type CellRuntime, restartsOf } from '../cells/cell-runtime.ts';
@@ -48,6 +49,8 @@ export type ReconcilerOptions = {
   cells: () => Map<string, CellRuntime>;
   health: (cell: string) => CellHealth;
   manifests: ManifestOptions;
+  /** Opens the apps' secrets (a keyring from BERTH_SECRETS_KEYS, or none). */
+  secrets?: AppSecretsOpener;
   /** Events ride the transaction of the change they record (outbox), and are published after it. */
   events: EventRecorder;
   logger: Logger;
@@ -58,6 +61,8 @@ export type ReconcilerOptions = {
 export class Reconciler {
   readonly #o: ReconcilerOptions;
   readonly #logger: Logger;
+  /** Sets whose failures were logged already (one line per change of an app's secrets). */
+  readonly #reported = new WeakSet<AppSecretSet>();
 
   constructor(options: ReconcilerOptions) {
     this.#o = options;
@@ -85,12 +90,21 @@ export class Reconciler {
     const writable = new Set(
       cells.filter((c) => c.reachable && this.#o.health(c.name) !== 'suspect').map((c) => c.name),
     );
-    const plan = planApp({ app, targets, unplaced, cells, writable, manifests: this.#o.manifests });
+    const secrets = this.#o.secrets?.open(name, this.#o.state.secretsOf(name));
+    if (secrets && secrets.failed.length > 0 && !this.#reported.has(secrets)) {
+      this.#reported.add(secrets);
+      // Names and the keyring's reason (a key id) only: never a value.
+      this.#logger.error(
+        { app: name, secrets: secrets.failed, errors: Object.values(secrets.errors) },
+        'app secrets do not open; its cells keep the secrets they have',
+      );
+    }
+    const plan = planApp({ app, targets, unplaced, cells, writable, manifests: this.#o.manifests, secrets });
     const results = await Promise.allSettled(
       plan.cells.map((cellPlan) => this.#execute(this.#o.cells().get(cellPlan.cell) as CellRuntime, cellPlan)),
     );
     await this.#removeVersionsGone(app, versions);
-    this.#writeStatus(app, targets);
+    this.#writeStatus(app, targets, secrets);
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed) throw failed.reason;
   }
@@ -110,8 +124,9 @@ export class Reconciler {
    * Status rows per version and cell, and each version's availability: the rows that changed go to
    * the status reporter, which writes them with other apps' in batched, fenced transactions.
    */
-  #writeStatus(app: App, targets: Target[]): void {
+  #writeStatus(app: App, targets: Target[], secrets: AppSecretSet | undefined): void {
     const reporter = this.#o.status;
+    const secretsCondition = secretsConditionOf(secrets);
     const keep = new Set<string>();
     for (const { version, cells } of targets) {
       let available = 0;
@@ -120,6 +135,7 @@ export class Reconciler {
         const desired = cells[cell.name] ?? 0;
         if (!dep && desired === 0) continue;
         const status = statusOf(app.name, version.name, cell, dep, desired);
+        if (secretsCondition) status.conditions.push(secretsCondition);
         available += status.available;
         const key = this.#o.keys.status(app.name, version.name, cell.name);
         keep.add(key);
@@ -273,6 +289,22 @@ function statusOf(
       lastTransitionTime: toIso(c.lastTransitionTime),
     })),
     observedAt: new Date().toISOString(),
+  };
+}
+
+/**
+ * A condition on every status row of an app whose secrets do not all open: the names (never a
+ * value) and what to do. Its time is when the records last changed, so the row is stable.
+ */
+function secretsConditionOf(secrets: AppSecretSet | undefined): Condition | undefined {
+  if (!secrets || secrets.failed.length === 0) return undefined;
+  const reasons = [...new Set(Object.values(secrets.errors))];
+  return {
+    type: 'SecretsApplied',
+    status: 'False',
+    reason: 'SecretsDoNotOpen',
+    message: `secrets ${secrets.failed.join(', ')} do not open with the scheduler's keys (${reasons.join('; ')}); the cells keep the secrets they have`,
+    lastTransitionTime: secrets.since,
   };
 }
 

@@ -1,6 +1,6 @@
 /**
- * What the scheduler reads from etcd, kept current by list-then-watch: the region's apps and their
- * versions, the region's cells, and its own output (placements, status), so it never rewrites
+ * What the scheduler reads from etcd, kept current by list-then-watch: the region's apps, their
+ * versions and their sealed secrets, the region's cells, and its own output (placements, status), so it never rewrites
  * what is already there.
  *
  * Values are validated once, when they arrive (a value that does not match its schema is left out
@@ -26,6 +26,7 @@ import {
   versionCellStatusSchema,
   versionSchema,
 } from '@berth/shared/model';
+import { type AppSecretRecord, appSecretRecordSchema } from '@berth/shared/secrets';
 import type { z } from 'zod';
 
 export type StoredValue<T> = { value: T; modRevision: number };
@@ -47,7 +48,11 @@ export type DesiredStateOptions = {
 };
 
 /** Under `/apps/`: an app, one of its versions, or something the scheduler does not read (members). */
-type AppsEntry = { kind: 'app'; value: App } | { kind: 'version'; value: Version } | { kind: 'other' };
+type AppsEntry =
+  | { kind: 'app'; value: App }
+  | { kind: 'version'; value: Version }
+  | { kind: 'secret'; value: AppSecretRecord }
+  | { kind: 'other' };
 
 function schemaCodec<T>(schema: z.ZodType<T>): Codec<T> {
   return {
@@ -68,6 +73,8 @@ export class DesiredState {
   readonly #versions = new Map<string, Map<string, Version>>();
   /** app → version name → placement. */
   readonly #placementsByApp = new Map<string, Map<string, StoredValue<Placement>>>();
+  /** app → secret name → its sealed record; the map is replaced on every change (a new identity). */
+  readonly #secrets = new Map<string, ReadonlyMap<string, AppSecretRecord>>();
   /** app → status keys. */
   readonly #statusKeys = new Map<string, Set<string>>();
 
@@ -81,6 +88,8 @@ export class DesiredState {
       decode: (raw, key) => {
         if (keys.parse('app', key)) return { kind: 'app', value: appSchema.parse(JSON.parse(raw)) };
         if (keys.parse('version', key)) return { kind: 'version', value: versionSchema.parse(JSON.parse(raw)) };
+        if (keys.parse('appSecret', key))
+          return { kind: 'secret', value: appSecretRecordSchema.parse(JSON.parse(raw)) };
         return { kind: 'other' };
       },
     };
@@ -98,6 +107,16 @@ export class DesiredState {
           if (versions.size > 0) this.#versions.set(v.app, versions);
           else this.#versions.delete(v.app);
           options.onAppChange(v.app);
+          return;
+        }
+        const sec = keys.parse('appSecret', change.key);
+        if (sec) {
+          const records = new Map(this.#secrets.get(sec.app));
+          if (change.type === 'put' && change.value.kind === 'secret') records.set(sec.name, change.value.value);
+          else records.delete(sec.name);
+          if (records.size > 0) this.#secrets.set(sec.app, records);
+          else this.#secrets.delete(sec.app);
+          options.onAppChange(sec.app);
           return;
         }
         // The app itself; members and the like are nothing the scheduler acts on.
@@ -196,6 +215,11 @@ export class DesiredState {
   /** The app's versions, oldest first. */
   versions(app: string): Version[] {
     return [...(this.#versions.get(app)?.values() ?? [])].sort((a, b) => a.number - b.number);
+  }
+
+  /** The app's secrets (sealed), by name; the same map until one of them changes. */
+  secretsOf(app: string): ReadonlyMap<string, AppSecretRecord> | undefined {
+    return this.#secrets.get(app);
   }
 
   version(app: string, version: string): Version | undefined {
