@@ -108,6 +108,13 @@ start_component() {
 
 kubectl_cell() { "$K8S_BIN/kubectl" --kubeconfig "$CELLS_DIR/$1.kubeconfig" "${@:2}"; }
 
+# The identities of Berth's services in every cell (make_cell_pki, apply_berth_rbac).
+BERTH_IDENTITIES=(scheduler discovery ipam)
+# apply_berth_rbac CELL: the ClusterRoles and bindings of those identities, with the admin's kubeconfig.
+apply_berth_rbac() {
+  kubectl_cell "$1" apply --server-side --field-manager=berth-cells -f "$BERTH_ROOT/infra/k8s/berth-rbac.yaml" >/dev/null
+}
+
 # ---------------------------------------------------------------- certificates and configs
 
 make_cell_pki() {
@@ -127,6 +134,13 @@ make_cell_pki() {
   write_kubeconfig "$CELLS_DIR/$cell.kubeconfig" "$cell" "$server" "$pki/ca.crt" "$pki/admin.crt" "$pki/admin.key"
   write_kubeconfig "$CELLS_DIR/$cell/controller-manager.kubeconfig" "$cell" "$server" "$pki/ca.crt" "$pki/controller-manager.crt" "$pki/controller-manager.key"
   write_kubeconfig "$CELLS_DIR/$cell/scheduler.kubeconfig" "$cell" "$server" "$pki/ca.crt" "$pki/scheduler.crt" "$pki/scheduler.key"
+  # One narrow identity per Berth service (user berth-<name>, in no group; its ClusterRole is in
+  # infra/k8s/berth-rbac.yaml): <cell>.<name>.kubeconfig. <cell>.kubeconfig stays the admin's.
+  local id
+  for id in "${BERTH_IDENTITIES[@]}"; do
+    pki_cert "$pki" "berth-$id" "berth-$id" "" client
+    write_kubeconfig "$CELLS_DIR/$cell.$id.kubeconfig" "$cell" "$server" "$pki/ca.crt" "$pki/berth-$id.crt" "$pki/berth-$id.key"
+  done
   if is_real "$i"; then
     local node ip
     node=$(node_name "$i")
@@ -661,6 +675,7 @@ cmd_up() {
   wait
 
   mkdir -p "$CELLS_DIR"
+  chmod 700 "$CELLS_DIR" # keys and kubeconfigs
   for cell in $cells; do
     i=$(cell_index "$cell")
     make_cell_pki "$cell" "$i"
@@ -692,6 +707,7 @@ cmd_up() {
   for cell in $cells; do
     i=$(cell_index "$cell")
     wait_until "$cell-apiserver" 120 apiserver_ready "$i"
+    apply_berth_rbac "$cell" || die "could not apply infra/k8s/berth-rbac.yaml to $cell"
     start_controller_manager "$cell" "$i"
     start_scheduler "$cell" "$i"
     if is_real "$i"; then

@@ -27,7 +27,7 @@ export class IpamCheckerService {
     const log = logger.child({ cell: config.BERTH_CELL });
     const runtime = new ServiceRuntime({ name: 'cni-ipam', config, logger: log });
     const backend = runtime.store.backend;
-    const cell = loadCellClient(resolve(config.KUBECONFIG_DIR), config.BERTH_CELL);
+    const cell = loadCellClient(resolve(config.KUBECONFIG_DIR), config.BERTH_CELL, config.CELL_IDENTITY ?? 'ipam');
     let publish: ((event: Omit<EventInput, 'actor'>) => Promise<void>) | undefined;
     if (config.NATS_URL) {
       const nats = new NatsComponent({

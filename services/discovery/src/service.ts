@@ -36,6 +36,7 @@ export class DiscoveryService {
       keys: runtime.keys,
       region: config.BERTH_REGION,
       kubeconfigDir: resolve(config.KUBECONFIG_DIR),
+      cellIdentity: config.CELL_IDENTITY ?? 'discovery',
       logger,
       metrics: runtime.metrics,
       coalesceMs: config.DISCOVERY_COALESCE,

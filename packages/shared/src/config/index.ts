@@ -219,9 +219,17 @@ export const redisEnv = {
   REDIS_PASSWORD: secret(z.string().min(1).optional()),
 };
 
-/** Where each cell's kubeconfig is: `<KUBECONFIG_DIR>/<cell>.kubeconfig` (never in etcd). */
+/**
+ * Where each cell's kubeconfig is: `<KUBECONFIG_DIR>/<cell>.<CELL_IDENTITY>.kubeconfig` when that
+ * file exists, else `<KUBECONFIG_DIR>/<cell>.kubeconfig` (never in etcd). CELL_IDENTITY defaults
+ * to the service's own (scheduler, discovery, ipam; docs/cells.md "Identities").
+ */
 export const cellsEnv = {
   KUBECONFIG_DIR: z.string().min(1).default('.local/cells'),
+  CELL_IDENTITY: z
+    .string()
+    .regex(/^[a-z][a-z0-9-]{0,30}$/, 'lowercase letters, digits and "-"')
+    .optional(),
 };
 
 // ---- Parsing ---------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 /**
- * Clients of a region's cells. Credentials come from one kubeconfig file per cell
- * (`<KUBECONFIG_DIR>/<cell>.kubeconfig`), never from etcd.
+ * Clients of a region's cells. Credentials come from kubeconfig files, never from etcd: one per
+ * cell and service identity (`<KUBECONFIG_DIR>/<cell>.<identity>.kubeconfig`, a narrow RBAC
+ * user), else the cell's own (`<KUBECONFIG_DIR>/<cell>.kubeconfig`, the admin's).
  */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
@@ -16,13 +17,18 @@ export type CellClient = {
   objects: KubernetesObjectApi;
 };
 
-export function kubeconfigPath(dir: string, cell: string): string {
+/** The kubeconfig of `identity` in `cell` when there is one, else the cell's own. */
+export function kubeconfigPath(dir: string, cell: string, identity?: string): string {
+  if (identity) {
+    const own = join(dir, `${cell}.${identity}.kubeconfig`);
+    if (existsSync(own)) return own;
+  }
   return join(dir, `${cell}.kubeconfig`);
 }
 
-/** The clients of one cell; NotFoundError when its kubeconfig is missing. */
-export function loadCellClient(dir: string, cell: string): CellClient {
-  const path = kubeconfigPath(dir, cell);
+/** The clients of one cell as `identity` (see kubeconfigPath); NotFoundError when no kubeconfig is there. */
+export function loadCellClient(dir: string, cell: string, identity?: string): CellClient {
+  const path = kubeconfigPath(dir, cell, identity);
   if (!existsSync(path)) throw new NotFoundError(`no kubeconfig for cell ${cell} at ${path}`);
   const kubeConfig = new KubeConfig();
   kubeConfig.loadFromFile(path);

@@ -29,6 +29,8 @@ export type DiscoveryControllerOptions = {
   keys: BerthKeys;
   region: string;
   kubeconfigDir: string;
+  /** Whose kubeconfig to use in each cell (`<cell>.<identity>.kubeconfig`, else the cell's own). */
+  cellIdentity?: string;
   logger: Logger;
   metrics: Registry;
   /** Bursts of changes within this window become one write per app. */
@@ -204,7 +206,7 @@ export class DiscoveryController {
       if (this.#sources.has(name)) continue;
       try {
         const source = new CellSource({
-          client: loadCellClient(this.#o.kubeconfigDir, name),
+          client: loadCellClient(this.#o.kubeconfigDir, name, this.#o.cellIdentity),
           logger: this.#o.logger,
           ...(this.#o.stallMs ? { stallMs: this.#o.stallMs } : {}),
           onAppChange: (app) => this.#mark(app),
