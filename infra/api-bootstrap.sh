@@ -10,10 +10,10 @@ ENV_FILE=$BERTH_LOCAL/env.d/40-api.sh
 
 api() { # METHOD PATH [BODY]: prints the body, returns non-zero on HTTP >= 400
   local method=$1 path=$2 body=${3:-}
-  local args=(-sS -m 10 -X "$method" -H "Authorization: Bearer $TOKEN" -w '\n%{http_code}')
-  [[ -n $body ]] && args+=(-H 'Content-Type: application/json' -d "$body")
+  local args=(-sS -m 10 -X "$method" -w '\n%{http_code}')
+  [[ -n $body ]] && args+=(-H 'Content-Type: application/json' --data-binary @-)
   local out code
-  out=$(curl "${args[@]}" "$API$path") || return 1
+  out=$(auth_curl "$TOKEN" "${args[@]}" "$API$path" <<<"$body") || return 1
   code=${out##*$'\n'}
   printf '%s' "${out%$'\n'*}"
   ((code < 400))
@@ -26,9 +26,9 @@ wait_until berth-api 60 http_ok "${BERTH_API_URL:-http://127.0.0.1:7070}/readyz"
 TOKEN=
 [[ -f $ENV_FILE ]] && TOKEN=$(sed -n 's/^export BERTH_ADMIN_TOKEN=//p' "$ENV_FILE")
 if [[ -z $TOKEN ]] || ! api GET /users/me >/dev/null 2>&1; then
-  password=$(<"$BERTH_LOCAL/secrets/admin-password")
-  session=$(curl -sS -m 10 -X POST "$API/auth/login" -H 'Content-Type: application/json' \
-    -d "$(jq -n --arg p "$password" '{username: "admin", password: $p}')" | jq -r '.token // empty')
+  # The password goes from its file through jq's stdin to curl's: never in an argv (ps) or a log.
+  session=$(jq -Rn '{username: "admin", password: input}' <"$BERTH_LOCAL/secrets/admin-password" |
+    curl -sS -m 10 -X POST "$API/auth/login" -H 'Content-Type: application/json' --data-binary @- | jq -r '.token // empty')
   [[ -n $session ]] || die "cannot sign in as admin at $API (see $(logfile berth-api))"
   TOKEN=$session
   expires=$(date -u -d '+365 days' +%Y-%m-%dT%H:%M:%SZ)

@@ -10,7 +10,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # shellcheck source=/dev/null # written by make up
 for f in "$BERTH_LOCAL"/env.d/*.sh; do [[ -f $f ]] && source "$f"; done
 API=${BERTH_API_URL:-http://127.0.0.1:7070}/api/v1
-AUTH="Authorization: Bearer $BERTH_ADMIN_TOKEN"
 APP=sample
 CONFIG=main
 TAGS=(v1 v2)
@@ -22,9 +21,9 @@ export DOCKER_HOST=${DOCKER_HOST:-unix://$BERTH_LOCAL/run/docker.sock}
 
 api() { # METHOD PATH [BODY]: prints the body; fails with the API's message on HTTP >= 400
   local method=$1 path=$2 body=${3:-} out code
-  local args=(-sS -m 10 -X "$method" -H "$AUTH" -w '\n%{http_code}')
-  [[ -n $body ]] && args+=(-H 'Content-Type: application/json' -d "$body")
-  out=$(curl "${args[@]}" "$API$path") || return 1
+  local args=(-sS -m 10 -X "$method" -w '\n%{http_code}')
+  [[ -n $body ]] && args+=(-H 'Content-Type: application/json' --data-binary @-)
+  out=$(auth_curl "$BERTH_ADMIN_TOKEN" "${args[@]}" "$API$path" <<<"$body") || return 1
   code=${out##*$'\n'}
   printf '%s' "${out%$'\n'*}"
   ((code < 400))
@@ -72,7 +71,7 @@ for tag in "${TAGS[@]}"; do
   run=$(api POST "/apps/$APP/build-configs/$CONFIG/runs" "$(jq -n --arg t "$tag" --arg c "$commit" '{ref: $c, tag: $t}')" |
     jq -r '.id // empty') || die "cannot start the sample's build of $tag"
   [[ -n $run ]] || die "cannot start the sample's build of $tag"
-  log "building berth/sample-app:$tag through Berth (run $run; logs: curl -H \"\$AUTH\" $API/builds/$run/logs?follow=false)"
+  log "building berth/sample-app:$tag through Berth (run $run; logs: GET $API/builds/$run/logs?follow=false)"
   deadline=$((SECONDS + 300))
   while :; do
     state=$(api GET "/builds/$run" | jq -r '.state') || state=unknown

@@ -7,11 +7,10 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # shellcheck source=/dev/null # written by make up
 for f in "$BERTH_LOCAL"/env.d/*.sh; do [[ -f $f ]] && source "$f"; done
 API=${BERTH_API_URL:-http://127.0.0.1:7070}/api/v1
-AUTH="Authorization: Bearer $BERTH_ADMIN_TOKEN"
 APP=sample
 
-if ! curl -fsS -m 10 -o /dev/null -H "$AUTH" "$API/apps/$APP" 2>/dev/null; then
-  curl -fsS -m 10 -o /dev/null -H "$AUTH" -H 'Content-Type: application/json' -X POST "$API/apps" -d "{
+if ! auth_curl "$BERTH_ADMIN_TOKEN" -fsS -m 10 -o /dev/null "$API/apps/$APP" 2>/dev/null; then
+  auth_curl "$BERTH_ADMIN_TOKEN" -fsS -m 10 -o /dev/null -H 'Content-Type: application/json' -X POST "$API/apps" -d "{
     \"name\": \"$APP\", \"region\": \"${BERTH_REGION:-local}\", \"image\": \"berth/sample-app\",
     \"description\": \"the sample app of make up\",
     \"healthCheck\": {\"path\": \"/healthz\", \"port\": 8080, \"initialDelaySeconds\": 0, \"periodSeconds\": 2},
@@ -20,15 +19,15 @@ if ! curl -fsS -m 10 -o /dev/null -H "$AUTH" "$API/apps/$APP" 2>/dev/null; then
 fi
 # Its images, built by the region's builder-agent from a git repository (token-auth registry).
 bash "$BERTH_ROOT/infra/build-sample.sh"
-if [[ $(curl -fsS -m 10 -H "$AUTH" "$API/apps/$APP/versions" | jq '.items | length') == 0 ]]; then
-  curl -fsS -m 10 -o /dev/null -H "$AUTH" -H 'Content-Type: application/json' -X POST "$API/apps/$APP/versions" \
+if [[ $(auth_curl "$BERTH_ADMIN_TOKEN" -fsS -m 10 "$API/apps/$APP/versions" | jq '.items | length') == 0 ]]; then
+  auth_curl "$BERTH_ADMIN_TOKEN" -fsS -m 10 -o /dev/null -H 'Content-Type: application/json' -X POST "$API/apps/$APP/versions" \
     -d '{"imageTag": "v1", "replicas": 2, "cpu": "50m", "memory": "32Mi", "env": {"APP_VERSION": "v1"}}' ||
     die "cannot create the sample app's first version"
   log "deployed app $APP (v1, 2 replicas)"
 fi
 
 available() {
-  curl -fsS -m 5 -H "$AUTH" "$API/apps/$APP/status" |
+  auth_curl "$BERTH_ADMIN_TOKEN" -fsS -m 5 "$API/apps/$APP/status" |
     jq -e '[.versions[] | select(.replicas > 0) | (.available >= .replicas)] | all and length > 0' >/dev/null
 }
 deadline=$((SECONDS + 120))
@@ -40,8 +39,8 @@ done
 # lb-agent renders the domain and pushes the routes.
 DOMAIN=sample.berth.test
 LB=${BERTH_LB_URL:-http://127.0.0.1:8080}
-if ! curl -fsS -m 10 -o /dev/null -H "$AUTH" "$API/apps/$APP/domains/$DOMAIN" 2>/dev/null; then
-  curl -fsS -m 10 -o /dev/null -H "$AUTH" -H 'Content-Type: application/json' -X POST "$API/apps/$APP/domains" \
+if ! auth_curl "$BERTH_ADMIN_TOKEN" -fsS -m 10 -o /dev/null "$API/apps/$APP/domains/$DOMAIN" 2>/dev/null; then
+  auth_curl "$BERTH_ADMIN_TOKEN" -fsS -m 10 -o /dev/null -H 'Content-Type: application/json' -X POST "$API/apps/$APP/domains" \
     -d "{\"domain\": \"$DOMAIN\", \"group\": \"local\", \"port\": \"http\"}" || die "cannot bind $DOMAIN to the sample app"
   log "bound $DOMAIN to app $APP (LB group local)"
 fi
@@ -53,5 +52,5 @@ until served; do
 done
 log "sample app served through nginx: curl -H 'Host: $DOMAIN' $LB/"
 # shellcheck disable=SC2015 # no address (either step failing) is fine: the log says "?"
-ip=$(curl -fsS -m 5 -H "$AUTH" "$API/apps/$APP/status" >/dev/null && "$BERTH_BIN_DIR/kubectl" --kubeconfig "$BERTH_LOCAL/cells/cell-a.kubeconfig" -n "$APP" get pods -o jsonpath='{.items[0].status.podIP}' 2>/dev/null || true)
+ip=$(auth_curl "$BERTH_ADMIN_TOKEN" -fsS -m 5 "$API/apps/$APP/status" >/dev/null && "$BERTH_BIN_DIR/kubectl" --kubeconfig "$BERTH_LOCAL/cells/cell-a.kubeconfig" -n "$APP" get pods -o jsonpath='{.items[0].status.podIP}' 2>/dev/null || true)
 log "sample app available; in cell-a at http://${ip:-?}:8080/"

@@ -21,6 +21,8 @@ BERTH_BIN_DIR=$BERTH_LOCAL/bin
 export BERTH_ROOT BERTH_LOCAL BERTH_CACHE
 
 mkdir -p "$BERTH_LOG_DIR" "$BERTH_RUN_DIR" "$BERTH_DATA_DIR" "$BERTH_BIN_DIR"
+# Logs, pid files and sockets (docker.sock is root), and the region's data are the owner's only.
+chmod 700 "$BERTH_LOG_DIR" "$BERTH_RUN_DIR" "$BERTH_DATA_DIR"
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() {
@@ -99,8 +101,33 @@ is_running() { live_pid "$1" >/dev/null; }
 
 pid_of() { if [[ -f $(pidfile "$1") ]]; then cat "$(pidfile "$1")" || true; fi; }
 
-# start_daemon NAME CMD...: start CMD in its own session, output to NAME's log, pid to NAME's pid
-# file. Does nothing when NAME is already running (make up is idempotent).
+# loggable_command CMD...: CMD as one line for a log, without the values of environment
+# assignments (`env NAME=value …` → `NAME=…`) and of flags named like a secret
+# (`--password=x`, `--token x`): a password or token never reaches a log file.
+loggable_command() {
+  local words=() arg flag eq hide=0
+  for arg in "$@"; do
+    if ((hide)); then
+      words+=("…")
+      hide=0
+    elif [[ $arg =~ ^([A-Za-z_][A-Za-z0-9_]*)= ]]; then
+      words+=("${BASH_REMATCH[1]}=…")
+    elif [[ $arg =~ ^(--?[A-Za-z0-9-]*(pass|token|secret|credential)[A-Za-z0-9-]*)(=?) ]] &&
+      flag=${BASH_REMATCH[1]} eq=${BASH_REMATCH[3]} && ! [[ $flag =~ -(file|path|dir)$ ]]; then
+      if [[ -n $eq ]]; then words+=("$flag=…"); else
+        words+=("$arg")
+        hide=1
+      fi
+    else
+      words+=("$arg")
+    fi
+  done
+  printf '%s\n' "${words[*]}"
+}
+
+# start_daemon NAME CMD...: start CMD in its own session, output to NAME's log (mode 600), pid to
+# NAME's pid file; the log names the command's environment variables, never their values.
+# Does nothing when NAME is already running (make up is idempotent).
 # Returns 0 when it started something and 1 when it was already running.
 start_daemon() {
   local name=$1
@@ -108,7 +135,8 @@ start_daemon() {
   if is_running "$name"; then return 1; fi
   local lf
   lf=$(logfile "$name")
-  printf '\n=== %s start %s: %s\n' "$name" "$(date -Is)" "$*" >>"$lf"
+  (umask 077 && touch "$lf") && chmod 600 "$lf"
+  printf '\n=== %s start %s: %s\n' "$name" "$(date -Is)" "$(loggable_command "$@")" >>"$lf"
   setsid "$@" >>"$lf" 2>&1 </dev/null &
   local pid=$!
   echo "$pid $(proc_start_ticks "$pid")" >"$(pidfile "$name").start"
@@ -153,6 +181,14 @@ wait_until() {
     fi
     sleep 0.2
   done
+}
+
+# auth_curl TOKEN CURL-ARGS...: curl with an `Authorization: Bearer TOKEN` header read from a
+# file descriptor (curl's `-H @file`), so the token is in no process's argv (ps, /proc/*/cmdline).
+auth_curl() {
+  local token=$1
+  shift
+  curl -H @<(printf 'Authorization: Bearer %s\n' "$token") "$@"
 }
 
 # http_ok URL: true when URL answers 2xx.
