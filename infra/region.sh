@@ -194,8 +194,10 @@ start_nginx() {
   # generation of domains the agent swaps in). It never changes while nginx runs; the agent
   # reloads only to swap generations (docs/traffic.md).
   source "$BERTH_ROOT/infra/node.sh"
+  # Run as root, only the master keeps root: the workers that parse requests and run Lua are
+  # nobody (the lb-agent, rendering the same file with NGINX_USER=root, gets the same).
   local user=()
-  [[ $(id -u) == 0 ]] && user=(--user root)
+  [[ $(id -u) == 0 ]] && user=(--user "nobody nogroup")
   "$NODE" --no-warnings "$BERTH_ROOT/services/lb-agent/src/nginx/write-main-conf.ts" --prefix "$NGINX_PREFIX" \
     --listen 127.0.0.1:8080 --pid "$BERTH_RUN_DIR/nginx.own.pid" --error-log "$BERTH_LOG_DIR/nginx-error.log" \
     --access-log "$BERTH_LOG_DIR/nginx-access.log" "${user[@]}" >/dev/null || die "cannot write nginx's main config"
