@@ -3,7 +3,7 @@
  * every pod start, and loading a gRPC client would cost more than the allocation itself
  * (docs/ipam.md has the measurements). Speaks the same compare/write vocabulary as the services.
  */
-import { UnavailableError } from '../errors/index.ts';
+import { ForbiddenError, UnavailableError } from '../errors/index.ts';
 import {
   type Compare,
   compareHolds,
@@ -20,30 +20,66 @@ const unb64 = (s: string | undefined) => (s ? Buffer.from(s, 'base64').toString(
 
 type GatewayKv = { key?: string; value?: string; mod_revision?: string; create_revision?: string };
 
+export type GatewayBackendOptions = {
+  timeoutMs?: number;
+  /** An etcd user and its password, when etcd's authentication is on. */
+  username?: string | undefined;
+  password?: string | undefined;
+};
+
 export class GatewayBackend implements KvBackend {
   readonly #endpoints: string[];
   readonly #timeoutMs: number;
+  readonly #username: string | undefined;
+  readonly #password: string;
+  #token: string | undefined;
   #current = 0;
 
-  constructor(endpoints: string[], options: { timeoutMs?: number } = {}) {
+  constructor(endpoints: string[], options: GatewayBackendOptions = {}) {
     if (endpoints.length === 0) throw new UnavailableError('no etcd endpoints');
     this.#endpoints = endpoints.map((e) => e.replace(/\/$/, ''));
     this.#timeoutMs = options.timeoutMs ?? 5000;
+    this.#username = options.username;
+    this.#password = options.password ?? '';
   }
 
+  /** A call as the configured user: its token is fetched first and again once when it expired. */
   async #call(path: string, body: unknown): Promise<Record<string, unknown>> {
+    if (!this.#username) return this.#post(path, body);
+    this.#token ??= await this.#authenticate();
+    try {
+      return await this.#post(path, body, this.#token);
+    } catch (err) {
+      if (!(err instanceof InvalidTokenError)) throw err;
+      this.#token = await this.#authenticate();
+      return this.#post(path, body, this.#token);
+    }
+  }
+
+  async #authenticate(): Promise<string> {
+    const res = await this.#post('/v3/auth/authenticate', { name: this.#username, password: this.#password });
+    if (typeof res.token !== 'string') throw new UnavailableError('etcd answered no auth token');
+    return res.token;
+  }
+
+  async #post(path: string, body: unknown, token?: string): Promise<Record<string, unknown>> {
     let lastError: unknown;
     for (let i = 0; i < this.#endpoints.length; i++) {
       const endpoint = this.#endpoints[(this.#current + i) % this.#endpoints.length] as string;
       let res: { status: number; json: Record<string, unknown> };
       try {
-        res = await postJson(`${endpoint}${path}`, body, this.#timeoutMs);
+        res = await postJson(`${endpoint}${path}`, body, this.#timeoutMs, token);
       } catch (err) {
         lastError = err;
         continue;
       }
       if (res.status >= 400) {
         const message = String(res.json.message ?? res.json.error ?? `HTTP ${res.status}`);
+        // Refused credentials or permissions are not an outage: they fail loudly, not "try later".
+        if (/invalid auth token/i.test(message)) throw new InvalidTokenError(message);
+        if (/permission denied|authentication failed|user name/i.test(message)) {
+          throw new ForbiddenError(`etcd refused ${path} to ${this.#username ?? 'an anonymous client'}: ${message}`);
+        }
         if (res.status >= 500 && /unavailable|leader|timeout/i.test(message)) {
           lastError = new UnavailableError(message);
           continue;
@@ -132,10 +168,13 @@ function toKeyValue(kv: GatewayKv): KeyValue {
  * One JSON POST with node:http. Not fetch: loading fetch's implementation (undici) costs about
  * 100 ms, more than the allocation itself, and the plugin starts at every pod start.
  */
+class InvalidTokenError extends UnavailableError {}
+
 async function postJson(
   url: string,
   body: unknown,
   timeoutMs: number,
+  token?: string,
 ): Promise<{ status: number; json: Record<string, unknown> }> {
   const target = new URL(url);
   // getBuiltinModule, not import(): an ESM import of node:http evaluates every export of its
@@ -155,6 +194,7 @@ async function postJson(
           'content-type': 'application/json',
           'content-length': Buffer.byteLength(payload),
           connection: 'close',
+          ...(token ? { authorization: token } : {}),
         },
         timeout: timeoutMs,
       },

@@ -4,6 +4,7 @@
  * (no gRPC client at every pod start) and returns what to print on stdout.
  */
 import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { BerthKeys } from '@berth/shared/keys';
 import { GatewayBackend } from '@berth/shared/store/lite';
 import { type Allocation, AllocationNotFoundError, Allocator, handleOf } from '../ipam/allocator.ts';
@@ -26,10 +27,24 @@ export function resultJson(conf: NetConf, a: Allocation): Record<string, unknown
 
 function allocatorFor(conf: NetConf): Allocator {
   return new Allocator({
-    backend: new GatewayBackend(conf.ipam.etcdEndpoints),
+    backend: new GatewayBackend(conf.ipam.etcdEndpoints, {
+      username: conf.ipam.etcdUsername,
+      password: conf.ipam.etcdPasswordFile ? readPasswordFile(conf.ipam.etcdPasswordFile) : undefined,
+    }),
     keys: new BerthKeys(conf.ipam.etcdPrefix),
     cell: conf.ipam.cell,
   });
+}
+
+function readPasswordFile(path: string): string {
+  try {
+    return readFileSync(path, 'utf8').replace(/\r?\n$/, '');
+  } catch (err) {
+    throw new CniError(
+      'invalid-netconf',
+      `cannot read ipam.etcdPasswordFile ${path}: ${(err as NodeJS.ErrnoException).code ?? err}`,
+    );
+  }
 }
 
 /** ADD: the container's address (the same one again for the same container and interface). */

@@ -5,7 +5,10 @@
  * Network conf: "ipam": {"type": "berth-ipam", "etcdEndpoints": "http://127.0.0.1:2379",
  *   "cell": "cell-a", "pools": ["198.18.0.0/16"], "node": "<default: hostname>",
  *   "gateway": "<default: the pool's first address>", "routes": [{"dst": "0.0.0.0/0"}],
- *   "etcdPrefix": "<default /berth>"}
+ *   "etcdPrefix": "<default /berth>", "etcdUsername": "ipam-cell-a",
+ *   "etcdPasswordFile": "/path/to/etcd-ipam-cell-a.password"}
+ * With etcd's authentication on, the plugin is the cell's IPAM identity: its cell's IPAM keys
+ * only (docs/security-region.md). The password is read from the file, never from the conf.
  */
 import { hostname } from 'node:os';
 import { parseCidr } from '../ipam/cidr.ts';
@@ -18,6 +21,8 @@ export type Route = { dst: string; gw?: string };
 export type IpamConfig = {
   etcdEndpoints: string[];
   etcdPrefix: string;
+  etcdUsername?: string;
+  etcdPasswordFile?: string;
   cell: string;
   pools?: string[];
   node: string;
@@ -102,12 +107,21 @@ export function parseNetConf(stdin: string, defaultNode: () => string = hostname
     });
   }
   const etcdPrefix = typeof ipam.etcdPrefix === 'string' ? ipam.etcdPrefix : '/berth';
+  if (ipam.etcdUsername !== undefined && (typeof ipam.etcdUsername !== 'string' || !ipam.etcdUsername)) {
+    fail('invalid-netconf', 'ipam.etcdUsername must be an etcd user name');
+  }
+  if (ipam.etcdUsername !== undefined && (typeof ipam.etcdPasswordFile !== 'string' || !ipam.etcdPasswordFile)) {
+    fail('invalid-netconf', "ipam.etcdPasswordFile must name the file holding ipam.etcdUsername's password");
+  }
   return {
     cniVersion,
     name: conf.name,
     ipam: {
       etcdEndpoints: endpoints,
       etcdPrefix,
+      ...(typeof ipam.etcdUsername === 'string'
+        ? { etcdUsername: ipam.etcdUsername, etcdPasswordFile: ipam.etcdPasswordFile as string }
+        : {}),
       cell: ipam.cell,
       ...(pools ? { pools } : {}),
       node: typeof ipam.node === 'string' && ipam.node ? ipam.node : defaultNode(),

@@ -25,6 +25,8 @@ export const CNI_ERROR_CODES: Readonly<Record<string, { code: number; details: s
   'allocation-not-found': { code: 999, details: 'no allocation' },
   'allocation-mismatch': { code: 999, details: 'another address' },
   'corrupt-value': { code: 999, details: 'unreadable IPAM record' },
+  // etcd refused the plugin's credentials or a key outside its cell's IPAM prefix: no retry helps.
+  forbidden: { code: 999, details: 'etcd refused the IPAM identity' },
 };
 const GENERIC = 999;
 
