@@ -151,6 +151,8 @@ export function problemMiddleware(logger: Logger): ErrorRequestHandler {
     }
     const problem = problemFromError(err, req.originalUrl);
     if (err instanceof MethodNotAllowedError) res.setHeader('Allow', err.allow.join(', '));
+    // 429 and 503 say when to come back (RFC 9110 §10.2.3).
+    if (typeof problem.retryAfterSeconds === 'number') res.setHeader('Retry-After', String(problem.retryAfterSeconds));
     if (problem.status >= 500) logger.error({ err, method: req.method, url: req.originalUrl }, 'request failed');
     sendProblem(res, problem);
   };

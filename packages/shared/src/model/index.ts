@@ -21,7 +21,8 @@ export const dnsLabelSchema = z
 export const userNameSchema = z
   .string()
   .min(1)
-  .max(64)
+  // User names become Kubernetes label values (at most 63 characters).
+  .max(63)
   .regex(/^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$/, 'expected lowercase letters, digits, ".", "_" and "-"');
 
 /** `v1`, `v2`, … in order of creation. */
