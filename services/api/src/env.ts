@@ -1,3 +1,4 @@
+import { isIP } from 'node:net';
 import {
   envDuration,
   envHostPort,
@@ -29,9 +30,34 @@ export const apiEnv = z
     BERTH_ADMIN_PASSWORD: secret(z.string().min(8, 'at least 8 characters').optional()),
     /** How long a login session token lives. */
     SESSION_TTL: envDuration('12h'),
-    /** Login attempts per minute per (user, client address), and per client address. */
+    /** Failed logins per minute per (user, client address), and per client address. */
     LOGIN_RATE_LIMIT: envInt(10, { min: 1, max: 10_000 }),
     LOGIN_RATE_LIMIT_PER_ADDRESS: envInt(100, { min: 1, max: 100_000 }),
+    /** Failed logins in a row an account takes, from any address, before each waits 2^k s. */
+    LOGIN_ACCOUNT_FAILURES: envInt(5, { min: 1, max: 10_000 }),
+    /** The longest wait of that back-off. */
+    LOGIN_BACKOFF_MAX: envDuration('15m'),
+    /**
+     * The proxies in front of the API whose X-Forwarded-For is believed (comma-separated addresses
+     * or CIDRs). Default none: the client address is the socket's, even from loopback.
+     */
+    TRUSTED_PROXIES: z
+      .string()
+      .default('')
+      .transform((s) =>
+        s
+          .split(',')
+          .map((p) => p.trim())
+          .filter(Boolean),
+      )
+      .pipe(z.array(z.string().refine(isAddressOrCidr, 'expected an IP address or a CIDR like 10.0.0.0/8'))),
+    /** Personal access tokens one user may hold. */
+    MAX_TOKENS_PER_USER: envInt(50, { min: 1, max: 10_000 }),
+    /** Password hashes at once (default twice the cores), and how many may wait (then 503). */
+    PASSWORD_HASH_CONCURRENCY: envInt(0, { min: 0, max: 1024 }),
+    PASSWORD_HASH_QUEUE: envInt(64, { min: 0, max: 100_000 }),
+    /** scrypt's N as a power of two: 17 is OWASP's minimum; lower only in tests. */
+    PASSWORD_HASH_LOG_N: envInt(17, { min: 10, max: 20 }),
     /** Largest accepted request body, in bytes. */
     BODY_LIMIT: envInt(256 * 1024, { min: 1024, max: 64 * 1024 * 1024 }),
     /** LDAP login: all of URL, bind DN, bind password and user base DN, or none. */
@@ -108,3 +134,13 @@ export const apiEnv = z
   });
 
 export type ApiConfig = z.output<typeof apiEnv>;
+
+function isAddressOrCidr(value: string): boolean {
+  const [address, bits, ...rest] = value.split('/');
+  if (!address || rest.length > 0) return false;
+  const family = isIP(address);
+  if (family === 0) return false;
+  if (bits === undefined) return true;
+  const n = Number(bits);
+  return /^\d{1,3}$/.test(bits) && n >= 0 && n <= (family === 4 ? 32 : 128);
+}

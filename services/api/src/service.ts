@@ -5,6 +5,7 @@ import { RedisComponent } from '@berth/shared/redis';
 import { ServiceRuntime } from '@berth/shared/service';
 import express from 'express';
 import { LdapDirectory } from './auth/ldap.ts';
+import { PasswordHasher } from './auth/passwords.ts';
 import { LoginRateLimiter } from './auth/rate-limit.ts';
 import { AuthService } from './auth/service.ts';
 import { BuildDispatcher } from './builds/dispatcher.ts';
@@ -82,6 +83,9 @@ export class ApiService {
       config,
       logger,
       routes: (app) => {
+        // The client address (req.ip, the login limit's key) comes from X-Forwarded-For only when
+        // the peer is a configured proxy; by default from the socket, loopback included.
+        app.set('trust proxy', config.TRUSTED_PROXIES);
         app.use(
           API_BASE,
           express.json({
@@ -114,6 +118,8 @@ export class ApiService {
       rateLimiter: new LoginRateLimiter(redis.client, {
         perUserPerMinute: config.LOGIN_RATE_LIMIT,
         perAddressPerMinute: config.LOGIN_RATE_LIMIT_PER_ADDRESS,
+        accountFreeFailures: config.LOGIN_ACCOUNT_FAILURES,
+        maxBackoffMs: config.LOGIN_BACKOFF_MAX,
         prefix: `berth${config.ETCD_PREFIX.replace(/\//g, ':')}`,
       }),
       ldap:
@@ -128,6 +134,12 @@ export class ApiService {
             })
           : undefined,
       sessionTtlMs: config.SESSION_TTL,
+      hasher: new PasswordHasher({
+        cost: { n: 2 ** config.PASSWORD_HASH_LOG_N, r: 8, p: 1 },
+        ...(config.PASSWORD_HASH_CONCURRENCY > 0 ? { concurrency: config.PASSWORD_HASH_CONCURRENCY } : {}),
+        queueLimit: config.PASSWORD_HASH_QUEUE,
+      }),
+      maxTokensPerUser: config.MAX_TOKENS_PER_USER,
     });
     const ctx: ApiContext = {
       store,

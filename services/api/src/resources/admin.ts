@@ -16,6 +16,7 @@ import {
   listOf,
   listQuery,
   patchCellBody,
+  patchUserBody,
   quotaBody,
   quotaRecordSchema,
   quotaResponse,
@@ -23,6 +24,8 @@ import {
   regionResponse,
   userParams,
   userResponse,
+  userTokenParams,
+  userTokenResponse,
 } from './schemas.ts';
 
 export function adminRoutes(ctx: ApiContext) {
@@ -66,6 +69,68 @@ export function adminRoutes(ctx: ApiContext) {
           }),
           { idempotency },
         );
+      },
+    }),
+
+    defineRoute({
+      method: 'patch',
+      path: '/users/:user',
+      operationId: 'updateUser',
+      summary:
+        'Disable or enable a user (admin): disabled, they cannot sign in, their tokens stop working at once and their sessions end',
+      tags: ['users'],
+      access: { kind: 'admin' },
+      params: userParams,
+      body: patchUserBody,
+      responses: { 200: userResponse },
+      errors: [409, 412],
+      etag: true,
+      handler: async ({ req, params, body, principal: p }) => {
+        const done = await auth.setDisabled(p, params.user, body.disabled, req);
+        return { status: 200, body: publicUser(done.user), headers: { ETag: etag(done.modRevision) } };
+      },
+    }),
+    defineRoute({
+      method: 'get',
+      path: '/users/:user/tokens',
+      operationId: 'listUserTokens',
+      summary: "A user's live sessions and personal access tokens, never their secrets (admin)",
+      tags: ['users'],
+      access: { kind: 'admin' },
+      params: userParams,
+      responses: { 200: listOf(userTokenResponse) },
+      handler: async ({ params }) => {
+        if (!(await auth.getUser(params.user))) throw new NotFoundError(`no user "${params.user}"`);
+        const items = (await auth.listTokens(params.user))
+          .sort((a, b) => a.createdAt.localeCompare(b.createdAt))
+          .map(({ id, kind, name, scopes, createdAt, expiresAt }) => ({
+            id,
+            kind,
+            name,
+            scopes,
+            createdAt,
+            expiresAt,
+          }));
+        return { status: 200, body: { items, next: null } };
+      },
+    }),
+    defineRoute({
+      method: 'delete',
+      path: '/users/:user/tokens/:id',
+      operationId: 'deleteUserToken',
+      summary: "Revoke one of a user's sessions or personal access tokens (admin)",
+      tags: ['users'],
+      access: { kind: 'admin' },
+      params: userTokenParams,
+      responses: { 204: undefined },
+      handler: async ({ params, principal: p }) => {
+        await auth.deleteToken(
+          p,
+          params.id,
+          (removed) => [{ kind: 'token', resourceId: removed.user, resourceName: removed.id, action: 'revoked' }],
+          { user: params.user },
+        );
+        return { status: 204 };
       },
     }),
 

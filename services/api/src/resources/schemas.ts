@@ -100,9 +100,13 @@ export const createUserBody = z
 
 export const userResponse = z.object({
   name: userNameSchema,
+  /** Immutable; a user deleted and created again under the same name gets another. */
+  id: z.string().optional(),
   email: z.string().optional(),
   admin: z.boolean(),
   source: z.enum(['local', 'ldap']),
+  /** Disabled by an admin: no login, no token of theirs works. */
+  disabled: z.boolean(),
   createdAt: z.iso.datetime(),
   updatedAt: z.iso.datetime(),
 });
@@ -113,6 +117,8 @@ export const createTokenBody = z
     scopes: z.array(z.enum(SCOPES)).min(1).max(3),
     /** Default: 90 days from now. At most one year. */
     expiresAt: z.iso.datetime({ offset: true }).optional(),
+    /** Your password again: needed when a session makes a token that outlives it. */
+    password: z.string().min(1).max(1024).optional(),
   })
   .strict();
 
@@ -127,6 +133,35 @@ export const tokenCreatedResponse = tokenResponse.extend({
   /** Shown once: Berth keeps only a hash. */
   token: z.string(),
 });
+
+/** A user's token as an admin sees it: sessions and personal access tokens, never a secret. */
+export const userTokenResponse = tokenResponse.extend({ kind: z.enum(['session', 'personal']) });
+
+export const sessionResponse = z.object({
+  id: z.string(),
+  createdAt: z.iso.datetime(),
+  expiresAt: z.iso.datetime(),
+  /** The client address and User-Agent of the login, when known. */
+  address: z.string().optional(),
+  userAgent: z.string().optional(),
+  /** The session this request came with. */
+  current: z.boolean(),
+});
+
+export const endSessionsQuery = z
+  .object({ all: z.enum(['true', 'false']).optional().describe('true: the current session ends too') })
+  .strict();
+export const endSessionsResponse = z.object({ ended: z.number().int() });
+
+export const changePasswordBody = z
+  .object({
+    currentPassword: z.string().min(1).max(1024),
+    newPassword: z.string().min(8, 'at least 8 characters').max(1024),
+  })
+  .strict();
+
+export const patchUserBody = z.object({ disabled: z.boolean() }).strict();
+export const userTokenParams = z.object({ user: userNameSchema, id: z.string().regex(/^[0-9a-f]{16}$/) }).strict();
 
 // ---- Regions and cells ------------------------------------------------------------------------
 
