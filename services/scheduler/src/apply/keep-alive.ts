@@ -5,10 +5,10 @@
  * the per-call agent) and gives every call a deadline, so an API server that stops answering shows
  * up as a timeout the write limiter can react to instead of a write that hangs forever.
  *
- * Server-side applies of the kinds the scheduler keeps (Namespace, Secret, Service, Deployment) skip
- * client-node's request path: it re-derived the TLS options, built an agent it threw away, and
- * serialized and deserialized every object through its model classes, which made the applies the
- * largest part of the scheduler's CPU. `apply` sends the object's JSON (JSON is YAML) as an
+ * Server-side applies of the kinds the scheduler keeps (Namespace, Secret, Service, Deployment,
+ * NetworkPolicy) skip client-node's request path: it re-derived the TLS options, built an agent it
+ * threw away, and serialized and deserialized every object through its model classes, which made
+ * the applies the largest part of the scheduler's CPU. `apply` sends the object's JSON (JSON is YAML) as an
  * apply patch on the kept-alive connections and reads only the status of the answer.
  */
 import http from 'node:http';
@@ -31,6 +31,7 @@ const RESOURCES: Record<string, { group: string; plural: string; clusterScoped?:
   'v1/Secret': { group: '/api/v1', plural: 'secrets' },
   'v1/Service': { group: '/api/v1', plural: 'services' },
   'apps/v1/Deployment': { group: '/apis/apps/v1', plural: 'deployments' },
+  'networking.k8s.io/v1/NetworkPolicy': { group: '/apis/networking.k8s.io/v1', plural: 'networkpolicies' },
 };
 
 /** How long the request headers derived from the kubeconfig (a bearer token) are reused. */
