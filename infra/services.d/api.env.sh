@@ -23,3 +23,9 @@ echo "REGISTRY_ROBOT_KEY_FILE=$(bash "$BERTH_ROOT/infra/registry-robot-keys.sh" 
 echo "REGISTRY_URL=http://${REGISTRY_ADDR:-127.0.0.1:5000}"
 # The secret the registry's notifications carry (who pushed each tag; its config.yml holds it too).
 echo "REGISTRY_NOTIFY_TOKEN_FILE=$(bash "$BERTH_ROOT/infra/registry-notify-token.sh" "$secrets")"
+# The API is the one service meant to face users: its /metrics needs this bearer token
+# (docs/local-region.md). The other services listen on loopback only; theirs stay open.
+if [[ ! -s $secrets/metrics-token ]]; then
+  (umask 077 && openssl rand -hex 24 >"$secrets/metrics-token")
+fi
+echo "METRICS_TOKEN_FILE=$secrets/metrics-token"

@@ -177,6 +177,12 @@ export const serviceEnv = {
   SHUTDOWN_TIMEOUT: envDuration('20s'),
   /** OTLP/HTTP traces endpoint; tracing exports nothing unless this is set. */
   OTEL_EXPORTER_OTLP_ENDPOINT: envUrl(['http', 'https']).optional(),
+  /** A request not answered in this long gets 503 (streams excepted); 0 turns it off. */
+  HTTP_REQUEST_TIMEOUT: envDuration('30s'),
+  /** /metrics on this listener only (host:port), not on HTTP_ADDR. */
+  METRICS_ADDR: envHostPort('127.0.0.1:0').optional(),
+  /** /metrics needs `Authorization: Bearer <METRICS_TOKEN>` (or METRICS_TOKEN_FILE). */
+  METRICS_TOKEN: secret(z.string().min(16).optional()),
 };
 
 /**

@@ -12,5 +12,7 @@ export {
   HealthRegistry,
   HttpServer,
   type HttpServerOptions,
+  type MetricsAccess,
   type ReadinessCheck,
+  withoutDeadline,
 } from './server.ts';

@@ -1,19 +1,22 @@
 /**
  * Every Berth service's HTTP server: `/healthz` (the process is alive and serving), `/readyz`
  * (every dependency answers right now, checked on each call with a deadline), Prometheus
- * `/metrics`, trace context taken from incoming headers, and the service's own routes between
- * them and the problem+json error handler. stop() drains: readiness turns false first, in-flight
- * requests finish, idle keep-alive connections close.
+ * `/metrics` (on a listener of its own, or behind a bearer token, or open: see MetricsAccess),
+ * trace context taken from incoming headers, a deadline on every request that is not a stream
+ * (503 problem+json when the handler has not answered in time), and the service's own routes
+ * between them and the problem+json error handler. stop() drains: readiness turns false first,
+ * in-flight requests finish, idle keep-alive connections close.
  */
+import { createHash, timingSafeEqual } from 'node:crypto';
 import { once } from 'node:events';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import express, { type Express, type RequestHandler } from 'express';
+import express, { type Express, type Request, type RequestHandler, type Response } from 'express';
 import { collectDefaultMetrics, Histogram, Registry } from 'prom-client';
-import { UnavailableError } from '../errors/index.ts';
+import { UnauthorizedError, UnavailableError } from '../errors/index.ts';
 import type { Logger } from '../logging/index.ts';
 import { context, contextFromHeaders, SpanKind, SpanStatusCode, trace, tracer } from '../telemetry/index.ts';
-import { notFoundHandler, problemMiddleware } from './problem.ts';
+import { notFoundHandler, problemFromError, problemMiddleware, sendProblem } from './problem.ts';
 
 export type ReadinessCheck = () => Promise<void> | void;
 
@@ -66,6 +69,27 @@ export function createMetricsRegistry(service: string): Registry {
   return registry;
 }
 
+/**
+ * Who may read `/metrics` (series name apps, users and hosts). With `addr`, it is served on that
+ * second listener only (give it a loopback address a scraper reaches) and the main listener
+ * answers 404; with `token`, a request needs `Authorization: Bearer <token>` (401 otherwise),
+ * wherever it is served. With neither, it is open on the main listener: for a service that
+ * listens on loopback only.
+ */
+export type MetricsAccess = { addr?: { host: string; port: number } | undefined; token?: string | undefined };
+
+const NO_DEADLINE = Symbol('berth.noDeadline');
+
+/**
+ * Exempts a request from the server's deadline: call it before answering a stream (Server-Sent
+ * Events, a followed log) whose response stays open. Its headers go out first anyway, and a
+ * deadline never cuts a response that has started; this also covers a stream that waits
+ * before its first byte.
+ */
+export function withoutDeadline(res: Response): void {
+  res.locals[NO_DEADLINE as unknown as string] = true;
+}
+
 export type HttpServerOptions = {
   host: string;
   port: number;
@@ -76,16 +100,41 @@ export type HttpServerOptions = {
   routes?: (app: Express) => void;
   /** How long stop() waits for in-flight requests. Default 10 s. */
   drainTimeoutMs?: number;
+  /**
+   * A handler that has not started its answer after this long gets a 503 problem+json in its
+   * place (the work it started may still finish: a retry with an Idempotency-Key is safe).
+   * Streams opt out with withoutDeadline(). Default 30 s; 0 turns it off.
+   */
+  requestTimeoutMs?: number;
+  /** Who may read /metrics (MetricsAccess). Default: open on the main listener. */
+  metricsAccess?: MetricsAccess;
 };
 
 export class HttpServer {
   readonly app: Express;
   readonly #options: HttpServerOptions;
+  /** The /metrics listener when `metricsAccess.addr` is set. */
+  readonly #metricsApp: Express | undefined;
   #server: Server | undefined;
+  #metricsServer: Server | undefined;
 
   constructor(options: HttpServerOptions) {
     this.#options = options;
     this.app = buildApp(options);
+    if (options.metricsAccess?.addr) {
+      this.#metricsApp = express();
+      this.#metricsApp.disable('x-powered-by');
+      this.#metricsApp.get('/metrics', metricsHandler(options.metrics, options.metricsAccess.token));
+      this.#metricsApp.use(notFoundHandler());
+      this.#metricsApp.use(problemMiddleware(options.logger));
+    }
+  }
+
+  /** The /metrics listener's URL when it has one of its own. */
+  get metricsUrl(): string | undefined {
+    const addr = this.#metricsServer?.address() as AddressInfo | null | undefined;
+    if (!addr) return undefined;
+    return `http://${addr.address.includes(':') ? `[${addr.address}]` : addr.address}:${addr.port}`;
   }
 
   /** The bound address (the real port when configured with port 0). */
@@ -102,26 +151,31 @@ export class HttpServer {
 
   async start(): Promise<void> {
     if (this.#server) return;
-    const server = this.app.listen(this.#options.port, this.#options.host);
-    server.keepAliveTimeout = 65_000;
-    server.headersTimeout = 66_000;
-    server.requestTimeout = 0; // log and exec streams stay open; routes set their own limits
-    await Promise.race([
-      once(server, 'listening'),
-      once(server, 'error').then(([err]) => {
-        throw new UnavailableError(
-          `cannot listen on ${this.#options.host}:${this.#options.port}: ${(err as Error).message}`,
-        );
-      }),
-    ]);
+    const server = await listen(this.app, this.#options.host, this.#options.port);
     this.#server = server;
-    this.#options.logger.info({ url: this.url }, 'http server listening');
+    const metricsAddr = this.#options.metricsAccess?.addr;
+    if (this.#metricsApp && metricsAddr) {
+      try {
+        this.#metricsServer = await listen(this.#metricsApp, metricsAddr.host, metricsAddr.port);
+      } catch (err) {
+        this.#server = undefined;
+        server.close();
+        throw err;
+      }
+    }
+    this.#options.logger.info({ url: this.url, metricsUrl: this.metricsUrl }, 'http server listening');
   }
 
   async stop(): Promise<void> {
     const server = this.#server;
     if (!server) return;
     this.#server = undefined;
+    const metricsServer = this.#metricsServer;
+    this.#metricsServer = undefined;
+    if (metricsServer) {
+      metricsServer.closeAllConnections();
+      metricsServer.close();
+    }
     this.#options.health.drain();
     const closed = new Promise<void>((resolve) => server.close(() => resolve()));
     server.closeIdleConnections();
@@ -137,6 +191,62 @@ export class HttpServer {
     }
     clearTimeout(timer);
   }
+}
+
+/**
+ * Listens with Node's own limits on the request (not the answer): its headers within 66 s (longer
+ * than a keep-alive's 65 s idle), all of it within 2 min: a client that sends slowly cannot hold a
+ * connection. Streams answer for as long as they like; upgraded connections are not counted.
+ */
+async function listen(app: Express, host: string, port: number): Promise<Server> {
+  const server = app.listen(port, host);
+  server.keepAliveTimeout = 65_000;
+  server.headersTimeout = 66_000;
+  server.requestTimeout = 120_000;
+  await Promise.race([
+    once(server, 'listening'),
+    once(server, 'error').then(([err]) => {
+      throw new UnavailableError(`cannot listen on ${host}:${port}: ${(err as Error).message}`);
+    }),
+  ]);
+  return server;
+}
+
+/** /metrics, behind `token` when there is one (compared in constant time). */
+function metricsHandler(metrics: Registry, token: string | undefined): RequestHandler {
+  const digest = (s: string) => createHash('sha256').update(s).digest();
+  const want = token ? digest(token) : undefined;
+  return async (req, res) => {
+    if (want) {
+      const m = /^Bearer (.+)$/.exec(req.get('authorization') ?? '');
+      if (!m?.[1] || !timingSafeEqual(digest(m[1]), want)) {
+        res.setHeader('WWW-Authenticate', 'Bearer realm="metrics"');
+        sendProblem(res, problemFromError(new UnauthorizedError('/metrics needs its bearer token'), req.originalUrl));
+        return;
+      }
+    }
+    res.type(metrics.contentType).send(await metrics.metrics());
+  };
+}
+
+/** A 503 problem in place of an answer that has not started within `ms` (see withoutDeadline). */
+function deadline(ms: number, logger: Logger): RequestHandler {
+  return (req: Request, res: Response, next) => {
+    const timer = setTimeout(() => {
+      if (res.headersSent || res.writableEnded || res.locals[NO_DEADLINE as unknown as string]) return;
+      logger.warn({ method: req.method, url: req.originalUrl, timeoutMs: ms }, 'request took too long; answered 503');
+      res.setHeader('Retry-After', '1');
+      res.setHeader('Connection', 'close');
+      sendProblem(
+        res,
+        problemFromError(new UnavailableError(`the server did not answer within ${ms} ms`), req.originalUrl),
+      );
+    }, ms);
+    const clear = () => clearTimeout(timer);
+    res.once('finish', clear);
+    res.once('close', clear);
+    next();
+  };
 }
 
 function buildApp(options: HttpServerOptions): Express {
@@ -160,11 +270,11 @@ function buildApp(options: HttpServerOptions): Express {
     const result = await options.health.readiness();
     res.status(result.ready ? 200 : 503).json({ status: result.ready ? 'ready' : 'not ready', checks: result.checks });
   });
-  app.get('/metrics', async (_req, res) => {
-    res.type(options.metrics.contentType).send(await options.metrics.metrics());
-  });
+  if (!options.metricsAccess?.addr) app.get('/metrics', metricsHandler(options.metrics, options.metricsAccess?.token));
 
   app.use(traceAndMeasure(duration));
+  const timeoutMs = options.requestTimeoutMs ?? 30_000;
+  if (timeoutMs > 0) app.use(deadline(timeoutMs, options.logger));
   options.routes?.(app);
   app.use(notFoundHandler());
   app.use(problemMiddleware(options.logger));

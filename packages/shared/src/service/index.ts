@@ -32,6 +32,10 @@ export type BaseServiceConfig = {
   ETCD_PASSWORD?: string | undefined;
   ETCD_DIAL_TIMEOUT: number;
   SHUTDOWN_TIMEOUT: number;
+  /** From `serviceEnv`; optional here so a test's hand-made config may leave them out. */
+  HTTP_REQUEST_TIMEOUT?: number | undefined;
+  METRICS_ADDR?: HostPort | undefined;
+  METRICS_TOKEN?: string | undefined;
 };
 
 export type ServiceRuntimeOptions = {
@@ -87,6 +91,8 @@ export class ServiceRuntime {
       metrics: this.metrics,
       ...(options.routes ? { routes: options.routes } : {}),
       drainTimeoutMs: Math.max(1000, config.SHUTDOWN_TIMEOUT / 2),
+      ...(config.HTTP_REQUEST_TIMEOUT !== undefined ? { requestTimeoutMs: config.HTTP_REQUEST_TIMEOUT } : {}),
+      metricsAccess: { addr: config.METRICS_ADDR, token: config.METRICS_TOKEN },
     });
     this.#lifecycle = new Lifecycle(options.logger, { stopTimeoutMs: config.SHUTDOWN_TIMEOUT / 2 });
   }

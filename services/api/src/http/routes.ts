@@ -5,6 +5,7 @@
  * becomes the route's entry in the OpenAPI document, so the document cannot drift from the code.
  */
 import { InputError, inputErrorFromZod, UnsupportedMediaTypeError } from '@berth/shared/errors';
+import { withoutDeadline } from '@berth/shared/http';
 import type { NextFunction, Request, Response, Router } from 'express';
 import type { z } from 'zod';
 import type { Principal, Scope } from '../auth/principal.ts';
@@ -106,6 +107,8 @@ export function mountRoutes(
 ): void {
   for (const route of routes) {
     app[route.method](`${base}${route.path}`, async (req: Request, res: Response, next: NextFunction) => {
+      // A stream stays open: the server's request deadline is not for it.
+      if (route.contentType === 'text/event-stream') withoutDeadline(res);
       try {
         const principal = await authenticate(req, route.access);
         const params = parseWith(route.params, req.params, 'path parameters');
@@ -131,6 +134,8 @@ export function mountRoutes(
           res.status(result.status).type(route.contentType).send(result.body);
         } else res.status(result.status).json(result.body);
       } catch (err) {
+        // Answered already (the server's deadline sent a 503): nothing left to tell the client.
+        if (res.writableEnded) return;
         next(err);
       }
     });
