@@ -439,20 +439,84 @@ start_etcd() {
 }
 etcd_healthy() { curl -fsS -m 2 "$ETCD_URL/health" | grep -q '"health":"true"'; }
 
+# The cells' Secrets are encrypted at rest in etcd-cells (docs/secrets.md, "What the cells
+# store"): every API server reads one EncryptionConfiguration, secretbox with a key made once into
+# .local/secrets/cells-encryption-key, then identity, so Secrets stored in clear before still read
+# (the first `up` with it rewrites them encrypted). Both files hold the key: mode 600, in a 700
+# directory, and the key is never on a command line.
+ENCRYPTION_CONFIG=$BERTH_LOCAL/secrets/cells-encryption.yaml
+write_encryption_config() {
+  local dir=$BERTH_LOCAL/secrets key tmp
+  mkdir -p "$dir"
+  chmod 700 "$dir"
+  if [[ ! -s $dir/cells-encryption-key ]]; then
+    tmp=$(mktemp "$dir/cells-encryption-key.XXXXXX") # mktemp makes it 600
+    head -c 32 /dev/urandom | base64 -w0 >"$tmp"
+    mv "$tmp" "$dir/cells-encryption-key"
+  fi
+  key=$(<"$dir/cells-encryption-key")
+  tmp=$(mktemp "$ENCRYPTION_CONFIG.XXXXXX")
+  cat >"$tmp" <<EOF
+apiVersion: apiserver.config.k8s.io/v1
+kind: EncryptionConfiguration
+resources:
+  - resources: [secrets]
+    providers:
+      - secretbox:
+          keys:
+            - name: key1
+              secret: $key
+      - identity: {}
+EOF
+  if cmp -s "$tmp" "$ENCRYPTION_CONFIG"; then rm -f "$tmp"; else mv "$tmp" "$ENCRYPTION_CONFIG"; fi
+}
+
+# start_apiserver CELL I: start CELL's API server. One already running restarts when its flags or
+# its encryption config changed since it started (the stamp in the cell's directory says), so an
+# `up` on a running region applies them; its clients (controller manager, scheduler, kubelet,
+# Berth's services) reconnect by themselves.
 start_apiserver() {
-  local cell=$1 i=$2 pki=$CELLS_DIR/$1/pki
-  start_component "$cell-apiserver" "$K8S_BIN/kube-apiserver" \
-    --etcd-servers="$ETCD_URL" --etcd-prefix="/cells/$cell" \
-    --bind-address=127.0.0.1 --secure-port="$(apiserver_port "$i")" --advertise-address="$(advertise_address "$i")" \
-    --service-cluster-ip-range="$SERVICE_CIDR" \
-    --client-ca-file="$pki/ca.crt" --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
-    --kubelet-client-certificate="$pki/apiserver-kubelet-client.crt" --kubelet-client-key="$pki/apiserver-kubelet-client.key" \
-    --kubelet-preferred-address-types=InternalIP,Hostname \
-    --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
-    --service-account-issuer=https://kubernetes.default.svc --api-audiences=https://kubernetes.default.svc \
-    --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction --allow-privileged=true \
-    --max-requests-inflight=800 --max-mutating-requests-inflight=400 \
+  local cell=$1 i=$2 pki=$CELLS_DIR/$1/pki stamp=$CELLS_DIR/$1/apiserver.stamp want
+  local args=(
+    --etcd-servers="$ETCD_URL" --etcd-prefix="/cells/$cell"
+    --bind-address=127.0.0.1 --secure-port="$(apiserver_port "$i")" --advertise-address="$(advertise_address "$i")"
+    --service-cluster-ip-range="$SERVICE_CIDR"
+    --client-ca-file="$pki/ca.crt" --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key"
+    --kubelet-client-certificate="$pki/apiserver-kubelet-client.crt" --kubelet-client-key="$pki/apiserver-kubelet-client.key"
+    --kubelet-preferred-address-types=InternalIP,Hostname
+    --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key"
+    --service-account-issuer=https://kubernetes.default.svc --api-audiences=https://kubernetes.default.svc
+    --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction --allow-privileged=true
+    --max-requests-inflight=800 --max-mutating-requests-inflight=400
     --profiling=false --event-ttl=1h
+    --encryption-provider-config="$ENCRYPTION_CONFIG"
+  )
+  want=$({
+    printf '%s\n' "${args[@]}"
+    sha256sum <"$ENCRYPTION_CONFIG"
+  } | sha256sum | cut -d' ' -f1)
+  if is_running "$cell-apiserver" && [[ $(cat "$stamp" 2>/dev/null) != "$want" ]]; then
+    log "restarting $cell-apiserver: its flags or its encryption config changed"
+    stop_daemon "$cell-apiserver"
+  fi
+  if ! is_running "$cell-apiserver"; then
+    # Secrets stored before this config are rewritten once it serves (reencrypt_secrets).
+    [[ $(cat "$stamp" 2>/dev/null) == "$want" ]] || touch "$CELLS_DIR/$cell/reencrypt-secrets"
+    echo "$want" >"$stamp"
+  fi
+  start_component "$cell-apiserver" "$K8S_BIN/kube-apiserver" "${args[@]}"
+}
+# reencrypt_secrets CELL: after a new encryption config, read every Secret and write it back, so
+# the API server stores it with the first provider (Kubernetes' documented way). Kept for the next
+# `up` when it fails.
+reencrypt_secrets() {
+  local marker=$CELLS_DIR/$1/reencrypt-secrets
+  [[ -e $marker ]] || return 0
+  if kubectl_cell "$1" get secrets --all-namespaces -o json | kubectl_cell "$1" replace -f - >/dev/null; then
+    rm -f "$marker"
+  else
+    log "$1: some Secrets were not rewritten encrypted; the next infra/cells.sh up tries again"
+  fi
 }
 apiserver_ready() { curl -fsSk -m 3 "https://127.0.0.1:$(apiserver_port "$1")/readyz" >/dev/null; }
 
@@ -638,6 +702,7 @@ stop_cell() {
 # finish_cell CELL I: wait for CELL's controller manager and scheduler, then its nodes.
 finish_cell() {
   local cell=$1 i=$2
+  reencrypt_secrets "$cell"
   wait_until "$cell-controller-mgr" 60 controller_manager_healthy "$i"
   wait_until "$cell-scheduler" 60 scheduler_healthy "$i"
   if is_real "$i"; then
@@ -693,6 +758,7 @@ cmd_up() {
 
   log "starting etcd-cells, then the API servers of ${cells//$'\n'/ }"
   start_etcd
+  write_encryption_config
   for cell in $cells; do start_apiserver "$cell" "$(cell_index "$cell")"; done
   # Side by side. Waited for by pid: a bare `wait` would also wait for the API servers and etcd,
   # which this shell started and which never exit.
