@@ -63,7 +63,7 @@ const etcdAs = (id: string): Etcd3 =>
   createEtcdClient({ endpoints: [etcdUrl], username: id, password: password('etcd', id) });
 
 /** The error's text when the call fails, '' when it succeeds. */
-async function refusal(call: () => Promise<unknown>): Promise<string> {
+async function refusal(call: () => unknown): Promise<string> {
   try {
     await call();
     return '';
