@@ -57,9 +57,15 @@ LAUNCHER
   mv "$BERTH_BIN_DIR/cnictl.tmp" "$BERTH_BIN_DIR/cnictl"
 }
 
+# With the region's auth on (infra/region-auth.sh), cnictl is the IPAM service's identity and each
+# cell's plugin its cell's: only that cell's IPAM keys.
+SECRETS=$BERTH_LOCAL/secrets
+auth_on() { [[ -f $SECRETS/.region-auth ]]; }
+
 ensure_pool() { # ensure_pool CELL POOL
   local cell=$1 pool=$2
   export ETCD_ENDPOINTS=${ETCD_ENDPOINTS:-http://127.0.0.1:2379}
+  if auth_on; then export ETCD_USERNAME=cni-ipam ETCD_PASSWORD_FILE=$SECRETS/etcd-cni-ipam.password; fi
   if ! "$BERTH_BIN_DIR/cnictl" --cell "$cell" --json pool list | jq -e --arg p "$pool" 'any(.[]; .cidr == $p)' >/dev/null; then
     "$BERTH_BIN_DIR/cnictl" --cell "$cell" pool add "$pool" >/dev/null || die "cannot add pool $pool to $cell"
     log "added IP pool $pool to $cell"
@@ -67,14 +73,16 @@ ensure_pool() { # ensure_pool CELL POOL
 }
 
 write_env() {
-  local entry cell pool gateway var
+  local entry cell pool gateway var auth
   mkdir -p "$BERTH_LOCAL/env.d"
   {
     echo "# The real cells' pods get their addresses from Berth's pools (infra/cells.sh reads this)."
     for entry in "${REAL_CELLS[@]}"; do
       read -r cell pool gateway <<<"$entry"
       var=BERTH_$(tr '[:lower:]-' '[:upper:]_' <<<"$cell")_IPAM
-      echo "export $var='{\"type\": \"berth-ipam\", \"etcdEndpoints\": \"http://127.0.0.1:2379\", \"cell\": \"$cell\", \"node\": \"$cell-node0\", \"gateway\": \"$gateway\", \"routes\": [{\"dst\": \"0.0.0.0/0\"}]}'"
+      auth=""
+      auth_on && auth=", \"etcdUsername\": \"ipam-$cell\", \"etcdPasswordFile\": \"$SECRETS/etcd-ipam-$cell.password\""
+      echo "export $var='{\"type\": \"berth-ipam\", \"etcdEndpoints\": \"http://127.0.0.1:2379\"$auth, \"cell\": \"$cell\", \"node\": \"$cell-node0\", \"gateway\": \"$gateway\", \"routes\": [{\"dst\": \"0.0.0.0/0\"}]}'"
     done
   } >"$BERTH_LOCAL/env.d/15-ipam.sh.tmp"
   mv "$BERTH_LOCAL/env.d/15-ipam.sh.tmp" "$BERTH_LOCAL/env.d/15-ipam.sh"

@@ -5,6 +5,8 @@
 #   registry 127.0.0.1:5000 · nginx + Lua 127.0.0.1:8080
 #
 #   infra/region.sh up       start what is not running; wait for each to be healthy
+#                            (BERTH_REGION_AUTH=on: etcd, NATS and Redis with one identity per
+#                            service, docs/security-region.md; once on, it stays on)
 #   infra/region.sh down     stop what up started (by pid file); data stays
 #   infra/region.sh status   one row per component
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -18,10 +20,25 @@ NGINX_PREFIX=$BERTH_LOCAL/nginx
 # Docker's networks: its bridge and the networks builds create (docs/local-region.md).
 DOCKER_RANGES=(198.19.0.0/24 198.19.16.0/20)
 DOCKER_IPT_CHAIN=BERTH-DOCKER
+SECRETS_DIR=$BERTH_LOCAL/secrets
+REGION_AUTH=$BERTH_ROOT/infra/region-auth.sh
+# The region's servers authenticate every client once BERTH_REGION_AUTH=on has run; the marker
+# keeps it on for every later make up and make test (etcd's auth is not turned off again).
+REGION_AUTH_MARKER=$SECRETS_DIR/.region-auth
+region_auth_on() { [[ ${BERTH_REGION_AUTH:-} == on || -f $REGION_AUTH_MARKER ]]; }
+region_auth() { BERTH_LB_GROUP=local BERTH_REGION=local bash "$REGION_AUTH" "$@"; }
 
 etcd_healthy() { curl -fsS -m 2 http://127.0.0.1:2379/health | grep -q '"health":"true"'; }
 nats_healthy() { curl -fsS -m 2 'http://127.0.0.1:8222/healthz?js-enabled-only=true' | grep -q ok; }
-redis_healthy() { [[ $(redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null) == PONG ]]; }
+# With ACLs on, as the tests identity; the password goes through redis-cli's environment.
+redis_cli() {
+  if [[ -f $BERTH_LOCAL/redis/users.acl && -s $SECRETS_DIR/redis-tests.password ]]; then
+    REDISCLI_AUTH=$(<"$SECRETS_DIR/redis-tests.password") redis-cli --no-auth-warning --user tests -h 127.0.0.1 -p 6379 "$@"
+  else
+    redis-cli -h 127.0.0.1 -p 6379 "$@"
+  fi
+}
+redis_healthy() { [[ $(redis_cli ping 2>/dev/null) == PONG ]]; }
 docker_healthy() { [[ $(curl -fsS -m 2 --unix-socket "$DOCKER_SOCK" http://docker/_ping 2>/dev/null) == OK ]]; }
 # With token auth /v2/ answers 401 and a Bearer challenge: that is up, too.
 registry_healthy() { [[ $(curl -sS -m 2 -o /dev/null -w '%{http_code}' http://127.0.0.1:5000/v2/ 2>/dev/null) =~ ^(200|401)$ ]]; }
@@ -42,7 +59,11 @@ start_etcd() {
 
 start_nats() {
   mkdir -p "$BERTH_DATA_DIR/nats" "$BERTH_LOCAL/nats"
-  cat >"$BERTH_LOCAL/nats/nats.conf" <<CONF
+  local conf=$BERTH_LOCAL/nats/nats.conf auth=$BERTH_LOCAL/nats/auth.conf before=""
+  before=$(cat "$conf" "$auth" 2>/dev/null | sha256sum) || true
+  rm -f "$auth"
+  region_auth_on && region_auth nats-conf "$auth"
+  cat >"$conf" <<CONF
 server_name: berth-local
 listen: 127.0.0.1:4222
 http: 127.0.0.1:8222
@@ -53,14 +74,41 @@ jetstream {
   max_file_store: 8GB
 }
 CONF
-  start_daemon nats nats-server -c "$BERTH_LOCAL/nats/nats.conf" || true
+  # One user per service, with the subjects it may use (written by infra/region-auth.sh).
+  [[ -f $auth ]] && echo 'include ./auth.conf' >>"$conf"
+  if is_running nats; then
+    # Users and permissions reload in place (no restart, JetStream stays up).
+    [[ $(cat "$conf" "$auth" 2>/dev/null | sha256sum) == "$before" ]] && return 0
+    log "reloading NATS: its users changed"
+    kill -HUP "$(live_pid nats)"
+    return 0
+  fi
+  start_daemon nats nats-server -c "$conf" || true
 }
 
 start_redis() {
-  mkdir -p "$BERTH_DATA_DIR/redis"
+  mkdir -p "$BERTH_DATA_DIR/redis" "$BERTH_LOCAL/redis"
+  local acl=$BERTH_LOCAL/redis/users.acl acl_args=()
+  if region_auth_on; then
+    local before=""
+    [[ -f $acl ]] && before=$(sha256sum <"$acl")
+    region_auth redis-acl "$acl"
+    acl_args=(--aclfile "$acl")
+    if is_running redis; then
+      # A Redis started before the ACLs restarts with them (its data is in the AOF); one that
+      # has them reloads a changed file.
+      if [[ -z $before || $(redis_cli CONFIG GET aclfile 2>/dev/null | sed -n 2p) != "$acl" ]]; then
+        log "restarting Redis with ACL users"
+        stop_daemon redis
+      elif [[ $(sha256sum <"$acl") != "$before" ]]; then
+        redis_cli ACL LOAD >/dev/null || die "Redis refused its new ACL file $acl"
+        return 0
+      fi
+    fi
+  fi
   start_daemon redis redis-server --bind 127.0.0.1 --port 6379 --dir "$BERTH_DATA_DIR/redis" \
     --daemonize no --appendonly yes --appendfsync everysec --save 3600 1 --protected-mode yes \
-    --loglevel notice || true
+    --loglevel notice "${acl_args[@]}" || true
 }
 
 ensure_docker_bridge() {
@@ -210,6 +258,17 @@ start_nginx() {
   start_daemon nginx nginx -p "$NGINX_PREFIX" -c "$NGINX_PREFIX/nginx.conf" || true
 }
 
+# auth_env: the region's credentials for its operator and make test's suites (the tests
+# identity; services get their own, infra/services.sh). Paths only, never a password.
+auth_env() {
+  [[ -f $REGION_AUTH_MARKER ]] || return 0
+  echo "# etcd, NATS and Redis authenticate every client (docs/security-region.md): as tests"
+  echo "export BERTH_REGION_AUTH=on"
+  echo "export ETCD_USERNAME=tests ETCD_PASSWORD_FILE=$SECRETS_DIR/etcd-tests.password"
+  echo "export NATS_USER=tests NATS_PASSWORD_FILE=$SECRETS_DIR/nats-tests.password"
+  echo "export REDIS_USERNAME=tests REDIS_PASSWORD_FILE=$SECRETS_DIR/redis-tests.password"
+}
+
 write_env() {
   mkdir -p "$BERTH_LOCAL/env.d"
   cat >"$BERTH_LOCAL/env.d/10-region.sh" <<ENV
@@ -224,12 +283,14 @@ export BERTH_REGION=local
 # Where the region's nginx takes traffic: curl -H 'Host: sample.berth.test' \$BERTH_LB_URL/
 export BERTH_LB_URL=http://127.0.0.1:8080
 export BERTH_NGINX_PREFIX=$NGINX_PREFIX
+$(auth_env)
 ENV
 }
 
 cmd_up() {
   # Start all first, then wait: they come up side by side.
   ensure_docker_firewall
+  region_auth_on && region_auth secrets
   start_etcd
   start_nats
   start_redis
@@ -237,6 +298,10 @@ cmd_up() {
   start_registry
   start_nginx
   wait_until etcd 30 etcd_healthy
+  if region_auth_on; then
+    region_auth etcd http://127.0.0.1:2379
+    touch "$REGION_AUTH_MARKER"
+  fi
   wait_until nats 30 nats_healthy
   wait_until redis 30 redis_healthy
   wait_until dockerd 60 docker_healthy

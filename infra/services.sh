@@ -32,6 +32,9 @@ service_env() {
   echo "REGISTRY_ADDR=${REGISTRY_ADDR:-127.0.0.1:5000}"
   echo "KUBECONFIG_DIR=$BERTH_LOCAL/cells"
   echo "BERTH_CELLS=${BERTH_CELLS:-}"
+  # With the region's auth on, the service's own identity on etcd, NATS and Redis: paths to its
+  # password files, never a password (infra/region-auth.sh, docs/security-region.md).
+  [[ -f $BERTH_LOCAL/secrets/.region-auth ]] && BERTH_LB_GROUP=local bash "$BERTH_ROOT/infra/region-auth.sh" env "$name"
   [[ -f $BERTH_LOCAL/env.d/services/$name.sh ]] && sed -n 's/^export //p' "$BERTH_LOCAL/env.d/services/$name.sh"
   # Extra per-service settings from later parts of `make up` (e.g. the API's admin password file).
   local hook=$BERTH_ROOT/infra/services.d/$name.env.sh
@@ -59,7 +62,10 @@ start_service() {
     log "restarting berth-$name: its configuration changed"
     stop_daemon "berth-$name" 30
   fi
-  (cd "$BERTH_ROOT" && start_daemon "berth-$name" env "${env_args[@]}" "$NODE" "$entry") || true
+  # Not the operator's (tests) credentials from .local/env: only what service_env gives it.
+  local unset_args=(-u ETCD_USERNAME -u ETCD_PASSWORD_FILE -u NATS_USER -u NATS_PASSWORD_FILE -u REDIS_USERNAME
+    -u REDIS_PASSWORD_FILE)
+  (cd "$BERTH_ROOT" && start_daemon "berth-$name" env "${unset_args[@]}" "${env_args[@]}" "$NODE" "$entry") || true
   echo "$sum" >"$stamp"
 }
 

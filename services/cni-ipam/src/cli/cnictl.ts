@@ -13,6 +13,7 @@
  * Errors: one line on stderr, exit 2 (usage) or 1; `check` exits 1 when it finds a problem.
  * `check` is one-shot: the checker daemon (src/index.ts) is what checks a cell continuously.
  */
+import { readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseDuration } from '@berth/shared/config';
 import { BerthError } from '@berth/shared/errors';
@@ -50,6 +51,24 @@ function table(rows: (string | number)[][]): string {
     .join('\n');
 }
 
+/** ETCD_USERNAME with ETCD_PASSWORD or ETCD_PASSWORD_FILE (what .local/env names), when set. */
+function etcdCredentials(env: NodeJS.ProcessEnv): { username?: string; password?: string } {
+  if (!env.ETCD_USERNAME) return {};
+  if (env.ETCD_PASSWORD !== undefined || !env.ETCD_PASSWORD_FILE) {
+    return { username: env.ETCD_USERNAME, password: env.ETCD_PASSWORD ?? '' };
+  }
+  try {
+    return {
+      username: env.ETCD_USERNAME,
+      password: readFileSync(env.ETCD_PASSWORD_FILE, 'utf8').replace(/\r?\n$/, ''),
+    };
+  } catch (err) {
+    throw new UsageError(
+      `cannot read ETCD_PASSWORD_FILE ${env.ETCD_PASSWORD_FILE}: ${(err as NodeJS.ErrnoException).code}`,
+    );
+  }
+}
+
 export type CnictlIo = { out: (s: string) => void; err: (s: string) => void; env: NodeJS.ProcessEnv };
 
 export async function cnictl(argv: string[], io: CnictlIo): Promise<number> {
@@ -76,7 +95,7 @@ export async function cnictl(argv: string[], io: CnictlIo): Promise<number> {
       throw new UsageError(`--cell must be a cell name like cell-a (got "${g.cell}")`);
     if (endpoints.length === 0)
       throw new UsageError('ETCD_ENDPOINTS is not set (e.g. http://127.0.0.1:2379): source .local/env');
-    const backend = new GatewayBackend(endpoints);
+    const backend = new GatewayBackend(endpoints, etcdCredentials(env));
     return {
       g,
       backend,
