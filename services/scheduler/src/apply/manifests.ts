@@ -265,6 +265,8 @@ function buildNetworkPolicies(app: App, lbSources: readonly string[]): V1Network
           ? []
           : [
               {
+                // `from` as the API server reads it (client-node's model calls it `_from`; the
+                // scheduler sends its objects' JSON as they are).
                 from: lbSources.map((cidr) => ({ ipBlock: { cidr } })),
                 ports: app.ports.map((p) => ({ port: p.port, protocol: p.protocol })),
               },

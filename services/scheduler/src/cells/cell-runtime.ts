@@ -216,6 +216,8 @@ export class CellRuntime {
    * nothing changed (the policies built from it are cached by it).
    */
   lbSources(): readonly string[] {
+    // Read from the informer each time (its first list announces no event), cached by content.
+    this.#refreshLbSources();
     return this.#lbSources.cidrs;
   }
 
