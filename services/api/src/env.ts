@@ -11,7 +11,7 @@ import {
   secret,
   serviceEnv,
 } from '@berth/shared/config';
-import { userNameSchema } from '@berth/shared/model';
+import { cpuQuantitySchema, memoryQuantitySchema, userNameSchema } from '@berth/shared/model';
 import { robotKeySchema } from '@berth/shared/registry';
 import { secretsKeyringSchema } from '@berth/shared/secrets';
 import { z } from 'zod';
@@ -58,6 +58,25 @@ export const apiEnv = z
     PASSWORD_HASH_QUEUE: envInt(64, { min: 0, max: 100_000 }),
     /** scrypt's N as a power of two: 17 is OWASP's minimum; lower only in tests. */
     PASSWORD_HASH_LOG_N: envInt(17, { min: 10, max: 20 }),
+    /**
+     * The quota of a user who has none of their own (admins excepted): apps owned, and cpu and
+     * memory of all their apps' replicas. `none` lifts that limit.
+     */
+    DEFAULT_QUOTA_APPS: z
+      .string()
+      .default('20')
+      .transform((s) => (s === 'none' || s === '' ? undefined : Number(s)))
+      .pipe(z.number().int().min(0).max(100_000).optional()),
+    DEFAULT_QUOTA_CPU: z
+      .string()
+      .default('16')
+      .transform((s) => (s === 'none' || s === '' ? undefined : s))
+      .pipe(cpuQuantitySchema.optional()),
+    DEFAULT_QUOTA_MEMORY: z
+      .string()
+      .default('32Gi')
+      .transform((s) => (s === 'none' || s === '' ? undefined : s))
+      .pipe(memoryQuantitySchema.optional()),
     /** Largest accepted request body, in bytes. */
     BODY_LIMIT: envInt(256 * 1024, { min: 1024, max: 64 * 1024 * 1024 }),
     /** LDAP login: all of URL, bind DN, bind password and user base DN, or none. */

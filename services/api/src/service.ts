@@ -149,6 +149,11 @@ export class ApiService {
       region: config.BERTH_REGION,
       events,
       mutations,
+      defaultQuota: {
+        maxApps: config.DEFAULT_QUOTA_APPS,
+        cpu: config.DEFAULT_QUOTA_CPU,
+        memory: config.DEFAULT_QUOTA_MEMORY,
+      },
     };
     const issuer = config.REGISTRY_TOKEN_KEY
       ? new RegistryTokenIssuer({

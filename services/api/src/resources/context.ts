@@ -16,7 +16,12 @@ export type ApiContext = {
   events: EventsComponent;
   /** Every write goes through here (../http/mutation.ts). */
   mutations: Mutations;
+  /** The quota of a non-admin user who has none of their own (DEFAULT_QUOTA_*; ./quotas.ts). */
+  defaultQuota?: DefaultQuota;
 };
+
+/** Limits left out are not limited. */
+export type DefaultQuota = { maxApps?: number | undefined; cpu?: string | undefined; memory?: string | undefined };
 
 export function now(): string {
   return new Date().toISOString();

@@ -1,10 +1,12 @@
 /**
  * Quotas per user: how many apps they own, and the total cpu and memory of all replicas of their
- * apps' versions. Version create, scale, rollback, app create and transfer check them and answer
- * 403 with the numbers. A check and the write it allows are one transaction: the user's quota
+ * apps' versions. A user without a quota of their own has the default one (DEFAULT_QUOTA_*), an
+ * admin without one has none. Version create, scale, rollback, app create and transfer check them
+ * and answer 403 with the numbers. A check and the write it allows are one transaction: the user's quota
  * guard key is compared and bumped, so two racing writes cannot both slip under the limit.
  */
 import { ForbiddenError } from '@berth/shared/errors';
+import { userRecordSchema } from '../auth/records.ts';
 import { appSchema, parseCpuMillis, parseMemoryBytes, versionSchema } from '@berth/shared/model';
 import type { Op } from '@berth/shared/store';
 import { z } from 'zod';
@@ -29,6 +31,12 @@ export function versionUsage(v: { replicas: number; cpu: string; memory: string 
   };
 }
 
+function stripUndefined<T extends Record<string, unknown>>(o: T): { [K in keyof T]: Exclude<T[K], undefined> } {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as {
+    [K in keyof T]: Exclude<T[K], undefined>;
+  };
+}
+
 export class Quotas {
   readonly #ctx: ApiContext;
 
@@ -38,6 +46,15 @@ export class Quotas {
 
   async get(user: string): Promise<QuotaRecord | undefined> {
     return (await this.#ctx.store.get(this.#ctx.keys.quota(user), quotaRecordSchema))?.value;
+  }
+
+  /** The default quota that applies to `user` when they have none: none for an admin. */
+  async defaultFor(user: string): Promise<QuotaRecord | undefined> {
+    const d = this.#ctx.defaultQuota;
+    if (!d || (d.maxApps === undefined && d.cpu === undefined && d.memory === undefined)) return undefined;
+    const record = await this.#ctx.store.get(this.#ctx.keys.user(user), userRecordSchema);
+    if (record?.value.admin) return undefined;
+    return { user, ...stripUndefined(d), updatedAt: new Date(0).toISOString() };
   }
 
   async usage(user: string): Promise<Usage> {
@@ -73,10 +90,12 @@ export class Quotas {
     const { store, keys } = this.#ctx;
     const stored = await store.get(keys.quota(user), quotaRecordSchema);
     const grows = (delta.apps ?? 0) > 0 || (delta.cpuMillis ?? 0) > 0 || (delta.memoryBytes ?? 0) > 0;
-    // Without a quota, or when usage does not grow, the write only needs the quota to stay as it
-    // was read (absent: revision 0); the user's writes do not serialize on the guard.
-    if (!stored || !grows) return { op: 'expect', key: keys.quota(user), modRevision: stored?.modRevision ?? 0 };
-    const quota = stored.value;
+    // When usage does not grow, or there is no quota at all (an admin without one), the write only
+    // needs the quota to stay as it was read (absent: revision 0); it does not serialize on the guard.
+    const unlimited: Op = { op: 'expect', key: keys.quota(user), modRevision: stored?.modRevision ?? 0 };
+    if (!grows) return unlimited;
+    const quota = stored?.value ?? (await this.defaultFor(user));
+    if (!quota) return unlimited;
     const guard = await store.get(keys.quotaGuard(user), guardSchema);
     const guardOp: Op = guard
       ? { op: 'update', key: guard.key, value: { bumpedAt: now() }, modRevision: guard.modRevision }
@@ -117,7 +136,8 @@ export class Quotas {
       }
     }
     if (over.length > 0) {
-      throw new ForbiddenError(`quota of ${user} exceeded: ${over.join('; ')}`, { extensions: { quota: numbers } });
+      const which = stored ? 'quota' : 'default quota';
+      throw new ForbiddenError(`${which} of ${user} exceeded: ${over.join('; ')}`, { extensions: { quota: numbers } });
     }
     return guardOp;
   }
