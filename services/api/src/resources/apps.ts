@@ -3,6 +3,7 @@
 import { randomUUID } from 'node:crypto';
 import { buildConfigSchema } from '@berth/shared/builds';
 import { ConflictError, InputError } from '@berth/shared/errors';
+import type { BerthKeys } from '@berth/shared/keys';
 import {
   type App,
   appSchema,
@@ -14,6 +15,7 @@ import {
   versionCellStatusSchema,
   versionSchema,
 } from '@berth/shared/model';
+import type { Store } from '@berth/shared/store';
 import { userRecordSchema } from '../auth/records.ts';
 import { etag } from '../http/conditional.ts';
 import { page } from '../http/paging.ts';
@@ -33,6 +35,38 @@ import {
   patchAppBody,
 } from './schemas.ts';
 
+/**
+ * One page of the apps `user` is a member of (owners are members too), by name: a keys-only scan
+ * of the apps finds the caller's memberships (`apps/{app}/members/{user}`), then only that page's
+ * apps and memberships are read. No other app's value (nor any version) is read.
+ */
+export async function memberApps(
+  store: Store,
+  keys: BerthKeys,
+  user: string,
+  limit: number,
+  cursor: string | undefined,
+): Promise<{ items: (App & { role: Member['role'] })[]; next: string | null }> {
+  const names: string[] = [];
+  for (const kv of await store.keys(keys.apps())) {
+    const member = keys.parse('member', kv.key);
+    if (member?.user === user) names.push(member.app);
+  }
+  names.sort();
+  const slice = page(names, (n) => n, limit, cursor);
+  const rows = await Promise.all(
+    slice.items.map(async (app) => {
+      const [a, m] = await Promise.all([
+        store.get(keys.app(app), appSchema),
+        store.get(keys.member(app, user), memberSchema),
+      ]);
+      // Gone between the scan and the read: left out.
+      return a && m ? { ...a.value, role: m.value.role } : undefined;
+    }),
+  );
+  return { items: rows.filter((r) => r !== undefined), next: slice.next };
+}
+
 export function appRoutes(ctx: ApiContext) {
   const { store, keys, mutations } = ctx;
   const quotas = new Quotas(ctx);
@@ -49,24 +83,9 @@ export function appRoutes(ctx: ApiContext) {
       query: listQuery,
       responses: { 200: listOf(appResponse) },
       handler: async ({ query, principal: p }) => {
+        if (!p.admin) return { status: 200, body: await memberApps(store, keys, p.user, query.limit, query.cursor) };
         const apps = await store.list(keys.apps(), appSchema, { directChildrenOnly: true });
-        let visible: (App & { role?: Member['role'] })[];
-        if (p.admin) {
-          visible = apps.map((a) => ({ ...a.value, role: 'Owner' as const }));
-        } else {
-          // One keys-only scan finds every membership of the caller.
-          const roles = new Map<string, Member['role']>();
-          const memberships = await store.list(keys.apps(), memberSchema, {
-            keyFilter: (k) => keys.parse('member', k)?.user === p.user,
-          });
-          for (const m of memberships) {
-            const app = keys.parse('member', m.key)?.app;
-            if (app) roles.set(app, m.value.role);
-          }
-          visible = apps
-            .filter((a) => roles.has(a.value.name))
-            .map((a) => ({ ...a.value, role: roles.get(a.value.name) }));
-        }
+        const visible = apps.map((a) => ({ ...a.value, role: 'Owner' as const }));
         return { status: 200, body: page(visible, (a) => a.name, query.limit, query.cursor) };
       },
     }),
