@@ -5,6 +5,7 @@
  * data refused, a method a path does not document answered 405 with Allow, and the rest.
  */
 import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -17,7 +18,12 @@ const st = process.env.BERTH_SCHEMATHESIS ?? regionEnv().BERTH_SCHEMATHESIS;
 let api: TestApi;
 
 beforeAll(async () => {
-  api = await startApi({ LOGIN_RATE_LIMIT: '10000', LOGIN_RATE_LIMIT_PER_ADDRESS: '100000' });
+  api = await startApi({
+    LOGIN_RATE_LIMIT: '10000',
+    LOGIN_RATE_LIMIT_PER_ADDRESS: '100000',
+    // With a keyring, setting a secret is exercised for real (without one it answers 503).
+    BERTH_SECRETS_KEYS: `k1:${randomBytes(32).toString('hex')}`,
+  });
   await ensureRegion(api);
 });
 
