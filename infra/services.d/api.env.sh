@@ -29,3 +29,5 @@ if [[ ! -s $secrets/metrics-token ]]; then
   (umask 077 && openssl rand -hex 24 >"$secrets/metrics-token")
 fi
 echo "METRICS_TOKEN_FILE=$secrets/metrics-token"
+# The keyring app secrets are sealed with (docs/secrets.md).
+echo "BERTH_SECRETS_KEYS_FILE=$(bash "$BERTH_ROOT/infra/app-secrets-keys.sh")"
