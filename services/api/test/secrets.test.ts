@@ -3,7 +3,7 @@
  * NATS: a secret's value is sealed at rest and never comes back out, not in any answer, event, log
  * line or etcd value; plain env values need Developer or above, and no event carries them.
  */
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { createEtcdClient } from '@berth/shared/etcd';
 import { EventSubjects } from '@berth/shared/events';
 import { NatsClient, readEvents } from '@berth/shared/nats';
@@ -122,6 +122,35 @@ describe('plain env', () => {
       expect(stored).not.toContain(value);
       expect(JSON.stringify(feed.json)).not.toContain(value);
     }
+  });
+
+  it('the feed hides env values of version events stored before they were redacted', async () => {
+    const app = await appWithMembers();
+    const { incarnation } = (await call('GET', `/apps/${app}`, owner)).json;
+    // An event as the API wrote it before: the version with its env values, redacted by key name.
+    const nats = await NatsClient.connect({ servers: (regionEnv().NATS_URL ?? '').split(','), name: 'secrets-test' });
+    try {
+      const subjects = new EventSubjects(api.subjectRoot);
+      const old = {
+        v: 1,
+        id: randomUUID(),
+        time: new Date().toISOString(),
+        actor: { type: 'user', name: `sec-owner-${id}` },
+        kind: 'version',
+        resourceId: app,
+        incarnation,
+        resourceName: 'v1',
+        action: 'created',
+        after: { name: 'v1', env: { STRIPE_SK: 'sk_live_stored-before-42', DB_PASSWORD: '[redacted]' } },
+      };
+      await nats.js.publish(subjects.event('version', app, 'created'), JSON.stringify(old), { msgID: old.id });
+    } finally {
+      await nats.drain();
+    }
+    const feed = await call('GET', `/apps/${app}/events`, guest);
+    const shown = feed.json.items.find((e: { kind: string }) => e.kind === 'version');
+    expect(shown.after.env).toEqual({ STRIPE_SK: '[redacted]', DB_PASSWORD: '[redacted]' });
+    expect(JSON.stringify(feed.json)).not.toContain('sk_live_stored-before-42');
   });
 });
 
