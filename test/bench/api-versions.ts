@@ -26,6 +26,10 @@ const api = spawn(process.execPath, [join(REPO_ROOT, 'services/api/src/index.ts'
     EVENT_SUBJECT_ROOT: `bench${id}`,
     BERTH_ADMIN_PASSWORD: 'bench-admin-password',
     LOG_LEVEL: 'warn',
+    // The bench user owns one app per client.
+    DEFAULT_QUOTA_APPS: 'none',
+    DEFAULT_QUOTA_CPU: 'none',
+    DEFAULT_QUOTA_MEMORY: 'none',
   },
   stdio: ['ignore', 'inherit', 'inherit'],
 });

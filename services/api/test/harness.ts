@@ -5,7 +5,7 @@
 import { Writable } from 'node:stream';
 import { parseEnv } from '@berth/shared/config';
 import { createLogger } from '@berth/shared/logging';
-import { regionEnv, uniqueId } from '@berth/shared/testing';
+import { regionAuthEnv, regionCredentials, regionEnv, uniqueId } from '@berth/shared/testing';
 import { apiEnv } from '../src/env.ts';
 import { ApiService } from '../src/service.ts';
 
@@ -47,10 +47,15 @@ export async function startApi(extraEnv: Record<string, string> = {}): Promise<T
     ETCD_ENDPOINTS: region.ETCD_ENDPOINTS,
     NATS_URL: region.NATS_URL,
     REDIS_URL: region.REDIS_URL,
+    ...regionAuthEnv(region),
     ETCD_PREFIX: prefix,
     EVENT_SUBJECT_ROOT: subjectRoot,
     BERTH_ADMIN_PASSWORD: ADMIN_PASSWORD,
     LOG_LEVEL: 'warn',
+    // Tests give one user many apps; abuse.test.ts tests the default quota with its own limits.
+    DEFAULT_QUOTA_APPS: 'none',
+    DEFAULT_QUOTA_CPU: 'none',
+    DEFAULT_QUOTA_MEMORY: 'none',
     ...extraEnv,
   });
   let logText = '';
@@ -116,7 +121,11 @@ export async function startApi(extraEnv: Record<string, string> = {}): Promise<T
       await service.stop();
       const { NatsClient } = await import('@berth/shared/nats');
       const { EventSubjects } = await import('@berth/shared/events');
-      const nats = await NatsClient.connect({ servers: (region.NATS_URL ?? '').split(','), name: 'test-cleanup' });
+      const nats = await NatsClient.connect({
+        servers: (region.NATS_URL ?? '').split(','),
+        name: 'test-cleanup',
+        ...regionCredentials(region).nats,
+      });
       const jsm = await nats.jsm();
       const subjects = new EventSubjects(subjectRoot);
       await jsm.streams.delete(subjects.eventsStream).catch(() => undefined);
