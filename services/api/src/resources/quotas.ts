@@ -6,10 +6,10 @@
  * guard key is compared and bumped, so two racing writes cannot both slip under the limit.
  */
 import { ForbiddenError } from '@berth/shared/errors';
-import { userRecordSchema } from '../auth/records.ts';
 import { appSchema, parseCpuMillis, parseMemoryBytes, versionSchema } from '@berth/shared/model';
 import type { Op } from '@berth/shared/store';
 import { z } from 'zod';
+import { userRecordSchema } from '../auth/records.ts';
 import { type ApiContext, now } from './context.ts';
 import { type QuotaRecord, quotaRecordSchema } from './schemas.ts';
 
