@@ -2,7 +2,7 @@ import { resolve } from 'node:path';
 import type { EventInput } from '@berth/shared/events';
 import { loadCellClient } from '@berth/shared/kube';
 import type { Logger } from '@berth/shared/logging';
-import { EventPublisher, EventSubjects, NatsComponent } from '@berth/shared/nats';
+import { EventSubjects, NatsComponent } from '@berth/shared/nats';
 import { ServiceRuntime } from '@berth/shared/service';
 import { listPods } from './checker/check.ts';
 import { LeakWatcher } from './checker/watch.ts';
