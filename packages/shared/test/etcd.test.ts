@@ -11,13 +11,16 @@ import {
   type WatchChange,
 } from '../src/etcd/index.ts';
 import { Etcd3Backend, type RetryOptions, Store, transact } from '../src/store/index.ts';
-import { regionEnv, startPrivateEtcd, uniquePrefix, waitFor } from '../src/testing/index.ts';
+import { regionCredentials, regionEnv, startPrivateEtcd, uniquePrefix, waitFor } from '../src/testing/index.ts';
 
 let client: Etcd3;
 let store: Store;
 
 beforeAll(() => {
-  client = createEtcdClient({ endpoints: (regionEnv().ETCD_ENDPOINTS as string).split(',') });
+  client = createEtcdClient({
+    endpoints: (regionEnv().ETCD_ENDPOINTS as string).split(','),
+    ...regionCredentials().etcd,
+  });
   store = new Store(new Etcd3Backend(client));
 });
 

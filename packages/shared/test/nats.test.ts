@@ -4,9 +4,11 @@ import { InputError } from '../src/errors/index.ts';
 import { EventSubjects } from '../src/events/index.ts';
 import { EventPublisher, ensureStreams, NatsClient, readEvents } from '../src/nats/index.ts';
 import { startTelemetry, type Telemetry, withSpan } from '../src/telemetry/index.ts';
-import { regionEnv, uniqueId } from '../src/testing/index.ts';
+import { regionCredentials, regionEnv, uniqueId } from '../src/testing/index.ts';
 
 const servers = (regionEnv().NATS_URL as string).split(',');
+/** The tests identity, once make up turned the region's auth on. */
+const auth = regionCredentials().nats;
 // Each run gets its own subject root and streams: isolated from the region's and other tests'.
 const subjects = new EventSubjects(`t${uniqueId()}`);
 const spans = new InMemorySpanExporter();
@@ -17,14 +19,14 @@ beforeAll(async () => {
     serviceName: 'nats-test',
     spanProcessors: [new SimpleSpanProcessor({ exporter: spans })],
   });
-  const admin = await NatsClient.connect({ servers, name: 'test-admin' });
+  const admin = await NatsClient.connect({ servers, name: 'test-admin', ...auth });
   await ensureStreams(await admin.jsm(), subjects);
   await ensureStreams(await admin.jsm(), subjects); // idempotent
   await admin.drain();
 });
 
 afterAll(async () => {
-  const admin = await NatsClient.connect({ servers, name: 'test-admin' });
+  const admin = await NatsClient.connect({ servers, name: 'test-admin', ...auth });
   const jsm = await admin.jsm();
   await jsm.streams.delete(subjects.eventsStream).catch(() => undefined);
   await jsm.streams.delete(subjects.buildLogsStream).catch(() => undefined);
@@ -34,7 +36,7 @@ afterAll(async () => {
 
 describe('events on JetStream', () => {
   it('an event is read back by subject filter after its publisher is gone', async () => {
-    const publisher = await NatsClient.connect({ servers, name: 'test-publisher' });
+    const publisher = await NatsClient.connect({ servers, name: 'test-publisher', ...auth });
     const events = new EventPublisher(publisher.js, subjects);
     const { event } = await events.publish({
       actor: { type: 'user', name: 'alice' },
@@ -47,7 +49,7 @@ describe('events on JetStream', () => {
     await events.publish({ actor: { type: 'user', name: 'bob' }, kind: 'app', resourceId: 'blog', action: 'created' });
     await publisher.drain();
 
-    const reader = await NatsClient.connect({ servers, name: 'test-reader' });
+    const reader = await NatsClient.connect({ servers, name: 'test-reader', ...auth });
     try {
       const stored = await readEvents(reader.js, subjects, { filter: subjects.resource('shop') });
       expect(stored.map((s) => s.event.id)).toEqual([event.id]);
@@ -62,7 +64,7 @@ describe('events on JetStream', () => {
   });
 
   it('an event that fails its schema is refused on publish and nothing is stored', async () => {
-    const nats = await NatsClient.connect({ servers, name: 'test-bad' });
+    const nats = await NatsClient.connect({ servers, name: 'test-bad', ...auth });
     try {
       const events = new EventPublisher(nats.js, subjects);
       const attempt = events.publish({
@@ -88,7 +90,7 @@ describe('events on JetStream', () => {
   });
 
   it('a retried publish of the same event is stored once', async () => {
-    const nats = await NatsClient.connect({ servers, name: 'test-dup' });
+    const nats = await NatsClient.connect({ servers, name: 'test-dup', ...auth });
     try {
       const events = new EventPublisher(nats.js, subjects);
       const input = {
@@ -108,7 +110,7 @@ describe('events on JetStream', () => {
   });
 
   it('an event carries the trace context of the span that published it', async () => {
-    const nats = await NatsClient.connect({ servers, name: 'test-trace' });
+    const nats = await NatsClient.connect({ servers, name: 'test-trace', ...auth });
     try {
       const events = new EventPublisher(nats.js, subjects);
       const traceId = await withSpan('deploy', async (span) => {

@@ -10,14 +10,24 @@ import { BerthKeys } from '../src/keys/index.ts';
 import { createLogger } from '../src/logging/index.ts';
 import { EventsComponent, NatsComponent, readEvents } from '../src/nats/index.ts';
 import { Etcd3Backend, Store } from '../src/store/index.ts';
-import { type PrivateNats, regionEnv, startPrivateNats, uniqueId, waitFor } from '../src/testing/index.ts';
+import {
+  type PrivateNats,
+  regionCredentials,
+  regionEnv,
+  startPrivateNats,
+  uniqueId,
+  waitFor,
+} from '../src/testing/index.ts';
 
 let etcd: Etcd3;
 let store: Store;
 let nats: PrivateNats;
 
 beforeAll(async () => {
-  etcd = createEtcdClient({ endpoints: (regionEnv().ETCD_ENDPOINTS as string).split(',') });
+  etcd = createEtcdClient({
+    endpoints: (regionEnv().ETCD_ENDPOINTS as string).split(','),
+    ...regionCredentials().etcd,
+  });
   store = new Store(new Etcd3Backend(etcd));
   nats = await startPrivateNats();
 });

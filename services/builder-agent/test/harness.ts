@@ -28,7 +28,16 @@ import { createLogger } from '@berth/shared/logging';
 import { type JetStreamClient, NatsClient } from '@berth/shared/nats';
 import { createRedis, type Redis } from '@berth/shared/redis';
 import { Etcd3Backend, Store } from '@berth/shared/store';
-import { exited, freePort, REPO_ROOT, regionEnv, uniqueId, waitFor } from '@berth/shared/testing';
+import {
+  exited,
+  freePort,
+  REPO_ROOT,
+  regionAuthEnv,
+  regionCredentials,
+  regionEnv,
+  uniqueId,
+  waitFor,
+} from '@berth/shared/testing';
 import { Queue } from 'bullmq';
 import Docker from 'dockerode';
 import { pack } from 'tar-fs';
@@ -132,9 +141,21 @@ export async function openWorld(options: { etcdEndpoints?: string } = {}): Promi
   const prefix = `/t-${id}`;
   const subjectRoot = `t${id}`;
   const regionName = `r${id}`;
-  const etcd = createEtcdClient({ endpoints: etcdEndpoints.split(',') });
-  const redis = createRedis({ url: region.REDIS_URL, role: 'worker' });
-  const nats = await NatsClient.connect({ servers: region.NATS_URL.split(','), name: `test-${id}` });
+  // The region's credentials (once make up turned its auth on); a private etcd has no auth.
+  const credentials = regionCredentials(env);
+  const auth = regionAuthEnv(env);
+  if (etcdEndpoints !== region.ETCD_ENDPOINTS) {
+    credentials.etcd = {};
+    delete auth.ETCD_USERNAME;
+    delete auth.ETCD_PASSWORD_FILE;
+  }
+  const etcd = createEtcdClient({ endpoints: etcdEndpoints.split(','), ...credentials.etcd });
+  const redis = createRedis({ url: region.REDIS_URL, role: 'worker', ...credentials.redis });
+  const nats = await NatsClient.connect({
+    servers: region.NATS_URL.split(','),
+    name: `test-${id}`,
+    ...credentials.nats,
+  });
   const tmp = mkdtempSync(join(tmpdir(), 'berth-builder-'));
   const registry = await startRegistry(join(tmp, 'registry'));
   const subjects = new EventSubjects(subjectRoot);
@@ -156,6 +177,7 @@ export async function openWorld(options: { etcdEndpoints?: string } = {}): Promi
       ETCD_ENDPOINTS: etcdEndpoints,
       NATS_URL: region.NATS_URL,
       REDIS_URL: region.REDIS_URL,
+      ...auth,
       DOCKER_HOST: region.DOCKER_HOST ?? '',
       REGISTRY_ADDR: registry.addr,
       ETCD_PREFIX: prefix,

@@ -6,7 +6,7 @@
  */
 import { createEtcdClient, type Etcd3 } from '@berth/shared/etcd';
 import type { LbAgentStatus } from '@berth/shared/model';
-import { regionEnv, uniqueId, uniquePrefix, waitFor } from '@berth/shared/testing';
+import { regionCredentials, regionEnv, uniqueId, uniquePrefix, waitFor } from '@berth/shared/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   type Backend,
@@ -46,7 +46,7 @@ async function status(): Promise<LbAgentStatus> {
 }
 
 beforeAll(async () => {
-  etcd = createEtcdClient({ endpoints: [env.ETCD_ENDPOINTS as string] });
+  etcd = createEtcdClient({ endpoints: [env.ETCD_ENDPOINTS as string], ...regionCredentials(env).etcd });
   w = new SlbWriter(etcd, prefix, group);
   for (const name of ['a1', 'a2', 'b1']) b[name] = await startBackend(name);
   nginx = await startNginx({ workers: 2 });

@@ -15,7 +15,7 @@ import type { Etcd3 } from '@berth/shared/etcd';
 import { BerthKeys } from '@berth/shared/keys';
 import { createLogger } from '@berth/shared/logging';
 import type { Domain, Traffic, UpstreamEndpoint, Upstreams } from '@berth/shared/model';
-import { exited, freePort, waitFor } from '@berth/shared/testing';
+import { exited, freePort, regionAuthEnv, regionEnv, waitFor } from '@berth/shared/testing';
 import { lbAgentEnv } from '../src/env.ts';
 import { ControlClient } from '../src/nginx/control-client.ts';
 import { type MainConfOptions, paths, writeMainConfig } from '../src/nginx/main-conf.ts';
@@ -122,6 +122,8 @@ export async function startAgent(o: {
   const config = parseEnv(lbAgentEnv, {
     HTTP_ADDR: '127.0.0.1:0',
     ETCD_ENDPOINTS: o.etcdEndpoints,
+    // The region's credentials for the region's etcd (a private one has no auth).
+    ...(o.etcdEndpoints === regionEnv().ETCD_ENDPOINTS ? regionAuthEnv() : {}),
     ETCD_PREFIX: o.prefix,
     LB_GROUP: o.group,
     LB_HOST: o.host ?? 'lb-test',

@@ -24,7 +24,7 @@ import {
   placementSchema,
   type Version,
 } from '@berth/shared/model';
-import { REPO_ROOT, regionEnv, uniqueId, waitFor } from '@berth/shared/testing';
+import { REPO_ROOT, regionAuthEnv, regionCredentials, regionEnv, uniqueId, waitFor } from '@berth/shared/testing';
 import { schedulerEnv } from '../src/env.ts';
 import { SchedulerService } from '../src/service.ts';
 
@@ -61,7 +61,7 @@ export async function world(): Promise<World> {
   const prefix = `/t-${id}`;
   const region = `r-${id}`;
   const keys = new BerthKeys(prefix);
-  const etcd = createEtcdClient({ endpoints: (env.ETCD_ENDPOINTS ?? '').split(',') });
+  const etcd = createEtcdClient({ endpoints: (env.ETCD_ENDPOINTS ?? '').split(','), ...regionCredentials(env).etcd });
   const now = new Date().toISOString();
   for (const name of CELLS) {
     const cell: Cell = {
@@ -84,6 +84,7 @@ function schedulerEnvOf(w: World): Record<string, string | undefined> {
     HTTP_ADDR: '127.0.0.1:0',
     ETCD_ENDPOINTS: env.ETCD_ENDPOINTS,
     NATS_URL: env.NATS_URL,
+    ...regionAuthEnv(env),
     ETCD_PREFIX: w.prefix,
     BERTH_REGION: w.region,
     KUBECONFIG_DIR,

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { EventSubjects, NatsClient, readEvents } from '@berth/shared/nats';
 import { cellPullCredential } from '@berth/shared/registry';
-import { uniqueId, waitFor } from '@berth/shared/testing';
+import { regionCredentials, uniqueId, waitFor } from '@berth/shared/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   appRecord,
@@ -252,7 +252,11 @@ describe('status and activity', () => {
     const app = appName('nopull');
     await putApp(w, appRecord(app), [versionRecord(app, 1, { replicas: 2, imageTag: 'no-such-tag' })]);
     const subjects = new EventSubjects(w.subjectRoot);
-    const nats = await NatsClient.connect({ servers: [env.NATS_URL ?? ''], name: 'scheduler-test' });
+    const nats = await NatsClient.connect({
+      servers: [env.NATS_URL ?? ''],
+      name: 'scheduler-test',
+      ...regionCredentials().nats,
+    });
     try {
       const event = await waitFor(
         async () => {

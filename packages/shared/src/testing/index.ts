@@ -29,11 +29,54 @@ export function regionEnv(): Record<string, string> {
     }
   }
   const pick = (name: string, fallback: string): string => process.env[name] ?? fromFile[name] ?? fallback;
+  const auth = Object.fromEntries(
+    REGION_AUTH_VARS.flatMap((name) => (process.env[name] ? [[name, process.env[name] as string]] : [])),
+  );
   return {
     ...fromFile,
+    ...auth,
     ETCD_ENDPOINTS: pick('ETCD_ENDPOINTS', 'http://127.0.0.1:2379'),
     NATS_URL: pick('NATS_URL', 'nats://127.0.0.1:4222'),
     REDIS_URL: pick('REDIS_URL', 'redis://127.0.0.1:6379'),
+  };
+}
+
+/**
+ * The variables naming the region's credentials when `make up` turned its authentication on
+ * (docs/security-region.md): the tests identity, passwords as file paths.
+ */
+export const REGION_AUTH_VARS = [
+  'ETCD_USERNAME',
+  'ETCD_PASSWORD_FILE',
+  'NATS_USER',
+  'NATS_PASSWORD_FILE',
+  'REDIS_USERNAME',
+  'REDIS_PASSWORD_FILE',
+] as const;
+
+/** The credential variables to give a service a test starts (empty while the region has no auth). */
+export function regionAuthEnv(env: Record<string, string | undefined> = regionEnv()): Record<string, string> {
+  return Object.fromEntries(REGION_AUTH_VARS.flatMap((name) => (env[name] ? [[name, env[name] as string]] : [])));
+}
+
+export type RegionCredentials = {
+  etcd: { username?: string; password?: string };
+  nats: { user?: string; pass?: string };
+  redis: { username?: string; password?: string };
+};
+
+/**
+ * The tests identity's credentials for the clients a test makes itself:
+ * `createEtcdClient({ endpoints, ...regionCredentials().etcd })`, `NatsClient.connect({ servers,
+ * name, ...regionCredentials().nats })`, `createRedis({ url, ...regionCredentials().redis })`.
+ * Empty while the region has no auth.
+ */
+export function regionCredentials(env: Record<string, string | undefined> = regionEnv()): RegionCredentials {
+  const read = (file: string | undefined) => (file ? readFileSync(file, 'utf8').replace(/\r?\n$/, '') : '');
+  return {
+    etcd: env.ETCD_USERNAME ? { username: env.ETCD_USERNAME, password: read(env.ETCD_PASSWORD_FILE) } : {},
+    nats: env.NATS_USER ? { user: env.NATS_USER, pass: read(env.NATS_PASSWORD_FILE) } : {},
+    redis: env.REDIS_USERNAME ? { username: env.REDIS_USERNAME, password: read(env.REDIS_PASSWORD_FILE) } : {},
   };
 }
 
