@@ -22,7 +22,8 @@ const names: Record<Exclude<Caller, 'admin'>, string> = {
 let counter = 0;
 
 beforeAll(async () => {
-  api = await startApi();
+  // With a keyring, so the secrets routes answer for real (without one, setting answers 503).
+  api = await startApi({ BERTH_SECRETS_KEYS: `k1:${'0123456789abcdef'.repeat(4)}` });
   await ensureRegion(api);
   for (const [caller, name] of Object.entries(names)) tokens[caller as Caller] = await api.user(name);
   await api.user('newcomer');
@@ -33,7 +34,7 @@ afterAll(async () => {
   await api?.stop();
 });
 
-/** A fresh app owned by owner1 with one member of each role, and versions v1 (2 replicas) and v2 (0). */
+/** A fresh app owned by owner1 with one member of each role, versions v1 (2 replicas) and v2 (0), and a secret API_KEY. */
 async function fixture(): Promise<string> {
   const app = `app-${++counter}`;
   const created = await api.call('POST', '/apps', { token: tokens.Owner, body: appBody(app) });
@@ -50,6 +51,8 @@ async function fixture(): Promise<string> {
     (await api.call('POST', `/apps/${app}/versions`, { token: tokens.Owner, body: { imageTag: 't2', replicas: 0 } }))
       .status,
   ).toBe(201);
+  const secret = await api.call('PUT', `/apps/${app}/secrets/API_KEY`, { token: tokens.Owner, body: { value: 'v' } });
+  expect(secret.status).toBe(201);
   return app;
 }
 
@@ -139,6 +142,26 @@ const CASES: Case[] = [
     path: (a) => `/apps/${a}/rollback`,
     body: { version: 'v2' },
     expect: DEPLOY(200),
+  },
+  { route: 'GET /apps/{app}/secrets', method: 'GET', path: (a) => `/apps/${a}/secrets`, expect: READ },
+  {
+    route: 'GET /apps/{app}/secrets/{name}',
+    method: 'GET',
+    path: (a) => `/apps/${a}/secrets/API_KEY`,
+    expect: READ,
+  },
+  {
+    route: 'PUT /apps/{app}/secrets/{name}',
+    method: 'PUT',
+    path: (a) => `/apps/${a}/secrets/NEW_KEY`,
+    body: { value: 'new' },
+    expect: DEPLOY(201),
+  },
+  {
+    route: 'DELETE /apps/{app}/secrets/{name}',
+    method: 'DELETE',
+    path: (a) => `/apps/${a}/secrets/API_KEY`,
+    expect: DEPLOY(204),
   },
   { route: 'GET /apps/{app}/members', method: 'GET', path: (a) => `/apps/${a}/members`, expect: READ },
   {
