@@ -15,7 +15,16 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createRedis } from '@berth/shared/redis';
 import { cellPullCredential, deriveAgentKey, deriveCellsKey, runPushCredential } from '@berth/shared/registry';
-import { exited, freePort, REPO_ROOT, regionEnv, uniqueId, waitFor } from '@berth/shared/testing';
+import {
+  exited,
+  freePort,
+  REPO_ROOT,
+  regionAuthEnv,
+  regionCredentials,
+  regionEnv,
+  uniqueId,
+  waitFor,
+} from '@berth/shared/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { appBody, ensureRegion, startApi, type TestApi } from '../../services/api/test/harness.ts';
 import { docker, shellImage } from '../../services/builder-agent/test/harness.ts';
@@ -175,6 +184,7 @@ async function spawnAgent(): Promise<void> {
       ETCD_ENDPOINTS: env.ETCD_ENDPOINTS ?? 'http://127.0.0.1:2379',
       NATS_URL: env.NATS_URL ?? 'nats://127.0.0.1:4222',
       REDIS_URL: env.REDIS_URL ?? 'redis://127.0.0.1:6379',
+      ...regionAuthEnv(env),
       DOCKER_HOST: dockerHost ?? '',
       ETCD_PREFIX: api.prefix,
       EVENT_SUBJECT_ROOT: api.subjectRoot,
@@ -322,7 +332,11 @@ afterAll(async () => {
     }
   }
   if (api) {
-    const redis = createRedis({ url: env.REDIS_URL ?? 'redis://127.0.0.1:6379', role: 'worker' });
+    const redis = createRedis({
+      url: env.REDIS_URL ?? 'redis://127.0.0.1:6379',
+      role: 'worker',
+      ...regionCredentials(env).redis,
+    });
     for (const key of await redis.keys(`bull:builds-${regionName}-*`)) await redis.del(key);
     redis.disconnect();
     await api.service.runtime.etcd

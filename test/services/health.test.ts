@@ -10,6 +10,7 @@ import {
   freePort,
   type PrivateEtcd,
   REPO_ROOT,
+  regionAuthEnv,
   regionEnv,
   startPrivateEtcd,
   uniqueId,
@@ -39,6 +40,8 @@ async function startService(name: string, extraEnv: Record<string, string> = {})
       ETCD_PREFIX: `/t-${uniqueId()}`,
       NATS_URL: region.NATS_URL,
       REDIS_URL: region.REDIS_URL,
+      // The region's NATS and Redis credentials; this etcd is private, without auth.
+      ...regionAuthEnv(region, ['nats', 'redis']),
       // builder-agent builds with the region's Docker Engine and pushes to its registry.
       ...(region.DOCKER_HOST ? { DOCKER_HOST: region.DOCKER_HOST } : {}),
       ...(region.REGISTRY_ADDR ? { REGISTRY_ADDR: region.REGISTRY_ADDR } : {}),

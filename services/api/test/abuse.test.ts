@@ -6,7 +6,7 @@
 import { Writable } from 'node:stream';
 import { parseEnv } from '@berth/shared/config';
 import { createLogger } from '@berth/shared/logging';
-import { regionEnv, uniqueId } from '@berth/shared/testing';
+import { regionAuthEnv, regionCredentials, regionEnv, uniqueId } from '@berth/shared/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { apiEnv } from '../src/env.ts';
 import { ApiService } from '../src/service.ts';
@@ -109,6 +109,7 @@ describe('the request deadline', () => {
       ETCD_ENDPOINTS: region.ETCD_ENDPOINTS,
       NATS_URL: region.NATS_URL,
       REDIS_URL: region.REDIS_URL,
+      ...regionAuthEnv(region),
       ETCD_PREFIX: `/t-${id}`,
       EVENT_SUBJECT_ROOT: `t${id}`,
       BERTH_ADMIN_PASSWORD: ADMIN_PASSWORD,
@@ -137,7 +138,11 @@ describe('the request deadline', () => {
       await service.stop();
       const { NatsClient } = await import('@berth/shared/nats');
       const { EventSubjects } = await import('@berth/shared/events');
-      const nats = await NatsClient.connect({ servers: (region.NATS_URL ?? '').split(','), name: 'test-cleanup' });
+      const nats = await NatsClient.connect({
+        servers: (region.NATS_URL ?? '').split(','),
+        name: 'test-cleanup',
+        ...regionCredentials(region).nats,
+      });
       const jsm = await nats.jsm();
       const subjects = new EventSubjects(`t${id}`);
       await jsm.streams.delete(subjects.eventsStream).catch(() => undefined);

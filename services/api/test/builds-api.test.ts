@@ -17,7 +17,7 @@ import {
 import type { Etcd3 } from '@berth/shared/etcd';
 import { NatsClient } from '@berth/shared/nats';
 import { Redis } from '@berth/shared/redis';
-import { regionEnv, uniqueId, waitFor } from '@berth/shared/testing';
+import { regionCredentials, regionEnv, uniqueId, waitFor } from '@berth/shared/testing';
 import { Queue, Worker } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { appBody, ensureRegion, startApi, type TestApi } from './harness.ts';
@@ -99,7 +99,7 @@ async function getRun(id: string): Promise<BuildRun> {
 
 beforeAll(async () => {
   api = await startApi({ BUILD_AGENT_LOST_AFTER: '2s' });
-  redis = new Redis(regionEnv().REDIS_URL as string, { maxRetriesPerRequest: null });
+  redis = new Redis(regionEnv().REDIS_URL as string, { maxRetriesPerRequest: null, ...regionCredentials().redis });
   await ensureRegion(api, region);
   owner = await api.user('b-owner');
   master = await api.user('b-master');
@@ -270,10 +270,17 @@ describe('dispatch', () => {
     await createConfig('cancel-active');
     const run = await startRun('cancel-active');
     const agentId = run.placement?.agentId as string;
-    const nats = await NatsClient.connect({ servers: (regionEnv().NATS_URL ?? '').split(','), name: 'cancel-test' });
+    const nats = await NatsClient.connect({
+      servers: (regionEnv().NATS_URL ?? '').split(','),
+      name: 'cancel-test',
+      ...regionCredentials().nats,
+    });
     const sub = nats.connection.subscribe(builderCancelSubject(api.subjectRoot, agentId), { max: 1 });
     await nats.connection.flush();
-    const connection = new Redis(regionEnv().REDIS_URL as string, { maxRetriesPerRequest: null });
+    const connection = new Redis(regionEnv().REDIS_URL as string, {
+      maxRetriesPerRequest: null,
+      ...regionCredentials().redis,
+    });
     let took!: () => void;
     const taken = new Promise<void>((r) => {
       took = r;
@@ -332,7 +339,10 @@ describe('dispatch', () => {
     const home = run.placement?.agentId as string;
     // The agent takes the job, as builder-agent's worker does, then dies: its connection goes
     // and its lock is not renewed.
-    const connection = new Redis(regionEnv().REDIS_URL as string, { maxRetriesPerRequest: null });
+    const connection = new Redis(regionEnv().REDIS_URL as string, {
+      maxRetriesPerRequest: null,
+      ...regionCredentials().redis,
+    });
     connection.on('error', () => undefined);
     let took!: () => void;
     const taken = new Promise<void>((r) => {
@@ -449,7 +459,11 @@ describe('build logs', () => {
   it('replays then follows over SSE, resumes with Last-Event-ID, and ends with the final state', async () => {
     await createConfig('logged');
     const run = await startRun('logged');
-    const nats = await NatsClient.connect({ servers: (regionEnv().NATS_URL ?? '').split(','), name: 'build-log-test' });
+    const nats = await NatsClient.connect({
+      servers: (regionEnv().NATS_URL ?? '').split(','),
+      name: 'build-log-test',
+      ...regionCredentials().nats,
+    });
     const subject = `${api.subjectRoot}.builds.${run.id}.log`;
     const batch = (seq: number, text: string): BuildLogBatch => ({
       runId: run.id,

@@ -7,7 +7,17 @@ import { join } from 'node:path';
 import { createEtcdClient } from '@berth/shared/etcd';
 import { BerthKeys } from '@berth/shared/keys';
 import { appSchema, memberSchema, versionSchema } from '@berth/shared/model';
-import { exited, freePort, REPO_ROOT, regionEnv, startPrivateNats, uniqueId, waitFor } from '@berth/shared/testing';
+import {
+  exited,
+  freePort,
+  REPO_ROOT,
+  regionAuthEnv,
+  regionCredentials,
+  regionEnv,
+  startPrivateNats,
+  uniqueId,
+  waitFor,
+} from '@berth/shared/testing';
 import { afterEach, describe, expect, it } from 'vitest';
 import { appBody } from './harness.ts';
 
@@ -27,6 +37,8 @@ async function startApi(natsUrl = env.NATS_URL): Promise<void> {
       ETCD_ENDPOINTS: env.ETCD_ENDPOINTS,
       NATS_URL: natsUrl,
       REDIS_URL: env.REDIS_URL,
+      // A private NATS has no auth: the region's NATS credentials only with the region's NATS.
+      ...regionAuthEnv(env, natsUrl === env.NATS_URL ? ['etcd', 'nats', 'redis'] : ['etcd', 'redis']),
       ETCD_PREFIX: prefix,
       EVENT_SUBJECT_ROOT: `t${id}`,
       BERTH_ADMIN_PASSWORD: 'crash-test-admin',
@@ -83,7 +95,7 @@ describe('a crash in the middle of writes', () => {
     await dead;
     await Promise.all(inflight);
 
-    const etcd = createEtcdClient({ endpoints: (env.ETCD_ENDPOINTS ?? '').split(',') });
+    const etcd = createEtcdClient({ endpoints: (env.ETCD_ENDPOINTS ?? '').split(','), ...regionCredentials(env).etcd });
     try {
       const keys = new BerthKeys(prefix);
       const all = await etcd.getAll().prefix(keys.apps()).strings();
@@ -136,7 +148,7 @@ describe('a crash in the middle of writes', () => {
           })
           .catch(() => undefined), // the connection dies with the process
     );
-    const etcd = createEtcdClient({ endpoints: (env.ETCD_ENDPOINTS ?? '').split(',') });
+    const etcd = createEtcdClient({ endpoints: (env.ETCD_ENDPOINTS ?? '').split(','), ...regionCredentials(env).etcd });
     const versionsPrefix = new BerthKeys(prefix).versions(app);
     try {
       await waitFor(async () => (await etcd.getAll().prefix(versionsPrefix).keys()).length >= 3, { intervalMs: 5 });

@@ -6,7 +6,7 @@
 import { EventSubjects } from '@berth/shared/events';
 import { imageGroupMemberSchema } from '@berth/shared/model';
 import { NatsClient, readEvents } from '@berth/shared/nats';
-import { regionEnv, waitFor } from '@berth/shared/testing';
+import { regionCredentials, regionEnv, waitFor } from '@berth/shared/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { appBody, ensureRegion, startApi, type TestApi } from './harness.ts';
 
@@ -251,7 +251,11 @@ describe('events', () => {
     await api.call('PATCH', `/image-groups/${group}`, { token: owner, body: { description: 'changed' } });
     await api.call('DELETE', `/image-groups/${group}/members/ig-reporter`, { token: owner });
     await api.call('DELETE', `/image-groups/${group}`, { token: owner });
-    const nats = await NatsClient.connect({ servers: (regionEnv().NATS_URL ?? '').split(','), name: 'ig-test' });
+    const nats = await NatsClient.connect({
+      servers: (regionEnv().NATS_URL ?? '').split(','),
+      name: 'ig-test',
+      ...regionCredentials().nats,
+    });
     try {
       const subjects = new EventSubjects(api.subjectRoot);
       const seen = await waitFor(

@@ -8,7 +8,7 @@ import { createEtcdClient } from '@berth/shared/etcd';
 import { EventSubjects } from '@berth/shared/events';
 import { NatsClient, readEvents } from '@berth/shared/nats';
 import { appSecretRecordSchema, SecretsKeyring } from '@berth/shared/secrets';
-import { regionEnv, uniqueId, waitFor } from '@berth/shared/testing';
+import { regionCredentials, regionEnv, uniqueId, waitFor } from '@berth/shared/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { appBody, ensureRegion, startApi, type TestApi } from './harness.ts';
 
@@ -52,13 +52,16 @@ function etcd() {
   const env = regionEnv();
   return createEtcdClient({
     endpoints: (env.ETCD_ENDPOINTS ?? '').split(','),
-    username: env.ETCD_USERNAME,
-    password: env.ETCD_PASSWORD,
+    ...regionCredentials(env).etcd,
   });
 }
 
 async function allEvents(): Promise<string> {
-  const nats = await NatsClient.connect({ servers: (regionEnv().NATS_URL ?? '').split(','), name: 'secrets-test' });
+  const nats = await NatsClient.connect({
+    servers: (regionEnv().NATS_URL ?? '').split(','),
+    name: 'secrets-test',
+    ...regionCredentials().nats,
+  });
   try {
     const subjects = new EventSubjects(api.subjectRoot);
     const events = await readEvents(nats.js, subjects, { filter: subjects.allEvents(), max: 100_000 });
@@ -128,7 +131,11 @@ describe('plain env', () => {
     const app = await appWithMembers();
     const { incarnation } = (await call('GET', `/apps/${app}`, owner)).json;
     // An event as the API wrote it before: the version with its env values, redacted by key name.
-    const nats = await NatsClient.connect({ servers: (regionEnv().NATS_URL ?? '').split(','), name: 'secrets-test' });
+    const nats = await NatsClient.connect({
+      servers: (regionEnv().NATS_URL ?? '').split(','),
+      name: 'secrets-test',
+      ...regionCredentials().nats,
+    });
     try {
       const subjects = new EventSubjects(api.subjectRoot);
       const old = {

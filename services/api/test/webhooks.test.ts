@@ -7,7 +7,7 @@
  */
 import { createHmac, randomBytes } from 'node:crypto';
 import { type BuildRun, buildQueueName } from '@berth/shared/builds';
-import { regionEnv, uniqueId } from '@berth/shared/testing';
+import { regionCredentials, regionEnv, uniqueId } from '@berth/shared/testing';
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -45,7 +45,10 @@ beforeAll(async () => {
 
 afterAll(async () => {
   // No agent registered in this region: nothing was queued, but make sure.
-  const redis = new Redis(regionEnv().REDIS_URL as string, { maxRetriesPerRequest: null });
+  const redis = new Redis(regionEnv().REDIS_URL as string, {
+    maxRetriesPerRequest: null,
+    ...regionCredentials().redis,
+  });
   await new Queue(buildQueueName(region, 'none'), { connection: redis }).obliterate({ force: true }).catch(() => 0);
   redis.disconnect();
   await api?.stop();

@@ -8,7 +8,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { BerthKeys } from '@berth/shared/keys';
 import { GatewayBackend } from '@berth/shared/store/lite';
-import { REPO_ROOT, regionEnv, uniqueId } from '@berth/shared/testing';
+import { REPO_ROOT, regionCredentials, regionEnv, regionIpamAuth, uniqueId } from '@berth/shared/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Pools } from '../src/ipam/pools.ts';
 
@@ -28,7 +28,14 @@ const conf = JSON.stringify({
   bridge,
   isGateway: true,
   ipMasq: false,
-  ipam: { type: 'berth-ipam', etcdEndpoints: env.ETCD_ENDPOINTS, cell, etcdPrefix: keys.prefix, node: 'bridge-node' },
+  ipam: {
+    type: 'berth-ipam',
+    etcdEndpoints: env.ETCD_ENDPOINTS,
+    ...regionIpamAuth(env),
+    cell,
+    etcdPrefix: keys.prefix,
+    node: 'bridge-node',
+  },
 });
 
 function bridgePlugin(command: 'ADD' | 'DEL' | 'CHECK', netns: string, prevResult?: unknown) {
@@ -54,7 +61,11 @@ beforeAll(async () => {
     existsSync(join(REPO_ROOT, '.local/bin/berth-ipam')),
     'infra/ipam.sh install (make up / make test) installs berth-ipam',
   ).toBe(true);
-  await new Pools(new GatewayBackend((env.ETCD_ENDPOINTS ?? '').split(',')), keys, cell).add(POOL);
+  await new Pools(
+    new GatewayBackend((env.ETCD_ENDPOINTS ?? '').split(','), regionCredentials(env).etcd),
+    keys,
+    cell,
+  ).add(POOL);
   for (const ns of namespaces) execFileSync('ip', ['netns', 'add', ns]);
 });
 
@@ -88,7 +99,7 @@ describe('the bridge plugin with berth-ipam', () => {
     // CHECK through the bridge plugin reaches berth-ipam's CHECK.
     expect(bridgePlugin('CHECK', namespaces[0] as string, results[0]).code).toBe(0);
 
-    const store = new GatewayBackend((env.ETCD_ENDPOINTS ?? '').split(','));
+    const store = new GatewayBackend((env.ETCD_ENDPOINTS ?? '').split(','), regionCredentials(env).etcd);
     expect(await store.range(keys.ipamIps(cell))).toHaveLength(2);
     for (const ns of namespaces) expect(bridgePlugin('DEL', ns).code).toBe(0);
     for (const ns of namespaces) expect(bridgePlugin('DEL', ns).code).toBe(0); // idempotent

@@ -5,7 +5,7 @@ import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { BerthKeys } from '@berth/shared/keys';
 import { GatewayBackend } from '@berth/shared/store/lite';
-import { REPO_ROOT, regionEnv, uniqueId } from '@berth/shared/testing';
+import { REPO_ROOT, regionCredentials, regionEnv, regionIpamAuth, uniqueId } from '@berth/shared/testing';
 import { describe, expect, it } from 'vitest';
 import { Allocator } from '../src/ipam/allocator.ts';
 import { contains, ipToInt, parseCidr } from '../src/ipam/cidr.ts';
@@ -17,7 +17,7 @@ const endpoints = (env.ETCD_ENDPOINTS ?? '').split(',');
 
 function world() {
   const keys = new BerthKeys(`/t-${uniqueId()}`);
-  const store = new GatewayBackend(endpoints);
+  const store = new GatewayBackend(endpoints, regionCredentials(env).etcd);
   const cell = 'cell-t';
   return {
     keys,
@@ -62,6 +62,7 @@ function netconf(w: ReturnType<typeof world>, ipam: Record<string, unknown> = {}
     ipam: {
       type: 'berth-ipam',
       etcdEndpoints: endpoints.join(','),
+      ...regionIpamAuth(env),
       cell: w.cell,
       etcdPrefix: w.keys.prefix,
       node: 'n1',

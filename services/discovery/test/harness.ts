@@ -7,6 +7,7 @@ import { Writable } from 'node:stream';
 import { parseEnv } from '@berth/shared/config';
 import { createLogger } from '@berth/shared/logging';
 import { type DomainClaim, type Upstreams, upstreamsSchema } from '@berth/shared/model';
+import { regionAuthEnv } from '@berth/shared/testing';
 import { env, KUBECONFIG_DIR, type World } from '../../scheduler/test/harness.ts';
 import { discoveryEnv } from '../src/env.ts';
 import { DiscoveryService } from '../src/service.ts';
@@ -45,6 +46,7 @@ export async function startDiscovery(
   const config = parseEnv(discoveryEnv, {
     HTTP_ADDR: '127.0.0.1:0',
     ETCD_ENDPOINTS: env.ETCD_ENDPOINTS,
+    ...regionAuthEnv(env, ['etcd']),
     ETCD_PREFIX: w.prefix,
     BERTH_REGION: w.region,
     KUBECONFIG_DIR,

@@ -6,7 +6,7 @@
 import { createEtcdClient } from '@berth/shared/etcd';
 import { deploymentName, LABELS, MANAGED_BY, placementSchema, versionCellStatusSchema } from '@berth/shared/model';
 import { Etcd3Backend } from '@berth/shared/store';
-import { uniqueId, waitFor } from '@berth/shared/testing';
+import { regionCredentials, uniqueId, waitFor } from '@berth/shared/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { now, setupPlacer } from '../src/reconcile/placer-fixture.ts';
 import {
@@ -25,7 +25,7 @@ import {
 } from './harness.ts';
 
 describe('a batch on real etcd', () => {
-  const etcd = createEtcdClient({ endpoints: (env.ETCD_ENDPOINTS ?? '').split(',') });
+  const etcd = createEtcdClient({ endpoints: (env.ETCD_ENDPOINTS ?? '').split(','), ...regionCredentials(env).etcd });
   const prefix = `/t-${uniqueId()}`;
   afterAll(async () => {
     await etcd.delete().prefix(prefix);

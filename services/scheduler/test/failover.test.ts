@@ -8,7 +8,7 @@
 
 import type { CuttableProxy } from '@berth/shared/kube/testing';
 import { EventSubjects, NatsClient, readEvents } from '@berth/shared/nats';
-import { uniqueId, waitFor } from '@berth/shared/testing';
+import { regionCredentials, uniqueId, waitFor } from '@berth/shared/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   appRecord,
@@ -48,7 +48,11 @@ beforeAll(async () => {
     FAILOVER_GRACE: `${GRACE_MS}ms`,
     RECOVERY_HOLD: `${HOLD_MS}ms`,
   });
-  nats = await NatsClient.connect({ servers: [env.NATS_URL ?? ''], name: 'failover-test' });
+  nats = await NatsClient.connect({
+    servers: [env.NATS_URL ?? ''],
+    name: 'failover-test',
+    ...regionCredentials().nats,
+  });
 });
 
 afterAll(async () => {

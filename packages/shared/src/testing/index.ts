@@ -54,9 +54,26 @@ export const REGION_AUTH_VARS = [
   'REDIS_PASSWORD_FILE',
 ] as const;
 
-/** The credential variables to give a service a test starts (empty while the region has no auth). */
-export function regionAuthEnv(env: Record<string, string | undefined> = regionEnv()): Record<string, string> {
-  return Object.fromEntries(REGION_AUTH_VARS.flatMap((name) => (env[name] ? [[name, env[name] as string]] : [])));
+/**
+ * The credential variables to give a service a test starts (empty while the region has no auth);
+ * `servers` leaves out the others (a private etcd has no auth).
+ */
+export function regionAuthEnv(
+  env: Record<string, string | undefined> = regionEnv(),
+  servers: readonly ('etcd' | 'nats' | 'redis')[] = ['etcd', 'nats', 'redis'],
+): Record<string, string> {
+  const wanted = REGION_AUTH_VARS.filter((name) => servers.some((s) => name.startsWith(`${s.toUpperCase()}_`)));
+  return Object.fromEntries(wanted.flatMap((name) => (env[name] ? [[name, env[name] as string]] : [])));
+}
+
+/** The IPAM plugin's network-conf fields for the tests identity (none while the region has no auth). */
+export function regionIpamAuth(env: Record<string, string | undefined> = regionEnv()): {
+  etcdUsername?: string;
+  etcdPasswordFile?: string;
+} {
+  return env.ETCD_USERNAME && env.ETCD_PASSWORD_FILE
+    ? { etcdUsername: env.ETCD_USERNAME, etcdPasswordFile: env.ETCD_PASSWORD_FILE }
+    : {};
 }
 
 export type RegionCredentials = {
