@@ -136,20 +136,35 @@ cmd_etcd() {
   roles=$(etcdctl_as root role list 2>/dev/null || true)
   for id in "${ETCD_IDS[@]}"; do
     f=$(password_file etcd "$id")
-    if grep -qx "$id" <<<"$users"; then
-      # Same password again is harmless; a new one (a secrets file made again) takes effect.
-      etcdctl_as root user passwd "$id" --interactive=false <"$f" >/dev/null
-    else
+    # A password is set when the user is new or its file changed (a secrets file made again).
+    local sum seen=$SECRETS/.etcd-$id.sha
+    sum=$(sha256sum <"$f" | cut -c1-64)
+    if ! grep -qx "$id" <<<"$users"; then
       etcdctl_as root user add "$id" --interactive=false <"$f" >/dev/null
+    elif [[ ! -f $seen || $(<"$seen") != "$sum" ]]; then
+      etcdctl_as root user passwd "$id" --interactive=false <"$f" >/dev/null
     fi
+    echo "$sum" >"$seen"
     # Each identity has a role of its own name (root's is etcd's root role).
     grep -qx "$id" <<<"$roles" || etcdctl_as root role add "$id" >/dev/null
     etcdctl_as root user grant-role "$id" "$id" >/dev/null 2>&1 || true
   done
-  local role perm key
+  local role perm key granted wanted
+  wanted=$(etcd_roles)
   while read -r role perm key; do
     etcdctl_as root role grant-permission "$role" "$perm" "$key" --prefix=true >/dev/null
-  done < <(etcd_roles)
+  done <<<"$wanted"
+  # A grant the roles no longer list (a group that changed, a narrowed role) is revoked.
+  for id in "${ETCD_IDS[@]}"; do
+    [[ $id == root ]] && continue
+    granted=$(etcdctl_as root role get "$id" | sed -n 's/.*(prefix \(.*\))$/\1/p' | sort -u)
+    while read -r key; do
+      [[ -n $key ]] || continue
+      awk -v r="$id" -v k="$key" '$1 == r && $3 == k { found = 1 } END { exit !found }' <<<"$wanted" && continue
+      etcdctl_as root role revoke-permission "$id" "$key" --prefix=true >/dev/null
+      log "etcd: revoked $id's grant on $key"
+    done <<<"$granted"
+  done
   if ((!AUTH_ON)); then
     etcdctl_as root auth enable >/dev/null
     AUTH_ON=1

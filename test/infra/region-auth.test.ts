@@ -31,6 +31,10 @@ let scriptOutput = '';
 
 /** The script as make up runs it, against the scratch servers and secrets. */
 async function regionAuth(...args: string[]): Promise<string> {
+  return regionAuthWith({}, ...args);
+}
+
+async function regionAuthWith(env: Record<string, string>, ...args: string[]): Promise<string> {
   const { stdout, stderr } = await run('bash', [SCRIPT, ...args], {
     env: {
       ...process.env,
@@ -40,6 +44,7 @@ async function regionAuth(...args: string[]): Promise<string> {
       EVENT_SUBJECT_ROOT: 'berth',
       BERTH_LB_GROUP: 'public',
       BERTH_IPAM_CELLS: 'cell-a cell-b',
+      ...env,
     },
   });
   scriptOutput += stdout + stderr;
@@ -246,6 +251,21 @@ describe('etcd', () => {
       expect(await refusal(() => scheduler.get('/berth/tokens/t1').string())).toMatch(/permission denied/);
     } finally {
       for (const c of [lb, discovery, builder, scheduler]) c.close();
+    }
+  });
+});
+
+describe('etcd roles that change', () => {
+  it("make up takes back a grant the roles no longer list: the lb-agent's old group", async () => {
+    await regionAuthWith({ BERTH_LB_GROUP: 'edge' }, 'etcd', etcdUrl);
+    const lb = etcdAs('lb-agent');
+    try {
+      await lb.put('/berth/slb/edge/agents/lb-1').value('{}');
+      expect(await refusal(() => lb.put('/berth/slb/public/agents/lb-1').value('{}'))).toMatch(/permission denied/);
+      expect(await refusal(() => lb.get('/berth/slb/public/domains/x').string())).toMatch(/permission denied/);
+    } finally {
+      lb.close();
+      await regionAuth('etcd', etcdUrl);
     }
   });
 });
