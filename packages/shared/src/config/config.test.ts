@@ -4,7 +4,19 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { ConfigError } from '../errors/index.ts';
-import { envDuration, envInt, etcdEnv, eventsEnv, parseDuration, parseEnv, secret, serviceEnv } from './index.ts';
+import {
+  effectiveConfig,
+  envDuration,
+  envInt,
+  etcdEnv,
+  eventsEnv,
+  natsEnv,
+  parseDuration,
+  parseEnv,
+  redisEnv,
+  secret,
+  serviceEnv,
+} from './index.ts';
 
 describe('parseDuration', () => {
   it('reads every unit into milliseconds', () => {
@@ -75,5 +87,47 @@ describe('parseEnv', () => {
     expect(config.API_TOKEN).toBe('x'.repeat(40));
     expect(config.WORKERS).toBe(4);
     expect(config.EVENT_SUBJECT_ROOT).toBe('berth');
+  });
+});
+
+describe('the region credentials', () => {
+  const schema = z.object({ ...etcdEnv, ...natsEnv, ...redisEnv });
+
+  it('reads each password from its _FILE, as make up passes them, and never logs one', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'berth-env-'));
+    const file = (name: string, value: string) => {
+      writeFileSync(join(dir, name), `${value}\n`);
+      return join(dir, name);
+    };
+    const config = parseEnv(schema, {
+      ETCD_ENDPOINTS: 'http://127.0.0.1:2379',
+      ETCD_USERNAME: 'scheduler',
+      ETCD_PASSWORD_FILE: file('etcd', 'etcd-pw-4f1c'),
+      NATS_URL: 'nats://127.0.0.1:4222',
+      NATS_USER: 'scheduler',
+      NATS_PASSWORD_FILE: file('nats', 'nats-pw-9a2e'),
+      REDIS_URL: 'redis://127.0.0.1:6379',
+      REDIS_USERNAME: 'api',
+      REDIS_PASSWORD_FILE: file('redis', 'redis-pw-77d0'),
+    });
+    expect([config.ETCD_PASSWORD, config.NATS_PASSWORD, config.REDIS_PASSWORD]).toEqual([
+      'etcd-pw-4f1c',
+      'nats-pw-9a2e',
+      'redis-pw-77d0',
+    ]);
+    const logged = JSON.stringify(effectiveConfig(schema, config));
+    expect(logged).toContain('"NATS_USER":"scheduler"');
+    for (const pw of ['etcd-pw-4f1c', 'nats-pw-9a2e', 'redis-pw-77d0']) expect(logged).not.toContain(pw);
+  });
+
+  it('names a password file it cannot read', () => {
+    expect(() =>
+      parseEnv(schema, {
+        ETCD_ENDPOINTS: 'http://127.0.0.1:2379',
+        NATS_URL: 'nats://127.0.0.1:4222',
+        REDIS_URL: 'redis://127.0.0.1:6379',
+        REDIS_PASSWORD_FILE: '/nonexistent/redis-api.password',
+      }),
+    ).toThrow(/REDIS_PASSWORD_FILE: cannot read \/nonexistent\/redis-api.password: ENOENT/);
   });
 });
