@@ -27,6 +27,12 @@ import {
 } from '@berth/shared/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { appBody, ensureRegion, startApi, type TestApi } from '../../services/api/test/harness.ts';
+import {
+  makeSigningKey,
+  registryAddress,
+  startTokenRegistry,
+  type TokenRegistry,
+} from '../../services/api/test/token-registry.ts';
 import { docker, shellImage } from '../../services/builder-agent/test/harness.ts';
 
 const ISSUER = 'berth-e2e';
@@ -48,8 +54,7 @@ const password = (user: string) => `pw-${user}-12345`;
 
 let dir: string;
 let api: TestApi;
-let registry: ChildProcess | undefined;
-let registryLog = '';
+let registry: TokenRegistry | undefined;
 let registryHost: string;
 let agent: ChildProcess | undefined;
 let agentLog = '';
@@ -79,45 +84,6 @@ function askToken(scopes: string[], authorization?: string) {
   const q = new URLSearchParams({ service: SERVICE });
   for (const s of scopes) q.append('scope', s);
   return fetch(`${api.url}/api/v1/registry/token?${q}`, { headers: authorization ? { authorization } : {} });
-}
-
-/** A registry with `auth: token` whose realm is the API's token endpoint. */
-async function startTokenRegistry(certFile: string): Promise<void> {
-  const config = join(dir, 'registry.yml');
-  writeFileSync(
-    config,
-    [
-      'version: 0.1',
-      'log:',
-      '  level: info',
-      'storage:',
-      '  filesystem:',
-      `    rootdirectory: ${join(dir, 'storage')}`,
-      'http:',
-      `  addr: ${registryHost}`,
-      'auth:',
-      '  token:',
-      `    realm: ${api.url}/api/v1/registry/token`,
-      `    service: ${SERVICE}`,
-      `    issuer: ${ISSUER}`,
-      `    rootcertbundle: ${certFile}`,
-      '',
-    ].join('\n'),
-  );
-  const child = spawn('/usr/bin/docker-registry', ['serve', config], { stdio: ['ignore', 'pipe', 'pipe'] });
-  registry = child;
-  const keep = (d: Buffer) => {
-    registryLog = (registryLog + d).slice(-20_000);
-  };
-  child.stdout?.on('data', keep);
-  child.stderr?.on('data', keep);
-  await waitFor(
-    async () => {
-      if (child.exitCode !== null) throw new Error(`docker-registry exited: ${registryLog}`);
-      return (await fetch(`http://${registryHost}/v2/`).catch(() => undefined))?.status === 401;
-    },
-    { timeoutMs: 15_000, message: 'the private registry answers with a challenge' },
-  );
 }
 
 /** A bare repository with one commit of `files` on `main`. */
@@ -243,12 +209,8 @@ function dockerCli(config: string, args: string[], input?: string) {
 beforeAll(async () => {
   expect(dockerHost, 'the region’s dockerd (DOCKER_HOST in .local/env, written by make up)').toBeTruthy();
   dir = mkdtempSync(join(tmpdir(), 'berth-builds-e2e-'));
-  const [keyFile, certFile] = execFileSync(join(REPO_ROOT, 'infra/registry-token-key.sh'), [join(dir, 'secrets')], {
-    encoding: 'utf8',
-  })
-    .trim()
-    .split('\n') as [string, string];
-  registryHost = `127.0.0.1:${await freePort()}`;
+  const { keyFile, certFile } = makeSigningKey(dir);
+  registryHost = await registryAddress();
   api = await startApi({
     // The token server accepts only the cells of its own region.
     BERTH_REGION: regionName,
@@ -259,7 +221,14 @@ beforeAll(async () => {
     REGISTRY_ROBOT_KEY: ROBOT_KEY.toString('hex'),
     LOGIN_RATE_LIMIT: '1000',
   });
-  await startTokenRegistry(certFile);
+  registry = await startTokenRegistry({
+    dir,
+    host: registryHost,
+    apiUrl: api.url,
+    service: SERVICE,
+    issuer: ISSUER,
+    certFile,
+  });
   await ensureRegion(api, regionName);
   await spawnAgent();
 
@@ -317,11 +286,7 @@ afterAll(async () => {
     agent.kill('SIGTERM');
     await done;
   }
-  if (registry && registry.exitCode === null && registry.signalCode === null) {
-    const done = exited(registry);
-    registry.kill('SIGTERM');
-    await done;
-  }
+  await registry?.stop();
   if (dockerHost) {
     for (const ref of tagged) await dockerCli(join(dir, 'docker-config'), ['rmi', '-f', ref]);
     for (const img of await docker.listImages({ filters: { label: [`berth.run=${runId ?? 'none'}`] } })) {
@@ -362,7 +327,10 @@ describe('a build in token-auth mode', () => {
       },
       { timeoutMs: 180_000, intervalMs: 250, message: `build ${runId} finished` },
     );
-    expect(run.reason, `agent log:\n${agentLog.slice(-6000)}\nregistry log:\n${registryLog.slice(-3000)}`).toBeNull();
+    expect(
+      run.reason,
+      `agent log:\n${agentLog.slice(-6000)}\nregistry log:\n${registry?.log().slice(-3000)}`,
+    ).toBeNull();
     expect(run.state).toBe('succeeded');
     expect(run.placement?.agentId).toBe(agentId);
     expect(run.steps.map((s: { name: string; state: string }) => [s.name, s.state])).toEqual([
@@ -399,7 +367,7 @@ describe('a build in token-auth mode', () => {
     expect(anonymous.status).toBe(200);
     expect(claims(((await anonymous.json()) as { token: string }).token).access).toEqual([]);
     const robot = runPushCredential(deriveAgentKey(ROBOT_KEY, agentId), runId, 1);
-    expect(registryLog).toContain(`auth.user.name=${robot.username}`);
+    expect(registry?.log()).toContain(`auth.user.name=${robot.username}`);
     // That credential died with the run.
     const after = await askToken([`repository:${target}:pull,push`], basic(robot.username, robot.password));
     expect(after.status).toBe(401);

@@ -6,18 +6,19 @@
  * array). Then `docker login` with the region's dockerd and the real docker client, with a
  * password and with a personal access token, and a push and pull per role.
  */
-import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { createHash, generateKeyPairSync, randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { cellPullCredential, deriveAgentKey, deriveCellsKey, runPushCredential } from '@berth/shared/registry';
-import { exited, freePort, REPO_ROOT, regionEnv, waitFor } from '@berth/shared/testing';
+import { exited, REPO_ROOT, regionEnv, waitFor } from '@berth/shared/testing';
 import { decodeJwt, SignJWT } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { libtrustKeyId, parseSigningKey, type SigningKey } from '../src/registry/signing-key.ts';
 import { appBody, ensureRegion, startApi, type TestApi } from './harness.ts';
+import { makeSigningKey, registryAddress, startTokenRegistry, type TokenRegistry } from './token-registry.ts';
 
 const ISSUER = 'berth-test';
 const SERVICE = 'berth-test-registry';
@@ -31,8 +32,7 @@ const EVENTS_TYPE = 'application/vnd.docker.distribution.events.v1+json';
 let dir: string;
 let api: TestApi;
 let key: SigningKey;
-let registry: ChildProcess;
-let registryLog = '';
+let registry: TokenRegistry;
 let registryUrl: string;
 let registryHost: string;
 
@@ -41,14 +41,9 @@ const creds: Record<string, { password: string; pat: string; session: string }> 
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'berth-registry-token-'));
-  const [keyFile, certFile] = execFileSync(join(REPO_ROOT, 'infra/registry-token-key.sh'), [join(dir, 'secrets')], {
-    encoding: 'utf8',
-  })
-    .trim()
-    .split('\n') as [string, string];
+  const { keyFile, certFile } = makeSigningKey(dir);
   key = parseSigningKey(readFileSync(keyFile, 'utf8'));
-  const port = await freePort();
-  registryHost = `127.0.0.1:${port}`;
+  registryHost = await registryAddress();
   registryUrl = `http://${registryHost}`;
   api = await startApi({
     REGISTRY_URL: registryUrl,
@@ -60,54 +55,16 @@ beforeAll(async () => {
     REGISTRY_NOTIFY_TOKEN: NOTIFY_TOKEN,
     LOGIN_RATE_LIMIT: '1000',
   });
-
-  const config = join(dir, 'registry.yml');
-  writeFileSync(
-    config,
-    [
-      'version: 0.1',
-      'log:',
-      '  level: info',
-      'storage:',
-      '  filesystem:',
-      `    rootdirectory: ${join(dir, 'storage')}`,
-      '  delete:',
-      '    enabled: true',
-      'http:',
-      `  addr: ${registryHost}`,
-      'auth:',
-      '  token:',
-      `    realm: ${api.url}/api/v1/registry/token`,
-      `    service: ${SERVICE}`,
-      `    issuer: ${ISSUER}`,
-      `    rootcertbundle: ${certFile}`,
-      // As infra/region.sh configures the region's registry (docs/registry.md, "Who pushed a tag").
-      'notifications:',
-      '  endpoints:',
-      '    - name: berth-api',
-      `      url: ${api.url}/api/v1/registry/notifications`,
-      '      headers:',
-      `        Authorization: [Bearer ${NOTIFY_TOKEN}]`,
-      '      timeout: 2s',
-      '      threshold: 5',
-      '      backoff: 1s',
-      '      ignoredmediatypes: [application/octet-stream]',
-      '',
-    ].join('\n'),
-  );
-  registry = spawn('/usr/bin/docker-registry', ['serve', config], { stdio: ['ignore', 'pipe', 'pipe'] });
-  const keep = (d: Buffer) => {
-    registryLog = (registryLog + d).slice(-20_000);
-  };
-  registry.stdout?.on('data', keep);
-  registry.stderr?.on('data', keep);
-  await waitFor(
-    async () => {
-      if (registry.exitCode !== null) throw new Error(`docker-registry exited: ${registryLog}`);
-      return (await fetch(`${registryUrl}/v2/`)).status === 401;
-    },
-    { timeoutMs: 15_000, message: 'the private registry answers' },
-  );
+  // As infra/region.sh configures the region's registry, notifications included (docs/registry.md).
+  registry = await startTokenRegistry({
+    dir,
+    host: registryHost,
+    apiUrl: api.url,
+    service: SERVICE,
+    issuer: ISSUER,
+    certFile,
+    notifyToken: NOTIFY_TOKEN,
+  });
 
   for (const name of ['rt-owner', 'rt-dev', 'rt-reporter', 'rt-stranger']) {
     const session = await api.user(name);
@@ -139,11 +96,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  if (registry && registry.exitCode === null) {
-    const done = exited(registry);
-    registry.kill('SIGTERM');
-    await done;
-  }
+  await registry?.stop();
   await api?.stop();
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
