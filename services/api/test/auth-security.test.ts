@@ -317,9 +317,12 @@ describe('tokens', () => {
     async () => {
       const { name, token } = await userWithSession(api, 'leaver');
       const pat = await api.call('POST', '/tokens', { token, body: { name: 'ci', scopes: ['write'] } });
-      const listed = await api.call('GET', `/users/${name}/tokens`, { token: api.adminToken });
+      const listed = await api.call('GET', `/admin/users/${name}/tokens`, { token: api.adminToken });
       expect(listed.json.items.map((t: { kind: string }) => t.kind).sort()).toEqual(['personal', 'session']);
-      const disabled = await api.call('PATCH', `/users/${name}`, { token: api.adminToken, body: { disabled: true } });
+      const disabled = await api.call('PATCH', `/admin/users/${name}`, {
+        token: api.adminToken,
+        body: { disabled: true },
+      });
       expect(disabled.status).toBe(200);
       expect(disabled.json.disabled).toBe(true);
       expect((await api.call('GET', '/users/me', { token })).status).toBe(401);
@@ -328,17 +331,19 @@ describe('tokens', () => {
       expect(login.status).toBe(403);
       expect(login.json.token).toBeUndefined();
       // Enabled again: the personal token works, the session ended with the disabling.
-      await api.call('PATCH', `/users/${name}`, { token: api.adminToken, body: { disabled: false } });
+      await api.call('PATCH', `/admin/users/${name}`, { token: api.adminToken, body: { disabled: false } });
       expect((await api.call('GET', '/users/me', { token: pat.json.token })).status).toBe(200);
       expect((await api.call('GET', '/users/me', { token })).status).toBe(401);
-      expect((await api.call('DELETE', `/users/${name}/tokens/${pat.json.id}`, { token: api.adminToken })).status).toBe(
-        204,
-      );
+      expect(
+        (await api.call('DELETE', `/admin/users/${name}/tokens/${pat.json.id}`, { token: api.adminToken })).status,
+      ).toBe(204);
       expect((await api.call('GET', '/users/me', { token: pat.json.token })).status).toBe(401);
       // Not an admin: 403.
       const other = await api.user(fresh('peer'));
-      expect((await api.call('GET', `/users/${name}/tokens`, { token: other })).status).toBe(403);
-      expect((await api.call('PATCH', `/users/${name}`, { token: other, body: { disabled: true } })).status).toBe(403);
+      expect((await api.call('GET', `/admin/users/${name}/tokens`, { token: other })).status).toBe(403);
+      expect((await api.call('PATCH', `/admin/users/${name}`, { token: other, body: { disabled: true } })).status).toBe(
+        403,
+      );
     },
     SLOW,
   );

@@ -74,7 +74,7 @@ export function adminRoutes(ctx: ApiContext) {
 
     defineRoute({
       method: 'patch',
-      path: '/users/:user',
+      path: '/admin/users/:user',
       operationId: 'updateUser',
       summary:
         'Disable or enable a user (admin): disabled, they cannot sign in, their tokens stop working at once and their sessions end',
@@ -92,7 +92,7 @@ export function adminRoutes(ctx: ApiContext) {
     }),
     defineRoute({
       method: 'get',
-      path: '/users/:user/tokens',
+      path: '/admin/users/:user/tokens',
       operationId: 'listUserTokens',
       summary: "A user's live sessions and personal access tokens, never their secrets (admin)",
       tags: ['users'],
@@ -116,7 +116,7 @@ export function adminRoutes(ctx: ApiContext) {
     }),
     defineRoute({
       method: 'delete',
-      path: '/users/:user/tokens/:id',
+      path: '/admin/users/:user/tokens/:id',
       operationId: 'deleteUserToken',
       summary: "Revoke one of a user's sessions or personal access tokens (admin)",
       tags: ['users'],
