@@ -32,7 +32,12 @@ if [[ -z $TOKEN ]] || ! api GET /users/me >/dev/null 2>&1; then
   [[ -n $session ]] || die "cannot sign in as admin at $API (see $(logfile berth-api))"
   TOKEN=$session
   expires=$(date -u -d '+365 days' +%Y-%m-%dT%H:%M:%SZ)
-  pat=$(api POST /tokens "$(jq -n --arg e "$expires" '{name: "make up", scopes: ["admin"], expiresAt: $e}')" | jq -r '.token // empty')
+  # A token that outlives the session needs the password again (docs/api.md); it goes from its
+  # file through jq into the request body on curl's stdin, never into an argv.
+  body=$(jq -Rn --arg e "$expires" '{name: "make up", scopes: ["admin"], expiresAt: $e, password: input}' \
+    <"$BERTH_LOCAL/secrets/admin-password")
+  pat=$(api POST /tokens "$body" | jq -r '.token // empty')
+  body=
   [[ -n $pat ]] || die "cannot create the admin's access token"
   TOKEN=$pat
   (umask 077 && echo "export BERTH_ADMIN_TOKEN=$pat" >"$ENV_FILE")
