@@ -109,7 +109,7 @@ start_component() {
 kubectl_cell() { "$K8S_BIN/kubectl" --kubeconfig "$CELLS_DIR/$1.kubeconfig" "${@:2}"; }
 
 # The identities of Berth's services in every cell (make_cell_pki, apply_berth_rbac).
-BERTH_IDENTITIES=(scheduler discovery ipam)
+BERTH_IDENTITIES=(scheduler discovery ipam api)
 # apply_berth_rbac CELL: the ClusterRoles and bindings of those identities, with the admin's kubeconfig.
 apply_berth_rbac() {
   kubectl_cell "$1" apply --server-side --field-manager=berth-cells -f "$BERTH_ROOT/infra/k8s/berth-rbac.yaml" >/dev/null

@@ -1,5 +1,6 @@
 import { isIP } from 'node:net';
 import {
+  cellsEnv,
   envDuration,
   envHostPort,
   envInt,
@@ -24,6 +25,8 @@ export const apiEnv = z
     ...natsEnv,
     ...eventsEnv,
     ...redisEnv,
+    /** The cells' kubeconfigs: the API reads instances and logs and execs as `<cell>.api.kubeconfig`. */
+    ...cellsEnv,
     HTTP_ADDR: envHostPort('127.0.0.1:7070'),
     /** The admin created on first start when missing (with BERTH_ADMIN_PASSWORD). */
     BERTH_ADMIN_USER: userNameSchema.default('admin'),

@@ -1,4 +1,5 @@
 import { hostname } from 'node:os';
+import { resolve } from 'node:path';
 import type { Logger } from '@berth/shared/logging';
 import { EventSubjects, NatsComponent } from '@berth/shared/nats';
 import { RedisComponent } from '@berth/shared/redis';
@@ -13,6 +14,7 @@ import { BuildLogs } from './builds/logs.ts';
 import { BullMqBuildQueues } from './builds/queues.ts';
 import { BuildRuns } from './builds/runs.ts';
 import { WebhookSecrets } from './builds/webhook-secrets.ts';
+import { CellPods } from './cells/pods.ts';
 import type { ApiConfig } from './env.ts';
 import { Idempotency } from './http/idempotency.ts';
 import { Mutations } from './http/mutation.ts';
@@ -33,6 +35,7 @@ import { domainRoutes } from './resources/domains.ts';
 import { eventRoutes } from './resources/events.ts';
 import { imageGroupRoutes } from './resources/image-groups.ts';
 import { imageRepoRoutes } from './resources/image-repos.ts';
+import { instanceRoutes } from './resources/instances.ts';
 import { lbGroupRoutes } from './resources/lb-groups.ts';
 import { memberRoutes } from './resources/members.ts';
 import { Quotas } from './resources/quotas.ts';
@@ -187,6 +190,14 @@ export class ApiService {
       quotas: new Quotas(ctx),
       agentLostAfterMs: config.BUILD_AGENT_LOST_AFTER,
     });
+    // Instances, logs, exec and metrics read the cells (docs/instances.md).
+    const pods = new CellPods({
+      store,
+      keys: runtime.keys,
+      kubeconfigDir: resolve(config.KUBECONFIG_DIR),
+      identity: config.CELL_IDENTITY ?? 'api',
+      logger,
+    });
     routes = [
       ...authRoutes(ctx),
       ...adminRoutes(ctx),
@@ -202,6 +213,7 @@ export class ApiService {
       ...buildConfigRoutes(ctx, webhookSecrets),
       ...buildRoutes(ctx, buildRuns, buildLogs),
       ...buildHookRoutes(ctx, buildRuns, webhookSecrets, runtime.etcd),
+      ...instanceRoutes(ctx, pods),
     ];
     // The registry: its token server, its repositories and tags when the API reaches it, and who
     // pushed each tag when it sends its notifications here.
