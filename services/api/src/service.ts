@@ -14,6 +14,7 @@ import { BuildLogs } from './builds/logs.ts';
 import { BullMqBuildQueues } from './builds/queues.ts';
 import { BuildRuns } from './builds/runs.ts';
 import { WebhookSecrets } from './builds/webhook-secrets.ts';
+import { CellLogs } from './cells/logs.ts';
 import { CellPods } from './cells/pods.ts';
 import type { ApiConfig } from './env.ts';
 import { Idempotency } from './http/idempotency.ts';
@@ -213,7 +214,7 @@ export class ApiService {
       ...buildConfigRoutes(ctx, webhookSecrets),
       ...buildRoutes(ctx, buildRuns, buildLogs),
       ...buildHookRoutes(ctx, buildRuns, webhookSecrets, runtime.etcd),
-      ...instanceRoutes(ctx, pods),
+      ...instanceRoutes(ctx, pods, new CellLogs({ pods, logger })),
     ];
     // The registry: its token server, its repositories and tags when the API reaches it, and who
     // pushed each tag when it sends its notifications here.

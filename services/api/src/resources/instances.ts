@@ -3,8 +3,10 @@
  * metrics (docs/instances.md). Reporter and up read; Developer and up exec.
  */
 import { ForbiddenError } from '@berth/shared/errors';
+import { withoutDeadline } from '@berth/shared/http';
 import { dnsLabelSchema, versionNameSchema } from '@berth/shared/model';
 import { z } from 'zod';
+import type { CellLogs, LogLine } from '../cells/logs.ts';
 import type { CellPods } from '../cells/pods.ts';
 import { defineRoute } from '../http/routes.ts';
 import { roleAllows } from '../rbac/index.ts';
@@ -49,7 +51,34 @@ export async function loadForReporter(ctx: ApiContext, principal: Parameters<typ
   return access;
 }
 
-export function instanceRoutes(ctx: ApiContext, pods: CellPods) {
+export const logsQuery = z
+  .object({
+    version: versionNameSchema.optional(),
+    cell: dnsLabelSchema.optional(),
+    instance: z.string().min(1).max(253).optional().describe('A pod name from GET /apps/{app}/instances'),
+    since: z
+      .string()
+      .regex(/^\d{1,7}[smh]$/, 'expected a duration like 30s, 10m or 2h')
+      .optional()
+      .describe('Only lines newer than this (30s, 10m, 2h)'),
+    tail: z.coerce.number().int().min(0).max(100_000).optional().describe('At most this many lines per instance'),
+    follow: z.enum(['true', 'false']).default('false').describe('true: keep the stream open, new instances too'),
+    format: z
+      .enum(['text', 'ndjson'])
+      .optional()
+      .describe('ndjson: one JSON object per line (also with Accept: application/x-ndjson); default text'),
+  })
+  .strict();
+
+const NDJSON = 'application/x-ndjson';
+
+function seconds(duration: string | undefined): number | undefined {
+  if (!duration) return undefined;
+  const n = Number(duration.slice(0, -1));
+  return n * { s: 1, m: 60, h: 3600 }[duration.slice(-1) as 's' | 'm' | 'h'];
+}
+
+export function instanceRoutes(ctx: ApiContext, pods: CellPods, logs: CellLogs) {
   return [
     defineRoute({
       method: 'get',
@@ -65,6 +94,67 @@ export function instanceRoutes(ctx: ApiContext, pods: CellPods) {
       handler: async ({ params, query, principal }) => {
         await loadForReporter(ctx, principal, params.app);
         return { status: 200, body: await pods.instances(params.app, query) };
+      },
+    }),
+
+    defineRoute({
+      method: 'get',
+      path: '/apps/:app/logs',
+      operationId: 'appLogs',
+      summary:
+        "The app's container logs merged across its cells (Reporter and up): text lines `cell/instance line`, or NDJSON `{cell, instance, version, ts, line}`; follow=true keeps the stream open and picks up instances as they start",
+      tags: ['instances'],
+      access: { kind: 'user', scope: 'read' },
+      params: appParams,
+      query: logsQuery,
+      responses: { 200: z.string() },
+      contentType: 'text/plain',
+      handler: async ({ req, res, params, query, principal }) => {
+        await loadForReporter(ctx, principal, params.app);
+        const follow = query.follow === 'true';
+        const ndjson = query.format ? query.format === 'ndjson' : (req.get('accept') ?? '').includes(NDJSON);
+        const render = ndjson
+          ? (l: LogLine) => `${JSON.stringify(l)}\n`
+          : (l: LogLine) => `${l.cell}/${l.instance} ${l.line}\n`;
+        const abort = new AbortController();
+        res.on('close', () => abort.abort());
+        withoutDeadline(res);
+        res.status(200).type(ndjson ? NDJSON : 'text/plain; charset=utf-8');
+        res.setHeader('Cache-Control', 'no-store');
+        res.setHeader('X-Accel-Buffering', 'no');
+        if (follow) res.flushHeaders();
+        // Followed: each line as it comes. Otherwise: every instance's lines, merged by time.
+        const held: LogLine[] = [];
+        await logs.stream(
+          {
+            app: params.app,
+            version: query.version,
+            cell: query.cell,
+            instance: query.instance,
+            sinceSeconds: seconds(query.since),
+            tail: query.tail,
+            follow,
+            signal: abort.signal,
+          },
+          {
+            line: (l) => {
+              if (follow) res.write(render(l));
+              else held.push(l);
+            },
+            unreachable: (cell, error) => {
+              const note = ndjson
+                ? `${JSON.stringify({ cell, unreachable: true, error })}\n`
+                : `${cell} unreachable: ${error}\n`;
+              res.write(note);
+            },
+          },
+        );
+        if (!follow) {
+          held.sort((a, b) => (a.ts ?? '').localeCompare(b.ts ?? ''));
+          res.write(held.map(render).join(''));
+        }
+        res.end();
+        return { status: 200 };
       },
     }),
   ];
