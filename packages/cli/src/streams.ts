@@ -1,0 +1,202 @@
+/**
+ * The streaming commands: server-sent events (build logs), NDJSON (app logs) and the exec
+ * WebSocket. The app routes are issue 14's API part (services/api/src/resources/instances.ts):
+ * GET /apps/{app}/instances, GET /apps/{app}/logs and GET /apps/{app}/instances/{instance}/exec
+ * are called as the issue spells them, not yet through the generated schema.
+ */
+import type { BerthClient } from '@berth/client';
+import { BerthApiError } from '@berth/client';
+import type { Io } from './program.ts';
+
+export type Instance = {
+  name: string;
+  app?: string;
+  version: string;
+  cell: string;
+  node: string | null;
+  ip: string | null;
+  phase: string;
+  ready: boolean;
+  restarts: number;
+  startedAt: string | null;
+};
+
+export async function listInstances(
+  api: BerthClient,
+  app: string,
+  filter: { version?: string | undefined; cell?: string | undefined } = {},
+): Promise<{ items: Instance[]; unreachable: string[] }> {
+  const q = new URLSearchParams();
+  if (filter.version) q.set('version', filter.version);
+  if (filter.cell) q.set('cell', filter.cell);
+  const res = await api.raw(`/api/v1/apps/${encodeURIComponent(app)}/instances${q.size ? `?${q}` : ''}`);
+  const body = (await res.json()) as { items: Instance[]; unreachable?: string[] };
+  return { items: body.items, unreachable: body.unreachable ?? [] };
+}
+
+export type SseEvent = { event: string; data: string; id?: string };
+
+/** Server-sent events from a fetch response; comments (`: ping`) are skipped. */
+export async function* readSse(res: Response): AsyncGenerator<SseEvent> {
+  if (!res.body) return;
+  const decoder = new TextDecoder();
+  let buffer = '';
+  for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+    buffer += decoder.decode(chunk, { stream: true });
+    for (let i = buffer.indexOf('\n\n'); i >= 0; i = buffer.indexOf('\n\n')) {
+      const block = buffer.slice(0, i);
+      buffer = buffer.slice(i + 2);
+      const ev: SseEvent = { event: 'message', data: '' };
+      const data: string[] = [];
+      for (const line of block.split('\n')) {
+        if (!line || line.startsWith(':')) continue;
+        const colon = line.indexOf(':');
+        const field = colon < 0 ? line : line.slice(0, colon);
+        const value = colon < 0 ? '' : line.slice(colon + 1).replace(/^ /, '');
+        if (field === 'event') ev.event = value;
+        else if (field === 'data') data.push(value);
+        else if (field === 'id') ev.id = value;
+      }
+      if (!data.length && ev.event === 'message') continue;
+      ev.data = data.join('\n');
+      yield ev;
+    }
+  }
+}
+
+/** Lines of a streamed text body, as they arrive. */
+export async function* readLines(res: Response): AsyncGenerator<string> {
+  if (!res.body) return;
+  const decoder = new TextDecoder();
+  let buffer = '';
+  for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+    buffer += decoder.decode(chunk, { stream: true });
+    for (let i = buffer.indexOf('\n'); i >= 0; i = buffer.indexOf('\n')) {
+      yield buffer.slice(0, i);
+      buffer = buffer.slice(i + 1);
+    }
+  }
+  if (buffer) yield buffer;
+}
+
+export type LogOptions = {
+  follow: boolean;
+  version?: string;
+  cell?: string;
+  instance?: string;
+  tail?: number;
+  since?: string;
+  /** -o json: the NDJSON lines as the API sends them. */
+  json: boolean;
+  write(s: string): void;
+};
+
+/** One NDJSON log line: what the CLI prints as `cell/instance  text`. */
+export function formatLogLine(line: string): string {
+  try {
+    const l = JSON.parse(line) as { cell?: string; instance?: string; line?: string; message?: string; text?: string };
+    return `${l.cell ?? '?'}/${l.instance ?? '?'}  ${l.line ?? l.message ?? l.text ?? ''}`;
+  } catch {
+    return line;
+  }
+}
+
+export async function followLogs(api: BerthClient, app: string, o: LogOptions): Promise<void> {
+  const q = new URLSearchParams();
+  if (o.version) q.set('version', o.version);
+  if (o.cell) q.set('cell', o.cell);
+  if (o.instance) q.set('instance', o.instance);
+  if (o.tail !== undefined) q.set('tail', String(o.tail));
+  if (o.since) q.set('since', o.since);
+  if (o.follow) q.set('follow', 'true');
+  const res = await api.raw(`/api/v1/apps/${encodeURIComponent(app)}/logs?${q}`, {
+    headers: { accept: 'application/x-ndjson' },
+  });
+  for await (const line of readLines(res)) {
+    if (!line.trim()) continue;
+    o.write(`${o.json ? line : formatLogLine(line)}\n`);
+  }
+}
+
+type ExecOptions = { stdin: boolean; tty: boolean; io: Io };
+
+/**
+ * Runs `argv` in a container through the exec WebSocket and resolves with its exit code. Frames:
+ * text JSON `{type:'stdin'|'resize', …}` up, `{type:'stdout'|'stderr', data}` and
+ * `{type:'exit', code}` down (the protocol proposed with the route; adjust here when it lands).
+ */
+export async function execCommand(
+  api: BerthClient,
+  app: string,
+  instance: string | undefined,
+  argv: string[],
+  o: ExecOptions,
+): Promise<number> {
+  let target = instance;
+  if (!target) {
+    const { items } = await listInstances(api, app);
+    const ready = items.find((i) => i.ready);
+    if (!ready) throw new Error(`app ${app} has no ready instance to run the command in`);
+    target = ready.name;
+  }
+  const url = new URL(
+    `/api/v1/apps/${encodeURIComponent(app)}/instances/${encodeURIComponent(target)}/exec`,
+    api.baseUrl,
+  );
+  url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+  for (const a of argv) url.searchParams.append('command', a);
+  if (o.stdin) url.searchParams.set('stdin', 'true');
+  if (o.tty) url.searchParams.set('tty', 'true');
+  const stdout = o.io.stdout as NodeJS.WriteStream;
+  if (o.tty && stdout.columns) {
+    url.searchParams.set('cols', String(stdout.columns));
+    url.searchParams.set('rows', String(stdout.rows));
+  }
+  // Node's WebSocket (undici) takes headers in its second argument, unlike a browser's.
+  const WS = WebSocket as unknown as new (url: string, init: { headers: Record<string, string> }) => WebSocket;
+  const ws = new WS(url.toString(), { headers: api.token ? { authorization: `Bearer ${api.token}` } : {} });
+  const stdin = o.io.stdin as NodeJS.ReadStream;
+  return await new Promise<number>((resolve, reject) => {
+    let code: number | undefined;
+    const restore = () => {
+      if (o.tty && stdin.isTTY) stdin.setRawMode(false);
+      stdin.pause();
+    };
+    ws.addEventListener('open', () => {
+      if (o.stdin) {
+        if (o.tty && stdin.isTTY) stdin.setRawMode(true);
+        stdin.on('data', (d: Buffer) => ws.send(JSON.stringify({ type: 'stdin', data: d.toString('base64') })));
+        stdin.on('end', () => ws.send(JSON.stringify({ type: 'stdin-end' })));
+      }
+      if (o.tty) {
+        stdout.on('resize', () => ws.send(JSON.stringify({ type: 'resize', cols: stdout.columns, rows: stdout.rows })));
+      }
+    });
+    ws.addEventListener('message', (ev) => {
+      const m = JSON.parse(String(ev.data)) as {
+        type: string;
+        data?: string;
+        code?: number;
+        title?: string;
+        detail?: string;
+        status?: number;
+      };
+      if (m.type === 'stdout') o.io.stdout.write(Buffer.from(m.data ?? '', 'base64'));
+      else if (m.type === 'stderr') o.io.stderr.write(Buffer.from(m.data ?? '', 'base64'));
+      else if (m.type === 'exit') code = m.code ?? 0;
+      else if (m.type === 'error') reject(new BerthApiError(m.status ?? 500, { title: m.title, detail: m.detail }));
+    });
+    ws.addEventListener('error', () => {
+      restore();
+      reject(new Error(`the exec connection to ${target} failed`));
+    });
+    ws.addEventListener('close', (ev) => {
+      restore();
+      if (code !== undefined) resolve(code);
+      else
+        reject(
+          new Error(`the exec session ended without an exit code (${ev.code}${ev.reason ? `: ${ev.reason}` : ''})`),
+        );
+    });
+  });
+}
