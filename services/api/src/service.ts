@@ -1,5 +1,6 @@
 import { hostname } from 'node:os';
 import { resolve } from 'node:path';
+import { UnauthorizedError } from '@berth/shared/errors';
 import type { Logger } from '@berth/shared/logging';
 import { EventSubjects, NatsComponent } from '@berth/shared/nats';
 import { RedisComponent } from '@berth/shared/redis';
@@ -14,6 +15,7 @@ import { BuildLogs } from './builds/logs.ts';
 import { BullMqBuildQueues } from './builds/queues.ts';
 import { BuildRuns } from './builds/runs.ts';
 import { WebhookSecrets } from './builds/webhook-secrets.ts';
+import { ExecSessions } from './cells/exec.ts';
 import { CellLogs } from './cells/logs.ts';
 import { CellPods } from './cells/pods.ts';
 import type { ApiConfig } from './env.ts';
@@ -224,6 +226,19 @@ export class ApiService {
     if (config.REGISTRY_NOTIFY_TOKEN) {
       routes.push(...registryNotificationRoutes(ctx, tagPushes, config.REGISTRY_NOTIFY_TOKEN));
     }
+    // Exec is a WebSocket: its upgrade never reaches express (./cells/exec.ts).
+    const execSessions = new ExecSessions({
+      ctx,
+      pods,
+      logger,
+      authenticate: async (req) => {
+        const principal = await auth.authenticate(req as express.Request, { kind: 'user', scope: 'write' });
+        if (!principal) throw new UnauthorizedError('sign in: send Authorization: Bearer <token>');
+        return principal;
+      },
+    });
+    runtime.http.onUpgrade(execSessions.upgrade);
+    runtime.add({ name: 'exec-sessions', stop: () => execSessions.close() });
     mountRoutes(router, API_BASE, routes, (req, access) => auth.authenticate(req, access), idempotency);
 
     runtime.health.add('nats', nats.ready);

@@ -7,6 +7,7 @@
  */
 import { waitFor } from '@berth/shared/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { WebSocket } from 'ws';
 import { appBody, ensureRegion, startApi, type TestApi } from './harness.ts';
 
 const APP = 'sample';
@@ -166,5 +167,124 @@ describe('logs', () => {
       abort.abort();
       await reading;
     }
+  });
+});
+
+type ExecOutcome = {
+  status?: number;
+  stdout: string;
+  stderr: string;
+  code?: number | null;
+  error?: string;
+  closeCode?: number;
+};
+
+/** Runs `command` in `instance` through the exec WebSocket and collects what comes back. */
+function exec(
+  token: string,
+  instance: string,
+  command: string[],
+  options: { tty?: boolean; onOpen?: (ws: WebSocket) => void } = {},
+): Promise<ExecOutcome> {
+  const q = new URLSearchParams(command.map((c): [string, string] => ['command', c]));
+  if (options.tty) q.set('tty', 'true');
+  const url = `${api.url.replace(/^http/, 'ws')}/api/v1/apps/${APP}/instances/${instance}/exec?${q}`;
+  const ws = new WebSocket(url, { headers: { authorization: `Bearer ${token}` } });
+  const out: ExecOutcome = { stdout: '', stderr: '' };
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('exec did not end')), 20_000);
+    ws.on('unexpected-response', (_req, res) => {
+      clearTimeout(timer);
+      resolve({ ...out, status: res.statusCode });
+    });
+    ws.on('open', () => options.onOpen?.(ws));
+    ws.on('message', (data: Buffer, binary) => {
+      if (binary) {
+        if (data[0] === 1) out.stdout += data.subarray(1).toString();
+        else if (data[0] === 2) out.stderr += data.subarray(1).toString();
+      } else {
+        const frame = JSON.parse(data.toString());
+        if (frame.type === 'exit') out.code = frame.code;
+        if (frame.type === 'error') out.error = frame.message;
+      }
+    });
+    ws.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ ...out, status: 101, closeCode: code });
+    });
+    ws.on('error', () => undefined);
+  });
+}
+
+describe('exec', () => {
+  let instance: string;
+  beforeAll(async () => {
+    const res = await api.call('GET', `/apps/${APP}/instances?cell=cell-b`, { token: reporter });
+    instance = (res.json.items as Array<{ instance: string; ready: boolean }>).find((i) => i.ready)?.instance ?? '';
+    expect(instance).not.toBe('');
+  });
+
+  it('runs a command and ends with its exit code 0', async () => {
+    const r = await exec(developer, instance, ['/sample-app', 'version']);
+    expect(r.status).toBe(101);
+    expect(r.stdout.trim()).toBe('v1');
+    expect(r.code).toBe(0);
+    expect(r.closeCode).toBe(1000);
+  });
+
+  it('returns the non-zero code of a failing command, and its stderr apart', async () => {
+    const r = await exec(developer, instance, ['/sample-app', 'get']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('usage: sample-app get URL');
+    expect(r.stdout).toBe('');
+  });
+
+  it('reports a command that cannot start as an error frame', async () => {
+    const r = await exec(developer, instance, ['/no-such-program']);
+    expect(r.status).toBe(101);
+    expect(r.error).toMatch(/no-such-program/);
+    expect(r.closeCode).toBe(1011);
+  });
+
+  it('runs in a terminal that takes resizes', async () => {
+    const r = await exec(developer, instance, ['/sample-app', 'hostname'], {
+      tty: true,
+      onOpen: (ws) => ws.send(JSON.stringify({ type: 'resize', cols: 120, rows: 40 })),
+    });
+    expect(r.code).toBe(0);
+    expect(r.stdout.trim()).toBe(instance);
+  });
+
+  it('refuses a Guest and a Reporter with 403, and a stranger without a token with 401', async () => {
+    expect((await exec(guest, instance, ['/sample-app', 'version'])).status).toBe(403);
+    expect((await exec(reporter, instance, ['/sample-app', 'version'])).status).toBe(403);
+    expect((await exec('nope', instance, ['/sample-app', 'version'])).status).toBe(401);
+    const plain = await api.call('GET', `/apps/${APP}/instances/${instance}/exec`, { token: developer });
+    expect(plain.status).toBe(426);
+  });
+
+  it('records each session in the feed with who, where and how long, never what ran', async () => {
+    await exec(developer, instance, ['/sample-app', 'version']);
+    const ended = await waitFor(
+      async () => {
+        const feed = await api.call('GET', `/apps/${APP}/events?limit=50`, { token: reporter });
+        type FeedEvent = {
+          kind: string;
+          action: string;
+          resourceName: string;
+          actor?: { name: string };
+          data: Record<string, unknown>;
+        };
+        return (feed.json.items as FeedEvent[]).find(
+          (e) => e.action === 'exec-ended' && e.actor?.name === 'dev' && e.resourceName === instance,
+        );
+      },
+      { timeoutMs: 10_000, message: 'an exec-ended event' },
+    );
+    expect(ended.kind).toBe('pod');
+    expect(ended.data).toMatchObject({ cell: 'cell-b', version: 'v1', exitCode: 0 });
+    expect(typeof ended.data.durationMs).toBe('number');
+    expect(ended.data.startedAt).toMatch(/^\d{4}-/);
+    expect(JSON.stringify(ended)).not.toContain('/sample-app');
   });
 });

@@ -14,5 +14,6 @@ export {
   type HttpServerOptions,
   type MetricsAccess,
   type ReadinessCheck,
+  type UpgradeHandler,
   withoutDeadline,
 } from './server.ts';

@@ -9,8 +9,9 @@
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { once } from 'node:events';
-import type { Server } from 'node:http';
+import type { IncomingMessage, Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import type { Duplex } from 'node:stream';
 import express, { type Express, type Request, type RequestHandler, type Response } from 'express';
 import { collectDefaultMetrics, Histogram, Registry } from 'prom-client';
 import { UnauthorizedError, UnavailableError } from '../errors/index.ts';
@@ -110,6 +111,9 @@ export type HttpServerOptions = {
   metricsAccess?: MetricsAccess;
 };
 
+/** What takes an upgraded connection (HttpServer.onUpgrade). */
+export type UpgradeHandler = (req: IncomingMessage, socket: Duplex, head: Buffer) => void;
+
 export class HttpServer {
   readonly app: Express;
   readonly #options: HttpServerOptions;
@@ -117,6 +121,7 @@ export class HttpServer {
   readonly #metricsApp: Express | undefined;
   #server: Server | undefined;
   #metricsServer: Server | undefined;
+  #upgrade: UpgradeHandler | undefined;
 
   constructor(options: HttpServerOptions) {
     this.#options = options;
@@ -149,10 +154,22 @@ export class HttpServer {
     return `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
   }
 
+  /**
+   * Takes the main listener's HTTP upgrades (WebSockets), which never reach the express app;
+   * without a handler Node refuses them. The handler owns the socket and its lifetime: stop()
+   * neither waits for nor closes upgraded connections.
+   */
+  onUpgrade(handler: UpgradeHandler): void {
+    if (this.#upgrade) this.#server?.off('upgrade', this.#upgrade);
+    this.#upgrade = handler;
+    this.#server?.on('upgrade', handler);
+  }
+
   async start(): Promise<void> {
     if (this.#server) return;
     const server = await listen(this.app, this.#options.host, this.#options.port);
     this.#server = server;
+    if (this.#upgrade) server.on('upgrade', this.#upgrade);
     const metricsAddr = this.#options.metricsAccess?.addr;
     if (this.#metricsApp && metricsAddr) {
       try {

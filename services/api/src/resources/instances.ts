@@ -78,6 +78,21 @@ function seconds(duration: string | undefined): number | undefined {
   return n * { s: 1, m: 60, h: 3600 }[duration.slice(-1) as 's' | 'm' | 'h'];
 }
 
+export const execParams = z
+  .object({ app: dnsLabelSchema, instance: z.string().regex(/^[a-z0-9.-]{1,253}$/, 'expected a pod name') })
+  .strict();
+export const execQuery = z
+  .object({
+    command: z
+      .union([z.string().min(1), z.array(z.string().min(1)).min(1).max(256)])
+      .optional()
+      .describe('The command and its arguments, one `command` parameter each; default `sh`'),
+    tty: z.enum(['true', 'false']).optional().describe('true: a terminal (stdin on, stderr merged into stdout)'),
+    stdin: z.enum(['true', 'false']).optional().describe('true: binary frames from the client are stdin'),
+    access_token: z.string().optional().describe('The bearer token, for browsers (they cannot set headers)'),
+  })
+  .strict();
+
 export function instanceRoutes(ctx: ApiContext, pods: CellPods, logs: CellLogs) {
   return [
     defineRoute({
@@ -155,6 +170,35 @@ export function instanceRoutes(ctx: ApiContext, pods: CellPods, logs: CellLogs) 
         }
         res.end();
         return { status: 200 };
+      },
+    }),
+
+    defineRoute({
+      method: 'get',
+      path: '/apps/:app/instances/:instance/exec',
+      operationId: 'execInstance',
+      summary:
+        'A command or a shell in an instance (Developer and up), over a WebSocket only (docs/instances.md): binary frames are stdin and output (first byte 1 stdout, 2 stderr), text frames JSON `{"type":"resize","cols","rows"}` from the client and `{"type":"exit","code"}` at the end. A plain GET answers 426',
+      tags: ['instances'],
+      access: { kind: 'user', scope: 'write' },
+      params: execParams,
+      query: execQuery,
+      responses: { 101: undefined },
+      errors: [426],
+      handler: async ({ res, params }) => {
+        // Upgrades never reach express (../cells/exec.ts takes them from the HTTP server).
+        res.setHeader('Upgrade', 'websocket');
+        res.setHeader('Connection', 'Upgrade');
+        res
+          .status(426)
+          .type('application/problem+json')
+          .json({
+            type: 'https://berth.dev/problems/upgrade-required',
+            title: 'Upgrade Required',
+            status: 426,
+            detail: `exec into ${params.instance} is a WebSocket: connect with Upgrade: websocket`,
+          });
+        return { status: 426 };
       },
     }),
   ];
