@@ -2,11 +2,10 @@
  * `berth`: every command and how it maps to the API. The command names, arguments and flags are
  * a contract (scripts and docs rely on them): see the README's first five minutes and issue 14.
  *
- * Routes the CLI uses that are not on main yet (being added in services/api/src/resources/
- * instances.ts): GET /apps/{app}/instances, GET /apps/{app}/logs, GET /apps/{app}/instances/
- * {instance}/exec (WebSocket) and GET /apps/{app}/metrics. `instances`, `logs`, `exec` and `top`
- * call them as the issue spells them, through the client's raw requests, until the generated
- * schema has them.
+ * `instances` and `logs` use GET /apps/{app}/instances and /apps/{app}/logs (NDJSON); `exec`
+ * the exec WebSocket (GET /apps/{app}/instances/{instance}/exec, services/api/src/cells/exec.ts)
+ * and `top` GET /apps/{app}/metrics: those two routes were not on main yet when the CLI was
+ * written, so they are called as the issue spells them through the client's raw requests.
  */
 import { hostname } from 'node:os';
 import { type BerthClient, call, createBerthClient } from '@berth/client';

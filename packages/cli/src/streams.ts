@@ -5,7 +5,6 @@
  * are called as the issue spells them, not yet through the generated schema.
  */
 import type { BerthClient } from '@berth/client';
-import { BerthApiError } from '@berth/client';
 import type { Io } from './program.ts';
 
 export type Instance = {
@@ -121,9 +120,10 @@ export async function followLogs(api: BerthClient, app: string, o: LogOptions): 
 type ExecOptions = { stdin: boolean; tty: boolean; io: Io };
 
 /**
- * Runs `argv` in a container through the exec WebSocket and resolves with its exit code. Frames:
- * text JSON `{type:'stdin'|'resize', …}` up, `{type:'stdout'|'stderr', data}` and
- * `{type:'exit', code}` down (the protocol proposed with the route; adjust here when it lands).
+ * Runs `argv` in a container through the exec WebSocket (services/api/src/cells/exec.ts) and
+ * resolves with its exit code. Up: binary frames are stdin, text frames JSON
+ * `{type:'resize',cols,rows}`. Down: binary frames are output (first byte 1 stdout, 2 stderr),
+ * text frames `{type:'exit',code}` or `{type:'error',message}`.
  */
 export async function execCommand(
   api: BerthClient,
@@ -148,54 +148,58 @@ export async function execCommand(
   if (o.stdin) url.searchParams.set('stdin', 'true');
   if (o.tty) url.searchParams.set('tty', 'true');
   const stdout = o.io.stdout as NodeJS.WriteStream;
-  if (o.tty && stdout.columns) {
-    url.searchParams.set('cols', String(stdout.columns));
-    url.searchParams.set('rows', String(stdout.rows));
-  }
   // Node's WebSocket (undici) takes headers in its second argument, unlike a browser's.
   const WS = WebSocket as unknown as new (url: string, init: { headers: Record<string, string> }) => WebSocket;
   const ws = new WS(url.toString(), { headers: api.token ? { authorization: `Bearer ${api.token}` } : {} });
+  ws.binaryType = 'arraybuffer';
   const stdin = o.io.stdin as NodeJS.ReadStream;
+  const resize = () => {
+    if (stdout.columns && stdout.rows)
+      ws.send(JSON.stringify({ type: 'resize', cols: stdout.columns, rows: stdout.rows }));
+  };
   return await new Promise<number>((resolve, reject) => {
     let code: number | undefined;
+    let failure: string | undefined;
     const restore = () => {
-      if (o.tty && stdin.isTTY) stdin.setRawMode(false);
-      stdin.pause();
+      if (o.stdin && o.tty && stdin.isTTY) stdin.setRawMode(false);
+      if (o.stdin) stdin.pause();
+      if (o.tty) stdout.off('resize', resize);
     };
     ws.addEventListener('open', () => {
       if (o.stdin) {
         if (o.tty && stdin.isTTY) stdin.setRawMode(true);
-        stdin.on('data', (d: Buffer) => ws.send(JSON.stringify({ type: 'stdin', data: d.toString('base64') })));
-        stdin.on('end', () => ws.send(JSON.stringify({ type: 'stdin-end' })));
+        stdin.on('data', (d: Buffer) => ws.send(d));
+        stdin.resume();
       }
       if (o.tty) {
-        stdout.on('resize', () => ws.send(JSON.stringify({ type: 'resize', cols: stdout.columns, rows: stdout.rows })));
+        resize();
+        stdout.on('resize', resize);
       }
     });
     ws.addEventListener('message', (ev) => {
-      const m = JSON.parse(String(ev.data)) as {
-        type: string;
-        data?: string;
-        code?: number;
-        title?: string;
-        detail?: string;
-        status?: number;
-      };
-      if (m.type === 'stdout') o.io.stdout.write(Buffer.from(m.data ?? '', 'base64'));
-      else if (m.type === 'stderr') o.io.stderr.write(Buffer.from(m.data ?? '', 'base64'));
-      else if (m.type === 'exit') code = m.code ?? 0;
-      else if (m.type === 'error') reject(new BerthApiError(m.status ?? 500, { title: m.title, detail: m.detail }));
+      if (typeof ev.data === 'string') {
+        const m = JSON.parse(ev.data) as { type: string; code?: number; message?: string };
+        if (m.type === 'exit') code = m.code ?? 0;
+        else if (m.type === 'error') failure = m.message ?? 'exec failed';
+        return;
+      }
+      const bytes = Buffer.from(ev.data as ArrayBuffer);
+      (bytes[0] === 2 ? o.io.stderr : o.io.stdout).write(bytes.subarray(1));
     });
     ws.addEventListener('error', () => {
       restore();
-      reject(new Error(`the exec connection to ${target} failed`));
+      reject(
+        new Error(`the exec connection to ${target} failed (is the API reachable, and are you Developer or more?)`),
+      );
     });
     ws.addEventListener('close', (ev) => {
       restore();
       if (code !== undefined) resolve(code);
       else
         reject(
-          new Error(`the exec session ended without an exit code (${ev.code}${ev.reason ? `: ${ev.reason}` : ''})`),
+          new Error(
+            failure ?? `the exec session ended without an exit code (${ev.code}${ev.reason ? `: ${ev.reason}` : ''})`,
+          ),
         );
     });
   });
