@@ -60,6 +60,9 @@ if ((WITH_SERVICES)); then
   run_if_present infra/deploy-sample.sh
 fi
 
+step "berth: the command line in .local/bin"
+bash "$BERTH_ROOT/infra/cli.sh" install
+
 # .local/env: every part's variables, then PATH.
 {
   echo "# Written by make up. source .local/env"
