@@ -17,6 +17,7 @@ import { BuildRuns } from './builds/runs.ts';
 import { WebhookSecrets } from './builds/webhook-secrets.ts';
 import { ExecSessions } from './cells/exec.ts';
 import { CellLogs } from './cells/logs.ts';
+import { CellMetrics } from './cells/metrics.ts';
 import { CellPods } from './cells/pods.ts';
 import type { ApiConfig } from './env.ts';
 import { Idempotency } from './http/idempotency.ts';
@@ -216,7 +217,7 @@ export class ApiService {
       ...buildConfigRoutes(ctx, webhookSecrets),
       ...buildRoutes(ctx, buildRuns, buildLogs),
       ...buildHookRoutes(ctx, buildRuns, webhookSecrets, runtime.etcd),
-      ...instanceRoutes(ctx, pods, new CellLogs({ pods, logger })),
+      ...instanceRoutes(ctx, pods, new CellLogs({ pods, logger }), new CellMetrics({ pods, logger })),
     ];
     // The registry: its token server, its repositories and tags when the API reaches it, and who
     // pushed each tag when it sends its notifications here.

@@ -288,3 +288,22 @@ describe('exec', () => {
     expect(JSON.stringify(ended)).not.toContain('/sample-app');
   });
 });
+
+describe('metrics', () => {
+  it('answers CPU, memory and restarts per version and cell from the kubelets', async () => {
+    const res = await api.call('GET', `/apps/${APP}/metrics?window=1h`, { token: reporter });
+    expect(res.status).toBe(200);
+    expect(res.json.window).toBe('1h');
+    expect(res.json.unreachable).toEqual([]);
+    const rows = res.json.items as Array<Record<string, unknown>>;
+    expect(rows.map((r) => `${r.version}@${r.cell}`).sort()).toEqual(CELLS.map((c) => `v1@${c}`));
+    for (const r of rows) {
+      expect(r.instances).toBeGreaterThanOrEqual(1);
+      expect(r.measured).toBe(r.instances);
+      expect(r.cpuCores).toBeGreaterThanOrEqual(0);
+      expect(r.memoryBytes).toBeGreaterThan(100_000);
+      expect(typeof r.restarts).toBe('number');
+    }
+    expect((await api.call('GET', `/apps/${APP}/metrics`, { token: guest })).status).toBe(403);
+  });
+});

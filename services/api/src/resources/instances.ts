@@ -7,6 +7,7 @@ import { withoutDeadline } from '@berth/shared/http';
 import { dnsLabelSchema, versionNameSchema } from '@berth/shared/model';
 import { z } from 'zod';
 import type { CellLogs, LogLine } from '../cells/logs.ts';
+import type { CellMetrics } from '../cells/metrics.ts';
 import type { CellPods } from '../cells/pods.ts';
 import { defineRoute } from '../http/routes.ts';
 import { roleAllows } from '../rbac/index.ts';
@@ -93,7 +94,38 @@ export const execQuery = z
   })
   .strict();
 
-export function instanceRoutes(ctx: ApiContext, pods: CellPods, logs: CellLogs) {
+export const metricsQuery = z
+  .object({
+    version: versionNameSchema.optional(),
+    window: z
+      .string()
+      .regex(/^\d{1,5}[smh]$/, 'expected a duration like 30s, 10m or 2h')
+      .default('15m')
+      .describe('How far back `restartedWithinWindow` looks (default 15m); usage is the last sample'),
+  })
+  .strict();
+export const versionCellMetricsSchema = z.object({
+  version: z.string(),
+  cell: z.string(),
+  instances: z.number().int(),
+  ready: z.number().int(),
+  /** Instances whose kubelet reported usage (KWOK's simulated nodes report none). */
+  measured: z.number().int(),
+  /** Cores in use (the kubelets' last sample), summed; null when no instance was measured. */
+  cpuCores: z.number().nullable(),
+  /** Working-set bytes, summed; null when no instance was measured. */
+  memoryBytes: z.number().nullable(),
+  restarts: z.number().int(),
+  restartedWithinWindow: z.number().int(),
+});
+export const metricsResponse = z.object({
+  window: z.string(),
+  items: z.array(versionCellMetricsSchema),
+  /** Cells that did not answer: their rows are missing. */
+  unreachable: z.array(z.string()),
+});
+
+export function instanceRoutes(ctx: ApiContext, pods: CellPods, logs: CellLogs, metrics: CellMetrics) {
   return [
     defineRoute({
       method: 'get',
@@ -170,6 +202,25 @@ export function instanceRoutes(ctx: ApiContext, pods: CellPods, logs: CellLogs) 
         }
         res.end();
         return { status: 200 };
+      },
+    }),
+
+    defineRoute({
+      method: 'get',
+      path: '/apps/:app/metrics',
+      operationId: 'appMetrics',
+      summary:
+        "CPU, memory and restarts of the app per version and cell, from the cells' kubelets (Reporter and up); request counts are not served yet (docs/instances.md)",
+      tags: ['instances'],
+      access: { kind: 'user', scope: 'read' },
+      params: appParams,
+      query: metricsQuery,
+      responses: { 200: metricsResponse },
+      handler: async ({ params, query, principal }) => {
+        await loadForReporter(ctx, principal, params.app);
+        const windowMs = (seconds(query.window) ?? 900) * 1000;
+        const body = await metrics.collect(params.app, { version: query.version, windowMs });
+        return { status: 200, body: { window: query.window, ...body } };
       },
     }),
 
