@@ -307,3 +307,21 @@ describe('metrics', () => {
     expect((await api.call('GET', `/apps/${APP}/metrics`, { token: guest })).status).toBe(403);
   });
 });
+
+describe('the OpenAPI document', () => {
+  it('describes instances, logs, exec and metrics', async () => {
+    const res = await fetch(`${api.url}/api/v1/openapi.json`);
+    const doc = (await res.json()) as { paths: Record<string, Record<string, { responses: Record<string, unknown> }>> };
+    expect(Object.keys(doc.paths)).toEqual(
+      expect.arrayContaining([
+        '/api/v1/apps/{app}/instances',
+        '/api/v1/apps/{app}/logs',
+        '/api/v1/apps/{app}/instances/{instance}/exec',
+        '/api/v1/apps/{app}/metrics',
+      ]),
+    );
+    expect(Object.keys(doc.paths['/api/v1/apps/{app}/instances/{instance}/exec']?.get?.responses ?? {})).toEqual(
+      expect.arrayContaining(['101', '426']),
+    );
+  });
+});
