@@ -477,6 +477,8 @@ EOF
 # Berth's services) reconnect by themselves.
 start_apiserver() {
   local cell=$1 i=$2 pki=$CELLS_DIR/$1/pki stamp=$CELLS_DIR/$1/apiserver.stamp want
+  # The commas below separate values of one flag, not array elements.
+  # shellcheck disable=SC2054
   local args=(
     --etcd-servers="$ETCD_URL" --etcd-prefix="/cells/$cell"
     --bind-address=127.0.0.1 --secure-port="$(apiserver_port "$i")" --advertise-address="$(advertise_address "$i")"
