@@ -171,7 +171,7 @@ export function buildProgram(io: Io, afterDashes: string[] = []): Command {
     .requiredOption('--image <repo>', 'the image repository, e.g. team/shop (the tag comes with each version)')
     .option('--port <port>', 'the HTTP port the app listens on', '8080')
     .option('--min-cells <n>', 'spread every version over at least this many cells')
-    .option('--region <region>', 'the region (default: the only one)')
+    .option('--region <region>', 'the region (default: BERTH_REGION, the only one, or that of your apps)')
     .option('--description <text>', 'a description')
     .action(
       async (
@@ -182,7 +182,7 @@ export function buildProgram(io: Io, afterDashes: string[] = []): Command {
         const c = ctx(cmd);
         const port = parseCount('--port', opts.port, 65535);
         const minCells = opts.minCells === undefined ? undefined : parseCount('--min-cells', opts.minCells, 16);
-        const region = opts.region ?? (await onlyRegion(c.api));
+        const region = opts.region ?? (await defaultRegion(c.api, io.env));
         const app = await call(
           c.api.POST('/api/v1/apps', {
             body: {
@@ -890,11 +890,18 @@ async function allPages<T>(page: (cursor?: string) => Promise<{ items: T[]; next
   return items;
 }
 
-async function onlyRegion(api: BerthClient): Promise<string> {
-  const regions = await call(api.GET('/api/v1/regions'));
-  const names = regions.items.map((r: { name: string }) => r.name);
+/**
+ * The region of a new app when --region is not given: BERTH_REGION, else the only region (listing
+ * regions is for admins), else the region of the caller's apps, else `local` (make up's region).
+ */
+async function defaultRegion(api: BerthClient, env: NodeJS.ProcessEnv): Promise<string> {
+  if (env.BERTH_REGION) return env.BERTH_REGION;
+  const { data } = await api.GET('/api/v1/regions');
+  const names = data?.items.map((r: { name: string }) => r.name) ?? [];
   if (names.length === 1 && names[0]) return names[0];
-  throw new UsageError(names.length ? `give --region: one of ${names.join(', ')}` : 'the API knows no region yet');
+  if (names.length > 1) throw new UsageError(`give --region: one of ${names.join(', ')}`);
+  const mine = await call(api.GET('/api/v1/apps', { params: { query: { limit: 1 } } }));
+  return mine.items[0]?.region ?? 'local';
 }
 
 async function readAll(stream: NodeJS.ReadableStream): Promise<string> {
