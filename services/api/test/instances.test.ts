@@ -5,6 +5,7 @@
  * it reads those real pods without starting a scheduler of its own (they are only read, and exec
  * runs harmless commands in them).
  */
+import { request } from 'node:http';
 import { waitFor } from '@berth/shared/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
@@ -323,5 +324,41 @@ describe('the OpenAPI document', () => {
     expect(Object.keys(doc.paths['/api/v1/apps/{app}/instances/{instance}/exec']?.get?.responses ?? {})).toEqual(
       expect.arrayContaining(['101', '426']),
     );
+  });
+});
+
+describe('upgrades', () => {
+  it('leaves a request that asks for another protocol (curl --http2) an ordinary one', async () => {
+    const status = await new Promise<number>((resolve, reject) => {
+      const req = request(
+        `${api.url}/api/v1/openapi.json`,
+        {
+          headers: {
+            connection: 'Upgrade, HTTP2-Settings',
+            upgrade: 'h2c',
+            'http2-settings': 'AAMAAABkAAQAoAAAAAIAAAAA',
+          },
+        },
+        (res) => {
+          res.resume();
+          resolve(res.statusCode ?? 0);
+        },
+      );
+      req.on('error', reject);
+      req.end();
+    });
+    expect(status).toBe(200);
+  });
+
+  it('answers a WebSocket anywhere but exec with 404', async () => {
+    const ws = new WebSocket(`${api.url.replace(/^http/, 'ws')}/api/v1/apps/${APP}/instances`, {
+      headers: { authorization: `Bearer ${developer}` },
+    });
+    const status = await new Promise<number>((resolve) => {
+      ws.on('unexpected-response', (_req, res) => resolve(res.statusCode ?? 0));
+      ws.on('open', () => resolve(101));
+      ws.on('error', () => undefined);
+    });
+    expect(status).toBe(404);
   });
 });

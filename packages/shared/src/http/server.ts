@@ -9,7 +9,7 @@
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { once } from 'node:events';
-import type { IncomingMessage, Server } from 'node:http';
+import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import express, { type Express, type Request, type RequestHandler, type Response } from 'express';
@@ -155,21 +155,26 @@ export class HttpServer {
   }
 
   /**
-   * Takes the main listener's HTTP upgrades (WebSockets), which never reach the express app;
-   * without a handler Node refuses them. The handler owns the socket and its lifetime: stop()
+   * Takes the main listener's WebSocket upgrades, which never reach the express app; without a
+   * handler they are ordinary requests. The handler owns the socket and its lifetime: stop()
    * neither waits for nor closes upgraded connections.
    */
   onUpgrade(handler: UpgradeHandler): void {
-    if (this.#upgrade) this.#server?.off('upgrade', this.#upgrade);
     this.#upgrade = handler;
-    this.#server?.on('upgrade', handler);
   }
 
   async start(): Promise<void> {
     if (this.#server) return;
-    const server = await listen(this.app, this.#options.host, this.#options.port);
+    // Only WebSocket upgrades, and only with a handler: any other (`Upgrade: h2c` from curl
+    // --http2) stays an ordinary request for express.
+    const server = await listen(this.app, this.#options.host, this.#options.port, (req) =>
+      Boolean(this.#upgrade && req.headers.upgrade?.toLowerCase() === 'websocket'),
+    );
     this.#server = server;
-    if (this.#upgrade) server.on('upgrade', this.#upgrade);
+    server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+      if (this.#upgrade) this.#upgrade(req, socket, head);
+      else socket.destroy();
+    });
     const metricsAddr = this.#options.metricsAccess?.addr;
     if (this.#metricsApp && metricsAddr) {
       try {
@@ -215,8 +220,13 @@ export class HttpServer {
  * than a keep-alive's 65 s idle), all of it within 2 min: a client that sends slowly cannot hold a
  * connection. Streams answer for as long as they like; upgraded connections are not counted.
  */
-async function listen(app: Express, host: string, port: number): Promise<Server> {
-  const server = app.listen(port, host);
+async function listen(
+  app: Express,
+  host: string,
+  port: number,
+  shouldUpgradeCallback: (req: IncomingMessage) => boolean = () => false,
+): Promise<Server> {
+  const server = createServer({ shouldUpgradeCallback }, app).listen(port, host);
   server.keepAliveTimeout = 65_000;
   server.headersTimeout = 66_000;
   server.requestTimeout = 120_000;

@@ -25,7 +25,8 @@ import { loadApp } from '../resources/app-access.ts';
 import type { ApiContext } from '../resources/context.ts';
 import { APP_CONTAINER, type CellPods } from './pods.ts';
 
-export const EXEC_PATH = /^\/api\/v1\/apps\/([a-z0-9-]{1,63})\/instances\/([a-z0-9.-]{1,253})\/exec$/;
+export const EXEC_PATH =
+  /^\/api\/v1\/apps\/([a-z0-9-]{1,63})\/instances\/([a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?)\/exec$/;
 
 export type ExecSessionsOptions = {
   ctx: ApiContext;

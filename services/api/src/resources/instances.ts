@@ -80,7 +80,10 @@ function seconds(duration: string | undefined): number | undefined {
 }
 
 export const execParams = z
-  .object({ app: dnsLabelSchema, instance: z.string().regex(/^[a-z0-9.-]{1,253}$/, 'expected a pod name') })
+  .object({
+    app: dnsLabelSchema,
+    instance: z.string().regex(/^[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?$/, 'expected a pod name'),
+  })
   .strict();
 export const execQuery = z
   .object({
