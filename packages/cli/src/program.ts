@@ -2,10 +2,9 @@
  * `berth`: every command and how it maps to the API. The command names, arguments and flags are
  * a contract (scripts and docs rely on them): see the README's first five minutes and issue 14.
  *
- * `instances` and `logs` use GET /apps/{app}/instances and /apps/{app}/logs (NDJSON); `exec`
- * the exec WebSocket (GET /apps/{app}/instances/{instance}/exec, services/api/src/cells/exec.ts)
- * and `top` GET /apps/{app}/metrics: those two routes were not on main yet when the CLI was
- * written, so they are called as the issue spells them through the client's raw requests.
+ * `instances`, `logs`, `exec` and `top` use the routes of issue 14's API part
+ * (services/api/src/resources/instances.ts): instances and metrics through the typed client,
+ * logs (NDJSON) and exec (WebSocket) as streams in ./streams.ts.
  */
 import { hostname } from 'node:os';
 import { type BerthClient, call, createBerthClient } from '@berth/client';
@@ -553,7 +552,7 @@ export function buildProgram(io: Io, afterDashes: string[] = []): Command {
         render(c.format, r, () =>
           [
             table(r.items, [
-              { header: 'INSTANCE', get: (i) => i.name },
+              { header: 'INSTANCE', get: (i) => i.instance },
               { header: 'VERSION', get: (i) => i.version },
               { header: 'CELL', get: (i) => i.cell },
               { header: 'NODE', get: (i) => i.node },
@@ -562,6 +561,7 @@ export function buildProgram(io: Io, afterDashes: string[] = []): Command {
               { header: 'READY', get: (i) => i.ready },
               { header: 'RESTARTS', get: (i) => i.restarts },
               { header: 'STARTED', get: (i) => i.startedAt },
+              { header: 'LAST-EXIT', get: (i) => i.lastTermination?.reason },
             ]),
             ...(r.unreachable.length ? [`cells that did not answer: ${r.unreachable.join(', ')}`] : []),
           ].join('\n'),
@@ -620,25 +620,37 @@ export function buildProgram(io: Io, afterDashes: string[] = []): Command {
     .command('top <app>')
     .description('CPU, memory and restarts per version and cell (and requests once the LBs report them)')
     .option('--version <v>', 'only this version')
-    .option('--window <duration>', 'averaged over this window, e.g. 5m')
+    .option('--window <duration>', 'how far back to count restarts, e.g. 15m (default)')
     .action(async (app: string, opts: { version?: string; window?: string }, cmd: Command) => {
       const c = ctx(cmd);
-      const query = new URLSearchParams();
-      if (opts.version) query.set('version', parseVersionName(opts.version));
-      if (opts.window) query.set('window', opts.window);
-      const res = await c.api.raw(`/api/v1/apps/${encodeURIComponent(app)}/metrics${query.size ? `?${query}` : ''}`);
-      const body = (await res.json()) as { items?: Record<string, unknown>[] };
-      const items = body.items ?? [];
+      const body = await call(
+        c.api.GET('/api/v1/apps/{app}/metrics', {
+          params: {
+            path: { app },
+            query: {
+              ...(opts.version ? { version: parseVersionName(opts.version) } : {}),
+              ...(opts.window ? { window: parseSince(opts.window) } : {}),
+            },
+          },
+        }),
+      );
       c.print(
         render(c.format, body, () =>
-          table(items, [
-            { header: 'VERSION', get: (m) => m.version },
-            { header: 'CELL', get: (m) => m.cell },
-            { header: 'CPU', get: (m) => m.cpu },
-            { header: 'MEMORY', get: (m) => m.memory },
-            { header: 'RESTARTS', get: (m) => m.restarts },
-            { header: 'REQUESTS', get: (m) => m.requests },
-          ]),
+          [
+            table(body.items, [
+              { header: 'VERSION', get: (m) => m.version },
+              { header: 'CELL', get: (m) => m.cell },
+              { header: 'READY', get: (m) => `${m.ready}/${m.instances}` },
+              { header: 'CPU', get: (m) => (m.cpuCores === null ? null : `${Math.round(m.cpuCores * 1000)}m`) },
+              {
+                header: 'MEMORY',
+                get: (m) => (m.memoryBytes === null ? null : `${Math.round(m.memoryBytes / 2 ** 20)}Mi`),
+              },
+              { header: 'RESTARTS', get: (m) => m.restarts },
+              { header: `RESTARTS(${body.window})`, get: (m) => m.restartedWithinWindow },
+            ]),
+            ...(body.unreachable.length ? [`cells that did not answer: ${body.unreachable.join(', ')}`] : []),
+          ].join('\n'),
         ),
       );
     });

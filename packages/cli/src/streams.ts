@@ -1,15 +1,12 @@
 /**
- * The streaming commands: server-sent events (build logs), NDJSON (app logs) and the exec
- * WebSocket. The app routes are issue 14's API part (services/api/src/resources/instances.ts):
- * GET /apps/{app}/instances, GET /apps/{app}/logs and GET /apps/{app}/instances/{instance}/exec
- * are called as the issue spells them, not yet through the generated schema.
+ * The streaming commands: server-sent events (build logs), NDJSON (app logs, GET
+ * /apps/{app}/logs) and the exec WebSocket (GET /apps/{app}/instances/{instance}/exec).
  */
-import type { BerthClient } from '@berth/client';
+import { type BerthClient, call } from '@berth/client';
 import type { Io } from './program.ts';
 
 export type Instance = {
-  name: string;
-  app?: string;
+  instance: string;
   version: string;
   cell: string;
   node: string | null;
@@ -18,6 +15,7 @@ export type Instance = {
   ready: boolean;
   restarts: number;
   startedAt: string | null;
+  lastTermination: { reason: string | null; exitCode: number | null; finishedAt: string | null } | null;
 };
 
 export async function listInstances(
@@ -25,12 +23,17 @@ export async function listInstances(
   app: string,
   filter: { version?: string | undefined; cell?: string | undefined } = {},
 ): Promise<{ items: Instance[]; unreachable: string[] }> {
-  const q = new URLSearchParams();
-  if (filter.version) q.set('version', filter.version);
-  if (filter.cell) q.set('cell', filter.cell);
-  const res = await api.raw(`/api/v1/apps/${encodeURIComponent(app)}/instances${q.size ? `?${q}` : ''}`);
-  const body = (await res.json()) as { items: Instance[]; unreachable?: string[] };
-  return { items: body.items, unreachable: body.unreachable ?? [] };
+  return call(
+    api.GET('/api/v1/apps/{app}/instances', {
+      params: {
+        path: { app },
+        query: {
+          ...(filter.version ? { version: filter.version } : {}),
+          ...(filter.cell ? { cell: filter.cell } : {}),
+        },
+      },
+    }),
+  );
 }
 
 export type SseEvent = { event: string; data: string; id?: string };
@@ -137,7 +140,7 @@ export async function execCommand(
     const { items } = await listInstances(api, app);
     const ready = items.find((i) => i.ready);
     if (!ready) throw new Error(`app ${app} has no ready instance to run the command in`);
-    target = ready.name;
+    target = ready.instance;
   }
   const url = new URL(
     `/api/v1/apps/${encodeURIComponent(app)}/instances/${encodeURIComponent(target)}/exec`,
