@@ -6,7 +6,8 @@
  * runs harmless commands in them).
  */
 import { request } from 'node:http';
-import { waitFor } from '@berth/shared/testing';
+import { loadCellClient } from '@berth/shared/kube';
+import { uniqueId, waitFor } from '@berth/shared/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
 import { appBody, ensureRegion, startApi, type TestApi } from './harness.ts';
@@ -361,4 +362,80 @@ describe('upgrades', () => {
     });
     expect(status).toBe(404);
   });
+});
+
+describe('logs of an instance that starts while following', () => {
+  // An app of its own in cell-a: its namespace and, once the follow is open, one pod of the
+  // sample image, made with the cell's admin kubeconfig as the scheduler would.
+  const app = `inst-${uniqueId(6)}`;
+  const cell = loadCellClient(process.env.KUBECONFIG_DIR ?? '.local/cells', 'cell-a');
+
+  beforeAll(async () => {
+    const created = await api.call('POST', '/apps', { token: api.adminToken, body: appBody(app) });
+    expect(created.status).toBe(201);
+    const { runtime } = api.service;
+    await runtime.etcd.put(runtime.keys.placement(app, 'v1')).value(
+      JSON.stringify({
+        app,
+        version: 'v1',
+        cells: { 'cell-a': 1 },
+        generation: 1,
+        desired: 1,
+        conditions: [],
+        updatedAt: new Date().toISOString(),
+      }),
+    );
+    await cell.core.createNamespace({ body: { metadata: { name: app } } });
+  });
+
+  afterAll(async () => {
+    await cell.core.deleteNamespace({ name: app }).catch(() => undefined);
+  });
+
+  it('picks up the new instance and streams its first lines', async () => {
+    const abort = new AbortController();
+    const res = await fetch(`${api.url}/api/v1/apps/${app}/logs?follow=true&format=ndjson`, {
+      headers: { authorization: `Bearer ${api.adminToken}` },
+      signal: abort.signal,
+    });
+    expect(res.status).toBe(200);
+    const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+    const decoder = new TextDecoder();
+    let text = '';
+    const reading = (async () => {
+      for (;;) {
+        const { value, done } = await reader.read().catch(() => ({ value: undefined, done: true }));
+        if (done) return;
+        text += decoder.decode(value, { stream: true });
+      }
+    })();
+    try {
+      await cell.core.createNamespacedPod({
+        namespace: app,
+        body: {
+          metadata: { name: `${app}-v1-0`, labels: { 'berth.dev/app': app, 'berth.dev/version': 'v1' } },
+          spec: {
+            terminationGracePeriodSeconds: 1,
+            containers: [
+              {
+                name: 'app',
+                image: process.env.BERTH_SAMPLE_IMAGE ?? '127.0.0.1:5000/berth/sample-app:v1',
+                imagePullPolicy: 'IfNotPresent',
+              },
+            ],
+          },
+        },
+      });
+      await waitFor(() => text.includes('listening on :8080'), {
+        timeoutMs: 60_000,
+        intervalMs: 200,
+        message: "the new instance's first line on the followed stream",
+      });
+      const line = JSON.parse(text.split('\n').find((l) => l.includes('listening on :8080')) ?? '{}');
+      expect(line).toMatchObject({ cell: 'cell-a', instance: `${app}-v1-0`, version: 'v1' });
+    } finally {
+      abort.abort();
+      await reading;
+    }
+  }, 90_000);
 });
