@@ -1,0 +1,140 @@
+/**
+ * `berth` against the running region's API and the sample app that make up deploys in its cells:
+ * status settles, logs -f sees a line the app prints for a request sent through nginx, exec runs
+ * a command in a real container and exits with its code, also in a pseudo-terminal (-it).
+ * The sample image is FROM scratch: its only command is /sample-app (version, hostname, get URL).
+ */
+import { spawn } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import { get } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { beforeAll, describe, expect, it } from 'vitest';
+
+const ENTRY = fileURLToPath(new URL('../src/index.ts', import.meta.url));
+const API = process.env.BERTH_API_URL ?? 'http://127.0.0.1:7070';
+const LB = process.env.BERTH_LB_URL;
+const TOKEN = process.env.BERTH_ADMIN_TOKEN;
+
+type Run = { code: number | null; stdout: string; stderr: string };
+
+function start(cmd: string, args: string[], home: string) {
+  const child = spawn(cmd, args, {
+    env: { PATH: process.env.PATH, HOME: home, XDG_CONFIG_HOME: home, TERM: 'xterm' },
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  const out = { stdout: '', stderr: '' };
+  child.stdout.on('data', (d) => {
+    out.stdout += d;
+  });
+  child.stderr.on('data', (d) => {
+    out.stderr += d;
+  });
+  const done = new Promise<Run>((resolve, reject) => {
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, ...out }));
+  });
+  return { child, out, done };
+}
+
+const berth = (args: string[], home: string, input = '') => {
+  const p = start(process.execPath, [ENTRY, ...args], home);
+  p.child.stdin.end(input);
+  return p.done;
+};
+
+async function until<T>(what: string, ms: number, probe: () => Promise<T | undefined> | T | undefined): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const v = await probe();
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+/** GET / of the sample app through the region's nginx, by its domain (fetch cannot set Host). */
+function viaNginx(): Promise<void> {
+  return new Promise((resolve) => {
+    get(`${LB}/`, { headers: { host: 'sample.berth.test' } }, (res) => {
+      res.resume();
+      res.on('end', () => resolve());
+    }).on('error', () => resolve());
+  });
+}
+
+describe('berth against the region and its sample app', () => {
+  const home = mkdtempSync(join(tmpdir(), 'berth-region-'));
+  let instances: string[] = [];
+
+  beforeAll(async () => {
+    expect(TOKEN, 'BERTH_ADMIN_TOKEN: source .local/env (make up writes it)').toBeTruthy();
+    const login = await berth(['login', '--api', API, '--token', TOKEN!], home);
+    expect(login.stderr).toBe('');
+    const list = await berth(['instances', 'sample', '-o', 'json'], home);
+    expect(list.code, `${list.stderr} (make up deploys the sample app)`).toBe(0);
+    instances = JSON.parse(list.stdout).items.map((i: { instance: string }) => i.instance);
+  });
+
+  it('status --watch returns once every replica is ready', async () => {
+    const r = await berth(['status', 'sample', '--watch', '--timeout', '120'], home);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(r.stdout.split('\n')[0]).toMatch(/^VERSION\s+REPLICAS\s+CELL\s+DESIRED\s+READY/);
+  });
+
+  it('logs -f sees the line the app prints for a request, prefixed with cell/instance', async () => {
+    expect(LB, 'BERTH_LB_URL: source .local/env').toBeTruthy();
+    // The app logs `YYYY/MM/DD hh:mm:ss GET / from ADDR` (UTC, scratch image) for each GET /:
+    // wait for one stamped no earlier than the first request sent after the stream opened.
+    const logs = start(process.execPath, [ENTRY, 'logs', 'sample', '-f', '--tail', '1'], home);
+    try {
+      const since = Math.floor(Date.now() / 1000) * 1000 - 1000;
+      const line = await until('a request in the logs', 45_000, async () => {
+        await viaNginx();
+        return logs.out.stdout.split('\n').find((l) => {
+          const m = / {2}(\d{4})\/(\d\d)\/(\d\d) (\d\d:\d\d:\d\d) GET \/ from /.exec(l);
+          return m && Date.parse(`${m[1]}-${m[2]}-${m[3]}T${m[4]}Z`) >= since;
+        });
+      });
+      expect(line).toMatch(/^cell-[a-z0-9-]+\/sample-v\d+-\S+ {2}/);
+      expect(instances.some((i) => line.includes(`/${i} `))).toBe(true);
+    } finally {
+      logs.child.kill('SIGINT');
+      await logs.done;
+    }
+  });
+
+  it("exec runs a command in a ready instance and exits with the command's code", async () => {
+    const ok = await berth(['exec', 'sample', '--', '/sample-app', 'hostname'], home);
+    expect(ok.stderr).toBe('');
+    expect(ok.code).toBe(0);
+    expect(instances).toContain(ok.stdout.trim());
+
+    const failing = await berth(['exec', 'sample', '--', '/sample-app', 'bogus'], home);
+    expect(failing.code).toBe(2);
+    expect(failing.stderr).toContain('usage: sample-app');
+
+    const named = await berth(['exec', 'sample', instances[0]!, '--', '/sample-app', 'hostname'], home);
+    expect(named.stdout.trim()).toBe(instances[0]);
+  });
+
+  it('exec -it runs in a pseudo-terminal (script(1)), stdin and a tty through the socket', async () => {
+    const cmd = [process.execPath, ENTRY, 'exec', 'sample', '-it', '--', '/sample-app', 'hostname'].join(' ');
+    const r = await start('script', ['-qec', cmd, '/dev/null'], home).done;
+    expect(r.code).toBe(0);
+    // A terminal turns \n into \r\n: the hostname came through a tty.
+    expect(
+      instances.some((i) => r.stdout.includes(`${i}\r`)),
+      JSON.stringify(r),
+    ).toBe(true);
+  });
+
+  it('a command that does not exist in the image: one line, exit 1', async () => {
+    const r = await berth(['exec', 'sample', '--', 'sh'], home);
+    expect(r.code).toBe(1);
+    expect(r.stderr.trimEnd().split('\n')).toHaveLength(1);
+    expect(r.stderr).toMatch(/^error: .*"sh": executable file not found/);
+  });
+});
