@@ -10,7 +10,7 @@ import { get } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 const ENTRY = fileURLToPath(new URL('../src/index.ts', import.meta.url));
 const API = process.env.BERTH_API_URL ?? 'http://127.0.0.1:7070';
@@ -137,4 +137,57 @@ describe('berth against the region and its sample app', () => {
     expect(r.stderr.trimEnd().split('\n')).toHaveLength(1);
     expect(r.stderr).toMatch(/^error: .*"sh": executable file not found/);
   });
+});
+
+describe('a journey with real pods: create, deploy, watch, shift traffic, exec, roll back, delete', () => {
+  const home = mkdtempSync(join(tmpdir(), 'berth-region-'));
+  const app = `cli-${process.pid}-${Date.now().toString(36)}`.slice(0, 30);
+  const run = (args: string[]) => berth(args, home);
+
+  beforeAll(async () => {
+    expect((await run(['login', '--api', API, '--token', TOKEN!])).code).toBe(0);
+  });
+
+  afterAll(async () => {
+    await run(['apps', 'delete', app, '--yes']);
+  });
+
+  it('goes from nothing to two versions and back, every step settled in the cells', async () => {
+    const tag = JSON.parse((await run(['versions', 'list', 'sample', '-o', 'json'])).stdout)[0].imageTag;
+    expect((await run(['apps', 'create', app, '--image', 'berth/sample-app', '--min-cells', '2'])).code).toBe(0);
+    const v1 = await run(['deploy', app, '--tag', tag, '--replicas', '2', '--cpu', '50m', '--memory', '32Mi']);
+    expect(v1.stderr).toBe('');
+
+    const watched = await run(['status', app, '--watch', '--timeout', '120', '-o', 'json']);
+    expect(watched.stderr).toBe('');
+    const settledV1 = JSON.parse(watched.stdout);
+    expect(settledV1.versions).toEqual([expect.objectContaining({ name: 'v1', replicas: 2, ready: 2 })]);
+    expect(settledV1.versions[0].cells).toHaveLength(2);
+
+    const v2 = await run(['deploy', app, '--tag', tag, '--env', 'GREETING=v2', '-o', 'json']);
+    expect(JSON.parse(v2.stdout)).toMatchObject({ name: 'v2', replicas: 2, env: { GREETING: 'v2' } });
+    expect((await run(['status', app, '--watch', '--timeout', '120'])).code).toBe(0);
+
+    const traffic = await run(['traffic', 'set', app, 'v1=90', 'v2=10', '-o', 'json']);
+    expect(JSON.parse(traffic.stdout).weights).toEqual({ v1: 90, v2: 10 });
+
+    const exec = await run(['exec', app, '--', '/sample-app', 'version']);
+    expect(exec.code).toBe(0);
+    expect(exec.stdout.trim()).toMatch(/^v\d+/);
+
+    const back = await run(['rollback', app, 'v1']);
+    expect(back.stderr).toBe('');
+    expect((await run(['status', app, '--watch', '--timeout', '120'])).code).toBe(0);
+    const versions = JSON.parse((await run(['versions', 'list', app, '-o', 'json'])).stdout);
+    expect(versions.map((v: { name: string; replicas: number }) => [v.name, v.replicas])).toEqual([
+      ['v2', 0],
+      ['v1', 2],
+    ]);
+
+    const deleted = await run(['apps', 'delete', app, '--yes']);
+    expect(deleted.stdout.trim()).toBe(`app ${app} deleted`);
+    const gone = await run(['apps', 'show', app]);
+    expect(gone.code).toBe(1);
+    expect(gone.stderr).toMatch(/\[404\]\n$/);
+  }, 420_000);
 });
