@@ -763,9 +763,12 @@ export function buildProgram(io: Io, afterDashes: string[] = []): Command {
     const st = color();
     const printed = new Set<string>();
     let lastStep: string | undefined;
-    const finishedSteps = async () => {
+    // Each step's line is printed once, when the log moves past it (or the run ends), with the
+    // duration the run records for it.
+    const finishedSteps = async (only?: string) => {
       const run = await call(c.api.GET('/api/v1/builds/{run}', { params: { path: { run: id } } }));
       for (const s of run.steps) {
+        if (only !== undefined && s.name !== only) continue;
         if (printed.has(s.name) || !['succeeded', 'failed', 'skipped', 'cancelled'].includes(s.state)) continue;
         printed.add(s.name);
         const mark = s.state === 'succeeded' ? st.green('✓') : s.state === 'failed' ? st.red('✗') : st.dim('-');
@@ -782,7 +785,7 @@ export function buildProgram(io: Io, afterDashes: string[] = []): Command {
       if (ev.event === 'log') {
         const batch = JSON.parse(ev.data) as { step: string; lines?: { text?: string; line?: string }[] | string[] };
         if (batch.step !== lastStep) {
-          if (lastStep) await finishedSteps();
+          if (lastStep) await finishedSteps(lastStep);
           lastStep = batch.step;
           io.stdout.write(`${st.bold(`== ${batch.step}`)}\n`);
         }

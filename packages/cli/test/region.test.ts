@@ -131,6 +131,20 @@ describe('berth against the region and its sample app', () => {
     ).toBe(true);
   });
 
+  it("builds logs -f replays a finished run of the sample's build config, each step with its duration", async () => {
+    const runs = JSON.parse((await berth(['builds', 'list', 'sample', 'main', '-o', 'json'], home)).stdout);
+    const done = runs.find((r: { state: string }) => r.state === 'succeeded');
+    expect(done, 'make up builds the sample app through Berth').toBeTruthy();
+    const r = await berth(['builds', 'logs', done.id, '-f'], home);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    const lines = r.stdout.trimEnd().split('\n');
+    const steps = lines.filter((l) => /^(==|✓) /.test(l));
+    expect(steps.slice(0, 2)).toEqual(['== clone', expect.stringMatching(/^✓ clone succeeded in \d+(\.\d)?(ms|s)$/)]);
+    expect(steps).toContainEqual(expect.stringMatching(/^✓ push succeeded in /));
+    expect(lines.at(-1)).toBe(`build ${done.id} succeeded`);
+  });
+
   it('a command that does not exist in the image: one line, exit 1', async () => {
     const r = await berth(['exec', 'sample', '--', 'sh'], home);
     expect(r.code).toBe(1);
