@@ -36,6 +36,16 @@ function berth(args: string[], o: { home: string; input?: string; env?: Record<s
   });
 }
 
+async function until<T>(what: string, ms: number, probe: () => T | undefined): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const v = probe();
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
 function oneLine(r: Run): string {
   const lines = r.stderr.trimEnd().split('\n');
   expect(lines, r.stderr).toHaveLength(1);
@@ -137,6 +147,33 @@ describe('berth against a real API', () => {
     const events = await run(['events', app, '-o', 'json']);
     expect(events.code).toBe(0);
     expect(JSON.parse(events.stdout).length).toBeGreaterThan(0);
+  });
+
+  it('events --follow prints a change made while it runs', async () => {
+    const child = spawn(process.execPath, [ENTRY, 'events', app, '--follow', '--limit', '1'], {
+      env: { PATH: process.env.PATH, HOME: home, XDG_CONFIG_HOME: home },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    child.stdout.on('data', (d) => {
+      out += d;
+    });
+    const closed = new Promise((resolve) => child.on('close', resolve));
+    try {
+      await until('the newest event', 20_000, () => (out.includes('\n') ? true : undefined));
+      const before = out.length;
+      expect((await run(['scale', app, 'v1', '1'])).code).toBe(0);
+      const line = await until('the scale in the feed', 20_000, () =>
+        out
+          .slice(before)
+          .split('\n')
+          .find((l) => l.includes('version/v1')),
+      );
+      expect(line).toMatch(new RegExp(`^\\S+Z\\s+${user}\\s+version/v1\\s+\\S+$`));
+    } finally {
+      child.kill('SIGINT');
+      await closed;
+    }
   });
 
   it('bad input: one line and exit 2 for usage, 1 for what the API refused', async () => {
