@@ -82,7 +82,8 @@ describe('clearing a config cache', () => {
     expect(reply.freedBytes).toBeGreaterThanOrEqual(65536);
     expect(reply.deferred).toBe(false);
     expect(existsSync(cacheDir)).toBe(false);
-    expect(agent.output()).toContain('"msg":"cache cleared"');
+    // The log line reaches this process through the agent's stdout, maybe after the reply.
+    await waitFor(() => agent.output().includes('"msg":"cache cleared"'), { message: 'the agent logs the clear' });
     const metrics = await (await fetch(`http://127.0.0.1:${agent.port}/metrics`)).text();
     expect(metrics).toMatch(/^berth_builder_cache_clears_total\{[^}]*deferred="false"[^}]*\} 1$/m);
 
