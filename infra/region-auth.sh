@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The region's servers with one identity per service (docs/security-region.md):
+# The region's servers with one identity per service (docs/security.md):
 #   infra/region-auth.sh secrets          make the passwords that are missing: .local/secrets/
 #                                         {etcd,nats,redis}-<identity>.password, mode 0600
 #   infra/region-auth.sh nats-conf FILE   write NATS's `authorization` block (included by nats.conf)
@@ -53,7 +53,7 @@ need_secret() { [[ -s $1 ]] || die "missing $1: run infra/region-auth.sh secrets
 
 # etcd_roles: "ROLE PERMISSION KEY-PREFIX" lines; ROLE is the identity's own name. Permissions
 # are prefixes under the installation's prefix; a role gets only what its service's code reads
-# and writes (docs/security-region.md lists why each one is there).
+# and writes (docs/security.md lists why each one is there).
 etcd_roles() {
   local p=$PREFIX cell
   echo "tests readwrite /"
@@ -93,7 +93,7 @@ etcd_roles() {
 }
 
 # lb_groups: the groups discovery writes upstreams for: the local agent's, each group in etcd,
-# and BERTH_LB_GROUPS. A group added later needs `make up` again (docs/security-region.md).
+# and BERTH_LB_GROUPS. A group added later needs `make up` again (docs/security.md).
 lb_groups() {
   {
     echo "$LB_GROUP"
@@ -198,7 +198,7 @@ cmd_nats_conf() {
   (
     umask 077
     {
-      echo "# Written by infra/region-auth.sh: one user per service (docs/security-region.md)."
+      echo "# Written by infra/region-auth.sh: one user per service (docs/security.md)."
       echo "authorization {"
       echo "  users = ["
       for id in "${NATS_IDS[@]}"; do

@@ -5,8 +5,9 @@
 #   registry 127.0.0.1:5000 · nginx + Lua 127.0.0.1:8080
 #
 #   infra/region.sh up       start what is not running; wait for each to be healthy
-#                            (BERTH_REGION_AUTH=on: etcd, NATS and Redis with one identity per
-#                            service, docs/security-region.md; once on, it stays on)
+#                            (etcd, NATS and Redis with one identity per service,
+#                            docs/security.md; BERTH_REGION_AUTH=off for a region without,
+#                            until auth was on once: then it stays on)
 #   infra/region.sh down     stop what up started (by pid file); data stays
 #   infra/region.sh status   one row per component
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -22,10 +23,11 @@ DOCKER_RANGES=(198.19.0.0/24 198.19.16.0/20)
 DOCKER_IPT_CHAIN=BERTH-DOCKER
 SECRETS_DIR=$BERTH_LOCAL/secrets
 REGION_AUTH=$BERTH_ROOT/infra/region-auth.sh
-# The region's servers authenticate every client once BERTH_REGION_AUTH=on has run; the marker
-# keeps it on for every later make up and make test (etcd's auth is not turned off again).
+# The region's servers authenticate every client (docs/security.md, "Inside the region"), unless
+# a region that never had it is started with BERTH_REGION_AUTH=off; once on, the marker keeps it
+# on for every later make up and make test (etcd's auth is not turned off again).
 REGION_AUTH_MARKER=$SECRETS_DIR/.region-auth
-region_auth_on() { [[ ${BERTH_REGION_AUTH:-} == on || -f $REGION_AUTH_MARKER ]]; }
+region_auth_on() { [[ ${BERTH_REGION_AUTH:-on} != off || -f $REGION_AUTH_MARKER ]]; }
 region_auth() { BERTH_LB_GROUP=local BERTH_REGION=local bash "$REGION_AUTH" "$@"; }
 
 etcd_healthy() { curl -fsS -m 2 http://127.0.0.1:2379/health | grep -q '"health":"true"'; }
@@ -262,7 +264,7 @@ start_nginx() {
 # identity; services get their own, infra/services.sh). Paths only, never a password.
 auth_env() {
   [[ -f $REGION_AUTH_MARKER ]] || return 0
-  echo "# etcd, NATS and Redis authenticate every client (docs/security-region.md): as tests"
+  echo "# etcd, NATS and Redis authenticate every client (docs/security.md): as tests"
   echo "export BERTH_REGION_AUTH=on"
   echo "export ETCD_USERNAME=tests ETCD_PASSWORD_FILE=$SECRETS_DIR/etcd-tests.password"
   echo "export NATS_USER=tests NATS_PASSWORD_FILE=$SECRETS_DIR/nats-tests.password"

@@ -33,7 +33,7 @@ service_env() {
   echo "KUBECONFIG_DIR=$BERTH_LOCAL/cells"
   echo "BERTH_CELLS=${BERTH_CELLS:-}"
   # With the region's auth on, the service's own identity on etcd, NATS and Redis: paths to its
-  # password files, never a password (infra/region-auth.sh, docs/security-region.md).
+  # password files, never a password (infra/region-auth.sh, docs/security.md).
   [[ -f $BERTH_LOCAL/secrets/.region-auth ]] && BERTH_LB_GROUP=local bash "$BERTH_ROOT/infra/region-auth.sh" env "$name"
   [[ -f $BERTH_LOCAL/env.d/services/$name.sh ]] && sed -n 's/^export //p' "$BERTH_LOCAL/env.d/services/$name.sh"
   # Extra per-service settings from later parts of `make up` (e.g. the API's admin password file).

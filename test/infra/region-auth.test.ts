@@ -1,6 +1,6 @@
 /**
  * The region's servers with one identity per service (infra/region-auth.sh,
- * docs/security-region.md): a scratch etcd, NATS and Redis of their own, set up by the script the
+ * docs/security.md): a scratch etcd, NATS and Redis of their own, set up by the script the
  * way `make up` sets up the region's, then each identity tried against what it must and must not
  * reach. The IPAM plugin's credentials cannot read users/; lb-agent cannot write another group's
  * tree; builder-agent cannot write users/; a NATS user cannot publish outside its subjects; a Redis

@@ -186,7 +186,7 @@ export const serviceEnv = {
 };
 
 /**
- * The region's servers take a user and password per service (docs/security-region.md). Every
+ * The region's servers take a user and password per service (docs/security.md). Every
  * password may come from a file instead (`ETCD_PASSWORD_FILE`, `NATS_PASSWORD_FILE`,
  * `REDIS_PASSWORD_FILE`): what `make up` passes, so no password is in an environment listing.
  */

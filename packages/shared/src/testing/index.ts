@@ -43,7 +43,7 @@ export function regionEnv(): Record<string, string> {
 
 /**
  * The variables naming the region's credentials when `make up` turned its authentication on
- * (docs/security-region.md): the tests identity, passwords as file paths.
+ * (docs/security.md): the tests identity, passwords as file paths.
  */
 export const REGION_AUTH_VARS = [
   'ETCD_USERNAME',

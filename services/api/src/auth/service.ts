@@ -1,7 +1,7 @@
 /**
  * Authentication: bearer tokens (login sessions and personal access tokens), passwords (scrypt),
  * LDAP when configured, the admin bootstrapped from config, and the login rate limit.
- * docs/security-auth.md says what each credential grants and what stops guessing.
+ * docs/security.md says what each credential grants and what stops guessing.
  */
 import { randomUUID } from 'node:crypto';
 import {

@@ -8,7 +8,7 @@
  *   "etcdPrefix": "<default /berth>", "etcdUsername": "ipam-cell-a",
  *   "etcdPasswordFile": "/path/to/etcd-ipam-cell-a.password"}
  * With etcd's authentication on, the plugin is the cell's IPAM identity: its cell's IPAM keys
- * only (docs/security-region.md). The password is read from the file, never from the conf.
+ * only (docs/security.md). The password is read from the file, never from the conf.
  */
 import { hostname } from 'node:os';
 import { parseCidr } from '../ipam/cidr.ts';
