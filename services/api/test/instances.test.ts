@@ -257,10 +257,19 @@ describe('exec', () => {
     expect(r.stdout.trim()).toBe(instance);
   });
 
-  it('refuses a Guest and a Reporter with 403, and a stranger without a token with 401', async () => {
+  it('refuses a Guest and a Reporter with 403, a stranger with 401, too long a command with 400', async () => {
     expect((await exec(guest, instance, ['/sample-app', 'version'])).status).toBe(403);
     expect((await exec(reporter, instance, ['/sample-app', 'version'])).status).toBe(403);
     expect((await exec('nope', instance, ['/sample-app', 'version'])).status).toBe(401);
+    expect(
+      (
+        await exec(
+          developer,
+          instance,
+          Array.from({ length: 17 }, () => 'x'),
+        )
+      ).status,
+    ).toBe(400);
     const plain = await api.call('GET', `/apps/${APP}/instances/${instance}/exec`, { token: developer });
     expect(plain.status).toBe(426);
   });

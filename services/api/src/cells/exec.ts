@@ -13,7 +13,7 @@
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { PassThrough, Writable } from 'node:stream';
-import { ForbiddenError, NotFoundError, UnauthorizedError } from '@berth/shared/errors';
+import { ForbiddenError, InputError, NotFoundError, UnauthorizedError } from '@berth/shared/errors';
 import { problemFromError } from '@berth/shared/http';
 import type { Logger } from '@berth/shared/logging';
 import { LABELS } from '@berth/shared/model';
@@ -27,6 +27,11 @@ import { APP_CONTAINER, type CellPods } from './pods.ts';
 
 export const EXEC_PATH =
   /^\/api\/v1\/apps\/([a-z0-9-]{1,63})\/instances\/([a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?)\/exec$/;
+
+/** The longest exec argument, and the most arguments (docs/instances.md). */
+export const EXEC_ARG_MAX = 256;
+export const EXEC_ARGS_MAX = 16;
+const EXEC_ARG = /^[\t\n\x20-\x7e]+$/;
 
 export type ExecSessionsOptions = {
   ctx: ApiContext;
@@ -106,6 +111,11 @@ export class ExecSessions {
     const { cell, pod } = await this.#o.pods.find(app, instance);
     const tty = url.searchParams.get('tty') === 'true';
     const commands = url.searchParams.getAll('command');
+    if (commands.length > EXEC_ARGS_MAX || commands.some((c) => c.length > EXEC_ARG_MAX || !EXEC_ARG.test(c))) {
+      throw new InputError(
+        `command: at most ${EXEC_ARGS_MAX} arguments of at most ${EXEC_ARG_MAX} printable ASCII characters (longer scripts through stdin)`,
+      );
+    }
     return {
       principal,
       app,
