@@ -10,7 +10,13 @@ import { defineConfig } from 'vitest/config';
 // Tests that stop cell-a's kubelet: its node goes NotReady, and every pod on it unready, for a
 // while. Run beside the scheduler's failover test, that took a test app from 4 ready replicas to 2
 // (a CI rehearsal). They run alone, after the other integration tests.
-const CELL_DISRUPTING = ['test/cells/**/*.test.ts', 'services/cni-ipam/test/cell-a.test.ts'];
+// packages/shared/test/kube.test.ts SIGKILLs cell-b's API server: beside the others it cut a
+// scheduler test's requests to cell-b (a CI rehearsal).
+const CELL_DISRUPTING = [
+  'test/cells/**/*.test.ts',
+  'services/cni-ipam/test/cell-a.test.ts',
+  'packages/shared/test/kube.test.ts',
+];
 
 export default defineConfig({
   test: {

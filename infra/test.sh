@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# `make test`: sets up what the tests need (reusing a running region), then lint, format, type and
+# `make test`: sets up what the tests need, the whole region as `make up` leaves it (reusing a
+# running one: some suites drive make up's API, sample app and its build), then lint, format, type and
 # shell checks, then the unit tests (vitest project `unit`), then the integration tests (project
 # `integration`: services against real servers, cross-service suites; then `integration-alone`:
 # the tests that stop a cell's kubelet, one at a time). Arguments go to every run.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 bash "$BERTH_ROOT/infra/test-tools.sh"
-bash "$BERTH_ROOT/infra/up.sh" --no-services
+bash "$BERTH_ROOT/infra/up.sh"
 source "$BERTH_ROOT/infra/node.sh"
 set -a
 # shellcheck source=/dev/null # written by make up
