@@ -269,6 +269,8 @@ export class BuildRunner {
           dockerfile: relativeDockerfile(workspace, contextDir, config.dockerfile),
           reference: `${repository}:${tag}`,
           labels: { 'berth.run': runId, 'berth.config': config.id, 'berth.commit': source.commit },
+          // A Dockerfile that declares these gets them (`ARG BERTH_IMAGE_TAG`); others ignore them.
+          buildArgs: { BERTH_IMAGE_TAG: tag, BERTH_GIT_COMMIT: source.commit, BERTH_GIT_REF: record.run.ref },
           output: (stream, text) => buildLog.write(stream, text),
           signal: s,
         });

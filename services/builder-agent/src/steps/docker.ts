@@ -152,6 +152,8 @@ export type BuildOptions = {
   /** `registry/group/repo:tag` */
   reference: string;
   labels: Record<string, string>;
+  /** `--build-arg`s: what the run knows (BERTH_IMAGE_TAG, BERTH_GIT_COMMIT, BERTH_GIT_REF). */
+  buildArgs?: Record<string, string>;
   output: Output;
   signal: AbortSignal;
 };
@@ -243,6 +245,7 @@ export class DockerImageBuilder {
       t: o.reference,
       dockerfile: dockerfileRel,
       labels: o.labels,
+      ...(o.buildArgs ? { buildargs: o.buildArgs } : {}),
       rm: true,
       forcerm: true,
       abortSignal: o.signal,
