@@ -167,9 +167,15 @@ describe('tenant pods', () => {
       timeoutMs: 30_000,
       message: "cell-b's Secret rewritten",
     });
-    const after = (await template('cell-a'))?.metadata?.annotations?.['berth.dev/secrets-hash'];
+    // Each cell is applied on its own (its Secret, then its Deployments): wait for cell-a's.
+    const after = await waitFor(
+      async () => {
+        const hash = (await template('cell-a'))?.metadata?.annotations?.['berth.dev/secrets-hash'];
+        return hash && hash !== before ? hash : undefined;
+      },
+      { timeoutMs: 30_000, message: "cell-a's template takes the new secrets' hash" },
+    );
     expect(after).toMatch(/^[0-9a-f]{16}$/);
-    expect(after).not.toBe(before);
     await waitFor(
       async () => {
         const pods = await runningPods('cell-a');
