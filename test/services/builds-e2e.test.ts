@@ -28,6 +28,7 @@ import {
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { appBody, ensureRegion, startApi, type TestApi } from '../../services/api/test/harness.ts';
 import {
+  dockerCli as dockerIn,
   makeSigningKey,
   registryAddress,
   startTokenRegistry,
@@ -68,6 +69,12 @@ let webhook: { url: string; secret: string };
 let runId: string;
 let digest: string;
 let image: { repository: string; tag: string; digest: string };
+
+/** The docker client against the region's dockerd, with a config dir of its own. */
+function dockerCli(config: string, args: string[], input?: string) {
+  return dockerIn(config, args, { dockerHost, ...(input === undefined ? {} : { input }) });
+}
+
 /** Images this file tagged in the region's dockerd, removed at the end. */
 const tagged = new Set<string>();
 
@@ -183,26 +190,6 @@ async function spawnAgent(): Promise<void> {
   await waitFor(async () => (await api.service.runtime.etcd.get(key).string()) !== null, {
     timeoutMs: 15_000,
     message: 'the agent registered in etcd',
-  });
-}
-
-/** The docker client against the region's dockerd, with a config dir of its own; never blocks. */
-function dockerCli(config: string, args: string[], input?: string) {
-  return new Promise<{ code: number; out: string }>((resolve, reject) => {
-    const child = spawn('docker', ['--config', config, ...args], {
-      env: { ...process.env, DOCKER_HOST: dockerHost },
-      stdio: ['pipe', 'pipe', 'pipe'],
-    });
-    let out = '';
-    child.stdout.on('data', (d) => {
-      out += d;
-    });
-    child.stderr.on('data', (d) => {
-      out += d;
-    });
-    child.on('error', reject);
-    child.on('exit', (code) => resolve({ code: code ?? 1, out }));
-    child.stdin.end(input ?? '');
   });
 }
 

@@ -18,7 +18,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { libtrustKeyId, parseSigningKey, type SigningKey } from '../src/registry/signing-key.ts';
 import { appBody, ensureRegion, startApi, type TestApi } from './harness.ts';
-import { makeSigningKey, registryAddress, startTokenRegistry, type TokenRegistry } from './token-registry.ts';
+import {
+  dockerCli,
+  makeSigningKey,
+  registryAddress,
+  startTokenRegistry,
+  type TokenRegistry,
+} from './token-registry.ts';
 
 const ISSUER = 'berth-test';
 const SERVICE = 'berth-test-registry';
@@ -729,22 +735,7 @@ describe('docker', () => {
   let config: string;
   /** Runs the docker client without blocking: the API it logs in against runs in this process. */
   const run = (args: string[], input?: string) =>
-    new Promise<{ code: number; out: string }>((resolve, reject) => {
-      const child = spawn('docker', ['--config', config, ...args], {
-        env: { ...process.env, DOCKER_HOST: dockerHost },
-        stdio: ['pipe', 'pipe', 'pipe'],
-      });
-      let out = '';
-      child.stdout.on('data', (d) => {
-        out += d;
-      });
-      child.stderr.on('data', (d) => {
-        out += d;
-      });
-      child.on('error', reject);
-      child.on('exit', (code) => resolve({ code: code ?? 1, out }));
-      child.stdin.end(input ?? '');
-    });
+    dockerCli(config, args, { dockerHost, ...(input === undefined ? {} : { input }) });
   const docker = async (args: string[], input?: string): Promise<string> => {
     const { code, out } = await run(args, input);
     if (code !== 0) throw new Error(`docker ${args.join(' ')} failed (${code}): ${out}`);

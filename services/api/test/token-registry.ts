@@ -105,3 +105,30 @@ export async function startTokenRegistry(o: {
     },
   };
 }
+
+/**
+ * The real docker client against the region's dockerd, with a config dir of its own (its logins);
+ * never blocks: the API it logs in against may run in the calling process.
+ */
+export function dockerCli(
+  config: string,
+  args: string[],
+  options: { dockerHost: string | undefined; input?: string },
+): Promise<{ code: number; out: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('docker', ['--config', config, ...args], {
+      env: { ...process.env, DOCKER_HOST: options.dockerHost },
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    let out = '';
+    child.stdout.on('data', (d) => {
+      out += d;
+    });
+    child.stderr.on('data', (d) => {
+      out += d;
+    });
+    child.on('error', reject);
+    child.on('exit', (code) => resolve({ code: code ?? 1, out }));
+    child.stdin.end(options.input ?? '');
+  });
+}
