@@ -1,10 +1,11 @@
+import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { EventSubjects, NatsClient, readEvents } from '@berth/shared/nats';
 import { cellPullCredential } from '@berth/shared/registry';
-import { regionCredentials, uniqueId, waitFor } from '@berth/shared/testing';
+import { REPO_ROOT, regionCredentials, uniqueId, waitFor } from '@berth/shared/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   appRecord,
@@ -39,8 +40,9 @@ const appName = (base: string) => {
 
 /*
  * The cells key, as a file (REGISTRY_PULL_KEY_FILE, the way make up hands it over): every app
- * namespace gets its cell's pull Secret. These cells pull the sample image with it when they do
- * not have it already; the test's key is not the region's, so what is asserted is the Secret.
+ * namespace gets its cell's pull Secret. The test's key is not the region's, so what is asserted
+ * is the Secret: a token-auth registry (make up's) refuses its credential, so the cells must hold
+ * the sample images already. beforeAll pulls them anonymously (the group `berth` is public).
  */
 const keyDir = mkdtempSync(join(tmpdir(), 'berth-pull-key-'));
 let pullKey = randomBytes(32);
@@ -49,6 +51,24 @@ const pull = { REGISTRY_PULL_KEY_FILE: pullKeyFile };
 writeFileSync(pullKeyFile, `${pullKey.toString('hex')}\n`, { mode: 0o600 });
 
 beforeAll(async () => {
+  for (const cell of ['cell-a', 'cell-b']) {
+    for (const tag of ['v1', 'v2']) {
+      execFileSync(
+        'ctr',
+        [
+          '--address',
+          join(REPO_ROOT, `.local/run/${cell}-containerd.sock`),
+          '--namespace',
+          'k8s.io',
+          'images',
+          'pull',
+          '--plain-http',
+          `${env.REGISTRY_ADDR ?? '127.0.0.1:5000'}/berth/sample-app:${tag}`,
+        ],
+        { stdio: 'ignore', timeout: 60_000 },
+      );
+    }
+  }
   w = await world();
   scheduler = await startScheduler(w, pull);
 });
