@@ -6,11 +6,11 @@
 import { Writable } from 'node:stream';
 import { parseEnv } from '@berth/shared/config';
 import { createLogger } from '@berth/shared/logging';
-import { regionAuthEnv, regionCredentials, regionEnv, uniqueId } from '@berth/shared/testing';
+import { regionAuthEnv, regionEnv, uniqueId } from '@berth/shared/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { apiEnv } from '../src/env.ts';
 import { ApiService } from '../src/service.ts';
-import { ADMIN_PASSWORD, appBody, ensureRegion, startApi, type TestApi } from './harness.ts';
+import { ADMIN_PASSWORD, appBody, deleteTestStreams, ensureRegion, startApi, type TestApi } from './harness.ts';
 
 let api: TestApi;
 
@@ -136,18 +136,7 @@ describe('the request deadline', () => {
       expect((await fetch(`${url}/api/v1/openapi.json`)).status).toBe(200);
     } finally {
       await service.stop();
-      const { NatsClient } = await import('@berth/shared/nats');
-      const { EventSubjects } = await import('@berth/shared/events');
-      const nats = await NatsClient.connect({
-        servers: (region.NATS_URL ?? '').split(','),
-        name: 'test-cleanup',
-        ...regionCredentials(region).nats,
-      });
-      const jsm = await nats.jsm();
-      const subjects = new EventSubjects(`t${id}`);
-      await jsm.streams.delete(subjects.eventsStream).catch(() => undefined);
-      await jsm.streams.delete(subjects.buildLogsStream).catch(() => undefined);
-      await nats.drain();
+      await deleteTestStreams(`t${id}`);
     }
   });
 });

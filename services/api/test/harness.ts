@@ -119,20 +119,26 @@ export async function startApi(extraEnv: Record<string, string> = {}): Promise<T
     user,
     stop: async () => {
       await service.stop();
-      const { NatsClient } = await import('@berth/shared/nats');
-      const { EventSubjects } = await import('@berth/shared/events');
-      const nats = await NatsClient.connect({
-        servers: (region.NATS_URL ?? '').split(','),
-        name: 'test-cleanup',
-        ...regionCredentials(region).nats,
-      });
-      const jsm = await nats.jsm();
-      const subjects = new EventSubjects(subjectRoot);
-      await jsm.streams.delete(subjects.eventsStream).catch(() => undefined);
-      await jsm.streams.delete(subjects.buildLogsStream).catch(() => undefined);
-      await nats.drain();
+      await deleteTestStreams(subjectRoot);
     },
   };
+}
+
+/** Deletes the JetStream streams (events, build logs) of a test API's subject root. */
+export async function deleteTestStreams(subjectRoot: string): Promise<void> {
+  const region = regionEnv();
+  const { NatsClient } = await import('@berth/shared/nats');
+  const { EventSubjects } = await import('@berth/shared/events');
+  const nats = await NatsClient.connect({
+    servers: (region.NATS_URL ?? '').split(','),
+    name: 'test-cleanup',
+    ...regionCredentials(region).nats,
+  });
+  const jsm = await nats.jsm();
+  const subjects = new EventSubjects(subjectRoot);
+  await jsm.streams.delete(subjects.eventsStream).catch(() => undefined);
+  await jsm.streams.delete(subjects.buildLogsStream).catch(() => undefined);
+  await nats.drain();
 }
 
 /** The body of a minimal valid app. */

@@ -146,31 +146,40 @@ describe('logs', () => {
       signal: abort.signal,
     });
     expect(res.status).toBe(200);
-    const reader = (res.body as ReadableStream<Uint8Array>).getReader();
-    const decoder = new TextDecoder();
-    let text = '';
-    const reading = (async () => {
-      for (;;) {
-        const { value, done } = await reader.read().catch(() => ({ value: undefined, done: true }));
-        if (done) return;
-        text += decoder.decode(value, { stream: true });
-      }
-    })();
+    const stream = followText(res);
     try {
       // The app logs every `GET /` it serves; ask until the line shows up on the stream.
       await waitFor(
         async () => {
           await fetch(`http://${target?.ip}:8080/`).then((r) => r.text());
-          return text.split('\n').some((l) => l.includes('"cell":"cell-a"') && l.includes('GET / from'));
+          return stream
+            .text()
+            .split('\n')
+            .some((l) => l.includes('"cell":"cell-a"') && l.includes('GET / from'));
         },
         { timeoutMs: 20_000, intervalMs: 500, message: 'a followed line' },
       );
     } finally {
       abort.abort();
-      await reading;
+      await stream.done;
     }
   });
 });
+
+/** Reads a streaming answer into text as it arrives; `done` settles once the stream ends or is aborted. */
+function followText(res: Response): { text: () => string; done: Promise<void> } {
+  const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+  const decoder = new TextDecoder();
+  let text = '';
+  const done = (async () => {
+    for (;;) {
+      const { value, done } = await reader.read().catch(() => ({ value: undefined, done: true }));
+      if (done) return;
+      text += decoder.decode(value, { stream: true });
+    }
+  })();
+  return { text: () => text, done };
+}
 
 type ExecOutcome = {
   status?: number;
@@ -408,16 +417,7 @@ describe('logs of an instance that starts while following', () => {
       signal: abort.signal,
     });
     expect(res.status).toBe(200);
-    const reader = (res.body as ReadableStream<Uint8Array>).getReader();
-    const decoder = new TextDecoder();
-    let text = '';
-    const reading = (async () => {
-      for (;;) {
-        const { value, done } = await reader.read().catch(() => ({ value: undefined, done: true }));
-        if (done) return;
-        text += decoder.decode(value, { stream: true });
-      }
-    })();
+    const stream = followText(res);
     try {
       await cell.core.createNamespacedPod({
         namespace: app,
@@ -435,16 +435,21 @@ describe('logs of an instance that starts while following', () => {
           },
         },
       });
-      await waitFor(() => text.includes('listening on :8080'), {
+      await waitFor(() => stream.text().includes('listening on :8080'), {
         timeoutMs: 60_000,
         intervalMs: 200,
         message: "the new instance's first line on the followed stream",
       });
-      const line = JSON.parse(text.split('\n').find((l) => l.includes('listening on :8080')) ?? '{}');
+      const line = JSON.parse(
+        stream
+          .text()
+          .split('\n')
+          .find((l) => l.includes('listening on :8080')) ?? '{}',
+      );
       expect(line).toMatchObject({ cell: 'cell-a', instance: `${app}-v1-0`, version: 'v1' });
     } finally {
       abort.abort();
-      await reading;
+      await stream.done;
     }
   }, 90_000);
 });
