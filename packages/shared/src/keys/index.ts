@@ -298,6 +298,13 @@ export class BerthKeys {
   ipamAffinity(cell: string, node: string, blockCidr: string): string {
     return `${this.prefix}/ipam/${cell}/affinity/${node}/${cidrToKey(blockCidr)}`;
   }
+  /** How often a node's thin plugin found no resident allocator and allocated directly (cnictl stats). */
+  ipamFallbacks(cell: string, node: string): string {
+    return `${this.prefix}/ipam/${cell}/fallbacks/${node}`;
+  }
+  ipamFallbacksAll(cell: string): string {
+    return `${this.prefix}/ipam/${cell}/fallbacks/`;
+  }
 
   // Events waiting for the relay: written in the same transaction as the change they record.
   outboxes(): string {
