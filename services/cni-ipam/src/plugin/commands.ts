@@ -1,7 +1,9 @@
 /**
  * The plugin's commands. ADD is idempotent for one container and interface (the handle holds its
- * address), DEL is idempotent, CHECK only reads. Each opens the store over etcd's JSON gateway
- * (no gRPC client at every pod start) and returns what to print on stdout.
+ * address), DEL is idempotent, CHECK only reads. Each returns what to print on stdout. Where the
+ * addresses come from is the caller's: the direct plugin opens the store over etcd's JSON gateway
+ * (no gRPC client at every pod start; `directAllocator`), the resident daemon hands its own
+ * allocator of the conf's cell (services/cni-ipam/src/daemon).
  */
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -25,7 +27,12 @@ export function resultJson(conf: NetConf, a: Allocation): Record<string, unknown
   };
 }
 
-function allocatorFor(conf: NetConf): Allocator {
+/** What the commands need of an allocator. */
+export type IpamAllocator = Pick<Allocator, 'allocate' | 'release' | 'find'>;
+export type AllocatorFor = (conf: NetConf) => IpamAllocator;
+
+/** The direct plugin's allocator: etcd's JSON gateway with the conf's own identity. */
+export function directAllocator(conf: NetConf): Allocator {
   return new Allocator({
     backend: new GatewayBackend(conf.ipam.etcdEndpoints, {
       username: conf.ipam.etcdUsername,
@@ -48,7 +55,10 @@ function readPasswordFile(path: string): string {
 }
 
 /** ADD: the container's address (the same one again for the same container and interface). */
-export async function addAddress({ conf, containerId, ifName, args }: CommandInput): Promise<string> {
+export async function addAddress(
+  { conf, containerId, ifName, args }: CommandInput,
+  allocatorFor: AllocatorFor = directAllocator,
+): Promise<string> {
   const allocation = await allocatorFor(conf).allocate({
     network: conf.name,
     containerId,
@@ -64,14 +74,20 @@ export async function addAddress({ conf, containerId, ifName, args }: CommandInp
 }
 
 /** DEL: frees the container's address; nothing allocated is not an error. */
-export async function releaseAddress({ conf, containerId, ifName }: CommandInput): Promise<undefined> {
+export async function releaseAddress(
+  { conf, containerId, ifName }: CommandInput,
+  allocatorFor: AllocatorFor = directAllocator,
+): Promise<undefined> {
   const freed = await allocatorFor(conf).release(conf.name, containerId, ifName);
   if (freed) forgetNeighbour(freed.ip);
   return undefined;
 }
 
 /** CHECK only reads: the container's address must still be allocated to it. */
-export async function checkAddress({ conf, containerId, ifName }: CommandInput): Promise<undefined> {
+export async function checkAddress(
+  { conf, containerId, ifName }: CommandInput,
+  allocatorFor: AllocatorFor = directAllocator,
+): Promise<undefined> {
   const found = await allocatorFor(conf).find(handleOf(conf.name, containerId, ifName));
   if (!found) throw new AllocationNotFoundError(`no address is allocated to container ${containerId} (${ifName})`);
   const expected = conf.prevResult?.ips?.map((i) => i.address?.split('/')[0]);

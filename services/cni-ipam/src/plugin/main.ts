@@ -4,7 +4,14 @@
  * maps errors to the spec's `{cniVersion, code, msg, details}` on stdout, exit 1.
  */
 import { isBerthError } from '@berth/shared/errors';
-import { addAddress, checkAddress, releaseAddress, versionResult } from './commands.ts';
+import {
+  type AllocatorFor,
+  addAddress,
+  checkAddress,
+  directAllocator,
+  releaseAddress,
+  versionResult,
+} from './commands.ts';
 import { type CommandInput, readCommandInput, requireEnv } from './config.ts';
 import { CniError } from './errors.ts';
 
@@ -30,14 +37,21 @@ export const CNI_ERROR_CODES: Readonly<Record<string, { code: number; details: s
 };
 const GENERIC = 999;
 
-const COMMANDS: Record<string, (input: CommandInput) => Promise<string | undefined>> = {
+const COMMANDS: Record<string, (input: CommandInput, allocatorFor: AllocatorFor) => Promise<string | undefined>> = {
   ADD: addAddress,
   DEL: releaseAddress,
   CHECK: checkAddress,
 };
 
-/** Runs one CNI command; returns what to print on stdout (undefined: nothing). */
-export async function runCommand(env: NodeJS.ProcessEnv, stdin: () => Promise<string>): Promise<string | undefined> {
+/**
+ * Runs one CNI command; returns what to print on stdout (undefined: nothing). The direct plugin
+ * allocates over etcd itself; the resident daemon passes its own allocators.
+ */
+export async function runCommand(
+  env: NodeJS.ProcessEnv,
+  stdin: () => Promise<string>,
+  allocatorFor: AllocatorFor = directAllocator,
+): Promise<string | undefined> {
   const command = requireEnv(env, 'CNI_COMMAND');
   if (command === 'VERSION') return versionResult();
   const run = COMMANDS[command];
@@ -47,7 +61,7 @@ export async function runCommand(env: NodeJS.ProcessEnv, stdin: () => Promise<st
       `CNI_COMMAND ${command} is not supported (ADD, DEL, CHECK, VERSION are)`,
     );
   }
-  return run(await readCommandInput(env, stdin));
+  return run(await readCommandInput(env, stdin), allocatorFor);
 }
 
 /** Maps any error to the CNI error object. */
