@@ -1,7 +1,7 @@
 // Command sample-app is the HTTP server Berth deploys in its own tests and demos: `/` answers with
 // the app's version and the pod's hostname, `/healthz` with "ok". It is a static binary that runs
 // in an image built FROM scratch (infra/images.sh), so `sample-app version` is what `kubectl exec`
-// can run inside it.
+// can run inside it (and `sample-app cat`, stdin to stdout until it ends).
 //
 // Env: APP_VERSION (default: the version baked in at build time), PORT (default 8080).
 package main
@@ -67,8 +67,15 @@ func main() {
 				os.Exit(2)
 			}
 			os.Exit(get(os.Args[2]))
+		case "cat":
+			// `sample-app cat`: stdin to stdout until stdin ends (tests of exec's stdin and its end).
+			if _, err := io.Copy(os.Stdout, os.Stdin); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				os.Exit(1)
+			}
+			return
 		default:
-			fmt.Fprintf(os.Stderr, "usage: sample-app [version|hostname|get URL]\n")
+			fmt.Fprintf(os.Stderr, "usage: sample-app [version|hostname|get URL|cat]\n")
 			os.Exit(2)
 		}
 	}
