@@ -14,6 +14,7 @@ export {
   type HttpServerOptions,
   type MetricsAccess,
   type ReadinessCheck,
+  requireBearer,
   type UpgradeHandler,
   withoutDeadline,
 } from './server.ts';

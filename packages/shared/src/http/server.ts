@@ -239,21 +239,36 @@ async function listen(
   return server;
 }
 
-/** /metrics, behind `token` when there is one (compared in constant time). */
-function metricsHandler(metrics: Registry, token: string | undefined): RequestHandler {
+/**
+ * Lets a request through only with `Authorization: Bearer <token>` (compared in constant time),
+ * else 401 problem+json; with no token, everything passes. `/metrics` uses it, and so does any
+ * other read of a service that must be protected as its metrics are (the lb-agent's
+ * `/stats/requests`).
+ */
+export function requireBearer(token: string | undefined, what: string): RequestHandler {
   const digest = (s: string) => createHash('sha256').update(s).digest();
   const want = token ? digest(token) : undefined;
-  return async (req, res) => {
+  return (req, res, next) => {
     if (want) {
       const m = /^Bearer (.+)$/.exec(req.get('authorization') ?? '');
       if (!m?.[1] || !timingSafeEqual(digest(m[1]), want)) {
         res.setHeader('WWW-Authenticate', 'Bearer realm="metrics"');
-        sendProblem(res, problemFromError(new UnauthorizedError('/metrics needs its bearer token'), req.originalUrl));
+        sendProblem(res, problemFromError(new UnauthorizedError(`${what} needs its bearer token`), req.originalUrl));
         return;
       }
     }
-    res.type(metrics.contentType).send(await metrics.metrics());
+    next();
   };
+}
+
+/** /metrics, behind `token` when there is one. */
+function metricsHandler(metrics: Registry, token: string | undefined): RequestHandler[] {
+  return [
+    requireBearer(token, '/metrics'),
+    async (_req, res) => {
+      res.type(metrics.contentType).send(await metrics.metrics());
+    },
+  ];
 }
 
 /** A 503 problem in place of an answer that has not started within `ms` (see withoutDeadline). */
