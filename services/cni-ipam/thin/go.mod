@@ -1,0 +1,3 @@
+module berth.dev/cni-ipam/thin
+
+go 1.22
