@@ -51,6 +51,8 @@ export type LbAgentOptions = {
   /** How often Lua's documents are compared with the agent's (drift, nginx restarts). */
   digestIntervalMs: number;
   leaseTtlSeconds: number;
+  /** Where the API reads this agent's requests per version (`/stats/requests`), put in its status. */
+  statsUrl?: () => string | undefined;
   /** Records an app-scoped event (a domain that failed `nginx -t`); absent without NATS. */
   publish?: (event: Omit<EventInput, 'actor'>) => Promise<void>;
 };
@@ -510,7 +512,12 @@ export class LbAgent {
     const lease = this.#lease;
     if (!lease || !this.#running) return;
     this.#status = { ...this.#status, lastError: this.#lastConfigError ?? this.#lastPushError };
-    const status: LbAgentStatus = { ...this.#status, reportedAt: new Date().toISOString() };
+    const statsUrl = this.#o.statsUrl?.();
+    const status: LbAgentStatus = {
+      ...this.#status,
+      ...(statsUrl ? { statsUrl } : {}),
+      reportedAt: new Date().toISOString(),
+    };
     const key = this.#o.keys.templates.lbAgent.format({ group: this.#o.group, host: this.#o.host });
     try {
       await this.#o.etcd.put(key).value(JSON.stringify(status)).lease(lease.id).exec();

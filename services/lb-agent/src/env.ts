@@ -4,6 +4,7 @@ import {
   envDuration,
   envHostPort,
   envInt,
+  envUrl,
   envUrlList,
   etcdEnv,
   eventsEnv,
@@ -42,6 +43,15 @@ export const lbAgentEnv = z.object({
   /** How often Lua's documents are compared with the agent's (drift, nginx restarts). */
   LB_DIGEST_INTERVAL: envDuration('5s'),
   LB_LEASE_TTL_SECONDS: envInt(10, { min: 2, max: 120 }),
+  /**
+   * Where the API reaches this agent's `/stats/requests` (written into the agent's status); default
+   * the HTTP listener's own URL, which is right when the API runs on the same host or the listener
+   * is on an address the API reaches.
+   */
+  LB_STATS_URL: envUrl(['http', 'https']).optional(),
+  /** How often the request counters are kept for windows (`/stats/requests`), and for how long. */
+  LB_STATS_INTERVAL: envDuration('10s'),
+  LB_STATS_KEEP: envDuration('1h'),
   /** Where failed-domain events go; none when unset. */
   NATS_URL: envUrlList(['nats', 'tls']).optional(),
   ...natsAuthEnv,

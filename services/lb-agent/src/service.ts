@@ -1,6 +1,7 @@
-import { UnavailableError } from '@berth/shared/errors';
+import { InputError, UnavailableError } from '@berth/shared/errors';
 import type { EventInput } from '@berth/shared/events';
 import { EventSubjects } from '@berth/shared/events';
+import { requireBearer } from '@berth/shared/http';
 import type { Logger } from '@berth/shared/logging';
 import { NatsComponent } from '@berth/shared/nats';
 import { ServiceRuntime } from '@berth/shared/service';
@@ -9,6 +10,9 @@ import type { LbAgentConfig } from './env.ts';
 import { NginxConfigManager } from './nginx/config-manager.ts';
 import { ControlClient } from './nginx/control-client.ts';
 import { type MainConfOptions, paths } from './nginx/main-conf.ts';
+import { parseWindow, RequestWindow } from './stats/request-window.ts';
+
+export const STATS_PATH = '/stats/requests';
 
 /**
  * The lb-agent: runs on each Nginx host of an LB group. It renders the group's domains into
@@ -19,15 +23,46 @@ import { type MainConfOptions, paths } from './nginx/main-conf.ts';
 export class LbAgentService {
   readonly runtime: ServiceRuntime;
   readonly agent: LbAgent;
+  readonly requests: RequestWindow;
 
-  private constructor(runtime: ServiceRuntime, agent: LbAgent) {
+  private constructor(runtime: ServiceRuntime, agent: LbAgent, requests: RequestWindow) {
     this.runtime = runtime;
     this.agent = agent;
+    this.requests = requests;
   }
 
   static create(config: LbAgentConfig, logger: Logger): LbAgentService {
     const log = logger.child({ group: config.LB_GROUP, host: config.LB_HOST });
-    const runtime = new ServiceRuntime({ name: 'lb-agent', config, logger: log });
+    const control = new ControlClient(paths(config.NGINX_PREFIX).controlSocket);
+    // Requests per app and version within a window, for the API's metrics route: protected as
+    // /metrics is (METRICS_TOKEN when set; the listener is loopback otherwise).
+    const requests = new RequestWindow({
+      read: async () => {
+        const [stats, routes] = await Promise.all([control.stats(), control.routes()]);
+        return { boot: routes.boot, stats };
+      },
+      logger: log,
+      intervalMs: config.LB_STATS_INTERVAL,
+      keepMs: config.LB_STATS_KEEP,
+    });
+    const runtime = new ServiceRuntime({
+      name: 'lb-agent',
+      config,
+      logger: log,
+      routes: (app) => {
+        app.get(STATS_PATH, requireBearer(config.METRICS_TOKEN, STATS_PATH), async (req, res) => {
+          const asked = typeof req.query.window === 'string' ? req.query.window : '15m';
+          const windowMs = parseWindow(asked);
+          if (windowMs === undefined) {
+            throw new InputError('window: expected a duration like 30s, 10m or 2h', [
+              { path: '$.window', message: 'expected a duration like 30s, 10m or 2h' },
+            ]);
+          }
+          const only = typeof req.query.app === 'string' && req.query.app ? req.query.app : undefined;
+          res.json(await requests.requests(windowMs, only));
+        });
+      },
+    });
     const main: MainConfOptions = {
       prefix: config.NGINX_PREFIX,
       listen: config.LB_LISTEN,
@@ -37,7 +72,6 @@ export class LbAgentService {
       workerProcesses: config.NGINX_WORKERS,
       ...(config.NGINX_USER ? { user: config.NGINX_USER } : {}),
     };
-    const control = new ControlClient(paths(config.NGINX_PREFIX).controlSocket);
     const nginx = new NginxConfigManager({
       nginxBin: config.NGINX_BIN,
       main,
@@ -74,6 +108,7 @@ export class LbAgentService {
       debounceMs: config.LB_RELOAD_DEBOUNCE,
       digestIntervalMs: config.LB_DIGEST_INTERVAL,
       leaseTtlSeconds: config.LB_LEASE_TTL_SECONDS,
+      statsUrl: () => config.LB_STATS_URL ?? `${runtime.http.url}${STATS_PATH}`,
       ...(publish ? { publish } : {}),
     });
     runtime.health.add('nginx', async () => {
@@ -82,8 +117,9 @@ export class LbAgentService {
     runtime.health.add('synced', () => {
       if (!agent.synced) throw new UnavailableError('first sync not done');
     });
+    runtime.add({ name: 'request-window', start: () => requests.start(), stop: () => requests.stop() });
     runtime.add({ name: 'agent', start: () => agent.start(), stop: () => agent.stop() });
-    return new LbAgentService(runtime, agent);
+    return new LbAgentService(runtime, agent, requests);
   }
 
   start(): Promise<void> {

@@ -490,6 +490,14 @@ export const lbAgentStatusSchema = z.object({
   failedDomains: z.array(failedDomainSchema).default([]),
   /** Anything else that went wrong on the last sync (nginx not running, etcd errors); null when fine. */
   lastError: z.string().max(4096).nullable().default(null),
+  /**
+   * Where the agent answers `GET ?window=15m&app=…` with requests per app, version and status
+   * class within the window (services/lb-agent `/stats/requests`); absent from older agents.
+   */
+  statsUrl: z
+    .url({ protocol: /^https?$/ })
+    .max(2048)
+    .optional(),
   reportedAt: z.iso.datetime(),
 });
 export type LbAgentStatus = z.infer<typeof lbAgentStatusSchema>;

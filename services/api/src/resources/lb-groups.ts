@@ -188,7 +188,7 @@ export function lbGroupRoutes(ctx: ApiContext) {
         await requireGroup(params.group);
         const agents = (
           await store.list(keys.lbAgents(params.group), lbAgentStatusSchema, { directChildrenOnly: true })
-        ).map((a) => a.value);
+        ).map(({ value: { statsUrl: _internal, ...agent } }) => agent);
         return { status: 200, body: page(agents, (a) => a.host, query.limit, query.cursor) };
       },
     }),

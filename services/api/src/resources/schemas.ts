@@ -336,7 +336,8 @@ export const createLbGroupBody = z
   .strict();
 export const patchLbGroupBody = createLbGroupBody.omit({ name: true });
 export const lbGroupResponse = lbGroupSchema;
-export const lbAgentResponse = lbAgentStatusSchema;
+/** An agent's status as users see it: where its counters are served stays inside the region. */
+export const lbAgentResponse = lbAgentStatusSchema.omit({ statsUrl: true });
 
 const MAX_HEADERS = 32;
 const headersInput = z
