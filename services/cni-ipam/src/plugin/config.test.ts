@@ -70,6 +70,11 @@ describe('network conf', () => {
     expect(conf.prevResult).toEqual({ ips: [{ address: '198.18.0.5/16' }] });
   });
 
+  it("reads the resident allocator's socket when the conf names one", () => {
+    expect(parseNetConf(withIpam({ socket: '/run/berth/ipam.sock' })).ipam.socket).toBe('/run/berth/ipam.sock');
+    expect(parseNetConf(JSON.stringify(good)).ipam).not.toHaveProperty('socket');
+  });
+
   it('accepts every CNI version it speaks, with the same conf', () => {
     for (const cniVersion of ['0.3.0', '0.3.1', '0.4.0', '1.0.0']) {
       expect(parseNetConf(JSON.stringify({ ...good, cniVersion })).cniVersion).toBe(cniVersion);
@@ -109,6 +114,8 @@ describe('network conf', () => {
       withIpam({ pools: ['198.18.0.1/16'] }),
       'ipam.pools[0]: 198.18.0.1/16 is not a network address',
     ],
+    ['a relative socket path', withIpam({ socket: 'run/ipam.sock' }), 'ipam.socket must be the absolute path'],
+    ['a socket that is no string', withIpam({ socket: 1 }), 'ipam.socket must be the absolute path'],
     ['a gateway that is no address', withIpam({ gateway: 'gw' }), 'ipam.gateway must be an IPv4 address'],
     [
       'routes that are no list',

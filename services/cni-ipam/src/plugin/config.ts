@@ -2,13 +2,16 @@
  * What a CNI command is given: the network configuration on stdin and the CNI_* variables. Each
  * problem is a CniError naming the field, e.g. `ipam.cell must be the cell's name`.
  *
- * Network conf: "ipam": {"type": "berth-ipam", "etcdEndpoints": "http://127.0.0.1:2379",
+ * Network conf: "ipam": {"type": "berth-ipam", "socket": "<default: /run/berth/ipam.sock>",
+ *   "etcdEndpoints": "http://127.0.0.1:2379",
  *   "cell": "cell-a", "pools": ["198.18.0.0/16"], "node": "<default: hostname>",
  *   "gateway": "<default: the pool's first address>", "routes": [{"dst": "0.0.0.0/0"}],
  *   "etcdPrefix": "<default /berth>", "etcdUsername": "ipam-cell-a",
  *   "etcdPasswordFile": "/path/to/etcd-ipam-cell-a.password"}
  * With etcd's authentication on, the plugin is the cell's IPAM identity: its cell's IPAM keys
- * only (docs/security.md). The password is read from the file, never from the conf.
+ * only (docs/security.md). The password is read from the file, never from the conf. `socket` is
+ * where the node's resident allocator listens: the thin plugin (services/cni-ipam/thin) asks it
+ * and runs this plugin only when it does not answer.
  */
 import { hostname } from 'node:os';
 import { parseCidr } from '../ipam/cidr.ts';
@@ -19,6 +22,8 @@ export const SUPPORTED_VERSIONS = ['0.3.0', '0.3.1', '0.4.0', '1.0.0'];
 export type Route = { dst: string; gw?: string };
 
 export type IpamConfig = {
+  /** The resident allocator's unix socket, when the conf names one (daemon/protocol.ts DEFAULT_SOCKET otherwise). */
+  socket?: string;
   etcdEndpoints: string[];
   etcdPrefix: string;
   etcdUsername?: string;
@@ -60,6 +65,9 @@ export function parseNetConf(stdin: string, defaultNode: () => string = hostname
   const ipam = conf.ipam as Record<string, unknown> | undefined;
   if (typeof ipam !== 'object' || ipam === null || Array.isArray(ipam))
     fail('invalid-netconf', 'the network configuration has no "ipam" section');
+  if (ipam.socket !== undefined && (typeof ipam.socket !== 'string' || !ipam.socket.startsWith('/'))) {
+    fail('invalid-netconf', "ipam.socket must be the absolute path of the resident allocator's unix socket");
+  }
   const endpoints =
     typeof ipam.etcdEndpoints === 'string'
       ? ipam.etcdEndpoints
@@ -117,6 +125,7 @@ export function parseNetConf(stdin: string, defaultNode: () => string = hostname
     cniVersion,
     name: conf.name,
     ipam: {
+      ...(typeof ipam.socket === 'string' ? { socket: ipam.socket } : {}),
       etcdEndpoints: endpoints,
       etcdPrefix,
       ...(typeof ipam.etcdUsername === 'string'
