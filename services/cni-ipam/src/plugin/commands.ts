@@ -8,7 +8,7 @@
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { BerthKeys } from '@berth/shared/keys';
-import { GatewayBackend } from '@berth/shared/store/lite';
+import { GatewayBackend, type KvBackend } from '@berth/shared/store/lite';
 import { type Allocation, AllocationNotFoundError, Allocator, handleOf } from '../ipam/allocator.ts';
 import { type CommandInput, type NetConf, SUPPORTED_VERSIONS } from './config.ts';
 import { CniError } from './errors.ts';
@@ -31,16 +31,17 @@ export function resultJson(conf: NetConf, a: Allocation): Record<string, unknown
 export type IpamAllocator = Pick<Allocator, 'allocate' | 'release' | 'find'>;
 export type AllocatorFor = (conf: NetConf) => IpamAllocator;
 
-/** The direct plugin's allocator: etcd's JSON gateway with the conf's own identity. */
-export function directAllocator(conf: NetConf): Allocator {
-  return new Allocator({
-    backend: new GatewayBackend(conf.ipam.etcdEndpoints, {
-      username: conf.ipam.etcdUsername,
-      password: conf.ipam.etcdPasswordFile ? readPasswordFile(conf.ipam.etcdPasswordFile) : undefined,
-    }),
-    keys: new BerthKeys(conf.ipam.etcdPrefix),
-    cell: conf.ipam.cell,
+/** etcd's JSON gateway with the conf's own identity: what the direct plugin writes through. */
+export function directBackend(conf: NetConf): GatewayBackend {
+  return new GatewayBackend(conf.ipam.etcdEndpoints, {
+    username: conf.ipam.etcdUsername,
+    password: conf.ipam.etcdPasswordFile ? readPasswordFile(conf.ipam.etcdPasswordFile) : undefined,
   });
+}
+
+/** The direct plugin's allocator: over `backend` (by default the conf's own, directBackend). */
+export function directAllocator(conf: NetConf, backend: KvBackend = directBackend(conf)): Allocator {
+  return new Allocator({ backend, keys: new BerthKeys(conf.ipam.etcdPrefix), cell: conf.ipam.cell });
 }
 
 function readPasswordFile(path: string): string {
