@@ -203,6 +203,144 @@ export class Allocator {
   }
 
   /**
+   * ADDs of one node at once (the resident allocator's batch): every request that fits in the
+   * node's own blocks gets its address in one transaction over those blocks (their mod revisions,
+   * each address and handle created if absent). What does not fit, and every request when that
+   * transaction loses a race, goes through allocate() one by one. One result per request, in order.
+   */
+  async allocateMany(reqs: readonly AllocateRequest[]): Promise<PromiseSettledResult<Allocation>[]> {
+    const first = reqs[0];
+    const batchable =
+      first !== undefined &&
+      reqs.length > 1 &&
+      new Set(reqs.map((r) => handleOf(r.network, r.containerId, r.ifName))).size === reqs.length &&
+      reqs.every(
+        (r) => r.node === first.node && r.gateway === first.gateway && String(r.pools) === String(first.pools),
+      );
+    let done = new Map<number, Allocation>();
+    if (batchable) {
+      try {
+        done = await this.#allocateBatchOnce(reqs);
+      } catch (err) {
+        if (!(err instanceof CompareFailedError)) throw err;
+      }
+    }
+    const out: PromiseSettledResult<Allocation>[] = [];
+    for (const [i, req] of reqs.entries()) {
+      const allocation = done.get(i);
+      if (allocation) out.push({ status: 'fulfilled', value: allocation });
+      else out.push(...(await Promise.allSettled([this.allocate(req)])));
+    }
+    return out;
+  }
+
+  /** One transaction for what fits in the node's blocks; a lost race is a CompareFailedError. */
+  async #allocateBatchOnce(reqs: readonly AllocateRequest[]): Promise<Map<number, Allocation>> {
+    const first = reqs[0] as AllocateRequest;
+    const cidrs = (await this.pools())
+      .filter((p) => p.state === 'active' && (!first.pools || first.pools.includes(p.cidr)))
+      .map((p) => parseCidr(p.cidr));
+    const out = new Map<number, Allocation>();
+    if (cidrs.length === 0) return out;
+    const waiting: number[] = [];
+    for (const [i, req] of reqs.entries()) {
+      const existing = await this.find(handleOf(req.network, req.containerId, req.ifName));
+      if (existing) out.set(i, this.#result(existing, cidrs, req));
+      else waiting.push(i);
+    }
+    const ops: Op[] = [];
+    const staged: [number, IpRecord][] = [];
+    // As allocate() does: the node's claims key is read before its blocks, so a claim of ours that
+    // did not see a claim made since fails instead of taking a block more.
+    let claims = (await this.#backend.get(this.#keys.ipamClaims(this.#o.cell, first.node)))?.modRevision ?? 0;
+    const blocks = await this.#ownBlocks(first.node, cidrs);
+    for (let b = 0; staged.length < waiting.length; b++) {
+      let stored = blocks[b];
+      if (!stored) {
+        // The node's blocks are full: claim one more (its own transaction) and go on filling.
+        stored = await this.#claimBlock(first.node, cidrs, claims);
+        if (!stored) break;
+        claims = stored.kv.modRevision;
+      }
+      let block = stored.block;
+      for (let i = waiting[staged.length]; i !== undefined; i = waiting[staged.length]) {
+        const req = reqs[i] as AllocateRequest;
+        const offset = this.#freeOffset(block, cidrs, req);
+        if (offset === undefined) break;
+        const taken = this.#take(block, offset, req, handleOf(req.network, req.containerId, req.ifName));
+        block = taken.block;
+        ops.push(...taken.ops);
+        staged.push([i, taken.record]);
+      }
+      if (block !== stored.block) {
+        ops.push({ op: 'update', key: stored.kv.key, value: block, modRevision: stored.kv.modRevision });
+      }
+    }
+    if (staged.length === 0) return out;
+    await this.#store.commit(ops);
+    for (const [i, record] of staged) out.set(i, this.#result(record, cidrs, reqs[i] as AllocateRequest));
+    return out;
+  }
+
+  /**
+   * DELs at once: the addresses are freed in one transaction over their blocks; when it loses a
+   * race (or a handle's block is gone), each goes through releaseHandle() one by one.
+   */
+  async releaseMany(handles: readonly string[]): Promise<PromiseSettledResult<IpRecord | undefined>[]> {
+    let done: Map<number, IpRecord | undefined> | undefined;
+    if (handles.length > 1 && new Set(handles).size === handles.length) {
+      try {
+        done = await this.#releaseBatchOnce(handles);
+      } catch (err) {
+        if (!(err instanceof CompareFailedError)) throw err;
+      }
+    }
+    if (done) return handles.map((_, i) => ({ status: 'fulfilled', value: done.get(i) }));
+    const out: PromiseSettledResult<IpRecord | undefined>[] = [];
+    for (const handle of handles) out.push(...(await Promise.allSettled([this.releaseHandle(handle)])));
+    return out;
+  }
+
+  /** Undefined when a handle's block is gone (releaseHandle knows that case). */
+  async #releaseBatchOnce(handles: readonly string[]): Promise<Map<number, IpRecord | undefined> | undefined> {
+    const out = new Map<number, IpRecord | undefined>();
+    const blocks = new Map<string, { kv: KeyValue; block: BlockRecord }>();
+    const ops: Op[] = [];
+    for (const [i, handle] of handles.entries()) {
+      const handleKey = this.#keys.ipamHandle(this.#o.cell, handle);
+      const h = await this.#backend.get(handleKey);
+      if (!h) {
+        out.set(i, undefined);
+        continue;
+      }
+      const record = parseHandle(h);
+      const ipKey = this.#keys.ipamIp(this.#o.cell, record.ip);
+      const ip = await this.#backend.get(ipKey);
+      const blockKey = this.#keys.ipamBlock(this.#o.cell, record.block);
+      let entry = blocks.get(blockKey);
+      if (!entry) {
+        const kv = await this.#backend.get(blockKey);
+        if (!kv) return undefined;
+        entry = { kv, block: parseBlock(kv) };
+        blocks.set(blockKey, entry);
+      }
+      const offset = String(ipToInt(record.ip) - parseCidr(entry.block.cidr).base);
+      if (entry.block.allocations[offset] === handle) {
+        const { [offset]: _freed, ...allocations } = entry.block.allocations;
+        entry.block = { ...entry.block, allocations };
+      }
+      ops.push({ op: 'delete', key: ipKey }, { op: 'delete', key: handleKey, modRevision: h.modRevision });
+      out.set(i, ip ? parseIp(ip) : undefined);
+    }
+    for (const [key, { kv, block }] of blocks) {
+      const next = Object.keys(block.allocations).length === 0 ? { ...block, emptySince: this.#now() } : block;
+      ops.push({ op: 'update', key, value: next, modRevision: kv.modRevision });
+    }
+    if (ops.length > 0) await this.#store.commit(ops);
+    return out;
+  }
+
+  /**
    * Releases blocks that have been empty for longer than `graceMs`. Returns their CIDRs. A block
    * that changed since it was read is left for the next round, not retried: it is in use again.
    */
@@ -278,13 +416,27 @@ export class Allocator {
   ): Promise<Allocation | undefined> {
     const offset = this.#freeOffset(stored.block, cidrs, req);
     if (offset === undefined) return undefined;
-    const blockCidr = parseCidr(stored.block.cidr);
+    const taken = this.#take(stored.block, offset, req, handle);
+    await this.#store.commit([
+      { op: 'update', key: stored.kv.key, value: taken.block, modRevision: stored.kv.modRevision },
+      ...taken.ops,
+    ]);
+    return this.#result(taken.record, cidrs, req);
+  }
+
+  /** The block with `offset` taken by `handle`, and the address's and handle's records to create. */
+  #take(
+    block: BlockRecord,
+    offset: number,
+    req: AllocateRequest,
+    handle: string,
+  ): { block: BlockRecord; record: IpRecord; ops: Op[] } {
+    const blockCidr = parseCidr(block.cidr);
     const ip = intToIp(blockCidr.base + offset);
-    const at = this.#now();
     const record: IpRecord = {
       ip,
-      block: stored.block.cidr,
-      pool: stored.block.pool,
+      block: block.cidr,
+      pool: block.pool,
       node: req.node,
       handle,
       network: req.network,
@@ -292,21 +444,22 @@ export class Allocator {
       ifName: req.ifName,
       ...(req.namespace ? { namespace: req.namespace } : {}),
       ...(req.pod ? { pod: req.pod } : {}),
-      allocatedAt: at,
+      allocatedAt: this.#now(),
     };
-    const { emptySince: _gone, ...rest } = stored.block;
-    const block: BlockRecord = {
-      ...rest,
-      allocations: { ...stored.block.allocations, [String(offset)]: handle },
-      next: (offset + 1) % blockCidr.size,
+    const { emptySince: _gone, ...rest } = block;
+    const handleRecord: HandleRecord = { ip, block: block.cidr };
+    return {
+      block: {
+        ...rest,
+        allocations: { ...block.allocations, [String(offset)]: handle },
+        next: (offset + 1) % blockCidr.size,
+      },
+      record,
+      ops: [
+        { op: 'create', key: this.#keys.ipamIp(this.#o.cell, ip), value: record },
+        { op: 'create', key: this.#keys.ipamHandle(this.#o.cell, handle), value: handleRecord },
+      ],
     };
-    const handleRecord: HandleRecord = { ip, block: stored.block.cidr };
-    await this.#store.commit([
-      { op: 'update', key: stored.kv.key, value: block, modRevision: stored.kv.modRevision },
-      { op: 'create', key: this.#keys.ipamIp(this.#o.cell, ip), value: record },
-      { op: 'create', key: this.#keys.ipamHandle(this.#o.cell, handle), value: handleRecord },
-    ]);
-    return this.#result(record, cidrs, req);
   }
 
   /**

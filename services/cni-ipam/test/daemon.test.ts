@@ -1,0 +1,296 @@
+/**
+ * The resident allocator (the cni-ipam daemon) and the thin plugin against the region's real etcd
+ * (a key prefix of their own): the daemon runs as its own process, the plugin as containerd runs
+ * it (a process per call, the conf on stdin).
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createConnection } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { BerthKeys } from '@berth/shared/keys';
+import { GatewayBackend } from '@berth/shared/store/lite';
+import {
+  exited,
+  freePort,
+  REPO_ROOT,
+  regionAuthEnv,
+  regionCredentials,
+  regionEnv,
+  regionIpamAuth,
+  uniqueId,
+  waitFor,
+} from '@berth/shared/testing';
+import type { V1Pod } from '@kubernetes/client-node';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { checkCell, problems } from '../src/checker/check.ts';
+import type { DaemonResponse, DaemonStats } from '../src/daemon/protocol.ts';
+import { parseBlock, parseHandle, parseIp } from '../src/ipam/model.ts';
+import { Pools } from '../src/ipam/pools.ts';
+
+const env = regionEnv();
+const endpoints = (env.ETCD_ENDPOINTS ?? '').split(',');
+/** The thin plugin infra/ipam.sh installs (the binary containerd executes). */
+const THIN_PLUGIN = join(REPO_ROOT, '.local/bin/berth-ipam');
+
+type Daemon = { child: ChildProcess; socket: string; port: number; stop(): Promise<void> };
+const dirs: string[] = [];
+const daemons: Daemon[] = [];
+
+async function startDaemon(socketDir = mkdtempSync(join(tmpdir(), 'ipamd-'))): Promise<Daemon> {
+  dirs.push(socketDir);
+  const socket = join(socketDir, 'ipam.sock');
+  const port = await freePort();
+  const child = spawn(process.execPath, [join(REPO_ROOT, 'services/cni-ipam/src/index.ts')], {
+    env: {
+      PATH: process.env.PATH,
+      ETCD_ENDPOINTS: endpoints.join(','),
+      ...regionAuthEnv(env, ['etcd']),
+      HTTP_ADDR: `127.0.0.1:${port}`,
+      IPAM_SOCKET: socket,
+      IPAM_CHECKER: 'false',
+      LOG_LEVEL: 'warn',
+    },
+    stdio: ['ignore', 'inherit', 'inherit'],
+  });
+  const daemon: Daemon = {
+    child,
+    socket,
+    port,
+    stop: async () => {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      child.kill('SIGTERM');
+      await exited(child);
+    },
+  };
+  daemons.push(daemon);
+  await waitFor(async () => (await fetch(`http://127.0.0.1:${port}/readyz`).catch(() => undefined))?.ok, {
+    timeoutMs: 30_000,
+    message: 'the IPAM daemon did not become ready',
+  });
+  return daemon;
+}
+
+/** One raw request on the daemon's socket (what the thin plugin sends). */
+function ask(socket: string, line: string): Promise<DaemonResponse> {
+  return new Promise((resolve, reject) => {
+    const conn = createConnection(socket);
+    let out = '';
+    conn.on('data', (d) => {
+      out += d;
+    });
+    conn.on('end', () => resolve(JSON.parse(out) as DaemonResponse));
+    conn.on('error', reject);
+    conn.end(`${line}\n`);
+  });
+}
+
+function world() {
+  const keys = new BerthKeys(`/t-${uniqueId()}`);
+  const store = new GatewayBackend(endpoints, regionCredentials(env).etcd);
+  const cell = 'cell-t';
+  return { keys, store, cell, pools: new Pools(store, keys, cell) };
+}
+type World = ReturnType<typeof world>;
+
+function netconf(w: World, socket: string, node: string) {
+  return {
+    cniVersion: '1.0.0',
+    name: 'testnet',
+    ipam: {
+      type: 'berth-ipam',
+      etcdEndpoints: endpoints.join(','),
+      ...regionIpamAuth(env),
+      cell: w.cell,
+      etcdPrefix: w.keys.prefix,
+      node,
+      socket,
+    },
+  };
+}
+
+type PluginRun = { code: number; out: string };
+
+/** The thin plugin as containerd runs it. */
+function plugin(command: string, conf: unknown, containerId: string, pod = containerId): Promise<PluginRun> {
+  return new Promise((resolve) => {
+    const child = spawn(THIN_PLUGIN, [], {
+      env: {
+        PATH: process.env.PATH,
+        CNI_COMMAND: command,
+        CNI_CONTAINERID: containerId,
+        CNI_IFNAME: 'eth0',
+        CNI_NETNS: '/x',
+        CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=t;K8S_POD_NAME=${pod}`,
+      },
+      stdio: ['pipe', 'pipe', 'inherit'],
+    });
+    let out = '';
+    child.stdout.on('data', (d) => {
+      out += d;
+    });
+    child.on('close', (code) => resolve({ code: code ?? -1, out }));
+    child.stdin.end(typeof conf === 'string' ? conf : JSON.stringify(conf));
+  });
+}
+
+function addressOf(run: PluginRun): string {
+  expect(run.code, run.out).toBe(0);
+  return (JSON.parse(run.out) as { ips: { address: string }[] }).ips[0]?.address.split('/')[0] as string;
+}
+
+/** Every handle, address and block allocation of the cell agree with each other. */
+async function expectConsistent(w: World): Promise<void> {
+  const ips = (await w.store.range(w.keys.ipamIps(w.cell))).map(parseIp);
+  const handles = await w.store.range(w.keys.ipamHandles(w.cell));
+  const blocks = (await w.store.range(w.keys.ipamBlocks(w.cell))).map(parseBlock);
+  const inBlocks = blocks.flatMap((b) => Object.values(b.allocations));
+  expect(handles.length).toBe(ips.length);
+  expect(inBlocks.length).toBe(ips.length);
+  expect(new Set(inBlocks)).toEqual(new Set(ips.map((i) => i.handle)));
+  for (const h of handles) expect(ips.some((i) => i.ip === parseHandle(h).ip)).toBe(true);
+}
+
+/** The pods the runtime believes it started, each with the address its ADD returned. */
+function runningPods(byPod: Map<string, string>): V1Pod[] {
+  return [...byPod].map(([pod, ip]) => ({
+    metadata: { namespace: 't', name: pod },
+    spec: { nodeName: 'n1', containers: [] },
+    status: { phase: 'Running', podIP: ip, podIPs: [{ ip }] },
+  }));
+}
+
+afterEach(async () => {
+  await Promise.all(daemons.splice(0).map((d) => d.stop()));
+});
+
+afterAll(() => {
+  for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
+});
+
+describe('the resident allocator', () => {
+  it('200 concurrent ADDs through the thin plugin from 4 nodes get 200 distinct addresses, in batches', {
+    timeout: 180_000,
+  }, async () => {
+    const w = world();
+    await w.pools.add('198.19.40.0/22');
+    const daemon = await startDaemon();
+    const nodes = ['node-1', 'node-2', 'node-3', 'node-4'];
+    const runs = await Promise.all(
+      Array.from({ length: 200 }, (_, i) => plugin('ADD', netconf(w, daemon.socket, nodes[i % 4] as string), `c${i}`)),
+    );
+    const addresses = runs.map(addressOf);
+    expect(new Set(addresses).size).toBe(200);
+    // Each address sits in a block its own node claimed (no node took another's).
+    const ips = (await w.store.range(w.keys.ipamIps(w.cell))).map(parseIp);
+    const blocks = new Map(
+      (await w.store.range(w.keys.ipamBlocks(w.cell))).map((kv) => [parseBlock(kv).cidr, parseBlock(kv)]),
+    );
+    for (const ip of ips) expect(blocks.get(ip.block)?.node).toBe(ip.node);
+    await expectConsistent(w);
+
+    // The daemon answered them (no fallback) and put more than one in a transaction.
+    const stats = JSON.parse((await ask(daemon.socket, '{"v":1,"stats":true}')).stdout) as DaemonStats;
+    expect(stats.commands.ADD?.requests).toBe(200);
+    expect(stats.commands.ADD?.failures).toBe(0);
+    expect(stats.batches.largest).toBeGreaterThan(1);
+    expect((await w.store.range(w.keys.ipamFallbacksAll(w.cell))).length).toBe(0);
+
+    // ADD again is the same address; DEL frees every one.
+    expect(addressOf(await plugin('ADD', netconf(w, daemon.socket, 'node-2'), 'c1'))).toBe(addresses[1]);
+    const dels = await Promise.all(
+      Array.from({ length: 200 }, (_, i) => plugin('DEL', netconf(w, daemon.socket, nodes[i % 4] as string), `c${i}`)),
+    );
+    for (const d of dels) expect(d.code, d.out).toBe(0);
+    expect(await w.store.range(w.keys.ipamIps(w.cell))).toEqual([]);
+    await expectConsistent(w);
+  });
+
+  it('killed with SIGKILL mid-ADD: every ADD still ends with an address, and the check finds nothing after the retry', {
+    timeout: 180_000,
+  }, async () => {
+    const w = world();
+    await w.pools.add('198.19.40.0/22');
+    const daemon = await startDaemon();
+    const conf = netconf(w, daemon.socket, 'n1');
+    const adds = Array.from({ length: 40 }, (_, i) => plugin('ADD', conf, `k${i}`));
+    // Kill it once it has written some and, with 40 asked at once, not all of them.
+    await waitFor(async () => (await w.store.range(w.keys.ipamIps(w.cell), { keysOnly: true })).length > 0, {
+      timeoutMs: 60_000,
+      intervalMs: 5,
+    });
+    daemon.child.kill('SIGKILL');
+    const first = (await Promise.all(adds)).map(addressOf);
+    expect(new Set(first).size).toBe(40);
+    // The runtime retries what it does not know finished: the same address again, through the
+    // direct plugin now that the socket is dead.
+    const retried = (await Promise.all(first.map((_, i) => plugin('ADD', conf, `k${i}`)))).map(addressOf);
+    expect(retried).toEqual(first);
+    const byPod = new Map(first.map((ip, i) => [`k${i}`, ip]));
+    const report = await checkCell({
+      backend: w.store,
+      keys: w.keys,
+      cell: w.cell,
+      pods: async () => runningPods(byPod),
+    });
+    expect(report.allocations).toBe(40);
+    expect(problems(report), JSON.stringify(report)).toBe(0);
+    await expectConsistent(w);
+    // Some of them fell back, and the fallbacks were counted for the node.
+    const fallbacks = await w.store.get(w.keys.ipamFallbacks(w.cell, 'n1'));
+    expect((JSON.parse(fallbacks?.value ?? '{}') as { count?: number }).count).toBeGreaterThan(0);
+  });
+
+  it('a request it cannot read gets the spec’s error JSON; a bad conf the same error as the direct plugin', {
+    timeout: 60_000,
+  }, async () => {
+    const w = world();
+    const daemon = await startDaemon();
+    const garbled = await ask(daemon.socket, 'not json');
+    expect(garbled.exitCode).toBe(1);
+    expect(JSON.parse(garbled.stdout)).toMatchObject({ cniVersion: '1.0.0', code: 6 });
+    const oldProtocol = await ask(daemon.socket, '{"v":0,"env":{},"stdin":""}');
+    expect(JSON.parse(oldProtocol.stdout).msg).toMatch(/protocol version 1/);
+
+    const badCell = { ...netconf(w, daemon.socket, 'n1') };
+    badCell.ipam = { ...badCell.ipam, cell: 'Not A Label' };
+    const run = await plugin('ADD', badCell, 'x1');
+    expect(run.code).toBe(1);
+    expect(JSON.parse(run.out)).toMatchObject({
+      cniVersion: '1.0.0',
+      code: 7,
+      msg: expect.stringMatching(/ipam\.cell/),
+    });
+    const stats = JSON.parse((await ask(daemon.socket, '{"v":1,"stats":true}')).stdout) as DaemonStats;
+    expect(stats.commands.ADD).toMatchObject({ requests: 1, failures: 1 });
+  });
+
+  it('another node’s claim made behind its back is seen: it never hands out that block’s addresses', {
+    timeout: 60_000,
+  }, async () => {
+    const w = world();
+    // A /27 is two blocks of 16: the daemon's n1 takes one, then node-x the other through the
+    // direct plugin (no daemon on its socket).
+    await w.pools.add('198.19.41.0/27');
+    const daemon = await startDaemon();
+    const viaDaemon = addressOf(await plugin('ADD', netconf(w, daemon.socket, 'n1'), 'd0'));
+    const noDaemon = mkdtempSync(join(tmpdir(), 'ipamd-none-'));
+    dirs.push(noDaemon);
+    const direct = addressOf(await plugin('ADD', netconf(w, join(noDaemon, 'ipam.sock'), 'node-x'), 'x0'));
+    // n1's first block runs out: the other block is node-x's now, whatever the daemon's copy
+    // said a moment ago, so n1 borrows from it and never hands out what node-x holds.
+    const more = await Promise.all(
+      Array.from({ length: 20 }, (_, i) => plugin('ADD', netconf(w, daemon.socket, 'n1'), `d${i + 1}`)),
+    );
+    const all = [viaDaemon, direct, ...more.map(addressOf)];
+    expect(new Set(all).size).toBe(all.length);
+    await expectConsistent(w);
+  });
+
+  it('stops on SIGTERM and removes its socket', { timeout: 60_000 }, async () => {
+    const daemon = await startDaemon();
+    await daemon.stop();
+    expect(daemon.child.exitCode).toBe(0);
+    await expect(ask(daemon.socket, '{"v":1,"stats":true}')).rejects.toThrow(/ENOENT/);
+  });
+});
