@@ -26,7 +26,14 @@ export const PROTOCOL_VERSION = 1;
 export const DEFAULT_SOCKET = '/run/berth/ipam.sock';
 
 /** The CNI variables the plugin forwards (any other variable of its environment stays behind). */
-export const FORWARDED_ENV = ['CNI_COMMAND', 'CNI_CONTAINERID', 'CNI_NETNS', 'CNI_IFNAME', 'CNI_ARGS', 'CNI_PATH'] as const;
+export const FORWARDED_ENV = [
+  'CNI_COMMAND',
+  'CNI_CONTAINERID',
+  'CNI_NETNS',
+  'CNI_IFNAME',
+  'CNI_ARGS',
+  'CNI_PATH',
+] as const;
 
 /** The largest request the daemon reads (a network conf with a prevResult is a few KB). */
 export const MAX_REQUEST_BYTES = 1 << 20;

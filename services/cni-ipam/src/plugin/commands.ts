@@ -5,7 +5,7 @@
  * (no gRPC client at every pod start; `directAllocator`), the resident daemon hands its own
  * allocator of the conf's cell (services/cni-ipam/src/daemon).
  */
-import { spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { BerthKeys } from '@berth/shared/keys';
 import { GatewayBackend, type KvBackend } from '@berth/shared/store/lite';
@@ -70,7 +70,7 @@ export async function addAddress(
     pools: conf.ipam.pools,
     gateway: conf.ipam.gateway,
   });
-  forgetNeighbour(allocation.ip);
+  await forgetNeighbour(allocation.ip);
   return JSON.stringify(resultJson(conf, allocation));
 }
 
@@ -80,7 +80,7 @@ export async function releaseAddress(
   allocatorFor: AllocatorFor = directAllocator,
 ): Promise<undefined> {
   const freed = await allocatorFor(conf).release(conf.name, containerId, ifName);
-  if (freed) forgetNeighbour(freed.ip);
+  if (freed) await forgetNeighbour(freed.ip);
   return undefined;
 }
 
@@ -104,10 +104,30 @@ export async function checkAddress(
  * pod's MAC until the entry ages out: seconds of refused traffic for a pod that is Running.
  * Best effort: the plugin's result never depends on it.
  */
-function forgetNeighbour(ip: string): void {
-  spawnSync('ip', ['-4', 'neigh', 'flush', 'to', ip], {
-    stdio: 'ignore',
-    timeout: 2000,
-    env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' },
+export function forgetNeighbour(ip: string): Promise<void> {
+  flushing.push(ip);
+  // The addresses asked for in one turn of the event loop share one `ip -batch` run: the resident
+  // allocator answers a batch of ADDs at once and must not start a process for each.
+  flushed ??= new Promise<void>((resolve) => setImmediate(resolve)).then(runFlush);
+  return flushed;
+}
+
+let flushing: string[] = [];
+let flushed: Promise<void> | undefined;
+
+function runFlush(): Promise<void> {
+  const ips = flushing;
+  flushing = [];
+  flushed = undefined;
+  return new Promise<void>((resolve) => {
+    const child = spawn('ip', ['-4', '-force', '-batch', '-'], {
+      stdio: ['pipe', 'ignore', 'ignore'],
+      timeout: 2000,
+      env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' },
+    });
+    child.on('error', () => resolve());
+    child.on('close', () => resolve());
+    child.stdin.on('error', () => {});
+    child.stdin.end(ips.map((ip) => `neigh flush to ${ip}\n`).join(''));
   });
 }
