@@ -21,7 +21,7 @@ SRC=$BERTH_ROOT/services/cni-ipam/src
 ESBUILD=$BERTH_ROOT/services/cni-ipam/node_modules/.bin/esbuild
 THIN_SRC=$BERTH_ROOT/services/cni-ipam/thin
 # The resident allocator's socket in the local region (the cni-ipam service listens there).
-IPAM_SOCKET=$BERTH_RUN_DIR/ipam.sock
+IPAM_SOCKET=$BERTH_RUN_DIR/ipam/ipam.sock
 
 # The direct plugin: allocates over etcd itself. The thin plugin runs it when no daemon answers.
 install_direct_plugin() {
