@@ -1,19 +1,26 @@
 /**
  * `berth-ipam`: a CNI IPAM plugin (spec 1.0.0: ADD, DEL, CHECK, VERSION). `main` only dispatches
  * on CNI_COMMAND (./commands.ts does the work, ./config.ts reads stdin and the environment) and
- * maps errors to the spec's `{cniVersion, code, msg, details}` on stdout, exit 1.
+ * maps errors to the spec's `{cniVersion, code, msg, details}` on stdout, exit 1. This is the
+ * direct plugin (allocating over etcd itself); containerd runs the thin Go plugin
+ * (services/cni-ipam/thin), which asks the node's resident allocator and runs this one when that
+ * does not answer, with BERTH_IPAM_FALLBACK set (counted by ./fallback.ts).
  */
 import { isBerthError } from '@berth/shared/errors';
+import { BerthKeys } from '@berth/shared/keys';
+import type { GatewayBackend } from '@berth/shared/store/lite';
 import {
   type AllocatorFor,
   addAddress,
   checkAddress,
   directAllocator,
+  directBackend,
   releaseAddress,
   versionResult,
 } from './commands.ts';
-import { type CommandInput, readCommandInput, requireEnv } from './config.ts';
+import { type CommandInput, type NetConf, readCommandInput, requireEnv } from './config.ts';
 import { CniError } from './errors.ts';
+import { countFallback, fallbackReason } from './fallback.ts';
 
 /**
  * The one table from Berth's error codes to the spec's error codes (and the `details` an error
@@ -83,19 +90,34 @@ async function readStdin(): Promise<string> {
 
 if (import.meta.main) {
   let version = '1.0.0';
+  // The command's etcd connection, kept to count a fallback over it (./fallback.ts).
+  let used: { conf: NetConf; backend: GatewayBackend } | undefined;
   try {
-    const out = await runCommand(process.env, async () => {
-      const text = await readStdin();
-      try {
-        version = (JSON.parse(text) as { cniVersion?: string }).cniVersion ?? version;
-      } catch {
-        // reported by parseNetConf
-      }
-      return text;
-    });
+    const out = await runCommand(
+      process.env,
+      async () => {
+        const text = await readStdin();
+        try {
+          version = (JSON.parse(text) as { cniVersion?: string }).cniVersion ?? version;
+        } catch {
+          // reported by parseNetConf
+        }
+        return text;
+      },
+      (conf) => {
+        used = { conf, backend: directBackend(conf) };
+        return directAllocator(conf, used.backend);
+      },
+    );
     if (out !== undefined) process.stdout.write(`${out}\n`);
   } catch (err) {
     process.stdout.write(`${JSON.stringify(errorJson(err, version))}\n`);
     process.exitCode = 1;
+  }
+  // Run by the thin plugin because the resident allocator did not answer: count it (best effort).
+  const reason = fallbackReason(process.env);
+  if (reason && used) {
+    const { conf, backend } = used;
+    await countFallback(backend, new BerthKeys(conf.ipam.etcdPrefix), conf.ipam, reason);
   }
 }
