@@ -6,7 +6,7 @@
  *   cnictl --cell cell-a ip list [--node N]
  *   cnictl --cell cell-a check [--json]
  *   cnictl --cell cell-a release <ip>… | release --leaked [--older-than 1h] [--dry-run]
- *   cnictl --cell cell-a stats
+ *   cnictl --cell cell-a stats [--socket PATH]   (with the node's resident allocator's counters)
  *
  * Reads ETCD_ENDPOINTS (and ETCD_PREFIX); `check` and `release --leaked` read the cell's pods
  * through `--kubeconfig` (default `<KUBECONFIG_DIR or .local/cells>/<cell>.kubeconfig`).
@@ -21,10 +21,13 @@ import { BerthKeys } from '@berth/shared/keys';
 import { GatewayBackend } from '@berth/shared/store/lite';
 import { Command, CommanderError } from 'commander';
 import { type CheckReport, checkCell, listAllocations, listPods, problems, releaseLeaks } from '../checker/check.ts';
+import { daemonStats } from '../daemon/client.ts';
+import { type DaemonStats, DEFAULT_SOCKET } from '../daemon/protocol.ts';
 import { Allocator } from '../ipam/allocator.ts';
 import { ipToInt, parseCidr } from '../ipam/cidr.ts';
 import { parseBlock } from '../ipam/model.ts';
 import { Pools } from '../ipam/pools.ts';
+import type { FallbackCount } from '../plugin/fallback.ts';
 
 /** A wrong command line: exit 2. */
 export class UsageError extends BerthError {
@@ -289,13 +292,19 @@ export async function cnictl(argv: string[], io: CnictlIo): Promise<number> {
 
   program
     .command('stats')
-    .description('use per pool and per node')
-    .action(async () => {
+    .description("use per pool and per node, the node's resident allocator's counters, and fallbacks")
+    .option('--socket <path>', "the resident allocator's socket (default $IPAM_SOCKET or /run/berth/ipam.sock)")
+    .action(async (opts: { socket?: string }) => {
       const { g, backend, pools } = ctx();
-      const list = await pools.list();
-      const blocks = (await backend.range(keys.ipamBlocks(g.cell))).map(parseBlock);
+      const socket = opts.socket ?? env.IPAM_SOCKET ?? DEFAULT_SOCKET;
+      const [list, blockKvs, fallbackKvs, daemon] = await Promise.all([
+        pools.list(),
+        backend.range(keys.ipamBlocks(g.cell)),
+        backend.range(keys.ipamFallbacksAll(g.cell)),
+        daemonStats(socket),
+      ]);
       const nodes = new Map<string, { blocks: number; allocated: number }>();
-      for (const b of blocks) {
+      for (const b of blockKvs.map(parseBlock)) {
         const n = nodes.get(b.node) ?? { blocks: 0, allocated: 0 };
         n.blocks++;
         n.allocated += Object.keys(b.allocations).length;
@@ -304,7 +313,11 @@ export async function cnictl(argv: string[], io: CnictlIo): Promise<number> {
       const byNode = [...nodes]
         .map(([node, n]) => ({ node, ...n, free: n.blocks * 16 - n.allocated }))
         .sort((a, b) => (a.node < b.node ? -1 : 1));
-      print(g, { pools: list, nodes: byNode }, () =>
+      const fallbacks = fallbackKvs.map((kv) => ({
+        node: kv.key.slice(keys.ipamFallbacksAll(g.cell).length),
+        ...parseFallbacks(kv.value),
+      }));
+      print(g, { pools: list, nodes: byNode, daemon: daemon ?? null, fallbacks }, () =>
         [
           table([
             ['POOL', 'STATE', 'ALLOCATED', 'CAPACITY', 'USE'],
@@ -321,6 +334,17 @@ export async function cnictl(argv: string[], io: CnictlIo): Promise<number> {
             ['NODE', 'BLOCKS', 'ALLOCATED', 'FREE IN BLOCKS'],
             ...byNode.map((n) => [n.node, n.blocks, n.allocated, n.free]),
           ]),
+          '',
+          daemonText(socket, daemon),
+          ...(fallbacks.length > 0
+            ? [
+                '',
+                table([
+                  ['NODE', 'FALLBACKS', 'LAST', 'WHY'],
+                  ...fallbacks.map((f) => [f.node, f.count ?? '?', f.lastAt ?? '-', f.lastReason ?? '-']),
+                ]),
+              ]
+            : []),
         ].join('\n'),
       );
     });
@@ -337,6 +361,29 @@ export async function cnictl(argv: string[], io: CnictlIo): Promise<number> {
     return err instanceof UsageError ? 2 : 1;
   }
   return exitCode;
+}
+
+/** A node's fallback counter (../plugin/fallback.ts writes it); what does not parse shows as unknown. */
+function parseFallbacks(value: string): { count: number | null; lastAt?: string; lastReason?: string } {
+  try {
+    const f = JSON.parse(value) as Partial<FallbackCount>;
+    return { count: typeof f.count === 'number' ? f.count : null, lastAt: f.lastAt, lastReason: f.lastReason };
+  } catch {
+    return { count: null };
+  }
+}
+
+/** The resident allocator's counters as `cnictl stats` prints them. */
+function daemonText(socket: string, stats: DaemonStats | undefined): string {
+  if (!stats) return `resident allocator: none answers on ${socket} (the thin plugin allocates directly)`;
+  const b = stats.batches;
+  return [
+    `resident allocator: ${socket}, up since ${stats.startedAt}; ${b.transactions} batched transactions carried ${b.requests} requests (largest ${b.largest})`,
+    table([
+      ['COMMAND', 'REQUESTS', 'FAILURES', 'P50 MS', 'P99 MS'],
+      ...Object.entries(stats.commands).map(([command, c]) => [command, c.requests, c.failures, c.p50Ms, c.p99Ms]),
+    ]),
+  ].join('\n');
 }
 
 if (import.meta.main) {

@@ -82,6 +82,29 @@ export function errorJson(
   return { cniVersion, code: mapped?.code ?? GENERIC, msg, details };
 }
 
+/**
+ * One CNI call, start to end: what to print on stdout and the exit code. The error object names
+ * the conf's own CNI version when stdin has one. The daemon answers each socket request with it.
+ */
+export async function runPlugin(
+  env: NodeJS.ProcessEnv,
+  stdin: string,
+  allocatorFor: AllocatorFor = directAllocator,
+): Promise<{ exitCode: number; stdout: string }> {
+  let version = '1.0.0';
+  try {
+    version = (JSON.parse(stdin) as { cniVersion?: string })?.cniVersion ?? version;
+  } catch {
+    // reported by parseNetConf
+  }
+  try {
+    const out = await runCommand(env, async () => stdin, allocatorFor);
+    return { exitCode: 0, stdout: out ?? '' };
+  } catch (err) {
+    return { exitCode: 1, stdout: JSON.stringify(errorJson(err, typeof version === 'string' ? version : '1.0.0')) };
+  }
+}
+
 async function readStdin(): Promise<string> {
   const chunks: Buffer[] = [];
   for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
@@ -89,31 +112,14 @@ async function readStdin(): Promise<string> {
 }
 
 if (import.meta.main) {
-  let version = '1.0.0';
   // The command's etcd connection, kept to count a fallback over it (./fallback.ts).
   let used: { conf: NetConf; backend: GatewayBackend } | undefined;
-  try {
-    const out = await runCommand(
-      process.env,
-      async () => {
-        const text = await readStdin();
-        try {
-          version = (JSON.parse(text) as { cniVersion?: string }).cniVersion ?? version;
-        } catch {
-          // reported by parseNetConf
-        }
-        return text;
-      },
-      (conf) => {
-        used = { conf, backend: directBackend(conf) };
-        return directAllocator(conf, used.backend);
-      },
-    );
-    if (out !== undefined) process.stdout.write(`${out}\n`);
-  } catch (err) {
-    process.stdout.write(`${JSON.stringify(errorJson(err, version))}\n`);
-    process.exitCode = 1;
-  }
+  const { exitCode, stdout } = await runPlugin(process.env, await readStdin(), (conf) => {
+    used = { conf, backend: directBackend(conf) };
+    return directAllocator(conf, used.backend);
+  });
+  if (stdout) process.stdout.write(`${stdout}\n`);
+  process.exitCode = exitCode;
   // Run by the thin plugin because the resident allocator did not answer: count it (best effort).
   const reason = fallbackReason(process.env);
   if (reason && used) {
