@@ -942,7 +942,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** CPU, memory and restarts of the app per version and cell, from the cells' kubelets (Reporter and up); request counts are not served yet (docs/instances.md) */
+        /** CPU, memory and restarts of the app per version and cell, from the cells' kubelets, and its requests per version and status class within the window, from the lb-agents (Reporter and up; docs/instances.md) */
         get: operations["appMetrics"];
         put?: never;
         post?: never;
@@ -16169,6 +16169,18 @@ export interface operations {
                         }[];
                     } & {
                         [key: string]: unknown;
+                        requests: {
+                            version: string;
+                            total: number;
+                            "2xx": number;
+                            "3xx": number;
+                            "4xx": number;
+                            "5xx": number;
+                        }[] | null;
+                        agents: {
+                            answered: number;
+                            missing: number;
+                        };
                     };
                 };
             };

@@ -135,6 +135,11 @@ export const apiEnv = z
      */
     BERTH_SECRETS_KEYS: secret(secretsKeyringSchema.optional()),
   })
+    /**
+     * The bearer token the lb-agents want for their request counts (`/stats/requests`, protected
+     * as their /metrics: their METRICS_TOKEN), best from LB_STATS_TOKEN_FILE. Unset: none sent.
+     */
+    LB_STATS_TOKEN: secret(z.string().min(16, 'at least 16 characters').max(4096).optional()),
   .superRefine((env, ctx) => {
     if (env.REGISTRY_TOKEN_TTL < 60_000) {
       ctx.addIssue({ code: 'custom', path: ['REGISTRY_TOKEN_TTL'], message: 'at least 60s (token spec)' });

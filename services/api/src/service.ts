@@ -24,6 +24,7 @@ import { Idempotency } from './http/idempotency.ts';
 import { Mutations } from './http/mutation.ts';
 import { buildOpenApi } from './http/openapi.ts';
 import { type AnyRoute, mountRoutes } from './http/routes.ts';
+import { LbRequestCounts } from './lb/requests.ts';
 import { TagPushes } from './registry/notifications.ts';
 import { RegistryClient } from './registry/registry-client.ts';
 import { parseSigningKey } from './registry/signing-key.ts';
@@ -217,7 +218,13 @@ export class ApiService {
       ...buildConfigRoutes(ctx, webhookSecrets),
       ...buildRoutes(ctx, buildRuns, buildLogs),
       ...buildHookRoutes(ctx, buildRuns, webhookSecrets, runtime.etcd),
-      ...instanceRoutes(ctx, pods, new CellLogs({ pods, logger }), new CellMetrics({ pods, logger })),
+      ...instanceRoutes(
+        ctx,
+        pods,
+        new CellLogs({ pods, logger }),
+        new CellMetrics({ pods, logger }),
+        new LbRequestCounts({ store, keys: runtime.keys, logger, token: config.LB_STATS_TOKEN }),
+      ),
     ];
     // The registry: its token server, its repositories and tags when the API reaches it, and who
     // pushed each tag when it sends its notifications here.

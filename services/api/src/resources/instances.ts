@@ -10,6 +10,7 @@ import type { CellLogs, LogLine } from '../cells/logs.ts';
 import type { CellMetrics } from '../cells/metrics.ts';
 import type { CellPods } from '../cells/pods.ts';
 import { defineRoute } from '../http/routes.ts';
+import type { LbRequestCounts } from '../lb/requests.ts';
 import { roleAllows } from '../rbac/index.ts';
 import { loadApp } from './app-access.ts';
 import type { ApiContext } from './context.ts';
@@ -105,7 +106,7 @@ export const metricsQuery = z
       .string()
       .regex(/^\d{1,5}[smh]$/, 'expected a duration like 30s, 10m or 2h')
       .default('15m')
-      .describe('How far back `restartedWithinWindow` looks (default 15m); usage is the last sample'),
+      .describe('How far back `restartedWithinWindow` and `requests` look (default 15m); usage is the last sample'),
   })
   .strict();
 export const versionCellMetricsSchema = z.object({
@@ -122,14 +123,36 @@ export const versionCellMetricsSchema = z.object({
   restarts: z.number().int(),
   restartedWithinWindow: z.number().int(),
 });
+/** Requests of one version within the window, summed over the lb-agents that answered. */
+export const versionRequestsSchema = z.object({
+  version: z.string(),
+  total: z.number().int(),
+  '2xx': z.number().int(),
+  '3xx': z.number().int(),
+  '4xx': z.number().int(),
+  '5xx': z.number().int(),
+});
 export const metricsResponse = z.object({
   window: z.string(),
   items: z.array(versionCellMetricsSchema),
   /** Cells that did not answer: their rows are missing. */
   unreachable: z.array(z.string()),
+  /**
+   * Requests per version within the window, counted by the lb-agents of the LB groups the app has
+   * domains in; versions that got none are left out; null when no agent answered.
+   */
+  requests: z.array(versionRequestsSchema).nullable(),
+  /** The lb-agents asked for `requests`: how many answered, and how many did not. */
+  agents: z.object({ answered: z.number().int(), missing: z.number().int() }),
 });
 
-export function instanceRoutes(ctx: ApiContext, pods: CellPods, logs: CellLogs, metrics: CellMetrics) {
+export function instanceRoutes(
+  ctx: ApiContext,
+  pods: CellPods,
+  logs: CellLogs,
+  metrics: CellMetrics,
+  requests: LbRequestCounts,
+) {
   return [
     defineRoute({
       method: 'get',
@@ -214,7 +237,7 @@ export function instanceRoutes(ctx: ApiContext, pods: CellPods, logs: CellLogs, 
       path: '/apps/:app/metrics',
       operationId: 'appMetrics',
       summary:
-        "CPU, memory and restarts of the app per version and cell, from the cells' kubelets (Reporter and up); request counts are not served yet (docs/instances.md)",
+        "CPU, memory and restarts of the app per version and cell, from the cells' kubelets, and its requests per version and status class within the window, from the lb-agents (Reporter and up; docs/instances.md)",
       tags: ['instances'],
       access: { kind: 'user', scope: 'read' },
       params: appParams,
@@ -223,8 +246,11 @@ export function instanceRoutes(ctx: ApiContext, pods: CellPods, logs: CellLogs, 
       handler: async ({ params, query, principal }) => {
         await loadForReporter(ctx, principal, params.app);
         const windowMs = (seconds(query.window) ?? 900) * 1000;
-        const body = await metrics.collect(params.app, { version: query.version, windowMs });
-        return { status: 200, body: { window: query.window, ...body } };
+        const [cells, lb] = await Promise.all([
+          metrics.collect(params.app, { version: query.version, windowMs }),
+          requests.collect(params.app, { version: query.version, window: query.window }),
+        ]);
+        return { status: 200, body: { window: query.window, ...cells, ...lb } };
       },
     }),
 
