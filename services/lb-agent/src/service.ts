@@ -96,6 +96,7 @@ export class LbAgentService {
         await events.emit({ ...input, actor: { type: 'service', name: 'lb-agent' } } as EventInput);
       };
     }
+    let statsUrl: string | undefined;
     const agent = new LbAgent({
       etcd: runtime.etcd,
       keys: runtime.keys,
@@ -108,7 +109,11 @@ export class LbAgentService {
       debounceMs: config.LB_RELOAD_DEBOUNCE,
       digestIntervalMs: config.LB_DIGEST_INTERVAL,
       leaseTtlSeconds: config.LB_LEASE_TTL_SECONDS,
-      statsUrl: () => config.LB_STATS_URL ?? `${runtime.http.url}${STATS_PATH}`,
+      // The listener's URL once it listens (the port is known then, also when configured as 0).
+      statsUrl: () => {
+        statsUrl ??= config.LB_STATS_URL ?? `${runtime.http.url}${STATS_PATH}`;
+        return statsUrl;
+      },
       ...(publish ? { publish } : {}),
     });
     runtime.health.add('nginx', async () => {
