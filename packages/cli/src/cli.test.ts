@@ -10,7 +10,7 @@ import { describeError, UsageError } from './errors.ts';
 import { run } from './main.ts';
 import { parseFormat, render, style, table } from './output.ts';
 import { parseCount, parseTag, parseVersionName, parseWeights } from './parse.ts';
-import { settled, statusTable } from './program.ts';
+import { requestsTable, settled, statusTable } from './program.ts';
 import { formatLogLine } from './streams.ts';
 
 function sink() {
@@ -177,6 +177,24 @@ describe('output', () => {
     expect(settled(done)).toBe(true);
     const scaledToZero = { app: 'shop', versions: [{ name: 'v1', replicas: 0, ready: 0, available: 0, cells: [] }] };
     expect(settled(scaledToZero)).toBe(true);
+  });
+
+  it('top: requests per version and status class, 0 for a version with none, and who did not answer', () => {
+    const items = [{ version: 'v1' }, { version: 'v2' }, { version: 'v2' }];
+    const requests = [{ version: 'v1', total: 12, '2xx': 10, '3xx': 0, '4xx': 1, '5xx': 1 }];
+    const text = requestsTable({ window: '15m', items, requests, agents: { answered: 1, missing: 1 } });
+    const lines = text.split('\n');
+    expect(lines[0]).toBe('requests in the last 15m (1 of 2 lb-agents did not answer):');
+    expect(lines[1]?.split(/\s+/)).toEqual(['VERSION', 'REQUESTS', '2XX', '3XX', '4XX', '5XX']);
+    expect(lines[2]?.split(/\s+/)).toEqual(['v1', '12', '10', '0', '1', '1']);
+    expect(lines[3]?.split(/\s+/)).toEqual(['v2', '0', '0', '0', '0', '0']);
+    expect(lines).toHaveLength(4);
+    expect(requestsTable({ window: '15m', items, requests: null, agents: { answered: 0, missing: 2 } })).toBe(
+      'requests: none of the 2 lb-agents answered',
+    );
+    expect(requestsTable({ window: '15m', items, requests: null, agents: { answered: 0, missing: 0 } })).toMatch(
+      /no lb-agent serves a domain/,
+    );
   });
 
   it('log lines are prefixed with cell/instance', () => {

@@ -618,9 +618,9 @@ export function buildProgram(io: Io, afterDashes: string[] = []): Command {
 
   program
     .command('top <app>')
-    .description('CPU, memory and restarts per version and cell (and requests once the LBs report them)')
+    .description('CPU, memory and restarts per version and cell, and requests per version from the LBs')
     .option('--version <v>', 'only this version')
-    .option('--window <duration>', 'how far back to count restarts, e.g. 15m (default)')
+    .option('--window <duration>', 'how far back to count restarts and requests, e.g. 15m (default)')
     .action(async (app: string, opts: { version?: string; window?: string }, cmd: Command) => {
       const c = ctx(cmd);
       const body = await call(
@@ -650,6 +650,8 @@ export function buildProgram(io: Io, afterDashes: string[] = []): Command {
               { header: `RESTARTS(${body.window})`, get: (m) => m.restartedWithinWindow },
             ]),
             ...(body.unreachable.length ? [`cells that did not answer: ${body.unreachable.join(', ')}`] : []),
+            '',
+            requestsTable(body),
           ].join('\n'),
         ),
       );
@@ -867,6 +869,42 @@ function versionsTable(
     imageTag: string;
     replicas: number;
     cpu: string;
+type AppMetrics = {
+  window: string;
+  items: { version: string }[];
+  requests: { version: string; total: number; '2xx': number; '3xx': number; '4xx': number; '5xx': number }[] | null;
+  agents: { answered: number; missing: number };
+};
+
+/**
+ * `top`'s second table: requests per version and status class within the window, as the
+ * lb-agents counted them; a version with instances and no request shows 0.
+ */
+export function requestsTable(m: AppMetrics): string {
+  const asked = m.agents.answered + m.agents.missing;
+  if (asked === 0) return 'requests: no lb-agent serves a domain of this app';
+  if (m.requests === null) return `requests: none of the ${asked} lb-agents answered`;
+  const byVersion = new Map(m.requests.map((r) => [r.version, r]));
+  for (const { version } of m.items) {
+    if (!byVersion.has(version)) byVersion.set(version, { version, total: 0, '2xx': 0, '3xx': 0, '4xx': 0, '5xx': 0 });
+  }
+  const rows = [...byVersion.values()].sort((a, b) => a.version.localeCompare(b.version, 'en', { numeric: true }));
+  const note = m.agents.missing ? ` (${m.agents.missing} of ${asked} lb-agents did not answer)` : '';
+  const heading = `requests in the last ${m.window}${note}`;
+  if (!rows.length) return `${heading}: none`;
+  return [
+    `${heading}:`,
+    table(rows, [
+      { header: 'VERSION', get: (r) => r.version },
+      { header: 'REQUESTS', get: (r) => r.total },
+      { header: '2XX', get: (r) => r['2xx'] },
+      { header: '3XX', get: (r) => r['3xx'] },
+      { header: '4XX', get: (r) => r['4xx'] },
+      { header: '5XX', get: (r) => r['5xx'] },
+    ]),
+  ].join('\n');
+}
+
     memory: string;
     createdAt: string;
     createdBy: string;
