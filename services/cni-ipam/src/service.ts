@@ -10,6 +10,7 @@ import { ResidentAllocators } from './daemon/resident.ts';
 import { IpamSocketServer } from './daemon/server.ts';
 import type { IpamCheckerConfig } from './env.ts';
 import { Allocator } from './ipam/allocator.ts';
+import { closeNeighbours } from './plugin/commands.ts';
 
 /**
  * The node's IPAM daemon. The resident allocator: CNI ADD, DEL and CHECK over IPAM_SOCKET for the
@@ -98,7 +99,14 @@ function addResidentAllocator(runtime: ServiceRuntime, config: IpamCheckerConfig
   server = new IpamSocketServer({ path: config.IPAM_SOCKET, allocators, metrics: runtime.metrics, logger: log });
   const socket = server;
   // Components stop in reverse: the socket first (requests in flight finish), then the copies.
-  runtime.add({ name: 'resident-allocators', start: async () => {}, stop: () => allocators.stop() });
+  runtime.add({
+    name: 'resident-allocators',
+    start: async () => {},
+    stop: async () => {
+      await allocators.stop();
+      await closeNeighbours();
+    },
+  });
   runtime.add({ name: 'ipam-socket', start: () => socket.start(), stop: () => socket.stop() });
   return socket;
 }

@@ -5,7 +5,7 @@
  * (no gRPC client at every pod start; `directAllocator`), the resident daemon hands its own
  * allocator of the conf's cell (services/cni-ipam/src/daemon).
  */
-import { spawn } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { BerthKeys } from '@berth/shared/keys';
 import { GatewayBackend, type KvBackend } from '@berth/shared/store/lite';
@@ -70,7 +70,7 @@ export async function addAddress(
     pools: conf.ipam.pools,
     gateway: conf.ipam.gateway,
   });
-  await forgetNeighbour(allocation.ip);
+  forgetNeighbour(allocation.ip);
   return JSON.stringify(resultJson(conf, allocation));
 }
 
@@ -80,7 +80,7 @@ export async function releaseAddress(
   allocatorFor: AllocatorFor = directAllocator,
 ): Promise<undefined> {
   const freed = await allocatorFor(conf).release(conf.name, containerId, ifName);
-  if (freed) await forgetNeighbour(freed.ip);
+  if (freed) forgetNeighbour(freed.ip);
   return undefined;
 }
 
@@ -102,32 +102,40 @@ export async function checkAddress(
  * Drops the host's ARP entry for an address that changes hands. Debian's bridge plugin sends no
  * gratuitous ARP, so without this the host (and the lb-agent on it) keeps sending to the previous
  * pod's MAC until the entry ages out: seconds of refused traffic for a pod that is Running.
- * Best effort: the plugin's result never depends on it.
+ * Best effort: the plugin's result never depends on it, and the answer does not wait for it (the
+ * pod takes traffic only once it is ready, long after).
+ *
+ * One `ip -batch -` process takes the addresses on its stdin, one line each: the resident
+ * allocator answers hundreds of ADDs a second and must not start a process for each. The direct
+ * plugin ends it (closeNeighbours) before it exits, so its flushes are done by then.
  */
-export function forgetNeighbour(ip: string): Promise<void> {
-  flushing.push(ip);
-  // The addresses asked for in one turn of the event loop share one `ip -batch` run: the resident
-  // allocator answers a batch of ADDs at once and must not start a process for each.
-  flushed ??= new Promise<void>((resolve) => setImmediate(resolve)).then(runFlush);
-  return flushed;
+export function forgetNeighbour(ip: string): void {
+  neighbours ??= startNeighbourFlusher();
+  neighbours.stdin?.write(`neigh flush to ${ip}\n`);
 }
 
-let flushing: string[] = [];
-let flushed: Promise<void> | undefined;
-
-function runFlush(): Promise<void> {
-  const ips = flushing;
-  flushing = [];
-  flushed = undefined;
+/** Ends the `ip` process once it has flushed what it was given. */
+export function closeNeighbours(): Promise<void> {
+  const child = neighbours;
+  neighbours = undefined;
+  if (!child || child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
   return new Promise<void>((resolve) => {
-    const child = spawn('ip', ['-4', '-force', '-batch', '-'], {
-      stdio: ['pipe', 'ignore', 'ignore'],
-      timeout: 2000,
-      env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' },
-    });
-    child.on('error', () => resolve());
-    child.on('close', () => resolve());
-    child.stdin.on('error', () => {});
-    child.stdin.end(ips.map((ip) => `neigh flush to ${ip}\n`).join(''));
+    child.once('close', () => resolve());
+    child.stdin?.end();
   });
+}
+
+let neighbours: ChildProcess | undefined;
+
+function startNeighbourFlusher(): ChildProcess {
+  const child = spawn('ip', ['-4', '-force', '-batch', '-'], {
+    stdio: ['pipe', 'ignore', 'ignore'],
+    env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' },
+  });
+  child.on('error', () => {}); // no `ip`: nothing to flush with (the next address tries again)
+  child.stdin?.on('error', () => {});
+  child.on('close', () => {
+    if (neighbours === child) neighbours = undefined;
+  });
+  return child;
 }

@@ -13,6 +13,7 @@ import {
   type AllocatorFor,
   addAddress,
   checkAddress,
+  closeNeighbours,
   directAllocator,
   directBackend,
   releaseAddress,
@@ -126,4 +127,5 @@ if (import.meta.main) {
     const { conf, backend } = used;
     await countFallback(backend, new BerthKeys(conf.ipam.etcdPrefix), conf.ipam, reason);
   }
+  await closeNeighbours();
 }
