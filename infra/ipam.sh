@@ -113,6 +113,8 @@ write_env() {
   mkdir -p "$BERTH_LOCAL/env.d"
   {
     echo "# The real cells' pods get their addresses from Berth's pools (infra/cells.sh reads this)."
+    echo "# cnictl stats asks the resident allocator on this socket (the cni-ipam service listens there)."
+    echo "export IPAM_SOCKET=$IPAM_SOCKET"
     for entry in "${REAL_CELLS[@]}"; do
       read -r cell pool gateway <<<"$entry"
       var=BERTH_$(tr '[:lower:]-' '[:upper:]_' <<<"$cell")_IPAM
