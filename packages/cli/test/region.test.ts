@@ -165,6 +165,31 @@ describe('a journey with real pods: create, deploy, watch, shift traffic, exec, 
   afterAll(async () => {
     await run(['apps', 'delete', app, '--yes']);
   });
+  it('top shows the requests per version that the lb-agents counted, beside CPU and memory', async () => {
+    expect(LB, 'BERTH_LB_URL: source .local/env').toBeTruthy();
+    const top = async () => {
+      const r = await berth(['top', 'sample', '-o', 'json'], home);
+      expect(r.stderr).toBe('');
+      expect(r.code).toBe(0);
+      return JSON.parse(r.stdout) as {
+        items: { cpuCores: number | null }[];
+        requests: { version: string; total: number }[] | null;
+        agents: { answered: number; missing: number };
+      };
+    };
+    const sum = (m: Awaited<ReturnType<typeof top>>) => (m.requests ?? []).reduce((n, r) => n + r.total, 0);
+    const before = await top();
+    expect(before.agents.answered).toBeGreaterThanOrEqual(1);
+    expect(before.items.length).toBeGreaterThan(0);
+    for (let i = 0; i < 5; i++) await viaNginx();
+    const after = await top();
+    expect(after.requests).not.toBeNull();
+    expect(sum(after) - sum(before)).toBeGreaterThanOrEqual(5);
+    const human = await berth(['top', 'sample'], home);
+    expect(human.stdout).toMatch(/^VERSION\s+CELL\s+READY\s+CPU\s+MEMORY/);
+    expect(human.stdout).toMatch(/\nVERSION\s+REQUESTS\s+2XX\s+3XX\s+4XX\s+5XX\n/);
+  });
+
 
   it('goes from nothing to two versions and back, every step settled in the cells', async () => {
     const tag = JSON.parse((await run(['versions', 'list', 'sample', '-o', 'json'])).stdout)[0].imageTag;

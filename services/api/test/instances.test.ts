@@ -5,9 +5,10 @@
  * it reads those real pods without starting a scheduler of its own (they are only read, and exec
  * runs harmless commands in them).
  */
-import { request } from 'node:http';
+import { get, request } from 'node:http';
 import { loadCellClient } from '@berth/shared/kube';
-import { uniqueId, waitFor } from '@berth/shared/testing';
+import { lbAgentStatusSchema } from '@berth/shared/model';
+import { regionEnv, uniqueId, waitFor } from '@berth/shared/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
 import { appBody, ensureRegion, startApi, type TestApi } from './harness.ts';
@@ -325,6 +326,106 @@ describe('metrics', () => {
       expect(typeof r.restarts).toBe('number');
     }
     expect((await api.call('GET', `/apps/${APP}/metrics`, { token: guest })).status).toBe(403);
+  });
+});
+
+describe('requests from the lb-agents', () => {
+  // The region's nginx routes `sample.berth.test` to the region's sample app, and the region's
+  // lb-agent counts its requests. This API gets the same domain in the same group, and the
+  // agent's status (where it serves its counts) copied from the region's prefix into its own.
+  const LB = process.env.BERTH_LB_URL ?? regionEnv().BERTH_LB_URL ?? 'http://127.0.0.1:8080';
+  const REGION_PREFIX = process.env.ETCD_PREFIX ?? regionEnv().ETCD_PREFIX ?? '/berth';
+  const GROUP = 'local';
+  const DOMAIN = 'sample.berth.test';
+
+  beforeAll(async () => {
+    const group = await api.call('POST', '/lb-groups', { token: api.adminToken, body: { name: GROUP } });
+    expect([201, 409]).toContain(group.status);
+    const bound = await api.call('POST', `/apps/${APP}/domains`, {
+      token: api.adminToken,
+      body: { domain: DOMAIN, group: GROUP },
+    });
+    expect(bound.status, JSON.stringify(bound.json)).toBe(201);
+    const { etcd, keys } = api.service.runtime;
+    const regionAgents = `${REGION_PREFIX}/slb/${GROUP}/agents/`;
+    const agents = await waitFor(
+      async () => {
+        const all = Object.values(await etcd.getAll().prefix(regionAgents).strings());
+        const parsed = all.map((v) => lbAgentStatusSchema.parse(JSON.parse(v)));
+        return parsed.some((a) => a.statsUrl) ? parsed : undefined;
+      },
+      { timeoutMs: 30_000, message: `an lb-agent with a statsUrl under ${regionAgents} (the region's lb-agent)` },
+    );
+    for (const a of agents) await etcd.put(keys.lbAgent(GROUP, a.host)).value(JSON.stringify(a));
+  }, 60_000);
+
+  /** One GET / through the region's nginx; the version that answered (X-Berth-Version). */
+  function viaNginx(): Promise<{ status: number; version: string | undefined }> {
+    return new Promise((resolve, reject) => {
+      get(`${LB}/`, { headers: { host: DOMAIN } }, (res) => {
+        res.resume();
+        res.on('end', () => {
+          const v = res.headers['x-berth-version'];
+          resolve({ status: res.statusCode ?? 0, version: typeof v === 'string' ? v : undefined });
+        });
+      }).on('error', reject);
+    });
+  }
+
+  type Requests = { version: string; total: number; '2xx': number; '5xx': number }[] | null;
+  async function requests(query = ''): Promise<{ requests: Requests; agents: { answered: number; missing: number } }> {
+    const res = await api.call('GET', `/apps/${APP}/metrics?window=1h${query}`, { token: reporter });
+    expect(res.status).toBe(200);
+    return res.json;
+  }
+  const total = (r: Requests, version: string, field: 'total' | '2xx' = 'total') =>
+    r?.find((x) => x.version === version)?.[field] ?? 0;
+
+  it('counts the requests each version served through nginx, by status class', async () => {
+    const before = await requests();
+    expect(before.agents.answered).toBeGreaterThanOrEqual(1);
+    expect(before.requests).not.toBeNull();
+    const N = 20;
+    const served = new Map<string, number>();
+    for (let i = 0; i < N; i++) {
+      const r = await viaNginx();
+      expect(r.status).toBe(200);
+      expect(r.version).toBeDefined();
+      served.set(r.version as string, (served.get(r.version as string) ?? 0) + 1);
+    }
+    const after = await requests();
+    expect(after.agents).toEqual({ answered: before.agents.answered, missing: 0 });
+    for (const [version, n] of served) {
+      expect(total(after.requests, version) - total(before.requests, version)).toBeGreaterThanOrEqual(n);
+      expect(total(after.requests, version, '2xx') - total(before.requests, version, '2xx')).toBeGreaterThanOrEqual(n);
+    }
+    // A version filter narrows the answer to that version.
+    const [version] = served.keys();
+    const only = await requests(`&version=${version}`);
+    expect(only.requests?.map((r) => r.version)).toEqual([version]);
+  });
+
+  it('counts an agent that does not answer as missing', async () => {
+    const { etcd, keys } = api.service.runtime;
+    const key = keys.lbAgent(GROUP, 'gone-host');
+    const dead = {
+      host: 'gone-host',
+      group: GROUP,
+      appliedGeneration: 1,
+      lastGoodGeneration: 1,
+      failedDomains: [],
+      lastError: null,
+      statsUrl: 'http://127.0.0.1:9/stats/requests',
+      reportedAt: new Date().toISOString(),
+    };
+    await etcd.put(key).value(JSON.stringify(dead));
+    try {
+      const r = await requests();
+      expect(r.agents.missing).toBe(1);
+      expect(r.agents.answered).toBeGreaterThanOrEqual(1);
+    } finally {
+      await etcd.delete().key(key).exec();
+    }
   });
 });
 
