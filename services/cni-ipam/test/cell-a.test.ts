@@ -54,8 +54,18 @@ afterAll(async () => {
 });
 
 describe('cell-a on berth-ipam', () => {
-  it('gives new pods addresses from the pool, recorded with their pod', async () => {
+  it('gives new pods addresses from the pool, recorded with their pod, through the resident allocator', async () => {
+    const socket = env.IPAM_SOCKET ?? join(REPO_ROOT, '.local/run/ipam/ipam.sock');
+    const adds = () => {
+      const stats = cnictl('--json', 'stats', '--socket', socket);
+      expect(stats.code, stats.err).toBe(0);
+      return (JSON.parse(stats.out) as { daemon: { commands: { ADD?: { requests: number } } } | null }).daemon?.commands
+        .ADD?.requests;
+    };
+    const before = adds() ?? 0;
     const ip = await runPod('first');
+    // The region's cni-ipam service answered the pod's ADD (the thin plugin did not fall back).
+    expect(adds()).toBeGreaterThan(before);
     expect(contains(parseCidr('198.18.0.0/16'), ipToInt(ip))).toBe(true);
     const list = cnictl('--json', 'ip', 'list', '--node', 'cell-a-node0');
     expect(list.code, list.err).toBe(0);
