@@ -863,12 +863,6 @@ export function statusTable(status: Status): string {
   ]);
 }
 
-function versionsTable(
-  items: {
-    name: string;
-    imageTag: string;
-    replicas: number;
-    cpu: string;
 type AppMetrics = {
   window: string;
   items: { version: string }[];
@@ -905,6 +899,12 @@ export function requestsTable(m: AppMetrics): string {
   ].join('\n');
 }
 
+function versionsTable(
+  items: {
+    name: string;
+    imageTag: string;
+    replicas: number;
+    cpu: string;
     memory: string;
     createdAt: string;
     createdBy: string;

@@ -145,26 +145,6 @@ describe('berth against the region and its sample app', () => {
     expect(lines.at(-1)).toBe(`build ${done.id} succeeded`);
   });
 
-  it('a command that does not exist in the image: one line, exit 1', async () => {
-    const r = await berth(['exec', 'sample', '--', 'sh'], home);
-    expect(r.code).toBe(1);
-    expect(r.stderr.trimEnd().split('\n')).toHaveLength(1);
-    expect(r.stderr).toMatch(/^error: .*"sh": executable file not found/);
-  });
-});
-
-describe('a journey with real pods: create, deploy, watch, shift traffic, exec, roll back, delete', () => {
-  const home = mkdtempSync(join(tmpdir(), 'berth-region-'));
-  const app = `cli-${process.pid}-${Date.now().toString(36)}`.slice(0, 30);
-  const run = (args: string[]) => berth(args, home);
-
-  beforeAll(async () => {
-    expect((await run(['login', '--api', API, '--token', TOKEN!])).code).toBe(0);
-  });
-
-  afterAll(async () => {
-    await run(['apps', 'delete', app, '--yes']);
-  });
   it('top shows the requests per version that the lb-agents counted, beside CPU and memory', async () => {
     expect(LB, 'BERTH_LB_URL: source .local/env').toBeTruthy();
     const top = async () => {
@@ -190,6 +170,26 @@ describe('a journey with real pods: create, deploy, watch, shift traffic, exec, 
     expect(human.stdout).toMatch(/\nVERSION\s+REQUESTS\s+2XX\s+3XX\s+4XX\s+5XX\n/);
   });
 
+  it('a command that does not exist in the image: one line, exit 1', async () => {
+    const r = await berth(['exec', 'sample', '--', 'sh'], home);
+    expect(r.code).toBe(1);
+    expect(r.stderr.trimEnd().split('\n')).toHaveLength(1);
+    expect(r.stderr).toMatch(/^error: .*"sh": executable file not found/);
+  });
+});
+
+describe('a journey with real pods: create, deploy, watch, shift traffic, exec, roll back, delete', () => {
+  const home = mkdtempSync(join(tmpdir(), 'berth-region-'));
+  const app = `cli-${process.pid}-${Date.now().toString(36)}`.slice(0, 30);
+  const run = (args: string[]) => berth(args, home);
+
+  beforeAll(async () => {
+    expect((await run(['login', '--api', API, '--token', TOKEN!])).code).toBe(0);
+  });
+
+  afterAll(async () => {
+    await run(['apps', 'delete', app, '--yes']);
+  });
 
   it('goes from nothing to two versions and back, every step settled in the cells', async () => {
     const tag = JSON.parse((await run(['versions', 'list', 'sample', '-o', 'json'])).stdout)[0].imageTag;

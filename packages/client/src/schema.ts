@@ -16127,6 +16127,18 @@ export interface operations {
                             restartedWithinWindow: number;
                         }[];
                         unreachable: string[];
+                        requests: {
+                            version: string;
+                            total: number;
+                            "2xx": number;
+                            "3xx": number;
+                            "4xx": number;
+                            "5xx": number;
+                        }[] | null;
+                        agents: {
+                            answered: number;
+                            missing: number;
+                        };
                     };
                 };
             };
@@ -16169,18 +16181,6 @@ export interface operations {
                         }[];
                     } & {
                         [key: string]: unknown;
-                        requests: {
-                            version: string;
-                            total: number;
-                            "2xx": number;
-                            "3xx": number;
-                            "4xx": number;
-                            "5xx": number;
-                        }[] | null;
-                        agents: {
-                            answered: number;
-                            missing: number;
-                        };
                     };
                 };
             };

@@ -129,17 +129,17 @@ export const apiEnv = z
      */
     REGISTRY_NOTIFY_TOKEN: secret(z.string().min(16, 'at least 16 characters').max(4096).optional()),
     /**
+     * The bearer token the lb-agents want for their request counts (`/stats/requests`, protected
+     * as their /metrics: their METRICS_TOKEN), best from LB_STATS_TOKEN_FILE. Unset: none sent.
+     */
+    LB_STATS_TOKEN: secret(z.string().min(16, 'at least 16 characters').max(4096).optional()),
+    /**
      * The keyring that seals app secrets (docs/secrets.md): `id:hex64[,id:hex64…]`, the first key
      * seals, every key opens; best from BERTH_SECRETS_KEYS_FILE. The scheduler needs the same one.
      * Unset: setting a secret answers 503 (names can still be listed and secrets deleted).
      */
     BERTH_SECRETS_KEYS: secret(secretsKeyringSchema.optional()),
   })
-    /**
-     * The bearer token the lb-agents want for their request counts (`/stats/requests`, protected
-     * as their /metrics: their METRICS_TOKEN), best from LB_STATS_TOKEN_FILE. Unset: none sent.
-     */
-    LB_STATS_TOKEN: secret(z.string().min(16, 'at least 16 characters').max(4096).optional()),
   .superRefine((env, ctx) => {
     if (env.REGISTRY_TOKEN_TTL < 60_000) {
       ctx.addIssue({ code: 'custom', path: ['REGISTRY_TOKEN_TTL'], message: 'at least 60s (token spec)' });
