@@ -1,32 +1,55 @@
 /**
  * IPAM benchmark, side by side in one run:
  *  1. ADD+DEL through the plugin binaries, as a container runtime calls them (a process per
- *     call, the network conf on stdin), at concurrency 1, 8 and 32: Berth's berth-ipam (installed
- *     by infra/ipam.sh, allocating in etcd) against Debian's host-local (files on local disk).
- *  2. `cnictl check` over 10,000 allocations and 10,000 pods (pods in a KWOK cell's API server).
- * Run: node test/bench/ipam.ts   (after make up; BENCH_ALLOCATIONS=10000 BENCH_PAIRS=64,160,320)
+ *     call, the network conf on stdin), at concurrency 1, 8, 32 and 64: Berth's thin berth-ipam
+ *     answered by a resident allocator (a cni-ipam daemon this bench starts from the source, on
+ *     its own socket), the same binary with no daemon (it falls back to the direct plugin, which
+ *     allocates over etcd itself), and Debian's host-local (files on local disk).
+ *  2. A pod storm: ADDs alone at concurrency 64 (allocations/s, duplicates), then their DELs.
+ *  3. `cnictl check` over 10,000 allocations and 10,000 pods (pods in a KWOK cell's API server).
+ * Run: node test/bench/ipam.ts   (after make up; BENCH_ALLOCATIONS=10000 BENCH_PAIRS=64,160,320,640
+ * BENCH_STORM=1000 BENCH_FALLBACK=1 to measure the fallback at every concurrency)
  */
-import { spawn, spawnSync } from 'node:child_process';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BerthKeys, cidrToKey } from '@berth/shared/keys';
 import { loadCellClient } from '@berth/shared/kube';
 import { GatewayBackend } from '@berth/shared/store/lite';
-import { REPO_ROOT, regionEnv, uniqueId, waitFor } from '@berth/shared/testing';
+import {
+  exited,
+  freePort,
+  REPO_ROOT,
+  regionAuthEnv,
+  regionCredentials,
+  regionEnv,
+  regionIpamAuth,
+  uniqueId,
+  waitFor,
+} from '@berth/shared/testing';
 import { Pools } from '../../services/cni-ipam/src/ipam/pools.ts';
 
 const env = regionEnv();
 const endpoints = (env.ETCD_ENDPOINTS ?? '').split(',');
 const id = uniqueId(6);
 const keys = new BerthKeys(`/bench-${id}`);
-const store = new GatewayBackend(endpoints);
+const store = new GatewayBackend(endpoints, regionCredentials(env).etcd);
+/** The thin plugin infra/ipam.sh installs (what containerd executes). */
 const BERTH_IPAM = join(REPO_ROOT, '.local/bin/berth-ipam');
 const HOST_LOCAL = '/usr/lib/cni/host-local';
-const [C1, C8, C32] = (process.env.BENCH_PAIRS ?? '64,160,320').split(',').map(Number) as [number, number, number];
+const [C1, C8, C32, C64] = (process.env.BENCH_PAIRS ?? '64,160,320,640').split(',').map(Number) as [
+  number,
+  number,
+  number,
+  number,
+];
+const STORM = Number(process.env.BENCH_STORM ?? 1000);
 const ALLOCATIONS = Number(process.env.BENCH_ALLOCATIONS ?? 10_000);
 
-function exec(bin: string, command: string, conf: string, containerId: string): Promise<number> {
+type Run = { code: number; out: string };
+
+function exec(bin: string, command: string, conf: string, containerId: string): Promise<Run> {
   return new Promise((resolve, reject) => {
     const child = spawn(bin, [], {
       env: {
@@ -43,7 +66,8 @@ function exec(bin: string, command: string, conf: string, containerId: string): 
     child.stdout.on('data', (d) => {
       out += d;
     });
-    child.on('exit', (code) => (code === 0 ? resolve(0) : reject(new Error(`${bin} ${command}: ${out}`))));
+    // 'close', not 'exit': the answer may still be in the pipe when the process has exited.
+    child.on('close', (code) => (code === 0 ? resolve({ code, out }) : reject(new Error(`${bin} ${command}: ${out}`))));
     child.stdin.end(conf);
   });
 }
@@ -52,7 +76,8 @@ function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? Number.NaN;
 }
 
-async function addDel(bin: string, conf: string, concurrency: number, pairs: number) {
+/** `pairs` ADD+DEL pairs, `concurrency` at a time. */
+async function addDel(bin: string, conf: string, concurrency: number, pairs: number, tag: string) {
   const latencies: number[] = [];
   let next = 0;
   const started = performance.now();
@@ -61,8 +86,8 @@ async function addDel(bin: string, conf: string, concurrency: number, pairs: num
       while (next < pairs) {
         const n = next++;
         const t0 = performance.now();
-        await exec(bin, 'ADD', conf, `bench-${n}`);
-        await exec(bin, 'DEL', conf, `bench-${n}`);
+        await exec(bin, 'ADD', conf, `${tag}-${n}`);
+        await exec(bin, 'DEL', conf, `${tag}-${n}`);
         latencies.push(performance.now() - t0);
       }
     }),
@@ -75,40 +100,133 @@ async function addDel(bin: string, conf: string, concurrency: number, pairs: num
   };
 }
 
+/** ADDs alone, then their DELs: allocations per second, and whether any address went out twice. */
+async function storm(bin: string, conf: string, concurrency: number, count: number, tag: string) {
+  const addresses: string[] = [];
+  let next = 0;
+  const t0 = performance.now();
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (next < count) {
+        const n = next++;
+        const { out } = await exec(bin, 'ADD', conf, `${tag}-${n}`);
+        addresses.push((JSON.parse(out) as { ips: { address: string }[] }).ips[0]?.address ?? '');
+      }
+    }),
+  );
+  const addSeconds = (performance.now() - t0) / 1000;
+  next = 0;
+  const t1 = performance.now();
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (next < count) await exec(bin, 'DEL', conf, `${tag}-${next++}`);
+    }),
+  );
+  return {
+    addsPerSecond: count / addSeconds,
+    delsPerSecond: count / ((performance.now() - t1) / 1000),
+    duplicates: addresses.length - new Set(addresses).size,
+  };
+}
+
+/** A resident allocator from the source, on a socket of its own. */
+async function startDaemon(socket: string): Promise<ChildProcess> {
+  const port = await freePort();
+  const child = spawn(process.execPath, [join(REPO_ROOT, 'services/cni-ipam/src/index.ts')], {
+    env: {
+      PATH: process.env.PATH,
+      ETCD_ENDPOINTS: endpoints.join(','),
+      ...regionAuthEnv(env, ['etcd']),
+      HTTP_ADDR: `127.0.0.1:${port}`,
+      IPAM_SOCKET: socket,
+      IPAM_CHECKER: 'false',
+      LOG_LEVEL: 'warn',
+    },
+    stdio: ['ignore', 'inherit', 'inherit'],
+  });
+  await waitFor(async () => (await fetch(`http://127.0.0.1:${port}/readyz`).catch(() => undefined))?.ok, {
+    timeoutMs: 30_000,
+    message: 'the resident allocator did not become ready',
+  });
+  return child;
+}
+
+const ms = (v: number) => v.toFixed(1);
+
 // ---- 1. ADD+DEL ---------------------------------------------------------------------------------
 const cell = 'cell-bench';
 await new Pools(store, keys, cell).add('198.19.40.0/22');
-const berthConf = JSON.stringify({
-  cniVersion: '1.0.0',
-  name: 'bench',
-  ipam: { type: 'berth-ipam', etcdEndpoints: endpoints.join(','), cell, etcdPrefix: keys.prefix, node: 'bench-node' },
-});
+const socketDir = mkdtempSync(join(tmpdir(), 'ipam-bench-'));
+const socket = join(socketDir, 'ipam.sock');
+const berthConf = (sock: string) =>
+  JSON.stringify({
+    cniVersion: '1.0.0',
+    name: 'bench',
+    ipam: {
+      type: 'berth-ipam',
+      etcdEndpoints: endpoints.join(','),
+      ...regionIpamAuth(env),
+      cell,
+      etcdPrefix: keys.prefix,
+      node: 'bench-node',
+      socket: sock,
+    },
+  });
+const daemonConf = berthConf(socket);
+const fallbackConf = berthConf(join(socketDir, 'none', 'ipam.sock'));
 const dataDir = mkdtempSync(join(tmpdir(), 'host-local-'));
 const hostLocalConf = JSON.stringify({
   cniVersion: '1.0.0',
   name: 'bench',
   ipam: { type: 'host-local', dataDir, ranges: [[{ subnet: '198.19.44.0/22' }]] },
 });
+const daemon = await startDaemon(socket);
 
 if (process.env.BENCH_SKIP_ADD_DEL !== '1') {
-  console.log(`ADD+DEL pairs through the plugin binaries (a process per call), berth-ipam vs host-local`);
+  const withFallback = process.env.BENCH_FALLBACK === '1';
+  console.log('ADD+DEL pairs through the plugin binaries (a process per call)');
   console.log(
-    '| concurrency | pairs | berth-ipam pairs/s | host-local pairs/s | ratio (berth/host-local) | berth-ipam p99 ms | host-local p99 ms | p99 ratio |',
+    '| concurrency | pairs | berth-ipam pairs/s | host-local pairs/s | ratio | berth-ipam p50 / p99 ms | host-local p50 / p99 ms | p50 ratio | p99 ratio | fallback pairs/s | fallback p50 / p99 ms |',
   );
-  console.log('| --- | --- | --- | --- | --- | --- | --- | --- |');
+  console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
   for (const [concurrency, pairs] of [
     [1, C1],
     [8, C8],
     [32, C32],
+    [64, C64],
   ] as const) {
-    const berth = await addDel(BERTH_IPAM, berthConf, concurrency, pairs);
-    const host = await addDel(HOST_LOCAL, hostLocalConf, concurrency, pairs);
+    const berth = await addDel(BERTH_IPAM, daemonConf, concurrency, pairs, `d${concurrency}`);
+    const host = await addDel(HOST_LOCAL, hostLocalConf, concurrency, pairs, `h${concurrency}`);
+    // The fallback (today's direct plugin) at 1 and 8 only unless asked: it is the slow path.
+    const fallback =
+      withFallback || concurrency <= 8
+        ? await addDel(BERTH_IPAM, fallbackConf, concurrency, Math.min(pairs, 64), `f${concurrency}`)
+        : undefined;
     console.log(
-      `| ${concurrency} | ${pairs} | ${berth.pairsPerSecond.toFixed(1)} | ${host.pairsPerSecond.toFixed(1)} | ${(berth.pairsPerSecond / host.pairsPerSecond).toFixed(3)} | ${berth.p99.toFixed(1)} | ${host.p99.toFixed(1)} | ${(berth.p99 / host.p99).toFixed(1)} |`,
+      `| ${concurrency} | ${pairs} | ${berth.pairsPerSecond.toFixed(1)} | ${host.pairsPerSecond.toFixed(1)} | ${(berth.pairsPerSecond / host.pairsPerSecond).toFixed(2)} | ${ms(berth.p50)} / ${ms(berth.p99)} | ${ms(host.p50)} / ${ms(host.p99)} | ${(berth.p50 / host.p50).toFixed(2)} | ${(berth.p99 / host.p99).toFixed(2)} | ${fallback ? fallback.pairsPerSecond.toFixed(1) : '-'} | ${fallback ? `${ms(fallback.p50)} / ${ms(fallback.p99)}` : '-'} |`,
     );
   }
+
+  console.log(`\nA pod storm: ${STORM} ADDs at concurrency 64, then their DELs`);
+  console.log('| plugin | ADDs/s | DELs/s | duplicate addresses |');
+  console.log('| --- | --- | --- | --- |');
+  const stormBerth = await storm(BERTH_IPAM, daemonConf, 64, STORM, 'sd');
+  const stormHost = await storm(HOST_LOCAL, hostLocalConf, 64, STORM, 'sh');
+  for (const [name, r] of [
+    ['berth-ipam (resident allocator)', stormBerth],
+    ['host-local', stormHost],
+  ] as const) {
+    console.log(`| ${name} | ${r.addsPerSecond.toFixed(1)} | ${r.delsPerSecond.toFixed(1)} | ${r.duplicates} |`);
+  }
+  if (stormBerth.duplicates > 0) {
+    console.error(`berth-ipam handed out ${stormBerth.duplicates} addresses twice`);
+    process.exitCode = 1;
+  }
 }
+daemon.kill('SIGTERM');
+await exited(daemon);
 rmSync(dataDir, { recursive: true, force: true });
+rmSync(socketDir, { recursive: true, force: true });
 
 // ---- 2. cnictl check at scale -------------------------------------------------------------------
 const kubeconfigDir = env.KUBECONFIG_DIR ?? join(REPO_ROOT, '.local/cells');
