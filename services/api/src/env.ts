@@ -80,6 +80,13 @@ export const apiEnv = z
       .default('32Gi')
       .transform((s) => (s === 'none' || s === '' ? undefined : s))
       .pipe(memoryQuantitySchema.optional()),
+    /**
+     * Long-lived streams one user may hold open at once in one API process (docs/api.md, "Streams
+     * per user"): followed logs (an app's logs with follow=true, a build's SSE log), and exec
+     * sessions. One more is a 429 naming the setting.
+     */
+    MAX_FOLLOWS_PER_USER: envInt(10, { min: 1, max: 10_000 }),
+    MAX_EXEC_PER_USER: envInt(5, { min: 1, max: 10_000 }),
     /** Largest accepted request body, in bytes. */
     BODY_LIMIT: envInt(256 * 1024, { min: 1024, max: 64 * 1024 * 1024 }),
     /** LDAP login: all of URL, bind DN, bind password and user base DN, or none. */

@@ -24,6 +24,7 @@ import { Idempotency } from './http/idempotency.ts';
 import { Mutations } from './http/mutation.ts';
 import { buildOpenApi } from './http/openapi.ts';
 import { type AnyRoute, mountRoutes } from './http/routes.ts';
+import { StreamLimits } from './http/stream-limits.ts';
 import { LbRequestCounts } from './lb/requests.ts';
 import { TagPushes } from './registry/notifications.ts';
 import { RegistryClient } from './registry/registry-client.ts';
@@ -162,6 +163,12 @@ export class ApiService {
         cpu: config.DEFAULT_QUOTA_CPU,
         memory: config.DEFAULT_QUOTA_MEMORY,
       },
+      streams: new StreamLimits({
+        limits: {
+          follow: { max: config.MAX_FOLLOWS_PER_USER, setting: 'MAX_FOLLOWS_PER_USER' },
+          exec: { max: config.MAX_EXEC_PER_USER, setting: 'MAX_EXEC_PER_USER' },
+        },
+      }),
     };
     const issuer = config.REGISTRY_TOKEN_KEY
       ? new RegistryTokenIssuer({

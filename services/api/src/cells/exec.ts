@@ -51,6 +51,8 @@ export function exitCodeOf(status: V1Status): number | null {
 /** One session's caller and where it runs what. */
 type ExecTarget = {
   principal: Principal;
+  /** Gives the user's exec slot back (safe to call more than once). */
+  release: () => void;
   app: string;
   /** The app's incarnation: its feed shows only this one's events. */
   incarnation: string | undefined;
@@ -83,6 +85,8 @@ export class ExecSessions {
     const [app, instance] = [m[1], m[2]];
     this.#prepare(req, url, app, instance).then(
       (target) => {
+        // The slot is freed when the socket closes, whatever closed it (also a failed handshake).
+        socket.once('close', target.release);
         this.#wss.handleUpgrade(req, socket, head, (ws) => {
           this.#session(ws, target).catch((err) => this.#o.logger.error({ err }, 'exec session failed'));
         });
@@ -116,8 +120,11 @@ export class ExecSessions {
         `command: at most ${EXEC_ARGS_MAX} arguments of at most ${EXEC_ARG_MAX} printable ASCII characters (longer scripts through stdin)`,
       );
     }
+    // Last, so that a refused request takes no slot: 429 when the user's sessions are all open.
+    const release = this.#o.ctx.streams?.acquire('exec', principal.user) ?? (() => undefined);
     return {
       principal,
+      release,
       app,
       incarnation: stored.value.incarnation,
       instance,
@@ -131,6 +138,7 @@ export class ExecSessions {
 
   async #session(ws: WebSocket, t: ExecTarget): Promise<void> {
     this.#open.add(ws);
+    ws.once('close', () => t.release());
     const started = new Date();
     const { ctx, logger } = this.#o;
     const feed = (action: string, data: Record<string, unknown>) =>
@@ -222,6 +230,7 @@ export class ExecSessions {
       }
     }
     this.#open.delete(ws);
+    t.release();
     await feed('exec-ended', {
       durationMs: Date.now() - started.getTime(),
       exitCode: code,

@@ -208,6 +208,7 @@ export function buildRoutes(ctx: ApiContext, runs: BuildRuns, logs: BuildLogs) {
       query: logsQuery,
       responses: { 200: z.string() },
       contentType: 'text/event-stream',
+      errors: [429],
       handler: async ({ req, res, params, query, principal }) => {
         await loadRun(principal, params.run, 'readLogs');
         if (query.follow === 'false') {
@@ -217,6 +218,9 @@ export function buildRoutes(ctx: ApiContext, runs: BuildRuns, logs: BuildLogs) {
             .send(await logs.text(params.run));
           return { status: 200 };
         }
+        // Followed: one of the user's MAX_FOLLOWS_PER_USER slots until the answer closes.
+        const release = ctx.streams?.acquire('follow', principal.user);
+        if (release) res.once('close', release);
         await logs.sse(
           req,
           res,

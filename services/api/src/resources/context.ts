@@ -5,6 +5,7 @@ import type { EventsComponent } from '@berth/shared/nats';
 import type { Store } from '@berth/shared/store';
 import type { AuthService } from '../auth/service.ts';
 import type { Mutations } from '../http/mutation.ts';
+import type { StreamLimits } from '../http/stream-limits.ts';
 
 export type ApiContext = {
   store: Store;
@@ -18,6 +19,8 @@ export type ApiContext = {
   mutations: Mutations;
   /** The quota of a non-admin user who has none of their own (DEFAULT_QUOTA_*; ./quotas.ts). */
   defaultQuota?: DefaultQuota;
+  /** Long-lived streams per user (MAX_FOLLOWS_PER_USER, MAX_EXEC_PER_USER); left out: not limited. */
+  streams?: StreamLimits;
 };
 
 /** Limits left out are not limited. */

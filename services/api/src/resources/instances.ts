@@ -183,9 +183,14 @@ export function instanceRoutes(
       query: logsQuery,
       responses: { 200: z.string() },
       contentType: 'text/plain',
+      errors: [429],
       handler: async ({ req, res, params, query, principal }) => {
         await loadForReporter(ctx, principal, params.app);
         const follow = query.follow === 'true';
+        // A follow holds one of the user's MAX_FOLLOWS_PER_USER slots until its answer closes
+        // (it ended, the client went away, or the API stopped and closed the connection).
+        const release = follow ? ctx.streams?.acquire('follow', principal.user) : undefined;
+        if (release) res.once('close', release);
         const ndjson = query.format ? query.format === 'ndjson' : (req.get('accept') ?? '').includes(NDJSON);
         const render = ndjson
           ? (l: LogLine) => `${JSON.stringify(l)}\n`
