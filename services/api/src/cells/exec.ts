@@ -3,12 +3,15 @@
  * exec API. The upgrade is authenticated like any request (Authorization: Bearer, or
  * `?access_token=` for browsers, which cannot set headers on a WebSocket) and needs Developer or
  * more on the app. Frames:
- * - client → server: binary = stdin; text = JSON control, `{"type":"resize","cols":80,"rows":24}`.
+ * - client → server: binary = stdin; text = JSON control, `{"type":"resize","cols":80,"rows":24}`,
+ *   or `{"type":"stdin-eof"}`: stdin has ended (the command reads end-of-file; later stdin is dropped).
  * - server → client: binary = output, its first byte the stream (1 stdout, 2 stderr); text = JSON,
  *   `{"type":"exit","code":0}` once the command ended (then the socket closes with 1000), or
  *   `{"type":"error","message":"…"}` when the cell refused (then 1011).
  * Each session is two events in the app's feed (`pod` exec-started, exec-ended: who, which
- * instance, when, how long, the exit code), never its command or content.
+ * instance, when, how long, the exit code), never its command or content. A session holds one of
+ * its user's MAX_EXEC_PER_USER slots (../http/stream-limits.ts) from before the upgrade until its
+ * socket closes; one more is refused with 429 before any upgrade.
  */
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
@@ -153,7 +156,6 @@ export class ExecSessions {
           data: { cell: t.cell, version: t.version, tty: t.tty, startedAt: started.toISOString(), ...data },
         })
         .catch((err) => logger.warn({ err, app: t.app }, 'exec event not recorded'));
-    await feed('exec-started', {});
 
     const send = (channel: number) =>
       new Writable({
@@ -172,10 +174,12 @@ export class ExecSessions {
     const stdin = t.stdin ? new PassThrough() : null;
     let code: number | null = null;
     let message: string | undefined;
+    // Frames are taken from the first one on (stdin sent right after the upgrade is kept until
+    // the cell's exec is connected); nothing is awaited before these handlers are in place.
     ws.on('message', (data: RawData, binary: boolean) => {
       const buf = Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data as ArrayBuffer);
       if (binary) {
-        stdin?.write(buf);
+        if (stdin && !stdin.writableEnded) stdin.write(buf);
         return;
       }
       try {
@@ -184,14 +188,18 @@ export class ExecSessions {
           stdout.columns = frame.cols;
           stdout.rows = frame.rows;
           stdout.emit('resize');
+        } else if (frame.type === 'stdin-eof') {
+          // The cell's exec closes the command's stdin (client-node sends v5's close signal).
+          stdin?.end();
         }
       } catch {
         // not a control frame: ignored
       }
     });
-
     let upstream: { close: () => void } | undefined;
     const clientGone = new Promise<void>((resolve) => ws.once('close', () => resolve()));
+    await feed('exec-started', {});
+
     try {
       const conn = await new Exec(this.#o.pods.client(t.cell).kubeConfig).exec(
         t.app,
@@ -218,7 +226,7 @@ export class ExecSessions {
       logger.warn({ err, cell: t.cell, instance: t.instance }, 'exec refused by the cell');
     } finally {
       upstream?.close();
-      stdin?.end();
+      if (stdin && !stdin.writableEnded) stdin.end();
     }
     if (ws.readyState === ws.OPEN) {
       if (code === null && message !== undefined) {

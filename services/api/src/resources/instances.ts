@@ -264,7 +264,7 @@ export function instanceRoutes(
       path: '/apps/:app/instances/:instance/exec',
       operationId: 'execInstance',
       summary:
-        'A command or a shell in an instance (Developer and up), over a WebSocket only (docs/instances.md): `command` once per argument (default `sh`), `tty`, `stdin`, and `access_token` for browsers; binary frames are stdin and output (first byte 1 stdout, 2 stderr), text frames JSON `{"type":"resize","cols","rows"}` from the client and `{"type":"exit","code"}` at the end. A plain GET answers 426',
+        'A command or a shell in an instance (Developer and up), over a WebSocket only (docs/instances.md): `command` once per argument (default `sh`), `tty`, `stdin`, and `access_token` for browsers; binary frames are stdin and output (first byte 1 stdout, 2 stderr), text frames JSON `{"type":"resize","cols","rows"}` and `{"type":"stdin-eof"}` (stdin ended) from the client and `{"type":"exit","code"}` at the end. A plain GET answers 426',
       tags: ['instances'],
       access: { kind: 'user', scope: 'write' },
       params: execParams,
