@@ -125,8 +125,10 @@ type ExecOptions = { stdin: boolean; tty: boolean; io: Io };
 /**
  * Runs `argv` in a container through the exec WebSocket (services/api/src/cells/exec.ts) and
  * resolves with its exit code. Up: binary frames are stdin, text frames JSON
- * `{type:'resize',cols,rows}`. Down: binary frames are output (first byte 1 stdout, 2 stderr),
- * text frames `{type:'exit',code}` or `{type:'error',message}`.
+ * `{type:'resize',cols,rows}` and, without a terminal, `{type:'stdin-eof'}` once our stdin ended
+ * (so `printf 'x' | berth exec app -i -- cat` ends). Down: binary frames are output (first byte 1
+ * stdout, 2 stderr), text frames `{type:'exit',code}` or `{type:'error',message}`. Stdin is read
+ * only with -i (as kubectl): without it a command never waits on the caller's stdin.
  */
 export async function execCommand(
   api: BerthClient,
@@ -172,6 +174,9 @@ export async function execCommand(
       if (o.stdin) {
         if (o.tty && stdin.isTTY) stdin.setRawMode(true);
         stdin.on('data', (d: Buffer) => ws.send(d));
+        // With a terminal, ^D is a byte like any other; without one, the end of our stdin is the
+        // command's end-of-file.
+        if (!o.tty) stdin.once('end', () => ws.send(JSON.stringify({ type: 'stdin-eof' })));
         stdin.resume();
       }
       if (o.tty) {

@@ -120,6 +120,26 @@ describe('berth against the region and its sample app', () => {
     expect(named.stdout.trim()).toBe(instances[0]);
   });
 
+  it('exec -i passes stdin and its end: printf hello | berth exec sample -i -- /sample-app cat', async () => {
+    // `/sample-app cat` copies stdin to stdout until end-of-file: it ends only once berth, its
+    // own stdin ended, sent the stdin-eof frame.
+    const r = await berth(['exec', 'sample', '-i', '--', '/sample-app', 'cat'], home, 'hello\nworld\n');
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(r.stdout).toBe('hello\nworld\n');
+  });
+
+  it('exec without -i leaves stdin alone: the command reads nothing and does not wait', async () => {
+    // berth's own stdin stays open: without -i it is never read, so nothing waits on it.
+    const p = start(process.execPath, [ENTRY, 'exec', 'sample', '--', '/sample-app', 'cat'], home);
+    p.child.stdin.write('unread\n');
+    const r = await p.done;
+    p.child.stdin.destroy();
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(r.stdout).toBe('');
+  });
+
   it('exec -it runs in a pseudo-terminal (script(1)), stdin and a tty through the socket', async () => {
     const cmd = [process.execPath, ENTRY, 'exec', 'sample', '-it', '--', '/sample-app', 'hostname'].join(' ');
     const r = await start('script', ['-qec', cmd, '/dev/null'], home).done;
