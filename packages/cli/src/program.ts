@@ -746,7 +746,13 @@ export function buildProgram(io: Io, afterDashes: string[] = []): Command {
     .action(async (id: string, _o, cmd: Command) => {
       const c = ctx(cmd);
       const r = await call(c.api.POST('/api/v1/builds/{run}/cancel', { params: { path: { run: id } } }));
-      c.print(render(c.format, r, () => (r.requested ? `cancelling ${id}` : `${id} already ${r.build.state}`)));
+      // Requested: an agent runs it and will mark it cancelled; otherwise it was waiting in a
+      // queue and is cancelled now (a run that already ended is the API's 409).
+      c.print(
+        render(c.format, r, () =>
+          r.requested ? `cancelling build ${id} (its agent stops it)` : `build ${id} ${r.build.state}`,
+        ),
+      );
     });
 
   // ---- completion ------------------------------------------------------------------------------------
