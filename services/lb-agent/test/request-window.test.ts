@@ -150,13 +150,13 @@ describe('requests per version within a window', () => {
 
   it('a short window counts only the requests within it', async () => {
     await send('v1', 200, 2);
-    // Once every earlier request is older than 1 s, the 1 s window is empty of this app…
-    await waitFor(async () => (await counts('1s')).apps.counted === undefined, {
-      message: 'the 1 s window empty',
+    // Once every earlier request is older than 2 s, the 2 s window is empty of this app…
+    await waitFor(async () => (await counts('2s')).apps.counted === undefined, {
+      message: 'the 2 s window empty',
     });
-    // …and the next requests are all it counts (asked for within the second).
+    // …and the next requests are all it counts (asked for within those 2 s).
     await send('v2', 500, 3);
-    const answer = await counts('1s');
+    const answer = await counts('2s');
     expect(answer.apps.counted).toEqual({ v2: { total: 3, '2xx': 0, '3xx': 0, '4xx': 0, '5xx': 3 } });
     expect(answer.from).not.toBeNull();
     expect((await counts('15m')).apps.counted?.v1?.total ?? 0).toBeGreaterThanOrEqual(12);
