@@ -214,4 +214,49 @@ describe('followed logs per user', () => {
       for (const a of aborts) a.abort();
     }
   }, 30_000);
+
+  it("counts a build's log followed over SSE as a follow too", async () => {
+    // A run of a config in this API's own prefix, where no builder-agent lives: it stays queued,
+    // so its log stream stays open.
+    const admin = api.adminToken;
+    expect((await api.call('POST', '/image-groups', { token: admin, body: { name: 'team' } })).status).toBe(201);
+    const config = await api.call('POST', `/apps/${APP}/build-configs`, {
+      token: admin,
+      body: { name: 'web', git: { url: 'file:///srv/git/shop.git' }, target: 'team/shop' },
+    });
+    expect(config.status, JSON.stringify(config.json)).toBe(201);
+    const run = await api.call('POST', `/apps/${APP}/build-configs/web/runs`, { token: developer, body: {} });
+    expect(run.status, JSON.stringify(run.json)).toBe(201);
+    const buildLog = (signal: AbortSignal) =>
+      fetch(`${api.url}/api/v1/builds/${run.json.id}/logs`, {
+        headers: { authorization: `Bearer ${reporter}`, accept: 'text/event-stream' },
+        signal,
+      });
+    const aborts = [new AbortController(), new AbortController(), new AbortController()];
+    try {
+      const appLog = await follow(reporter, (aborts[0] as AbortController).signal);
+      expect(appLog.status).toBe(200);
+      const sse = await buildLog((aborts[1] as AbortController).signal);
+      expect(sse.status).toBe(200);
+      expect(sse.headers.get('content-type')).toMatch(/^text\/event-stream/);
+      const third = await buildLog((aborts[2] as AbortController).signal);
+      expect(third.status).toBe(429);
+      expect(await third.json()).toMatchObject({ limit: 'MAX_FOLLOWS_PER_USER', open: 2 });
+
+      aborts[1]?.abort();
+      await waitFor(
+        async () => {
+          const a = new AbortController();
+          aborts.push(a);
+          const r = await buildLog(a.signal);
+          if (r.status === 200) return true;
+          await r.text();
+          return false;
+        },
+        { timeoutMs: 10_000, intervalMs: 200, message: 'a follow slot freed by a closed build log' },
+      );
+    } finally {
+      for (const a of aborts) a.abort();
+    }
+  }, 30_000);
 });
