@@ -1,7 +1,8 @@
 /**
  * IPAM benchmark, side by side in one run:
  *  1. ADD+DEL through the plugin binaries, as a container runtime calls them (a process per
- *     call, the network conf on stdin), at concurrency 1, 8, 32 and 64: Berth's thin berth-ipam
+ *     call, the network conf on stdin, started from Go as containerd starts them:
+ *     test/bench/cni-driver), at concurrency 1, 8, 32 and 64: Berth's thin berth-ipam
  *     answered by a resident allocator (a cni-ipam daemon this bench starts from the source, on
  *     its own socket), the same binary with no daemon (it falls back to the direct plugin, which
  *     allocates over etcd itself), and Debian's host-local (files on local disk).
@@ -11,7 +12,7 @@
  * BENCH_STORM=1000 BENCH_FALLBACK=1 to measure the fallback at every concurrency)
  */
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BerthKeys, cidrToKey } from '@berth/shared/keys';
@@ -47,85 +48,81 @@ const [C1, C8, C32, C64] = (process.env.BENCH_PAIRS ?? '64,160,320,640').split('
 const STORM = Number(process.env.BENCH_STORM ?? 1000);
 const ALLOCATIONS = Number(process.env.BENCH_ALLOCATIONS ?? 10_000);
 
-type Run = { code: number; out: string };
-
-function exec(bin: string, command: string, conf: string, containerId: string): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(bin, [], {
+/**
+ * The runtime's side: test/bench/cni-driver, built here, starts a process per call with Go's
+ * os/exec as containerd does (forking this Node process for each call would measure Node's fork,
+ * not the plugins). Writes the conf to a file it reads.
+ */
+const DRIVER = join(REPO_ROOT, '.local/lib/cni-bench-driver');
+{
+  const cache = join(process.env.HOME ?? '/root', '.cache/berth/go');
+  const built = spawnSync(
+    existsSync('/usr/local/go/bin/go') ? '/usr/local/go/bin/go' : 'go',
+    ['build', '-trimpath', '-buildvcs=false', '-o', DRIVER, '.'],
+    {
+      cwd: join(REPO_ROOT, 'test/bench/cni-driver'),
+      encoding: 'utf8',
       env: {
-        PATH: process.env.PATH,
-        CNI_COMMAND: command,
-        CNI_CONTAINERID: containerId,
-        CNI_IFNAME: 'eth0',
-        CNI_NETNS: '/x',
-        CNI_PATH: '/usr/lib/cni',
+        ...process.env,
+        GOCACHE: join(cache, 'build'),
+        GOMODCACHE: join(cache, 'mod'),
+        GOFLAGS: '-mod=mod',
+        GOTOOLCHAIN: 'local',
+        CGO_ENABLED: '0',
       },
-      stdio: ['pipe', 'pipe', 'pipe'],
-    });
-    let out = '';
-    child.stdout.on('data', (d) => {
-      out += d;
-    });
-    // 'close', not 'exit': the answer may still be in the pipe when the process has exited.
-    child.on('close', (code) => (code === 0 ? resolve({ code, out }) : reject(new Error(`${bin} ${command}: ${out}`))));
-    child.stdin.end(conf);
-  });
+    },
+  );
+  if (built.status !== 0) throw new Error(`building test/bench/cni-driver failed: ${built.stderr}`);
 }
 
-function percentile(sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? Number.NaN;
+type DriverResult = { seconds: number; p50Ms: number; p99Ms: number; addresses: number; distinct: number };
+
+function drive(
+  bin: string,
+  conf: string,
+  mode: 'pairs' | 'add' | 'del',
+  concurrency: number,
+  count: number,
+  tag: string,
+): DriverResult {
+  const confFile = join(socketDir, `${tag}.conf`);
+  writeFileSync(confFile, conf);
+  const res = spawnSync(
+    DRIVER,
+    [
+      '-plugin',
+      bin,
+      '-conf',
+      confFile,
+      '-mode',
+      mode,
+      '-concurrency',
+      String(concurrency),
+      '-count',
+      String(count),
+      '-tag',
+      tag,
+    ],
+    { encoding: 'utf8', maxBuffer: 16 * 1024 * 1024 },
+  );
+  if (res.status !== 0) throw new Error(`cni-driver ${bin} ${mode} c=${concurrency}: ${res.stderr}`);
+  return JSON.parse(res.stdout) as DriverResult;
 }
 
 /** `pairs` ADD+DEL pairs, `concurrency` at a time. */
-async function addDel(bin: string, conf: string, concurrency: number, pairs: number, tag: string) {
-  const latencies: number[] = [];
-  let next = 0;
-  const started = performance.now();
-  await Promise.all(
-    Array.from({ length: concurrency }, async () => {
-      while (next < pairs) {
-        const n = next++;
-        const t0 = performance.now();
-        await exec(bin, 'ADD', conf, `${tag}-${n}`);
-        await exec(bin, 'DEL', conf, `${tag}-${n}`);
-        latencies.push(performance.now() - t0);
-      }
-    }),
-  );
-  latencies.sort((a, b) => a - b);
-  return {
-    pairsPerSecond: pairs / ((performance.now() - started) / 1000),
-    p50: percentile(latencies, 50),
-    p99: percentile(latencies, 99),
-  };
+function addDel(bin: string, conf: string, concurrency: number, pairs: number, tag: string) {
+  const r = drive(bin, conf, 'pairs', concurrency, pairs, tag);
+  return { pairsPerSecond: pairs / r.seconds, p50: r.p50Ms, p99: r.p99Ms };
 }
 
 /** ADDs alone, then their DELs: allocations per second, and whether any address went out twice. */
-async function storm(bin: string, conf: string, concurrency: number, count: number, tag: string) {
-  const addresses: string[] = [];
-  let next = 0;
-  const t0 = performance.now();
-  await Promise.all(
-    Array.from({ length: concurrency }, async () => {
-      while (next < count) {
-        const n = next++;
-        const { out } = await exec(bin, 'ADD', conf, `${tag}-${n}`);
-        addresses.push((JSON.parse(out) as { ips: { address: string }[] }).ips[0]?.address ?? '');
-      }
-    }),
-  );
-  const addSeconds = (performance.now() - t0) / 1000;
-  next = 0;
-  const t1 = performance.now();
-  await Promise.all(
-    Array.from({ length: concurrency }, async () => {
-      while (next < count) await exec(bin, 'DEL', conf, `${tag}-${next++}`);
-    }),
-  );
+function storm(bin: string, conf: string, concurrency: number, count: number, tag: string) {
+  const adds = drive(bin, conf, 'add', concurrency, count, tag);
+  const dels = drive(bin, conf, 'del', concurrency, count, tag);
   return {
-    addsPerSecond: count / addSeconds,
-    delsPerSecond: count / ((performance.now() - t1) / 1000),
-    duplicates: addresses.length - new Set(addresses).size,
+    addsPerSecond: count / adds.seconds,
+    delsPerSecond: count / dels.seconds,
+    duplicates: adds.addresses - adds.distinct,
   };
 }
 
@@ -195,12 +192,12 @@ if (process.env.BENCH_SKIP_ADD_DEL !== '1') {
     [32, C32],
     [64, C64],
   ] as const) {
-    const berth = await addDel(BERTH_IPAM, daemonConf, concurrency, pairs, `d${concurrency}`);
-    const host = await addDel(HOST_LOCAL, hostLocalConf, concurrency, pairs, `h${concurrency}`);
+    const berth = addDel(BERTH_IPAM, daemonConf, concurrency, pairs, `d${concurrency}`);
+    const host = addDel(HOST_LOCAL, hostLocalConf, concurrency, pairs, `h${concurrency}`);
     // The fallback (today's direct plugin) at 1 and 8 only unless asked: it is the slow path.
     const fallback =
       withFallback || concurrency <= 8
-        ? await addDel(BERTH_IPAM, fallbackConf, concurrency, Math.min(pairs, 64), `f${concurrency}`)
+        ? addDel(BERTH_IPAM, fallbackConf, concurrency, Math.min(pairs, 64), `f${concurrency}`)
         : undefined;
     console.log(
       `| ${concurrency} | ${pairs} | ${berth.pairsPerSecond.toFixed(1)} | ${host.pairsPerSecond.toFixed(1)} | ${(berth.pairsPerSecond / host.pairsPerSecond).toFixed(2)} | ${ms(berth.p50)} / ${ms(berth.p99)} | ${ms(host.p50)} / ${ms(host.p99)} | ${(berth.p50 / host.p50).toFixed(2)} | ${(berth.p99 / host.p99).toFixed(2)} | ${fallback ? fallback.pairsPerSecond.toFixed(1) : '-'} | ${fallback ? `${ms(fallback.p50)} / ${ms(fallback.p99)}` : '-'} |`,
@@ -210,8 +207,8 @@ if (process.env.BENCH_SKIP_ADD_DEL !== '1') {
   console.log(`\nA pod storm: ${STORM} ADDs at concurrency 64, then their DELs`);
   console.log('| plugin | ADDs/s | DELs/s | duplicate addresses |');
   console.log('| --- | --- | --- | --- |');
-  const stormBerth = await storm(BERTH_IPAM, daemonConf, 64, STORM, 'sd');
-  const stormHost = await storm(HOST_LOCAL, hostLocalConf, 64, STORM, 'sh');
+  const stormBerth = storm(BERTH_IPAM, daemonConf, 64, STORM, 'sd');
+  const stormHost = storm(HOST_LOCAL, hostLocalConf, 64, STORM, 'sh');
   for (const [name, r] of [
     ['berth-ipam (resident allocator)', stormBerth],
     ['host-local', stormHost],

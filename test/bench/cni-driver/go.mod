@@ -1,0 +1,3 @@
+module berth.dev/bench/cni-driver
+
+go 1.22
