@@ -1,4 +1,6 @@
 import { mkdtempSync, readFileSync, statSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -71,6 +73,72 @@ describe('usage errors: one line on stderr, exit code 2', () => {
     const help = await berth(['apps', '--help']);
     expect(help.code).toBe(0);
     expect(help.stdout).toMatch(/create \[options\] <name>/);
+  });
+});
+
+/**
+ * An in-process stand-in for the API's two build routes the log follow reads: the SSE log (ending
+ * with `end`, or cut before it) and the run.
+ */
+async function fakeBuildApi(sse: string, run: Record<string, unknown>): Promise<{ url: string; server: Server }> {
+  const server = createServer((req, res) => {
+    if (req.url?.endsWith('/logs')) {
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      res.end(sse);
+      return;
+    }
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify(run));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, server };
+}
+
+describe('builds logs -f', () => {
+  const log = (step: string, text: string) =>
+    `event: log\ndata: ${JSON.stringify({ step, lines: [{ ts: '2026-01-01T00:00:00Z', stream: 'stdout', text }] })}\n\n`;
+
+  it('prints each step with its duration and exits 1 when the run failed', async () => {
+    const { url, server } = await fakeBuildApi(
+      `${log('clone', 'cloned')}${log('compile', 'boom')}event: end\ndata: {"state":"failed"}\n\n`,
+      {
+        state: 'failed',
+        reason: 'the compile step failed',
+        steps: [
+          { name: 'clone', state: 'succeeded', durationMs: 1200 },
+          { name: 'compile', state: 'failed', durationMs: 300, error: 'exit code 2' },
+        ],
+      },
+    );
+    try {
+      const r = await berth(['builds', 'logs', 'abcdefabcdefabcd', '-f'], { BERTH_API_URL: url });
+      expect(r.code).toBe(1);
+      expect(r.stdout.trimEnd().split('\n')).toEqual([
+        '== clone',
+        'cloned',
+        expect.stringMatching(/^✓ clone succeeded in 1\.2s$/),
+        '== compile',
+        'boom',
+        expect.stringMatching(/^✗ compile failed in 300ms: exit code 2$/),
+        'build abcdefabcdefabcd failed: the compile step failed',
+      ]);
+    } finally {
+      server.close();
+    }
+  });
+
+  it('a stream cut before the run ended is an error, not a result: one line, exit 1', async () => {
+    const { url, server } = await fakeBuildApi(log('clone', 'cloning'), { state: 'cloning', steps: [] });
+    try {
+      const r = await berth(['builds', 'logs', 'abcdefabcdefabcd', '-f'], { BERTH_API_URL: url });
+      expect(r.code).toBe(1);
+      expect(r.stdout).toBe('== clone\ncloning\n');
+      expect(r.stderr).toBe(
+        'error: the log of build abcdefabcdefabcd ended before the run did: follow it again with berth builds logs abcdefabcdefabcd -f\n',
+      );
+    } finally {
+      server.close();
+    }
   });
 });
 

@@ -789,7 +789,17 @@ export function buildProgram(io: Io, afterDashes: string[] = []): Command {
     const res = await c.api.raw(`/api/v1/builds/${encodeURIComponent(id)}/logs`, {
       headers: { accept: 'text/event-stream' },
     });
-    for await (const ev of readSse(res)) {
+    // A stream that closes or breaks without its `end` event (the API restarted, a proxy cut it)
+    // is no result: exit 1 and say how to follow on.
+    const cut = () =>
+      new Error(`the log of build ${id} ended before the run did: follow it again with berth builds logs ${id} -f`);
+    const events = readSse(res);
+    for (;;) {
+      const next = await events.next().catch(() => {
+        throw cut();
+      });
+      if (next.done) throw cut();
+      const ev = next.value;
       if (ev.event === 'log') {
         const batch = JSON.parse(ev.data) as { step: string; lines?: { text?: string; line?: string }[] | string[] };
         if (batch.step !== lastStep) {
