@@ -197,7 +197,10 @@ export async function execCommand(
     ws.addEventListener('error', () => {
       restore();
       reject(
-        new Error(`the exec connection to ${target} failed (is the API reachable, and are you Developer or more?)`),
+        // A refused upgrade's status is not visible through WebSocket: name what it can be.
+        new Error(
+          `the exec connection to ${target} failed (is the API reachable, are you Developer or more, and are fewer than MAX_EXEC_PER_USER of your sessions open?)`,
+        ),
       );
     });
     ws.addEventListener('close', (ev) => {
