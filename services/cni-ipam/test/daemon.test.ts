@@ -28,6 +28,7 @@ import { cnictl } from '../src/cli/cnictl.ts';
 import type { DaemonResponse, DaemonStats } from '../src/daemon/protocol.ts';
 import { parseBlock, parseHandle, parseIp } from '../src/ipam/model.ts';
 import { Pools } from '../src/ipam/pools.ts';
+import { type PluginRun, runPluginProcess } from './plugin-process.ts';
 
 const env = regionEnv();
 const endpoints = (env.ETCD_ENDPOINTS ?? '').split(',');
@@ -127,29 +128,10 @@ async function stats(
   return JSON.parse(out);
 }
 
-type PluginRun = { code: number; out: string };
-
 /** The thin plugin as containerd runs it. */
 function plugin(command: string, conf: unknown, containerId: string, pod = containerId): Promise<PluginRun> {
-  return new Promise((resolve) => {
-    const child = spawn(THIN_PLUGIN, [], {
-      env: {
-        PATH: process.env.PATH,
-        CNI_COMMAND: command,
-        CNI_CONTAINERID: containerId,
-        CNI_IFNAME: 'eth0',
-        CNI_NETNS: '/x',
-        CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=t;K8S_POD_NAME=${pod}`,
-      },
-      stdio: ['pipe', 'pipe', 'inherit'],
-    });
-    let out = '';
-    child.stdout.on('data', (d) => {
-      out += d;
-    });
-    child.on('close', (code) => resolve({ code: code ?? -1, out }));
-    child.stdin.end(typeof conf === 'string' ? conf : JSON.stringify(conf));
-  });
+  const args = `IgnoreUnknown=1;K8S_POD_NAMESPACE=t;K8S_POD_NAME=${pod}`;
+  return runPluginProcess(THIN_PLUGIN, { CNI_COMMAND: command, CNI_CONTAINERID: containerId, CNI_ARGS: args }, conf);
 }
 
 function addressOf(run: PluginRun): string {

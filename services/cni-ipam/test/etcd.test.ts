@@ -1,7 +1,6 @@
 /**
  * The allocator and the plugin against the region's real etcd (a key prefix of their own).
  */
-import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { BerthKeys } from '@berth/shared/keys';
 import { GatewayBackend } from '@berth/shared/store/lite';
@@ -11,6 +10,7 @@ import { Allocator } from '../src/ipam/allocator.ts';
 import { contains, ipToInt, parseCidr } from '../src/ipam/cidr.ts';
 import { parseBlock } from '../src/ipam/model.ts';
 import { Pools } from '../src/ipam/pools.ts';
+import { type PluginRun, runPluginProcess } from './plugin-process.ts';
 
 const env = regionEnv();
 const endpoints = (env.ETCD_ENDPOINTS ?? '').split(',');
@@ -28,31 +28,10 @@ function world() {
   };
 }
 
-/** Runs the plugin as containerd would: a process, the network conf on stdin, CNI_* in its env. */
-function plugin(
-  command: string,
-  conf: unknown,
-  extra: Record<string, string> = {},
-): Promise<{ code: number; out: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [join(REPO_ROOT, 'services/cni-ipam/src/plugin/main.ts')], {
-      env: {
-        PATH: process.env.PATH,
-        CNI_COMMAND: command,
-        CNI_CONTAINERID: 'c1',
-        CNI_IFNAME: 'eth0',
-        CNI_NETNS: '/x',
-        ...extra,
-      },
-      stdio: ['pipe', 'pipe', 'inherit'],
-    });
-    let out = '';
-    child.stdout.on('data', (d) => {
-      out += d;
-    });
-    child.on('exit', (code) => resolve({ code: code ?? -1, out }));
-    child.stdin.end(typeof conf === 'string' ? conf : JSON.stringify(conf));
-  });
+/** The direct plugin from its source, as containerd would run a plugin. */
+function plugin(command: string, conf: unknown, extra: Record<string, string> = {}): Promise<PluginRun> {
+  const main = join(REPO_ROOT, 'services/cni-ipam/src/plugin/main.ts');
+  return runPluginProcess([process.execPath, main], { CNI_COMMAND: command, CNI_CONTAINERID: 'c1', ...extra }, conf);
 }
 
 function netconf(w: ReturnType<typeof world>, ipam: Record<string, unknown> = {}) {

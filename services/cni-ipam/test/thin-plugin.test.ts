@@ -4,7 +4,6 @@
  * back to the direct plugin and counts it; with one (here `cannedDaemon`, a test double of the
  * daemon on a real unix socket) it forwards the CNI variables and stdin and returns the answer.
  */
-import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -17,6 +16,7 @@ import type { CommandRequest, DaemonResponse } from '../src/daemon/protocol.ts';
 import { Allocator } from '../src/ipam/allocator.ts';
 import { Pools } from '../src/ipam/pools.ts';
 import type { FallbackCount } from '../src/plugin/fallback.ts';
+import { type PluginRun, runPluginProcess } from './plugin-process.ts';
 
 const THIN = join(REPO_ROOT, '.local/bin/berth-ipam');
 const env = regionEnv();
@@ -50,32 +50,13 @@ function netconf(ipam: Record<string, unknown> = {}) {
   };
 }
 
-/** Runs the thin plugin as containerd would: a process, the network conf on stdin, CNI_* in its env. */
-function thinPlugin(
-  command: string,
-  conf: unknown,
-  extra: Record<string, string> = {},
-): Promise<{ code: number; out: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(THIN, [], {
-      env: {
-        PATH: process.env.PATH,
-        CNI_COMMAND: command,
-        CNI_CONTAINERID: 'c1',
-        CNI_IFNAME: 'eth0',
-        CNI_NETNS: '/var/run/netns/thin',
-        ...extra,
-      },
-      stdio: ['pipe', 'pipe', 'inherit'],
-    });
-    let out = '';
-    child.stdout.on('data', (d) => {
-      out += d;
-    });
-    child.on('error', reject);
-    child.on('exit', (code) => resolve({ code: code ?? -1, out }));
-    child.stdin.end(typeof conf === 'string' ? conf : JSON.stringify(conf));
-  });
+/** The thin plugin, as containerd runs it. */
+function thinPlugin(command: string, conf: unknown, extra: Record<string, string> = {}): Promise<PluginRun> {
+  return runPluginProcess(
+    THIN,
+    { CNI_COMMAND: command, CNI_CONTAINERID: 'c1', CNI_NETNS: '/var/run/netns/thin', ...extra },
+    conf,
+  );
 }
 
 /** A unix socket server that runs `onRequest` for each connection; resolves once it listens. */
