@@ -5,69 +5,20 @@
  * step by step, listed, and a second run is cancelled. Each run pushes a tag of its own (the
  * config's template), never v1 or v2, and nothing deploys it (autoDeploy is off).
  */
-import { spawn } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { startBerth, until, within } from './harness.ts';
 
-const ENTRY = fileURLToPath(new URL('../src/index.ts', import.meta.url));
 const API = process.env.BERTH_API_URL ?? 'http://127.0.0.1:7070';
 const TOKEN = process.env.BERTH_ADMIN_TOKEN;
 
-type Run = { code: number | null; stdout: string; stderr: string };
 type BuildRun = { id: string; number: number; state: string; steps: { name: string; state: string }[] };
-
-function start(args: string[], home: string) {
-  const child = spawn(process.execPath, [ENTRY, ...args], {
-    env: { PATH: process.env.PATH, HOME: home, XDG_CONFIG_HOME: home },
-    stdio: ['pipe', 'pipe', 'pipe'],
-  });
-  child.stdin.end();
-  const out = { stdout: '', stderr: '' };
-  child.stdout.on('data', (d) => {
-    out.stdout += d;
-  });
-  child.stderr.on('data', (d) => {
-    out.stderr += d;
-  });
-  const done = new Promise<Run>((resolve, reject) => {
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, ...out }));
-  });
-  return { child, out, done };
-}
-
-/** Settles with the run, or fails after `ms` (and stops the child). */
-async function within(ms: number, what: string, p: ReturnType<typeof start>): Promise<Run> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => {
-      p.child.kill('SIGINT');
-      reject(new Error(`timed out waiting for ${what}; so far: ${JSON.stringify(p.out)}`));
-    }, ms);
-  });
-  try {
-    return await Promise.race([p.done, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-async function until<T>(what: string, ms: number, probe: () => Promise<T | undefined>): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await probe();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 500));
-  }
-}
 
 describe('berth builds against the region: the sample app’s build config', () => {
   const home = mkdtempSync(join(tmpdir(), 'berth-builds-'));
-  const berth = (args: string[]) => within(60_000, `berth ${args.join(' ')}`, start(args, home));
+  const berth = (args: string[]) => within(60_000, `berth ${args.join(' ')}`, startBerth(args, { home }));
   const runs = async (): Promise<BuildRun[]> => {
     const r = await berth(['builds', 'list', 'sample', 'main', '-o', 'json']);
     expect(r.code, r.stderr).toBe(0);
@@ -87,7 +38,11 @@ describe('berth builds against the region: the sample app’s build config', () 
     const run = JSON.parse(started.stdout) as BuildRun;
     expect(run.state).toMatch(/^(queued|cloning|compiling|building|pushing)$/);
 
-    const follow = await within(240_000, 'builds logs -f to end', start(['builds', 'logs', run.id, '-f'], home));
+    const follow = await within(
+      240_000,
+      'builds logs -f to end',
+      startBerth(['builds', 'logs', run.id, '-f'], { home }),
+    );
     expect(follow.stderr).toBe('');
     expect(follow.code, follow.stdout).toBe(0);
     const lines = follow.stdout.trimEnd().split('\n');
@@ -135,7 +90,7 @@ describe('berth builds against the region: the sample app’s build config', () 
     const follow = await within(
       60_000,
       'builds logs -f of a cancelled run',
-      start(['builds', 'logs', run.id, '-f'], home),
+      startBerth(['builds', 'logs', run.id, '-f'], { home }),
     );
     expect(follow.code).toBe(1);
     expect(follow.stdout.trimEnd().split('\n').at(-1)).toMatch(new RegExp(`^build ${run.id} cancelled`));

@@ -4,47 +4,14 @@
  * shows what the API knows, and `status --watch`, logs and exec against running pods are left to
  * a journey with cells.
  */
-import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { uniqueId } from '@berth/shared/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse as parseYaml } from 'yaml';
 import { ensureRegion, startApi, type TestApi } from '../../../services/api/test/harness.ts';
-
-const ENTRY = fileURLToPath(new URL('../src/index.ts', import.meta.url));
-
-type Run = { code: number | null; stdout: string; stderr: string };
-
-function berth(args: string[], o: { home: string; input?: string; env?: Record<string, string> }): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const env: NodeJS.ProcessEnv = { PATH: process.env.PATH, HOME: o.home, XDG_CONFIG_HOME: o.home, ...o.env };
-    const child = spawn(process.execPath, [ENTRY, ...args], { env, stdio: ['pipe', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => {
-      stdout += d;
-    });
-    child.stderr.on('data', (d) => {
-      stderr += d;
-    });
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-    child.stdin.end(o.input ?? '');
-  });
-}
-
-async function until<T>(what: string, ms: number, probe: () => T | undefined): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = probe();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
+import { berth, type Run, startBerth, until } from './harness.ts';
 
 function oneLine(r: Run): string {
   const lines = r.stderr.trimEnd().split('\n');
@@ -150,29 +117,21 @@ describe('berth against a real API', () => {
   });
 
   it('events --follow prints a change made while it runs', async () => {
-    const child = spawn(process.execPath, [ENTRY, 'events', app, '--follow', '--limit', '1'], {
-      env: { PATH: process.env.PATH, HOME: home, XDG_CONFIG_HOME: home },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let out = '';
-    child.stdout.on('data', (d) => {
-      out += d;
-    });
-    const closed = new Promise((resolve) => child.on('close', resolve));
+    const follow = startBerth(['events', app, '--follow', '--limit', '1'], { home });
     try {
-      await until('the newest event', 20_000, () => (out.includes('\n') ? true : undefined));
-      const before = out.length;
+      await until('the newest event', 20_000, () => (follow.out.stdout.includes('\n') ? true : undefined));
+      const before = follow.out.stdout.length;
       expect((await run(['scale', app, 'v1', '1'])).code).toBe(0);
       const line = await until('the scale in the feed', 20_000, () =>
-        out
+        follow.out.stdout
           .slice(before)
           .split('\n')
           .find((l) => l.includes('version/v1')),
       );
       expect(line).toMatch(new RegExp(`^\\S+Z\\s+${user}\\s+version/v1\\s+\\S+$`));
     } finally {
-      child.kill('SIGINT');
-      await closed;
+      follow.child.kill('SIGINT');
+      await follow.done;
     }
   });
 

@@ -4,55 +4,16 @@
  * a command in a real container and exits with its code, also in a pseudo-terminal (-it).
  * The sample image is FROM scratch: its only command is /sample-app (version, hostname, get URL).
  */
-import { spawn } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import { get } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { berth, ENTRY, start, until } from './harness.ts';
 
-const ENTRY = fileURLToPath(new URL('../src/index.ts', import.meta.url));
 const API = process.env.BERTH_API_URL ?? 'http://127.0.0.1:7070';
 const LB = process.env.BERTH_LB_URL;
 const TOKEN = process.env.BERTH_ADMIN_TOKEN;
-
-type Run = { code: number | null; stdout: string; stderr: string };
-
-function start(cmd: string, args: string[], home: string) {
-  const child = spawn(cmd, args, {
-    env: { PATH: process.env.PATH, HOME: home, XDG_CONFIG_HOME: home, TERM: 'xterm' },
-    stdio: ['pipe', 'pipe', 'pipe'],
-  });
-  const out = { stdout: '', stderr: '' };
-  child.stdout.on('data', (d) => {
-    out.stdout += d;
-  });
-  child.stderr.on('data', (d) => {
-    out.stderr += d;
-  });
-  const done = new Promise<Run>((resolve, reject) => {
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, ...out }));
-  });
-  return { child, out, done };
-}
-
-const berth = (args: string[], home: string, input = '') => {
-  const p = start(process.execPath, [ENTRY, ...args], home);
-  p.child.stdin.end(input);
-  return p.done;
-};
-
-async function until<T>(what: string, ms: number, probe: () => Promise<T | undefined> | T | undefined): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await probe();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}
 
 /** GET / of the sample app through the region's nginx, by its domain (fetch cannot set Host). */
 function viaNginx(): Promise<void> {
@@ -70,15 +31,15 @@ describe('berth against the region and its sample app', () => {
 
   beforeAll(async () => {
     expect(TOKEN, 'BERTH_ADMIN_TOKEN: source .local/env (make up writes it)').toBeTruthy();
-    const login = await berth(['login', '--api', API, '--token', TOKEN!], home);
+    const login = await berth(['login', '--api', API, '--token', TOKEN!], { home });
     expect(login.stderr).toBe('');
-    const list = await berth(['instances', 'sample', '-o', 'json'], home);
+    const list = await berth(['instances', 'sample', '-o', 'json'], { home });
     expect(list.code, `${list.stderr} (make up deploys the sample app)`).toBe(0);
     instances = JSON.parse(list.stdout).items.map((i: { instance: string }) => i.instance);
   });
 
   it('status --watch returns once every replica is ready', async () => {
-    const r = await berth(['status', 'sample', '--watch', '--timeout', '120'], home);
+    const r = await berth(['status', 'sample', '--watch', '--timeout', '120'], { home });
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
     expect(r.stdout.split('\n')[0]).toMatch(/^VERSION\s+REPLICAS\s+CELL\s+DESIRED\s+READY/);
@@ -88,7 +49,7 @@ describe('berth against the region and its sample app', () => {
     expect(LB, 'BERTH_LB_URL: source .local/env').toBeTruthy();
     // The app logs `YYYY/MM/DD hh:mm:ss GET / from ADDR` (UTC, scratch image) for each GET /:
     // wait for one stamped no earlier than the first request sent after the stream opened.
-    const logs = start(process.execPath, [ENTRY, 'logs', 'sample', '-f', '--tail', '1'], home);
+    const logs = start(process.execPath, [ENTRY, 'logs', 'sample', '-f', '--tail', '1'], { home });
     try {
       const since = Math.floor(Date.now() / 1000) * 1000 - 1000;
       const line = await until('a request in the logs', 45_000, async () => {
@@ -107,23 +68,23 @@ describe('berth against the region and its sample app', () => {
   });
 
   it("exec runs a command in a ready instance and exits with the command's code", async () => {
-    const ok = await berth(['exec', 'sample', '--', '/sample-app', 'hostname'], home);
+    const ok = await berth(['exec', 'sample', '--', '/sample-app', 'hostname'], { home });
     expect(ok.stderr).toBe('');
     expect(ok.code).toBe(0);
     expect(instances).toContain(ok.stdout.trim());
 
-    const failing = await berth(['exec', 'sample', '--', '/sample-app', 'bogus'], home);
+    const failing = await berth(['exec', 'sample', '--', '/sample-app', 'bogus'], { home });
     expect(failing.code).toBe(2);
     expect(failing.stderr).toContain('usage: sample-app');
 
-    const named = await berth(['exec', 'sample', instances[0]!, '--', '/sample-app', 'hostname'], home);
+    const named = await berth(['exec', 'sample', instances[0]!, '--', '/sample-app', 'hostname'], { home });
     expect(named.stdout.trim()).toBe(instances[0]);
   });
 
   it('exec -i passes stdin and its end: printf hello | berth exec sample -i -- /sample-app cat', async () => {
     // `/sample-app cat` copies stdin to stdout until end-of-file: it ends only once berth, its
     // own stdin ended, sent the stdin-eof frame.
-    const r = await berth(['exec', 'sample', '-i', '--', '/sample-app', 'cat'], home, 'hello\nworld\n');
+    const r = await berth(['exec', 'sample', '-i', '--', '/sample-app', 'cat'], { home, input: 'hello\nworld\n' });
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
     expect(r.stdout).toBe('hello\nworld\n');
@@ -131,7 +92,7 @@ describe('berth against the region and its sample app', () => {
 
   it('exec without -i leaves stdin alone: the command reads nothing and does not wait', async () => {
     // berth's own stdin stays open: without -i it is never read, so nothing waits on it.
-    const p = start(process.execPath, [ENTRY, 'exec', 'sample', '--', '/sample-app', 'cat'], home);
+    const p = start(process.execPath, [ENTRY, 'exec', 'sample', '--', '/sample-app', 'cat'], { home });
     p.child.stdin.write('unread\n');
     const r = await p.done;
     p.child.stdin.destroy();
@@ -142,7 +103,7 @@ describe('berth against the region and its sample app', () => {
 
   it('exec -it runs in a pseudo-terminal (script(1)), stdin and a tty through the socket', async () => {
     const cmd = [process.execPath, ENTRY, 'exec', 'sample', '-it', '--', '/sample-app', 'hostname'].join(' ');
-    const r = await start('script', ['-qec', cmd, '/dev/null'], home).done;
+    const r = await start('script', ['-qec', cmd, '/dev/null'], { home, env: { TERM: 'xterm' } }).done;
     expect(r.code).toBe(0);
     // A terminal turns \n into \r\n: the hostname came through a tty.
     expect(
@@ -152,10 +113,10 @@ describe('berth against the region and its sample app', () => {
   });
 
   it("builds logs -f replays a finished run of the sample's build config, each step with its duration", async () => {
-    const runs = JSON.parse((await berth(['builds', 'list', 'sample', 'main', '-o', 'json'], home)).stdout);
+    const runs = JSON.parse((await berth(['builds', 'list', 'sample', 'main', '-o', 'json'], { home })).stdout);
     const done = runs.find((r: { state: string }) => r.state === 'succeeded');
     expect(done, 'make up builds the sample app through Berth').toBeTruthy();
-    const r = await berth(['builds', 'logs', done.id, '-f'], home);
+    const r = await berth(['builds', 'logs', done.id, '-f'], { home });
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
     const lines = r.stdout.trimEnd().split('\n');
@@ -168,7 +129,7 @@ describe('berth against the region and its sample app', () => {
   it('top shows the requests per version that the lb-agents counted, beside CPU and memory', async () => {
     expect(LB, 'BERTH_LB_URL: source .local/env').toBeTruthy();
     const top = async () => {
-      const r = await berth(['top', 'sample', '-o', 'json'], home);
+      const r = await berth(['top', 'sample', '-o', 'json'], { home });
       expect(r.stderr).toBe('');
       expect(r.code).toBe(0);
       return JSON.parse(r.stdout) as {
@@ -185,13 +146,13 @@ describe('berth against the region and its sample app', () => {
     const after = await top();
     expect(after.requests).not.toBeNull();
     expect(sum(after) - sum(before)).toBeGreaterThanOrEqual(5);
-    const human = await berth(['top', 'sample'], home);
+    const human = await berth(['top', 'sample'], { home });
     expect(human.stdout).toMatch(/^VERSION\s+CELL\s+READY\s+CPU\s+MEMORY/);
     expect(human.stdout).toMatch(/\nVERSION\s+REQUESTS\s+2XX\s+3XX\s+4XX\s+5XX\n/);
   });
 
   it('a command that does not exist in the image: one line, exit 1', async () => {
-    const r = await berth(['exec', 'sample', '--', 'sh'], home);
+    const r = await berth(['exec', 'sample', '--', 'sh'], { home });
     expect(r.code).toBe(1);
     expect(r.stderr.trimEnd().split('\n')).toHaveLength(1);
     expect(r.stderr).toMatch(/^error: .*"sh": executable file not found/);
@@ -201,7 +162,7 @@ describe('berth against the region and its sample app', () => {
 describe('a journey with real pods: create, deploy, watch, shift traffic, exec, roll back, delete', () => {
   const home = mkdtempSync(join(tmpdir(), 'berth-region-'));
   const app = `cli-${process.pid}-${Date.now().toString(36)}`.slice(0, 30);
-  const run = (args: string[]) => berth(args, home);
+  const run = (args: string[]) => berth(args, { home });
 
   beforeAll(async () => {
     expect((await run(['login', '--api', API, '--token', TOKEN!])).code).toBe(0);

@@ -157,3 +157,33 @@ export async function ensureRegion(api: TestApi, name = 'local'): Promise<void> 
   const res = await api.call('POST', '/regions', { token: api.adminToken, body: { name } });
   if (res.status !== 201 && res.status !== 409) throw new Error(`region: ${res.status}`);
 }
+
+/**
+ * Gives this API (in a prefix of its own) the region's sample app: an app named `sample` with the
+ * placement make up's scheduler gave it (v1, one replica in cell-a and one in cell-b), so the API
+ * reads those real pods without a scheduler of its own, and `members` (name → role) on it.
+ * Resolves with each member's token.
+ */
+export async function mirrorSampleApp(api: TestApi, members: Record<string, string>): Promise<Record<string, string>> {
+  const created = await api.call('POST', '/apps', { token: api.adminToken, body: appBody('sample') });
+  if (created.status !== 201) throw new Error(`creating app sample: ${created.status}`);
+  const { runtime } = api.service;
+  await runtime.etcd.put(runtime.keys.placement('sample', 'v1')).value(
+    JSON.stringify({
+      app: 'sample',
+      version: 'v1',
+      cells: { 'cell-a': 1, 'cell-b': 1 },
+      generation: 1,
+      desired: 2,
+      conditions: [],
+      updatedAt: new Date().toISOString(),
+    }),
+  );
+  const tokens: Record<string, string> = {};
+  for (const [user, role] of Object.entries(members)) {
+    tokens[user] = await api.user(user);
+    const res = await api.call('PUT', `/apps/sample/members/${user}`, { token: api.adminToken, body: { role } });
+    if (res.status >= 300) throw new Error(`member ${user} of sample: ${res.status} ${JSON.stringify(res.body)}`);
+  }
+  return tokens;
+}

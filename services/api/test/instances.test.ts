@@ -11,7 +11,7 @@ import { lbAgentStatusSchema } from '@berth/shared/model';
 import { regionEnv, uniqueId, waitFor } from '@berth/shared/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
-import { appBody, ensureRegion, startApi, type TestApi } from './harness.ts';
+import { appBody, ensureRegion, mirrorSampleApp, startApi, type TestApi } from './harness.ts';
 
 const APP = 'sample';
 const CELLS = ['cell-a', 'cell-b'];
@@ -23,30 +23,8 @@ let developer: string;
 beforeAll(async () => {
   api = await startApi({ KUBECONFIG_DIR: process.env.KUBECONFIG_DIR ?? '.local/cells' });
   await ensureRegion(api);
-  const created = await api.call('POST', '/apps', { token: api.adminToken, body: appBody(APP) });
-  expect(created.status).toBe(201);
-  const { runtime } = api.service;
-  const now = new Date().toISOString();
-  await runtime.etcd.put(runtime.keys.placement(APP, 'v1')).value(
-    JSON.stringify({
-      app: APP,
-      version: 'v1',
-      cells: Object.fromEntries(CELLS.map((c) => [c, 1])),
-      generation: 1,
-      desired: 2,
-      conditions: [],
-      updatedAt: now,
-    }),
-  );
-  [reporter, guest, developer] = await Promise.all([api.user('rep'), api.user('gue'), api.user('dev')]);
-  for (const [user, role] of [
-    ['rep', 'Reporter'],
-    ['gue', 'Guest'],
-    ['dev', 'Developer'],
-  ]) {
-    const res = await api.call('PUT', `/apps/${APP}/members/${user}`, { token: api.adminToken, body: { role } });
-    expect(res.status, JSON.stringify(res.body)).toBeLessThan(300);
-  }
+  const tokens = await mirrorSampleApp(api, { rep: 'Reporter', gue: 'Guest', dev: 'Developer' });
+  [reporter, guest, developer] = [tokens.rep, tokens.gue, tokens.dev] as [string, string, string];
 }, 60_000);
 
 afterAll(async () => {

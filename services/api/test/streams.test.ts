@@ -8,10 +8,9 @@
 import { uniqueId, waitFor } from '@berth/shared/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
-import { appBody, ensureRegion, startApi, type TestApi } from './harness.ts';
+import { ensureRegion, mirrorSampleApp, startApi, type TestApi } from './harness.ts';
 
 const APP = 'sample';
-const CELLS = ['cell-a', 'cell-b'];
 let api: TestApi;
 let reporter: string;
 let developer: string;
@@ -25,33 +24,15 @@ beforeAll(async () => {
     MAX_EXEC_PER_USER: '2',
   });
   await ensureRegion(api);
-  expect((await api.call('POST', '/apps', { token: api.adminToken, body: appBody(APP) })).status).toBe(201);
-  const { runtime } = api.service;
-  await runtime.etcd.put(runtime.keys.placement(APP, 'v1')).value(
-    JSON.stringify({
-      app: APP,
-      version: 'v1',
-      cells: Object.fromEntries(CELLS.map((c) => [c, 1])),
-      generation: 1,
-      desired: 2,
-      conditions: [],
-      updatedAt: new Date().toISOString(),
-    }),
-  );
   const suffix = uniqueId(4);
-  [reporter, developer, other] = await Promise.all([
-    api.user(`rep${suffix}`),
-    api.user(`dev${suffix}`),
-    api.user(`oth${suffix}`),
-  ]);
-  for (const [user, role] of [
-    [`rep${suffix}`, 'Reporter'],
-    [`dev${suffix}`, 'Developer'],
-    [`oth${suffix}`, 'Developer'],
-  ]) {
-    const res = await api.call('PUT', `/apps/${APP}/members/${user}`, { token: api.adminToken, body: { role } });
-    expect(res.status, JSON.stringify(res.body)).toBeLessThan(300);
-  }
+  const tokens = await mirrorSampleApp(api, {
+    [`rep${suffix}`]: 'Reporter',
+    [`dev${suffix}`]: 'Developer',
+    [`oth${suffix}`]: 'Developer',
+  });
+  reporter = tokens[`rep${suffix}`] as string;
+  developer = tokens[`dev${suffix}`] as string;
+  other = tokens[`oth${suffix}`] as string;
   const listed = await api.call('GET', `/apps/${APP}/instances`, { token: reporter });
   instance = (listed.json.items as Array<{ instance: string; ready: boolean }>).find((i) => i.ready)?.instance ?? '';
   expect(instance, 'a ready instance of the sample app (make up deploys it)').not.toBe('');
