@@ -223,35 +223,45 @@ export class BuildRunner {
         },
       });
       const compile = config.compile;
-      if (compile) {
-        await this.#step(record, buildLog, 'compile', signal, async (s) => {
-          buildLog.system(`compile in ${compile.image} (cache ${config.cache ? (cache.hit ? 'hit' : 'cold') : 'off'})`);
-          const output = (stream: 'stdout' | 'stderr' | 'system', text: string) => buildLog.write(stream, text);
-          await this.#o.docker.ensureImage(
-            compile.image,
-            output,
-            s,
-            pullCredential(compile.image, this.#o.registryAddr, registryAuth),
-          );
-          await this.#o.docker.compile({
-            image: compile.image,
-            script: compile.script,
-            workspace,
-            cacheDir: cache.dir,
-            output,
-            signal: s,
-            name: `berth-build-${runId}-${attempt}`,
-            builderId: this.#o.agentId,
+      try {
+        if (compile) {
+          await this.#step(record, buildLog, 'compile', signal, async (s) => {
+            buildLog.system(
+              `compile in ${compile.image} (cache ${config.cache ? (cache.hit ? 'hit' : 'cold') : 'off'})`,
+            );
+            const output = (stream: 'stdout' | 'stderr' | 'system', text: string) => buildLog.write(stream, text);
+            await this.#o.docker.ensureImage(
+              compile.image,
+              output,
+              s,
+              pullCredential(compile.image, this.#o.registryAddr, registryAuth),
+            );
+            await this.#o.docker.compile({
+              image: compile.image,
+              script: compile.script,
+              workspace,
+              cacheDir: cache.dir,
+              output,
+              signal: s,
+              name: `berth-build-${runId}-${attempt}`,
+              builderId: this.#o.agentId,
+            });
           });
-        });
-      } else {
-        await record.update({
-          apply: (r) => {
-            const step = r.steps.find((x) => x.name === 'compile');
-            if (step) step.state = 'skipped';
-            return r;
-          },
-        });
+        } else {
+          await record.update({
+            apply: (r) => {
+              const step = r.steps.find((x) => x.name === 'compile');
+              if (step) step.state = 'skipped';
+              return r;
+            },
+          });
+        }
+      } finally {
+        // The cache serves the compile step alone: it is let go before the run can end, so a
+        // clear-cache asked once the run shows its end finds no build holding it.
+        const release = cacheRelease;
+        cacheRelease = undefined;
+        await release?.().catch(() => undefined);
       }
 
       // ---- build
