@@ -73,6 +73,27 @@ describe('a node’s queue (on an in-memory etcd)', () => {
     expect(await allocator.find(handleOf('net', 'c3', 'eth0'))).toBeUndefined();
   });
 
+  it('ADDs and DELs of other containers share one transaction, and a freed address is not taken in it', async () => {
+    const { store, queue, batches } = await setup();
+    const before = await Promise.all(Array.from({ length: 6 }, (_, i) => queue.allocate(req(`old${i}`))));
+    store.txns = 0;
+    batches.length = 0;
+    const busy = queue.allocate(req('busy'));
+    const mixed = Array.from({ length: 6 }, (_, i) => [
+      queue.release(handleOf('net', `old${i}`, 'eth0')),
+      queue.allocate(req(`new${i}`)),
+    ]).flat();
+    const results = await Promise.all([busy, ...mixed]);
+    expect(batches).toEqual([1, 12]);
+    expect(store.txns).toBe(2);
+    const fresh = results.filter((r): r is Awaited<typeof busy> => r !== undefined && 'record' in r).map((a) => a.ip);
+    expect(fresh).toHaveLength(7);
+    // The addresses freed in the batch are not handed out by it.
+    for (const old of before) expect(fresh).not.toContain(old.ip);
+    const held = (await store.range(keys.ipamIps(cell))).map((kv) => (JSON.parse(kv.value) as { ip: string }).ip);
+    expect(held.sort()).toEqual([...fresh].sort());
+  });
+
   it('never reorders an ADD and a DEL of one container', async () => {
     const { queue, allocator } = await setup();
     const first = queue.allocate(req('busy'));

@@ -1,14 +1,14 @@
 /**
- * One node's commands, one at a time, in arrival order, with the ADDs (or the DELs) that arrived
- * while the previous transaction was in flight sent as one batch (a group commit). A node's ADDs
+ * One node's commands, one transaction at a time, with the ADDs and DELs that arrived while the
+ * previous transaction was in flight sent together in the next (a group commit). A node's ADDs
  * all want its own blocks: run together they would lose the race to each other and retry, which
- * is what made a pod storm slow; in a queue they cost one transaction per batch.
+ * is what made a pod storm slow; in a queue a batch costs one transaction.
  *
- * Only a run of the same command at the head of the queue is batched, so an ADD and a DEL of one
- * container are never reordered.
+ * A batch is taken from the head of the queue and ends before a request for a container already
+ * in it, so an ADD and a DEL of one container are never reordered.
  */
 
-import type { AllocateRequest, Allocation, Allocator } from '../ipam/allocator.ts';
+import { type AllocateRequest, type Allocation, type Allocator, handleOf } from '../ipam/allocator.ts';
 import type { IpRecord } from '../ipam/model.ts';
 
 type Waiter<T> = { resolve(value: T): void; reject(err: unknown): void };
@@ -17,7 +17,7 @@ type Job =
   | ({ kind: 'del'; handle: string } & Waiter<IpRecord | undefined>);
 
 export type NodeQueueOptions = {
-  allocator: Pick<Allocator, 'allocateMany' | 'releaseMany'>;
+  allocator: Pick<Allocator, 'commitMany'>;
   /** Requests in one transaction at most (etcd refuses a transaction of more than 128 operations). */
   batchMax: number;
   /** Called after each transaction with how many requests it carried. */
@@ -54,18 +54,25 @@ export class NodeQueue {
     this.#running = true;
     try {
       while (this.#jobs.length > 0) {
-        const kind = (this.#jobs[0] as Job).kind;
+        const handles = new Set<string>();
         let n = 0;
-        while (n < this.#jobs.length && n < this.#o.batchMax && (this.#jobs[n] as Job).kind === kind) n++;
+        for (const job of this.#jobs) {
+          const handle =
+            job.kind === 'add' ? handleOf(job.req.network, job.req.containerId, job.req.ifName) : job.handle;
+          if (n >= this.#o.batchMax || handles.has(handle)) break;
+          handles.add(handle);
+          n++;
+        }
         const batch = this.#jobs.splice(0, n);
+        const adds = batch.filter((j): j is Extract<Job, { kind: 'add' }> => j.kind === 'add');
+        const dels = batch.filter((j): j is Extract<Job, { kind: 'del' }> => j.kind === 'del');
         try {
-          if (kind === 'add') {
-            const adds = batch as Extract<Job, { kind: 'add' }>[];
-            settle(adds, await this.#o.allocator.allocateMany(adds.map((j) => j.req)));
-          } else {
-            const dels = batch as Extract<Job, { kind: 'del' }>[];
-            settle(dels, await this.#o.allocator.releaseMany(dels.map((j) => j.handle)));
-          }
+          const done = await this.#o.allocator.commitMany(
+            adds.map((j) => j.req),
+            dels.map((j) => j.handle),
+          );
+          settle(adds, done.adds);
+          settle(dels, done.dels);
         } catch (err) {
           for (const job of batch) job.reject(err);
         }

@@ -66,6 +66,13 @@ export type AllocatorOptions = {
 
 type StoredBlock = { kv: KeyValue; block: BlockRecord };
 
+/** What a batch of a node's requests came to (Allocator.commitMany), in the order asked. */
+export type BatchResult = {
+  adds: PromiseSettledResult<Allocation>[];
+  dels: PromiseSettledResult<IpRecord | undefined>[];
+};
+type BatchDone = { adds: Map<number, Allocation>; dels: Map<number, IpRecord | undefined> };
+
 export function handleOf(network: string, containerId: string, ifName: string): string {
   return `${network}.${containerId}.${ifName}`;
 }
@@ -203,141 +210,133 @@ export class Allocator {
   }
 
   /**
-   * ADDs of one node at once (the resident allocator's batch): every request that fits in the
-   * node's own blocks gets its address in one transaction over those blocks (their mod revisions,
-   * each address and handle created if absent). What does not fit, and every request when that
-   * transaction loses a race, goes through allocate() one by one. One result per request, in order.
+   * A node's ADDs and DELs at once (the resident allocator's batch; no handle twice): the
+   * addresses freed and the addresses taken go in one transaction over the blocks they touch
+   * (their mod revisions; each new address and handle created if absent, each freed handle
+   * deleted only if unchanged). The ADDs take from the node's own blocks, claiming one more (its
+   * own fenced transaction) when they are full. What does not fit, and every request when the
+   * transaction loses a race, goes the ordinary way one by one: releaseHandle(), then allocate().
+   * One result per request, in order.
    */
-  async allocateMany(reqs: readonly AllocateRequest[]): Promise<PromiseSettledResult<Allocation>[]> {
-    const first = reqs[0];
+  async commitMany(adds: readonly AllocateRequest[], dels: readonly string[]): Promise<BatchResult> {
+    const first = adds[0];
+    const handles = [...adds.map((r) => handleOf(r.network, r.containerId, r.ifName)), ...dels];
     const batchable =
-      first !== undefined &&
-      reqs.length > 1 &&
-      new Set(reqs.map((r) => handleOf(r.network, r.containerId, r.ifName))).size === reqs.length &&
-      reqs.every(
-        (r) => r.node === first.node && r.gateway === first.gateway && String(r.pools) === String(first.pools),
+      handles.length > 1 &&
+      new Set(handles).size === handles.length &&
+      adds.every(
+        (r) => r.node === first?.node && r.gateway === first.gateway && String(r.pools) === String(first.pools),
       );
-    let done = new Map<number, Allocation>();
+    let done: BatchDone | undefined;
     if (batchable) {
       try {
-        done = await this.#allocateBatchOnce(reqs);
+        done = await this.#commitBatchOnce(adds, dels);
       } catch (err) {
         if (!(err instanceof CompareFailedError)) throw err;
       }
     }
-    const out: PromiseSettledResult<Allocation>[] = [];
-    for (const [i, req] of reqs.entries()) {
-      const allocation = done.get(i);
-      if (allocation) out.push({ status: 'fulfilled', value: allocation });
-      else out.push(...(await Promise.allSettled([this.allocate(req)])));
+    const out: BatchResult = { adds: [], dels: [] };
+    for (const [i, handle] of dels.entries()) {
+      if (done?.dels.has(i)) out.dels.push({ status: 'fulfilled', value: done.dels.get(i) });
+      else out.dels.push(...(await Promise.allSettled([this.releaseHandle(handle)])));
+    }
+    for (const [i, req] of adds.entries()) {
+      const allocation = done?.adds.get(i);
+      if (allocation) out.adds.push({ status: 'fulfilled', value: allocation });
+      else out.adds.push(...(await Promise.allSettled([this.allocate(req)])));
     }
     return out;
   }
 
-  /** One transaction for what fits in the node's blocks; a lost race is a CompareFailedError. */
-  async #allocateBatchOnce(reqs: readonly AllocateRequest[]): Promise<Map<number, Allocation>> {
-    const first = reqs[0] as AllocateRequest;
-    const cidrs = (await this.pools())
-      .filter((p) => p.state === 'active' && (!first.pools || first.pools.includes(p.cidr)))
-      .map((p) => parseCidr(p.cidr));
-    const out = new Map<number, Allocation>();
-    if (cidrs.length === 0) return out;
-    const waiting: number[] = [];
-    for (const [i, req] of reqs.entries()) {
-      const existing = await this.find(handleOf(req.network, req.containerId, req.ifName));
-      if (existing) out.set(i, this.#result(existing, cidrs, req));
-      else waiting.push(i);
-    }
+  /** One transaction for the batch; a lost race (or a freed handle's block gone) is a CompareFailedError. */
+  async #commitBatchOnce(adds: readonly AllocateRequest[], dels: readonly string[]): Promise<BatchDone> {
+    const done: BatchDone = { adds: new Map(), dels: new Map() };
+    /** Every block the batch touches, as it will be written; `changed` says which to write. */
+    const blocks = new Map<string, StoredBlock>();
+    const changed = new Set<string>();
     const ops: Op[] = [];
-    const staged: [number, IpRecord][] = [];
-    // As allocate() does: the node's claims key is read before its blocks, so a claim of ours that
-    // did not see a claim made since fails instead of taking a block more.
-    let claims = (await this.#backend.get(this.#keys.ipamClaims(this.#o.cell, first.node)))?.modRevision ?? 0;
-    const blocks = await this.#ownBlocks(first.node, cidrs);
-    for (let b = 0; staged.length < waiting.length; b++) {
-      let stored = blocks[b];
-      if (!stored) {
-        // The node's blocks are full: claim one more (its own transaction) and go on filling.
-        stored = await this.#claimBlock(first.node, cidrs, claims);
-        if (!stored) break;
-        claims = stored.kv.modRevision;
-      }
-      let block = stored.block;
-      for (let i = waiting[staged.length]; i !== undefined; i = waiting[staged.length]) {
-        const req = reqs[i] as AllocateRequest;
-        const offset = this.#freeOffset(block, cidrs, req);
-        if (offset === undefined) break;
-        const taken = this.#take(block, offset, req, handleOf(req.network, req.containerId, req.ifName));
-        block = taken.block;
-        ops.push(...taken.ops);
-        staged.push([i, taken.record]);
-      }
-      if (block !== stored.block) {
-        ops.push({ op: 'update', key: stored.kv.key, value: block, modRevision: stored.kv.modRevision });
-      }
-    }
-    if (staged.length === 0) return out;
-    await this.#store.commit(ops);
-    for (const [i, record] of staged) out.set(i, this.#result(record, cidrs, reqs[i] as AllocateRequest));
-    return out;
-  }
 
-  /**
-   * DELs at once: the addresses are freed in one transaction over their blocks; when it loses a
-   * race (or a handle's block is gone), each goes through releaseHandle() one by one.
-   */
-  async releaseMany(handles: readonly string[]): Promise<PromiseSettledResult<IpRecord | undefined>[]> {
-    let done: Map<number, IpRecord | undefined> | undefined;
-    if (handles.length > 1 && new Set(handles).size === handles.length) {
-      try {
-        done = await this.#releaseBatchOnce(handles);
-      } catch (err) {
-        if (!(err instanceof CompareFailedError)) throw err;
-      }
-    }
-    if (done) return handles.map((_, i) => ({ status: 'fulfilled', value: done.get(i) }));
-    const out: PromiseSettledResult<IpRecord | undefined>[] = [];
-    for (const handle of handles) out.push(...(await Promise.allSettled([this.releaseHandle(handle)])));
-    return out;
-  }
-
-  /** Undefined when a handle's block is gone (releaseHandle knows that case). */
-  async #releaseBatchOnce(handles: readonly string[]): Promise<Map<number, IpRecord | undefined> | undefined> {
-    const out = new Map<number, IpRecord | undefined>();
-    const blocks = new Map<string, { kv: KeyValue; block: BlockRecord }>();
-    const ops: Op[] = [];
-    for (const [i, handle] of handles.entries()) {
+    // DELs: what to free. The offsets are freed only after the ADDs have chosen theirs, so no
+    // address is freed and taken again in one transaction (etcd refuses a key twice in one).
+    const frees: { blockKey: string; offset: string; handle: string }[] = [];
+    for (const [i, handle] of dels.entries()) {
       const handleKey = this.#keys.ipamHandle(this.#o.cell, handle);
       const h = await this.#backend.get(handleKey);
       if (!h) {
-        out.set(i, undefined);
+        done.dels.set(i, undefined);
         continue;
       }
       const record = parseHandle(h);
       const ipKey = this.#keys.ipamIp(this.#o.cell, record.ip);
       const ip = await this.#backend.get(ipKey);
       const blockKey = this.#keys.ipamBlock(this.#o.cell, record.block);
-      let entry = blocks.get(blockKey);
-      if (!entry) {
+      if (!blocks.has(blockKey)) {
         const kv = await this.#backend.get(blockKey);
-        if (!kv) return undefined;
-        entry = { kv, block: parseBlock(kv) };
-        blocks.set(blockKey, entry);
+        if (!kv) throw new CompareFailedError([blockKey]); // releaseHandle knows a block that is gone
+        blocks.set(blockKey, { kv, block: parseBlock(kv) });
       }
-      const offset = String(ipToInt(record.ip) - parseCidr(entry.block.cidr).base);
-      if (entry.block.allocations[offset] === handle) {
-        const { [offset]: _freed, ...allocations } = entry.block.allocations;
-        entry.block = { ...entry.block, allocations };
-      }
+      const base = parseCidr((blocks.get(blockKey) as StoredBlock).block.cidr).base;
+      frees.push({ blockKey, offset: String(ipToInt(record.ip) - base), handle });
       ops.push({ op: 'delete', key: ipKey }, { op: 'delete', key: handleKey, modRevision: h.modRevision });
-      out.set(i, ip ? parseIp(ip) : undefined);
+      done.dels.set(i, ip ? parseIp(ip) : undefined);
     }
-    for (const [key, { kv, block }] of blocks) {
-      const next = Object.keys(block.allocations).length === 0 ? { ...block, emptySince: this.#now() } : block;
-      ops.push({ op: 'update', key, value: next, modRevision: kv.modRevision });
+
+    // ADDs: from the node's blocks as this batch leaves them.
+    const staged: [number, IpRecord, Cidr[]][] = [];
+    const first = adds[0];
+    if (first) {
+      const cidrs = (await this.pools())
+        .filter((p) => p.state === 'active' && (!first.pools || first.pools.includes(p.cidr)))
+        .map((p) => parseCidr(p.cidr));
+      const waiting: number[] = [];
+      for (const [i, req] of adds.entries()) {
+        const existing =
+          cidrs.length > 0 ? await this.find(handleOf(req.network, req.containerId, req.ifName)) : undefined;
+        if (existing) done.adds.set(i, this.#result(existing, cidrs, req));
+        else if (cidrs.length > 0) waiting.push(i);
+      }
+      // As allocate() does: the node's claims key is read before its blocks, so a claim of ours that
+      // did not see a claim made since fails instead of taking a block more.
+      let claims = (await this.#backend.get(this.#keys.ipamClaims(this.#o.cell, first.node)))?.modRevision ?? 0;
+      const own = waiting.length > 0 ? await this.#ownBlocks(first.node, cidrs) : [];
+      for (let b = 0; staged.length < waiting.length; b++) {
+        const mine = own[b];
+        let stored = mine ? (blocks.get(mine.kv.key) ?? mine) : undefined;
+        if (!stored) {
+          // The node's blocks are full: claim one more (its own transaction) and go on filling.
+          stored = await this.#claimBlock(first.node, cidrs, claims);
+          if (!stored) break;
+          claims = stored.kv.modRevision;
+        }
+        blocks.set(stored.kv.key, stored);
+        for (let i = waiting[staged.length]; i !== undefined; i = waiting[staged.length]) {
+          const req = adds[i] as AllocateRequest;
+          const offset = this.#freeOffset(stored.block, cidrs, req);
+          if (offset === undefined) break;
+          const taken = this.#take(stored.block, offset, req, handleOf(req.network, req.containerId, req.ifName));
+          stored.block = taken.block;
+          changed.add(stored.kv.key);
+          ops.push(...taken.ops);
+          staged.push([i, taken.record, cidrs]);
+        }
+      }
+    }
+
+    for (const f of frees) {
+      const stored = blocks.get(f.blockKey) as StoredBlock;
+      if (stored.block.allocations[f.offset] !== f.handle) continue;
+      const { [f.offset]: _freed, ...allocations } = stored.block.allocations;
+      stored.block = { ...stored.block, allocations };
+      if (Object.keys(allocations).length === 0) stored.block.emptySince = this.#now();
+      changed.add(f.blockKey);
+    }
+    for (const key of changed) {
+      const { kv, block } = blocks.get(key) as StoredBlock;
+      ops.push({ op: 'update', key, value: block, modRevision: kv.modRevision });
     }
     if (ops.length > 0) await this.#store.commit(ops);
-    return out;
+    for (const [i, record, cidrs] of staged) done.adds.set(i, this.#result(record, cidrs, adds[i] as AllocateRequest));
+    return done;
   }
 
   /**
