@@ -30,8 +30,11 @@ export const ipamCheckerEnv = z.object({
     .string()
     .default('/run/berth/ipam.sock')
     .refine((v) => v === 'off' || v.startsWith('/'), 'IPAM_SOCKET must be an absolute path, or "off"'),
-  /** Requests of one node in one etcd transaction at most (etcd allows 128 operations in one). */
-  IPAM_BATCH_MAX: envInt(32, { min: 1, max: 60 }),
+  /**
+   * Requests of one node in one etcd transaction at most. etcd allows 128 operations in one: each
+   * request writes two keys and may touch a block of its own (a DEL of a borrowed address), so 40.
+   */
+  IPAM_BATCH_MAX: envInt(32, { min: 1, max: 40 }),
   /** Run the checker of BERTH_CELL here (one node of a cell is enough; the allocator needs none). */
   IPAM_CHECKER: envBool(true),
   /** The cell whose allocations this checker watches. */
