@@ -11,26 +11,17 @@
  * Run: node test/bench/ipam.ts   (after make up; BENCH_SKIP_CHECK=1 leaves out 3; BENCH_ALLOCATIONS=10000 BENCH_PAIRS=64,160,320,640
  * BENCH_STORM=1000 BENCH_FALLBACK=1 to measure the fallback at every concurrency)
  */
-import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BerthKeys, cidrToKey } from '@berth/shared/keys';
 import { loadCellClient } from '@berth/shared/kube';
 import { GatewayBackend } from '@berth/shared/store/lite';
-import {
-  exited,
-  freePort,
-  REPO_ROOT,
-  regionAuthEnv,
-  regionCredentials,
-  regionEnv,
-  regionIpamAuth,
-  uniqueId,
-  waitFor,
-} from '@berth/shared/testing';
+import { REPO_ROOT, regionCredentials, regionEnv, regionIpamAuth, uniqueId, waitFor } from '@berth/shared/testing';
 import { daemonStats } from '../../services/cni-ipam/src/daemon/client.ts';
 import { Pools } from '../../services/cni-ipam/src/ipam/pools.ts';
+import { startIpamDaemon } from '../../services/cni-ipam/test/harness.ts';
 
 const env = regionEnv();
 const endpoints = (env.ETCD_ENDPOINTS ?? '').split(',');
@@ -127,28 +118,6 @@ function storm(bin: string, conf: string, concurrency: number, count: number, ta
   };
 }
 
-/** A resident allocator from the source, on a socket of its own. */
-async function startDaemon(socket: string): Promise<ChildProcess> {
-  const port = await freePort();
-  const child = spawn(process.execPath, [join(REPO_ROOT, 'services/cni-ipam/src/index.ts')], {
-    env: {
-      PATH: process.env.PATH,
-      ETCD_ENDPOINTS: endpoints.join(','),
-      ...regionAuthEnv(env, ['etcd']),
-      HTTP_ADDR: `127.0.0.1:${port}`,
-      IPAM_SOCKET: socket,
-      IPAM_CHECKER: 'false',
-      LOG_LEVEL: 'warn',
-    },
-    stdio: ['ignore', 'inherit', 'inherit'],
-  });
-  await waitFor(async () => (await fetch(`http://127.0.0.1:${port}/readyz`).catch(() => undefined))?.ok, {
-    timeoutMs: 30_000,
-    message: 'the resident allocator did not become ready',
-  });
-  return child;
-}
-
 const ms = (v: number) => v.toFixed(1);
 
 // ---- 1. ADD+DEL ---------------------------------------------------------------------------------
@@ -178,7 +147,7 @@ const hostLocalConf = JSON.stringify({
   name: 'bench',
   ipam: { type: 'host-local', dataDir, ranges: [[{ subnet: '198.19.44.0/22' }]] },
 });
-const daemon = await startDaemon(socket);
+const daemon = await startIpamDaemon(socket);
 // One pair each, not measured: a node's daemon has watched its cells since it started, and every
 // plugin's first call pays for what it loads once (the daemon's first list of the cell).
 for (const [bin, conf] of [
@@ -240,8 +209,7 @@ if (process.env.BENCH_SKIP_ADD_DEL !== '1') {
     process.exitCode = 1;
   }
 }
-daemon.kill('SIGTERM');
-await exited(daemon);
+await daemon.stop();
 rmSync(dataDir, { recursive: true, force: true });
 rmSync(socketDir, { recursive: true, force: true });
 

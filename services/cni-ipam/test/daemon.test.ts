@@ -3,73 +3,40 @@
  * (a key prefix of their own): the daemon runs as its own process, the plugin as containerd runs
  * it (a process per call, the conf on stdin).
  */
-import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { BerthKeys } from '@berth/shared/keys';
-import { GatewayBackend } from '@berth/shared/store/lite';
-import {
-  exited,
-  freePort,
-  REPO_ROOT,
-  regionAuthEnv,
-  regionCredentials,
-  regionEnv,
-  regionIpamAuth,
-  uniqueId,
-  waitFor,
-} from '@berth/shared/testing';
+import { REPO_ROOT, regionAuthEnv, regionEnv, waitFor } from '@berth/shared/testing';
 import type { V1Pod } from '@kubernetes/client-node';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { checkCell, problems } from '../src/checker/check.ts';
 import { cnictl } from '../src/cli/cnictl.ts';
 import type { DaemonResponse, DaemonStats } from '../src/daemon/protocol.ts';
 import { parseBlock, parseHandle, parseIp } from '../src/ipam/model.ts';
-import { Pools } from '../src/ipam/pools.ts';
-import { type PluginRun, runPluginProcess } from './plugin-process.ts';
+import {
+  type IpamDaemon,
+  type IpamWorld,
+  ipamWorld,
+  netconf,
+  type PluginRun,
+  runPluginProcess,
+  startIpamDaemon,
+} from './harness.ts';
 
 const env = regionEnv();
 const endpoints = (env.ETCD_ENDPOINTS ?? '').split(',');
 /** The thin plugin infra/ipam.sh installs (the binary containerd executes). */
 const THIN_PLUGIN = join(REPO_ROOT, '.local/bin/berth-ipam');
 
-type Daemon = { child: ChildProcess; socket: string; port: number; stop(): Promise<void> };
 const dirs: string[] = [];
-const daemons: Daemon[] = [];
+const daemons: IpamDaemon[] = [];
 
-async function startDaemon(socketDir = mkdtempSync(join(tmpdir(), 'ipamd-'))): Promise<Daemon> {
+async function startDaemon(): Promise<IpamDaemon> {
+  const socketDir = mkdtempSync(join(tmpdir(), 'ipamd-'));
   dirs.push(socketDir);
-  const socket = join(socketDir, 'ipam.sock');
-  const port = await freePort();
-  const child = spawn(process.execPath, [join(REPO_ROOT, 'services/cni-ipam/src/index.ts')], {
-    env: {
-      PATH: process.env.PATH,
-      ETCD_ENDPOINTS: endpoints.join(','),
-      ...regionAuthEnv(env, ['etcd']),
-      HTTP_ADDR: `127.0.0.1:${port}`,
-      IPAM_SOCKET: socket,
-      IPAM_CHECKER: 'false',
-      LOG_LEVEL: 'warn',
-    },
-    stdio: ['ignore', 'inherit', 'inherit'],
-  });
-  const daemon: Daemon = {
-    child,
-    socket,
-    port,
-    stop: async () => {
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      child.kill('SIGTERM');
-      await exited(child);
-    },
-  };
+  const daemon = await startIpamDaemon(join(socketDir, 'ipam.sock'));
   daemons.push(daemon);
-  await waitFor(async () => (await fetch(`http://127.0.0.1:${port}/readyz`).catch(() => undefined))?.ok, {
-    timeoutMs: 30_000,
-    message: 'the IPAM daemon did not become ready',
-  });
   return daemon;
 }
 
@@ -87,33 +54,9 @@ function ask(socket: string, line: string): Promise<DaemonResponse> {
   });
 }
 
-function world() {
-  const keys = new BerthKeys(`/t-${uniqueId()}`);
-  const store = new GatewayBackend(endpoints, regionCredentials(env).etcd);
-  const cell = 'cell-t';
-  return { keys, store, cell, pools: new Pools(store, keys, cell) };
-}
-type World = ReturnType<typeof world>;
-
-function netconf(w: World, socket: string, node: string) {
-  return {
-    cniVersion: '1.0.0',
-    name: 'testnet',
-    ipam: {
-      type: 'berth-ipam',
-      etcdEndpoints: endpoints.join(','),
-      ...regionIpamAuth(env),
-      cell: w.cell,
-      etcdPrefix: w.keys.prefix,
-      node,
-      socket,
-    },
-  };
-}
-
 /** `cnictl --json stats` of the world's cell, asking the daemon on `socket`. */
 async function stats(
-  w: World,
+  w: IpamWorld,
   socket: string,
 ): Promise<{ daemon: DaemonStats | null; fallbacks: { node: string; count: number }[] }> {
   let out = '';
@@ -140,7 +83,7 @@ function addressOf(run: PluginRun): string {
 }
 
 /** Every handle, address and block allocation of the cell agree with each other. */
-async function expectConsistent(w: World): Promise<void> {
+async function expectConsistent(w: IpamWorld): Promise<void> {
   const ips = (await w.store.range(w.keys.ipamIps(w.cell))).map(parseIp);
   const handles = await w.store.range(w.keys.ipamHandles(w.cell));
   const blocks = (await w.store.range(w.keys.ipamBlocks(w.cell))).map(parseBlock);
@@ -172,12 +115,14 @@ describe('the resident allocator', () => {
   it('200 concurrent ADDs through the thin plugin from 4 nodes get 200 distinct addresses, in batches', {
     timeout: 180_000,
   }, async () => {
-    const w = world();
+    const w = ipamWorld();
     await w.pools.add('198.19.40.0/22');
     const daemon = await startDaemon();
     const nodes = ['node-1', 'node-2', 'node-3', 'node-4'];
     const runs = await Promise.all(
-      Array.from({ length: 200 }, (_, i) => plugin('ADD', netconf(w, daemon.socket, nodes[i % 4] as string), `c${i}`)),
+      Array.from({ length: 200 }, (_, i) =>
+        plugin('ADD', netconf(w, { socket: daemon.socket, node: nodes[i % 4] as string }), `c${i}`),
+      ),
     );
     const addresses = runs.map(addressOf);
     expect(new Set(addresses).size).toBe(200);
@@ -196,9 +141,13 @@ describe('the resident allocator', () => {
     expect(counted.fallbacks).toEqual([]);
 
     // ADD again is the same address; DEL frees every one.
-    expect(addressOf(await plugin('ADD', netconf(w, daemon.socket, 'node-2'), 'c1'))).toBe(addresses[1]);
+    expect(addressOf(await plugin('ADD', netconf(w, { socket: daemon.socket, node: 'node-2' }), 'c1'))).toBe(
+      addresses[1],
+    );
     const dels = await Promise.all(
-      Array.from({ length: 200 }, (_, i) => plugin('DEL', netconf(w, daemon.socket, nodes[i % 4] as string), `c${i}`)),
+      Array.from({ length: 200 }, (_, i) =>
+        plugin('DEL', netconf(w, { socket: daemon.socket, node: nodes[i % 4] as string }), `c${i}`),
+      ),
     );
     for (const d of dels) expect(d.code, d.out).toBe(0);
     expect(await w.store.range(w.keys.ipamIps(w.cell))).toEqual([]);
@@ -208,10 +157,10 @@ describe('the resident allocator', () => {
   it('killed with SIGKILL mid-ADD: every ADD still ends with an address, and the check finds nothing after the retry', {
     timeout: 180_000,
   }, async () => {
-    const w = world();
+    const w = ipamWorld();
     await w.pools.add('198.19.40.0/22');
     const daemon = await startDaemon();
-    const conf = netconf(w, daemon.socket, 'n1');
+    const conf = netconf(w, { socket: daemon.socket, node: 'n1' });
     const adds = Array.from({ length: 40 }, (_, i) => plugin('ADD', conf, `k${i}`));
     // Kill it once it has written some and, with 40 asked at once, not all of them.
     await waitFor(async () => (await w.store.range(w.keys.ipamIps(w.cell), { keysOnly: true })).length > 0, {
@@ -245,7 +194,7 @@ describe('the resident allocator', () => {
   it('a request it cannot read gets the spec’s error JSON; a bad conf the same error as the direct plugin', {
     timeout: 60_000,
   }, async () => {
-    const w = world();
+    const w = ipamWorld();
     const daemon = await startDaemon();
     const garbled = await ask(daemon.socket, 'not json');
     expect(garbled.exitCode).toBe(1);
@@ -253,7 +202,7 @@ describe('the resident allocator', () => {
     const oldProtocol = await ask(daemon.socket, '{"v":0,"env":{},"stdin":""}');
     expect(JSON.parse(oldProtocol.stdout).msg).toMatch(/protocol version 1/);
 
-    const badCell = { ...netconf(w, daemon.socket, 'n1') };
+    const badCell = { ...netconf(w, { socket: daemon.socket, node: 'n1' }) };
     badCell.ipam = { ...badCell.ipam, cell: 'Not A Label' };
     const run = await plugin('ADD', badCell, 'x1');
     expect(run.code).toBe(1);
@@ -269,19 +218,23 @@ describe('the resident allocator', () => {
   it('another node’s claim made behind its back is seen: it never hands out that block’s addresses', {
     timeout: 60_000,
   }, async () => {
-    const w = world();
+    const w = ipamWorld();
     // A /27 is two blocks of 16: the daemon's n1 takes one, then node-x the other through the
     // direct plugin (no daemon on its socket).
     await w.pools.add('198.19.41.0/27');
     const daemon = await startDaemon();
-    const viaDaemon = addressOf(await plugin('ADD', netconf(w, daemon.socket, 'n1'), 'd0'));
+    const viaDaemon = addressOf(await plugin('ADD', netconf(w, { socket: daemon.socket, node: 'n1' }), 'd0'));
     const noDaemon = mkdtempSync(join(tmpdir(), 'ipamd-none-'));
     dirs.push(noDaemon);
-    const direct = addressOf(await plugin('ADD', netconf(w, join(noDaemon, 'ipam.sock'), 'node-x'), 'x0'));
+    const direct = addressOf(
+      await plugin('ADD', netconf(w, { socket: join(noDaemon, 'ipam.sock'), node: 'node-x' }), 'x0'),
+    );
     // n1's first block runs out: the other block is node-x's now, whatever the daemon's copy
     // said a moment ago, so n1 borrows from it and never hands out what node-x holds.
     const more = await Promise.all(
-      Array.from({ length: 20 }, (_, i) => plugin('ADD', netconf(w, daemon.socket, 'n1'), `d${i + 1}`)),
+      Array.from({ length: 20 }, (_, i) =>
+        plugin('ADD', netconf(w, { socket: daemon.socket, node: 'n1' }), `d${i + 1}`),
+      ),
     );
     const all = [viaDaemon, direct, ...more.map(addressOf)];
     expect(new Set(all).size).toBe(all.length);

@@ -2,31 +2,12 @@
  * The allocator and the plugin against the region's real etcd (a key prefix of their own).
  */
 import { join } from 'node:path';
-import { BerthKeys } from '@berth/shared/keys';
-import { GatewayBackend } from '@berth/shared/store/lite';
-import { REPO_ROOT, regionCredentials, regionEnv, regionIpamAuth, uniqueId } from '@berth/shared/testing';
+import { REPO_ROOT } from '@berth/shared/testing';
 import { describe, expect, it } from 'vitest';
 import { Allocator } from '../src/ipam/allocator.ts';
 import { contains, ipToInt, parseCidr } from '../src/ipam/cidr.ts';
 import { parseBlock } from '../src/ipam/model.ts';
-import { Pools } from '../src/ipam/pools.ts';
-import { type PluginRun, runPluginProcess } from './plugin-process.ts';
-
-const env = regionEnv();
-const endpoints = (env.ETCD_ENDPOINTS ?? '').split(',');
-
-function world() {
-  const keys = new BerthKeys(`/t-${uniqueId()}`);
-  const store = new GatewayBackend(endpoints, regionCredentials(env).etcd);
-  const cell = 'cell-t';
-  return {
-    keys,
-    store,
-    cell,
-    pools: new Pools(store, keys, cell),
-    allocator: new Allocator({ backend: store, keys, cell }),
-  };
-}
+import { ipamWorld, netconf, type PluginRun, runPluginProcess } from './harness.ts';
 
 /** The direct plugin from its source, as containerd would run a plugin. */
 function plugin(command: string, conf: unknown, extra: Record<string, string> = {}): Promise<PluginRun> {
@@ -34,27 +15,11 @@ function plugin(command: string, conf: unknown, extra: Record<string, string> = 
   return runPluginProcess([process.execPath, main], { CNI_COMMAND: command, CNI_CONTAINERID: 'c1', ...extra }, conf);
 }
 
-function netconf(w: ReturnType<typeof world>, ipam: Record<string, unknown> = {}) {
-  return {
-    cniVersion: '1.0.0',
-    name: 'testnet',
-    ipam: {
-      type: 'berth-ipam',
-      etcdEndpoints: endpoints.join(','),
-      ...regionIpamAuth(env),
-      cell: w.cell,
-      etcdPrefix: w.keys.prefix,
-      node: 'n1',
-      ...ipam,
-    },
-  };
-}
-
 describe('allocation on real etcd', () => {
   it('200 concurrent ADDs from 4 nodes get 200 distinct addresses, each in a block its node owns', {
     timeout: 120_000,
   }, async () => {
-    const w = world();
+    const w = ipamWorld();
     await w.pools.add('198.19.40.0/22');
     const nodes = ['node-1', 'node-2', 'node-3', 'node-4'];
     const results = await Promise.all(
@@ -82,7 +47,7 @@ describe('allocation on real etcd', () => {
   });
 
   it('a crash between the block claim and the allocation is recovered by the next ADD', async () => {
-    const w = world();
+    const w = ipamWorld();
     await w.pools.add('198.19.44.0/24');
     const crashing = new Allocator({
       backend: w.store,
@@ -107,7 +72,7 @@ describe('allocation on real etcd', () => {
 
 describe('the plugin process', () => {
   it('ADD answers a CNI result, twice the same; DEL frees, twice is fine; CHECK only reads', async () => {
-    const w = world();
+    const w = ipamWorld();
     await w.pools.add('198.19.45.0/24');
     const args = { CNI_ARGS: 'IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=shop-v1-abc' };
     const add = await plugin('ADD', netconf(w), args);
@@ -131,7 +96,7 @@ describe('the plugin process', () => {
   });
 
   it('answers the spec error JSON: exhausted pool, unreachable etcd, bad config, bad version, missing env', async () => {
-    const w = world();
+    const w = ipamWorld();
     await w.pools.add('198.19.46.0/28'); // 13 usable addresses
     for (let i = 0; i < 13; i++)
       await w.allocator.allocate({ network: 'testnet', containerId: `x${i}`, ifName: 'eth0', node: 'n1' });

@@ -16,7 +16,7 @@ import type { CommandRequest, DaemonResponse } from '../src/daemon/protocol.ts';
 import { Allocator } from '../src/ipam/allocator.ts';
 import { Pools } from '../src/ipam/pools.ts';
 import type { FallbackCount } from '../src/plugin/fallback.ts';
-import { type PluginRun, runPluginProcess } from './plugin-process.ts';
+import { type PluginRun, runPluginProcess } from './harness.ts';
 
 const THIN = join(REPO_ROOT, '.local/bin/berth-ipam');
 const env = regionEnv();

@@ -4,7 +4,6 @@
  * `GET /apps/{app}/metrics` summing what each agent counted per version and status class. An agent
  * that stops answering is counted as missing; with none answering, `requests` is null.
  */
-import { createServer, type Server } from 'node:http';
 import { regionEnv, waitFor } from '@berth/shared/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { appBody, ensureRegion, startApi, type TestApi } from '../../api/test/harness.ts';
@@ -16,6 +15,7 @@ import {
   SlbWriter,
   startAgent,
   startNginx,
+  startStatusBackend,
   type TestAgent,
   type TestNginx,
   upstreamsRecord,
@@ -36,23 +36,8 @@ type Metrics = {
   agents: { answered: number; missing: number };
 };
 
-/** A backend answering the status its path names (`/status/500` answers 500), its body its name. */
 async function statusBackend(name: string): Promise<Backend> {
-  const server: Server = createServer((req, res) => {
-    res.statusCode = Number(/^\/status\/(\d{3})/.exec(req.url ?? '')?.[1] ?? 200);
-    res.end(name);
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const b: Backend = {
-    name,
-    port: (server.address() as { port: number }).port,
-    server,
-    close: () =>
-      new Promise<void>((r) => {
-        server.close(() => r());
-        server.closeAllConnections();
-      }),
-  };
+  const b = await startStatusBackend(name);
   backends.push(b);
   return b;
 }

@@ -6,7 +6,7 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { Agent, createServer, type IncomingHttpHeaders, request, type Server } from 'node:http';
+import { Agent, createServer, type IncomingHttpHeaders, type RequestListener, request, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -147,12 +147,15 @@ export async function startAgent(o: {
 
 export type Backend = { name: string; port: number; server: Server; close(): Promise<void> };
 
-/** A loopback HTTP server answering its name (and the request's X-Berth-Version, if any). */
-export async function startBackend(name: string): Promise<Backend> {
-  const server = createServer((_req, res) => {
+/** A loopback HTTP server answering its name (or as `answer` says). */
+export async function startBackend(
+  name: string,
+  answer: RequestListener = (_req, res) => {
     res.setHeader('content-type', 'text/plain');
     res.end(name);
-  });
+  },
+): Promise<Backend> {
+  const server = createServer(answer);
   server.keepAliveTimeout = 65_000;
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const port = (server.address() as { port: number }).port;
@@ -166,6 +169,16 @@ export async function startBackend(name: string): Promise<Backend> {
         server.closeAllConnections();
       }),
   };
+}
+
+/** A backend answering the status its path names (`/status/404` answers 404), its body its name. */
+export function startStatusBackend(name: string): Promise<Backend> {
+  return startBackend(name, (req, res) => {
+    const status = Number(/^\/status\/(\d{3})/.exec(req.url ?? '')?.[1] ?? 200);
+    if (status >= 300 && status < 400) res.setHeader('location', '/');
+    res.statusCode = status;
+    res.end(name);
+  });
 }
 
 const keepAlive = new Agent({ keepAlive: true, maxSockets: 16 });

@@ -5,7 +5,6 @@
  * and status class; a short window counts only the newest; an nginx restart (its counters back at
  * zero) loses nothing; the endpoint wants the agent's metrics token.
  */
-import { createServer, type Server } from 'node:http';
 import { createEtcdClient, type Etcd3 } from '@berth/shared/etcd';
 import type { LbAgentStatus } from '@berth/shared/model';
 import { regionCredentials, regionEnv, uniqueId, uniquePrefix, waitFor } from '@berth/shared/testing';
@@ -19,6 +18,7 @@ import {
   SlbWriter,
   startAgent,
   startNginx,
+  startStatusBackend,
   type TestAgent,
   type TestNginx,
   trafficRecord,
@@ -41,26 +41,8 @@ const backends: Backend[] = [];
 type Counts = { total: number; '2xx': number; '3xx': number; '4xx': number; '5xx': number };
 type Answer = { windowSeconds: number; from: string | null; to: string; apps: Record<string, Record<string, Counts>> };
 
-/** A backend answering the status its path names: `/status/404` answers 404. */
 async function statusBackend(name: string): Promise<Backend> {
-  const server: Server = createServer((req, res) => {
-    const status = Number(/^\/status\/(\d{3})/.exec(req.url ?? '')?.[1] ?? 200);
-    if (status >= 300 && status < 400) res.setHeader('location', '/');
-    res.statusCode = status;
-    res.end(name);
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const port = (server.address() as { port: number }).port;
-  const b: Backend = {
-    name,
-    port,
-    server,
-    close: () =>
-      new Promise<void>((r) => {
-        server.close(() => r());
-        server.closeAllConnections();
-      }),
-  };
+  const b = await startStatusBackend(name);
   backends.push(b);
   return b;
 }
