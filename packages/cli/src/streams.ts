@@ -2,27 +2,18 @@
  * The streaming commands: server-sent events (build logs), NDJSON (app logs, GET
  * /apps/{app}/logs) and the exec WebSocket (GET /apps/{app}/instances/{instance}/exec).
  */
-import { type BerthClient, call } from '@berth/client';
+import { type BerthClient, call, type paths } from '@berth/client';
 import type { Io } from './program.ts';
 
-export type Instance = {
-  instance: string;
-  version: string;
-  cell: string;
-  node: string | null;
-  ip: string | null;
-  phase: string;
-  ready: boolean;
-  restarts: number;
-  startedAt: string | null;
-  lastTermination: { reason: string | null; exitCode: number | null; finishedAt: string | null } | null;
-};
+/** One of an app's instances, as GET /apps/{app}/instances answers it (the typed client's own type). */
+export type Instance = InstancesPage['items'][number];
+type InstancesPage = paths['/api/v1/apps/{app}/instances']['get']['responses'][200]['content']['application/json'];
 
 export async function listInstances(
   api: BerthClient,
   app: string,
   filter: { version?: string | undefined; cell?: string | undefined } = {},
-): Promise<{ items: Instance[]; unreachable: string[] }> {
+): Promise<InstancesPage> {
   return call(
     api.GET('/api/v1/apps/{app}/instances', {
       params: {

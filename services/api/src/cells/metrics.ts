@@ -7,25 +7,26 @@
 import type { Logger } from '@berth/shared/logging';
 import { LABELS } from '@berth/shared/model';
 import type { V1Pod } from '@kubernetes/client-node';
+import { z } from 'zod';
 import { cellGet } from './logs.ts';
 import { APP_CONTAINER, type CellPods, withTimeout } from './pods.ts';
 
-export type VersionCellMetrics = {
-  version: string;
-  cell: string;
-  instances: number;
-  ready: number;
-  /** Instances whose usage the kubelet reported. */
-  measured: number;
-  /** Cores in use now (the kubelet's last sample), summed over the measured instances. */
-  cpuCores: number | null;
-  /** Working-set bytes now, summed over the measured instances. */
-  memoryBytes: number | null;
-  /** Container restarts since each instance started, summed. */
-  restarts: number;
-  /** Instances whose container last stopped within the window. */
-  restartedWithinWindow: number;
-};
+/** Usage of one version in one cell, as GET /apps/{app}/metrics answers it. */
+export const versionCellMetricsSchema = z.object({
+  version: z.string(),
+  cell: z.string(),
+  instances: z.number().int(),
+  ready: z.number().int(),
+  /** Instances whose kubelet reported usage (KWOK's simulated nodes report none). */
+  measured: z.number().int(),
+  /** Cores in use (the kubelets' last sample), summed; null when no instance was measured. */
+  cpuCores: z.number().nullable(),
+  /** Working-set bytes, summed; null when no instance was measured. */
+  memoryBytes: z.number().nullable(),
+  restarts: z.number().int(),
+  restartedWithinWindow: z.number().int(),
+});
+export type VersionCellMetrics = z.output<typeof versionCellMetricsSchema>;
 
 type Summary = {
   pods?: Array<{

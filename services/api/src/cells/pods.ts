@@ -11,22 +11,30 @@ import type { Logger } from '@berth/shared/logging';
 import { LABELS, placementSchema } from '@berth/shared/model';
 import type { Store } from '@berth/shared/store';
 import type { V1Pod } from '@kubernetes/client-node';
+import { z } from 'zod';
 
 /** The container Berth runs each version in (services/scheduler/src/apply/manifests.ts). */
 export const APP_CONTAINER = 'app';
 
-export type Instance = {
-  cell: string;
-  version: string;
-  instance: string;
-  node: string | null;
-  ip: string | null;
-  phase: string;
-  ready: boolean;
-  restarts: number;
-  startedAt: string | null;
-  lastTermination: { reason: string | null; exitCode: number | null; finishedAt: string | null } | null;
-};
+/** One pod of an app's version in a cell, as GET /apps/{app}/instances answers it. */
+export const instanceSchema = z.object({
+  cell: z.string(),
+  version: z.string(),
+  /** The pod's name. */
+  instance: z.string(),
+  node: z.string().nullable(),
+  ip: z.string().nullable(),
+  /** The pod's phase: Pending, Running, Succeeded, Failed, Unknown. */
+  phase: z.string(),
+  ready: z.boolean(),
+  restarts: z.number().int(),
+  startedAt: z.string().nullable(),
+  /** Why the container last stopped, when it has restarted. */
+  lastTermination: z
+    .object({ reason: z.string().nullable(), exitCode: z.number().int().nullable(), finishedAt: z.string().nullable() })
+    .nullable(),
+});
+export type Instance = z.output<typeof instanceSchema>;
 
 export type CellPodsOptions = {
   store: Store;

@@ -14,14 +14,16 @@ import { z } from 'zod';
 
 export const STATUS_CLASSES = ['2xx', '3xx', '4xx', '5xx'] as const;
 
-export type VersionRequests = {
-  version: string;
-  total: number;
-  '2xx': number;
-  '3xx': number;
-  '4xx': number;
-  '5xx': number;
-};
+/** Requests of one version within the window, summed over the lb-agents that answered. */
+export const versionRequestsSchema = z.object({
+  version: z.string(),
+  total: z.number().int(),
+  '2xx': z.number().int(),
+  '3xx': z.number().int(),
+  '4xx': z.number().int(),
+  '5xx': z.number().int(),
+});
+export type VersionRequests = z.output<typeof versionRequestsSchema>;
 
 export type LbRequests = {
   agents: { answered: number; missing: number };

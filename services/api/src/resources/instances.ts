@@ -7,32 +7,15 @@ import { withoutDeadline } from '@berth/shared/http';
 import { dnsLabelSchema, versionNameSchema } from '@berth/shared/model';
 import { z } from 'zod';
 import type { CellLogs, LogLine } from '../cells/logs.ts';
-import type { CellMetrics } from '../cells/metrics.ts';
-import type { CellPods } from '../cells/pods.ts';
+import { type CellMetrics, versionCellMetricsSchema } from '../cells/metrics.ts';
+import { type CellPods, instanceSchema } from '../cells/pods.ts';
 import { defineRoute } from '../http/routes.ts';
-import type { LbRequestCounts } from '../lb/requests.ts';
+import { type LbRequestCounts, versionRequestsSchema } from '../lb/requests.ts';
 import { roleAllows } from '../rbac/index.ts';
 import { loadApp } from './app-access.ts';
 import type { ApiContext } from './context.ts';
 import { appParams } from './schemas.ts';
 
-export const instanceSchema = z.object({
-  cell: z.string(),
-  version: z.string(),
-  /** The pod's name. */
-  instance: z.string(),
-  node: z.string().nullable(),
-  ip: z.string().nullable(),
-  /** The pod's phase: Pending, Running, Succeeded, Failed, Unknown. */
-  phase: z.string(),
-  ready: z.boolean(),
-  restarts: z.number().int(),
-  startedAt: z.string().nullable(),
-  /** Why the container last stopped, when it has restarted. */
-  lastTermination: z
-    .object({ reason: z.string().nullable(), exitCode: z.number().int().nullable(), finishedAt: z.string().nullable() })
-    .nullable(),
-});
 export const instancesResponse = z.object({
   items: z.array(instanceSchema),
   /** Cells of the app that did not answer: their instances are missing from `items`. */
@@ -109,29 +92,6 @@ export const metricsQuery = z
       .describe('How far back `restartedWithinWindow` and `requests` look (default 15m); usage is the last sample'),
   })
   .strict();
-export const versionCellMetricsSchema = z.object({
-  version: z.string(),
-  cell: z.string(),
-  instances: z.number().int(),
-  ready: z.number().int(),
-  /** Instances whose kubelet reported usage (KWOK's simulated nodes report none). */
-  measured: z.number().int(),
-  /** Cores in use (the kubelets' last sample), summed; null when no instance was measured. */
-  cpuCores: z.number().nullable(),
-  /** Working-set bytes, summed; null when no instance was measured. */
-  memoryBytes: z.number().nullable(),
-  restarts: z.number().int(),
-  restartedWithinWindow: z.number().int(),
-});
-/** Requests of one version within the window, summed over the lb-agents that answered. */
-export const versionRequestsSchema = z.object({
-  version: z.string(),
-  total: z.number().int(),
-  '2xx': z.number().int(),
-  '3xx': z.number().int(),
-  '4xx': z.number().int(),
-  '5xx': z.number().int(),
-});
 export const metricsResponse = z.object({
   window: z.string(),
   items: z.array(versionCellMetricsSchema),
