@@ -29,31 +29,27 @@ export async function listInstances(
 
 export type SseEvent = { event: string; data: string; id?: string };
 
-/** Server-sent events from a fetch response; comments (`: ping`) are skipped. */
+/** Server-sent events from a fetch response (a blank line ends each); comments (`: ping`) are skipped. */
 export async function* readSse(res: Response): AsyncGenerator<SseEvent> {
-  if (!res.body) return;
-  const decoder = new TextDecoder();
-  let buffer = '';
-  for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-    buffer += decoder.decode(chunk, { stream: true });
-    for (let i = buffer.indexOf('\n\n'); i >= 0; i = buffer.indexOf('\n\n')) {
-      const block = buffer.slice(0, i);
-      buffer = buffer.slice(i + 2);
-      const ev: SseEvent = { event: 'message', data: '' };
-      const data: string[] = [];
-      for (const line of block.split('\n')) {
-        if (!line || line.startsWith(':')) continue;
-        const colon = line.indexOf(':');
-        const field = colon < 0 ? line : line.slice(0, colon);
-        const value = colon < 0 ? '' : line.slice(colon + 1).replace(/^ /, '');
-        if (field === 'event') ev.event = value;
-        else if (field === 'data') data.push(value);
-        else if (field === 'id') ev.id = value;
+  let ev: SseEvent = { event: 'message', data: '' };
+  let data: string[] = [];
+  for await (const line of readLines(res)) {
+    if (line === '') {
+      if (data.length || ev.event !== 'message') {
+        ev.data = data.join('\n');
+        yield ev;
       }
-      if (!data.length && ev.event === 'message') continue;
-      ev.data = data.join('\n');
-      yield ev;
+      ev = { event: 'message', data: '' };
+      data = [];
+      continue;
     }
+    if (line.startsWith(':')) continue;
+    const colon = line.indexOf(':');
+    const field = colon < 0 ? line : line.slice(0, colon);
+    const value = colon < 0 ? '' : line.slice(colon + 1).replace(/^ /, '');
+    if (field === 'event') ev.event = value;
+    else if (field === 'data') data.push(value);
+    else if (field === 'id') ev.id = value;
   }
 }
 
